@@ -1,0 +1,40 @@
+# Ringfence: `make run` (zero-setup demo) and `make test` (PostgreSQL + Redis + Chromium).
+SHELL := /bin/sh
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
+
+export RINGFENCE_TEST_DATABASE_URL ?= postgres://ringfence:ringfence@127.0.0.1:5432/ringfence
+export RINGFENCE_TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
+
+.PHONY: run test test-fast test-reliability bench venv clean check
+
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(PY) || "$$(sh scripts/find-python)" -m venv $(VENV)
+	@$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	@$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	@rm -f $(VENV)/.installed-*; touch $@
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	@$(PY) scripts/devserver.py
+
+test: $(STAMP)
+	@sh scripts/ensure-services
+	@$(PY) -m pytest -m "not reliability" $(PYTEST_ARGS)
+
+test-reliability: $(STAMP)
+	@sh scripts/ensure-services
+	@$(PY) -m pytest -m reliability $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	@sh scripts/ensure-services
+	@for script in bench/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+
+check: $(STAMP)
+	@$(PY) -m ruff check . 2>/dev/null || true
+	@$(PY) manage.py check
+
+clean:
+	rm -rf $(VENV) var

@@ -1,0 +1,29 @@
+from django.apps import AppConfig
+from django.db.models.signals import post_migrate
+
+
+def grant_administrator_model_permissions(sender, **kwargs) -> None:
+    """Administrators manage users, roles, service accounts and scope in the Django admin.
+
+    These model-level permissions never widen workflow scope: selectors ask guardian with
+    accept_global_perms=False.
+    """
+    from django.contrib.auth.models import Group, Permission
+
+    group = Group.objects.filter(name="administrator").first()
+    if group is None:
+        return
+    perms = Permission.objects.filter(content_type__app_label__in=["auth", "governance", "guardian"]).exclude(
+        codename__in=["approve_workflow", "contain_workflow", "manage_rollouts",
+                      "change_auditevent", "delete_auditevent", "add_auditevent",
+                      "change_auditcheckpoint", "delete_auditcheckpoint", "add_auditcheckpoint"]
+    )
+    group.permissions.add(*perms)
+
+
+class GovernanceConfig(AppConfig):
+    name = "governance"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        post_migrate.connect(grant_administrator_model_permissions, sender=self)

@@ -1,0 +1,254 @@
+"""The audit trail: the only code that writes AuditEvent and AuditCheckpoint.
+
+`record()` appends one event inside the caller's transaction. The chain head is read under a
+transaction-scoped advisory lock (PostgreSQL), so appends are linear under concurrent writers;
+`UNIQUE(seq)` and `UNIQUE(prev_hash)` are the backstops. Call it as the last statement of a
+service transaction: the lock is held until COMMIT.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import re
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+from enum import Enum
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import connection, models, transaction
+
+from governance import clock
+from governance.models import AuditCheckpoint, AuditEvent, ServiceAccount, Workflow
+from governance.verify_audit import (
+    FORMAT_VERSION,
+    GENESIS,
+    Checkpoint,
+    Report,
+    canonical_json,
+    chain_hash,
+    sign_checkpoint,
+    verify,
+)
+
+# Arbitrary constant shared by every writer of the chain: pg_advisory_xact_lock(AUDIT_LOCK_KEY).
+AUDIT_LOCK_KEY = 0x52494E47  # "RING"
+ACTION_PATTERN = re.compile(r"^[a-z][a-z_]*\.[a-z][a-z_.]*$")
+MAX_REASON = 10_000
+
+
+class AuditError(Exception):
+    pass
+
+
+def format_time(value: dt.datetime) -> str:
+    if value.tzinfo is None:
+        raise AuditError("naive datetimes cannot be audited; use an aware UTC time")
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def normalize(value: Any, path: str = "data") -> Any:
+    """Turn a value into the JSON subset that hashes the same after any round trip.
+
+    Floats and Decimals become strings (exact, no binary rounding across systems), datetimes UTC
+    ISO-8601 with Z; NaN and Infinity are refused so they can never reach the hashed bytes.
+    """
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, Enum):
+        return normalize(value.value, path)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise AuditError(f"{path}: {value!r} is not a finite number")
+        return repr(value)
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise AuditError(f"{path}: {value!r} is not a finite number")
+        return str(value)
+    if isinstance(value, dt.datetime):
+        return format_time(value)
+    if isinstance(value, (dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, (uuid.UUID,)):
+        return str(value)
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise AuditError(f"{path}: keys must be strings, not {type(key).__name__}")
+            out[key] = normalize(item, f"{path}.{key}")
+        return out
+    if isinstance(value, (list, tuple)):
+        return [normalize(item, f"{path}[{i}]") for i, item in enumerate(value)]
+    raise AuditError(f"{path}: {type(value).__name__} cannot be audited")
+
+
+def describe_actor(actor: Any) -> tuple[str, str, str]:
+    if actor is None:
+        return "system", "", "system"
+    if isinstance(actor, AbstractBaseUser):
+        return "user", str(actor.pk), actor.get_username()
+    if isinstance(actor, ServiceAccount):
+        return "service", str(actor.pk), actor.name
+    if isinstance(actor, str):
+        return "system", "", actor
+    raise AuditError(f"unknown actor type {type(actor).__name__}")
+
+
+def describe_subject(subject: Any) -> tuple[str, str]:
+    if isinstance(subject, models.Model):
+        return subject._meta.label_lower, str(subject.pk)
+    if isinstance(subject, tuple) and len(subject) == 2:
+        return str(subject[0]), str(subject[1])
+    raise AuditError("subject must be a saved model instance or a (type, id) pair")
+
+
+def workflow_of(subject: Any) -> str:
+    if isinstance(subject, Workflow):
+        return subject.slug
+    workflow = getattr(subject, "workflow", None)
+    return workflow.slug if isinstance(workflow, Workflow) else ""
+
+
+def record(actor: Any, action: str, subject: Any, data: dict | None = None, reason: str = "",
+           *, workflow: Workflow | str | None = None) -> AuditEvent:
+    """Append one event to the chain inside the caller's transaction and return it."""
+    if not connection.in_atomic_block:
+        raise AuditError("audit.record() must run inside the transaction that makes the change")
+    if not ACTION_PATTERN.match(action):
+        raise AuditError(f"action {action!r} must look like 'app.event'")
+    actor_kind, actor_id, actor_label = describe_actor(actor)
+    subject_type, subject_id = describe_subject(subject)
+    if subject_id in ("", "None"):
+        raise AuditError("the subject must be saved before it is audited")
+    workflow_slug = workflow.slug if isinstance(workflow, Workflow) else (workflow or workflow_of(subject))
+    reason = (reason or "")[:MAX_REASON]
+    payload_data = normalize(data or {})
+    occurred_at = clock.now()
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [AUDIT_LOCK_KEY])
+        cursor.execute("SELECT seq, hash FROM governance_auditevent ORDER BY seq DESC LIMIT 1")
+        head = cursor.fetchone()
+    seq, prev_hash = (head[0] + 1, head[1]) if head else (1, GENESIS)
+    payload = {
+        "v": FORMAT_VERSION,
+        "seq": seq,
+        "at": format_time(occurred_at),
+        "actor": {"kind": actor_kind, "id": actor_id, "label": actor_label},
+        "action": action,
+        "subject": {"type": subject_type, "id": subject_id},
+        "workflow": workflow_slug,
+        "data": payload_data,
+        "reason": reason,
+    }
+    canonical = canonical_json(payload)
+    return AuditEvent.objects.create(
+        seq=seq,
+        occurred_at=occurred_at,
+        actor_kind=actor_kind,
+        actor_id=actor_id,
+        actor_label=actor_label,
+        action=action,
+        subject_type=subject_type,
+        subject_id=subject_id,
+        workflow_slug=workflow_slug,
+        reason=reason,
+        data=payload_data,
+        canonical=canonical,
+        prev_hash=prev_hash,
+        hash=chain_hash(prev_hash, canonical),
+    )
+
+
+def event_payload(event: AuditEvent) -> dict:
+    return json.loads(event.canonical)
+
+
+def export_line(event: AuditEvent | tuple) -> str:
+    if isinstance(event, AuditEvent):
+        seq, prev_hash, event_hash, canonical = event.seq, event.prev_hash, event.hash, event.canonical
+    else:
+        seq, prev_hash, event_hash, canonical = event
+    return ('{"type":"event","seq":%d,"prev_hash":"%s","hash":"%s","event":%s}'
+            % (seq, prev_hash, event_hash, canonical))
+
+
+def checkpoint_line(cp: AuditCheckpoint) -> str:
+    return json.dumps({"type": "checkpoint", "seq": cp.head_seq, "hash": cp.head_hash,
+                       "at": format_time(cp.created_at), "signature": cp.signature}, sort_keys=True)
+
+
+def head() -> tuple[int, str]:
+    last = AuditEvent.objects.order_by("-seq").values_list("seq", "hash").first()
+    return last if last else (0, GENESIS)
+
+
+@transaction.atomic
+def write_checkpoint(reason: str = "interval") -> AuditCheckpoint:
+    """Sign the current head; the line is also appended to AUDIT_CHECKPOINT_FILE after commit."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [AUDIT_LOCK_KEY])
+    seq, head_hash = head()
+    created_at = clock.now()
+    signature = sign_checkpoint(settings.AUDIT_CHECKPOINT_KEY, seq, head_hash, format_time(created_at))
+    cp = AuditCheckpoint.objects.create(
+        created_at=created_at, head_seq=seq, head_hash=head_hash, signature=signature, reason=reason
+    )
+    transaction.on_commit(lambda: _ship_checkpoint(cp))
+    return cp
+
+
+def _ship_checkpoint(cp: AuditCheckpoint) -> None:
+    path = settings.AUDIT_CHECKPOINT_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(checkpoint_line(cp) + "\n")
+
+
+def write_checkpoint_if_due() -> AuditCheckpoint | None:
+    """Heartbeat: one checkpoint per interval even when nothing happened."""
+    last = AuditCheckpoint.objects.order_by("-created_at").values_list("created_at", flat=True).first()
+    interval = dt.timedelta(seconds=settings.AUDIT_CHECKPOINT_INTERVAL_SECONDS)
+    if last is not None and clock.now() - last < interval:
+        return None
+    return write_checkpoint("interval")
+
+
+def db_checkpoints() -> list[Checkpoint]:
+    return [
+        Checkpoint(cp.head_seq, cp.head_hash, format_time(cp.created_at), cp.signature)
+        for cp in AuditCheckpoint.objects.order_by("created_at", "id")
+    ]
+
+
+def _db_events(chunk: int = 5000) -> Iterator[tuple[int, str, str, str]]:
+    """Events in seq order with the columns cross-checked against the hashed contents."""
+    rows = AuditEvent.objects.order_by("seq").values_list(
+        "seq", "prev_hash", "hash", "canonical", "action", "actor_label", "subject_type", "subject_id", "workflow_slug"
+    )
+    for seq, prev_hash, event_hash, canonical, action, actor_label, subject_type, subject_id, workflow_slug in rows.iterator(chunk_size=chunk):
+        try:
+            payload = json.loads(canonical)
+            columns_match = (
+                payload["action"] == action
+                and payload["actor"]["label"] == actor_label
+                and payload["subject"] == {"type": subject_type, "id": subject_id}
+                and payload["workflow"] == workflow_slug
+            )
+        except (ValueError, KeyError, TypeError):
+            columns_match = False
+        # A column that disagrees with the hashed contents is reported as an altered event.
+        yield seq, prev_hash, event_hash if columns_match else "column-mismatch", canonical
+
+
+def verify_database(extra_checkpoints: list[Checkpoint] | None = None) -> Report:
+    checkpoints = db_checkpoints() + list(extra_checkpoints or [])
+    return verify(_db_events(), checkpoints, settings.AUDIT_CHECKPOINT_KEY)

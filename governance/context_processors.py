@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from django.http import HttpRequest
+from django.urls import NoReverseMatch, reverse
+
+from governance.permissions import Role
+from governance.selectors import has_role
+
+# (label, url name, roles that see it; empty = every signed-in person). Entries whose URL is
+# not installed are left out, so the menu only ever shows pages that exist.
+NAVIGATION = [
+    ("Queue", "approvals:queue", {Role.APPROVER, Role.SENIOR_APPROVER, Role.CONTAINMENT_OWNER}),
+    ("Rollouts", "rollouts:plan_list", {Role.RELEASE_MANAGER, Role.CONTAINMENT_OWNER, Role.MANAGER}),
+    ("Reviews", "rollouts:reviews", {Role.CONTAINMENT_OWNER}),
+    ("Dashboards", "rollouts:dashboard", {Role.MANAGER, Role.RELEASE_MANAGER}),
+    ("Workflows", "governance:workflow_list", set()),
+    ("Audit trail", "governance:audit_log", {Role.AUDITOR}),
+    ("Admin", "admin:index", {Role.ADMINISTRATOR}),
+]
+
+
+def navigation(request: HttpRequest) -> dict:
+    user = getattr(request, "user", None)
+    if user is None or not user.is_authenticated:
+        return {"nav_items": []}
+    items = []
+    for label, url_name, roles in NAVIGATION:
+        if roles and not user.is_superuser and not any(has_role(user, role) for role in roles):
+            continue
+        try:
+            url = reverse(url_name)
+        except NoReverseMatch:
+            continue
+        items.append({"label": label, "url": url, "active": request.path.startswith(url)})
+    roles = sorted(r for r in Role if has_role(user, r))
+    return {"nav_items": items, "user_roles": roles}

@@ -1,0 +1,281 @@
+from __future__ import annotations
+
+import hashlib
+import zoneinfo
+from datetime import datetime, time
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
+from django.db import models
+from django.db.models import Q
+from django.urls import reverse
+from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
+
+slug_validator = RegexValidator(r"^[a-z0-9][a-z0-9_-]{0,62}$", "Use lowercase letters, digits, '-' and '_'.")
+
+
+def validate_timezone(value: str) -> None:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValidationError(f"{value!r} is not a known time zone (e.g. Europe/Berlin).") from None
+
+
+def validate_weekdays(value: object) -> None:
+    if not isinstance(value, list) or not value or any(not isinstance(d, int) or not 0 <= d <= 6 for d in value):
+        raise ValidationError("Business days are a non-empty list of weekday numbers, Monday = 0 to Sunday = 6.")
+    if len(set(value)) != len(value):
+        raise ValidationError("Business days list a weekday twice.")
+
+
+def default_weekdays() -> list[int]:
+    return [0, 1, 2, 3, 4]
+
+
+class Workflow(models.Model):
+    """One AI workflow or agent capability under governance."""
+
+    class Environment(models.TextChoices):
+        STAGING = "staging"
+        PRODUCTION = "production"
+
+    class Tier(models.IntegerChoices):
+        AUTONOMOUS = 1, "1 · autonomous"
+        SUPERVISED = 2, "2 · supervised"
+        GATED = 3, "3 · gated"
+
+    slug = models.CharField(max_length=63, unique=True, validators=[slug_validator])
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    environment = models.CharField(max_length=20, choices=Environment.choices, default=Environment.STAGING)
+    owning_team = models.CharField(max_length=100, blank=True)
+    autonomy_tier = models.PositiveSmallIntegerField(choices=Tier.choices, default=Tier.GATED)
+    off_hours_tier = models.PositiveSmallIntegerField(choices=Tier.choices, null=True, blank=True)
+    timezone = models.CharField(max_length=64, default="UTC", validators=[validate_timezone])
+    business_days = models.JSONField(default=default_weekdays, validators=[validate_weekdays])
+    business_start = models.TimeField(default=time(9, 0))
+    business_end = models.TimeField(default=time(17, 0))
+    paused = models.BooleanField(default=False)
+    paused_reason = models.TextField(blank=True)
+    paused_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    paused_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["slug"]
+        permissions = [
+            ("approve_workflow", "Decide approval requests of this workflow"),
+            ("contain_workflow", "Take containment actions on this workflow"),
+            ("manage_rollouts", "Write and start rollout plans of this workflow"),
+        ]
+        constraints = [
+            models.CheckConstraint(condition=Q(environment__in=["staging", "production"]), name="workflow_environment_valid"),
+            models.CheckConstraint(condition=Q(autonomy_tier__in=[1, 2, 3]), name="workflow_tier_valid"),
+            models.CheckConstraint(
+                condition=Q(off_hours_tier__isnull=True) | Q(off_hours_tier__in=[1, 2, 3]),
+                name="workflow_off_hours_tier_valid",
+            ),
+            models.CheckConstraint(condition=Q(business_start__lt=models.F("business_end")), name="workflow_hours_ordered"),
+            models.CheckConstraint(condition=Q(paused=False) | ~Q(paused_reason=""), name="workflow_pause_has_reason"),
+        ]
+
+    def __str__(self) -> str:
+        return self.slug
+
+    def get_absolute_url(self) -> str:
+        return reverse("governance:workflow_detail", args=[self.slug])
+
+    def clean(self) -> None:
+        if self.business_start and self.business_end and self.business_start >= self.business_end:
+            raise ValidationError({"business_end": "Business hours must end after they start."})
+
+    def in_business_hours(self, at: datetime) -> bool:
+        local = at.astimezone(zoneinfo.ZoneInfo(self.timezone))
+        return local.weekday() in self.business_days and self.business_start <= local.time() < self.business_end
+
+    def tier_at(self, at: datetime) -> int:
+        """The autonomy tier in force at `at`: the off-hours tier outside business hours, if set."""
+        if self.off_hours_tier is not None and not self.in_business_hours(at):
+            return self.off_hours_tier
+        return self.autonomy_tier
+
+
+class GovernedAction(models.Model):
+    """An action an agent of this workflow must ask about before dispatching it."""
+
+    class Risk(models.TextChoices):
+        LOW = "low"
+        MEDIUM = "medium"
+        HIGH = "high"
+        CRITICAL = "critical"
+
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="actions")
+    name = models.CharField(max_length=63, validators=[slug_validator])
+    description = models.CharField(max_length=300, blank=True)
+    risk = models.CharField(max_length=10, choices=Risk.choices, default=Risk.HIGH)
+    quorum = models.PositiveSmallIntegerField(default=1, validators=[MinValueValidator(1), MaxValueValidator(9)])
+
+    class Meta:
+        ordering = ["workflow", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["workflow", "name"], name="governed_action_unique_name"),
+            models.CheckConstraint(condition=Q(quorum__gte=1) & Q(quorum__lte=9), name="governed_action_quorum_range"),
+            models.CheckConstraint(condition=Q(risk__in=["low", "medium", "high", "critical"]), name="governed_action_risk_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.workflow.slug}:{self.name}"
+
+
+class ContainmentAssignment(models.Model):
+    """Who owns which containment duty of a workflow; one primary per duty."""
+
+    class Duty(models.TextChoices):
+        PAUSE = "pause"
+        NARROW = "narrow"
+        FALLBACK = "fallback"
+        ROLLBACK = "rollback"
+        ESCALATE = "escalate"
+        APPROVE_EXPANSION = "approve_expansion", "approve expansion"
+
+    class Position(models.TextChoices):
+        PRIMARY = "primary"
+        BACKUP = "backup"
+
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="containment")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="containment_duties")
+    duty = models.CharField(max_length=20, choices=Duty.choices)
+    position = models.CharField(max_length=10, choices=Position.choices, default=Position.PRIMARY)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["workflow", "duty", "position", "user__username"]
+        constraints = [
+            models.UniqueConstraint(fields=["workflow", "duty", "user"], name="containment_one_position_per_user"),
+            models.UniqueConstraint(
+                fields=["workflow", "duty"], condition=Q(position="primary"), name="containment_one_primary_per_duty"
+            ),
+            models.CheckConstraint(
+                condition=Q(duty__in=["pause", "narrow", "fallback", "rollback", "escalate", "approve_expansion"]),
+                name="containment_duty_valid",
+            ),
+            models.CheckConstraint(condition=Q(position__in=["primary", "backup"]), name="containment_position_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.workflow.slug} {self.duty} {self.position}: {self.user}"
+
+
+class WorkflowUserObjectPermission(UserObjectPermissionBase):
+    content_object = models.ForeignKey(Workflow, on_delete=models.CASCADE)
+
+    class Meta(UserObjectPermissionBase.Meta):
+        abstract = False
+
+
+class WorkflowGroupObjectPermission(GroupObjectPermissionBase):
+    content_object = models.ForeignKey(Workflow, on_delete=models.CASCADE)
+
+    class Meta(GroupObjectPermissionBase.Meta):
+        abstract = False
+
+
+class ServiceAccount(models.Model):
+    """An agent or CI job that calls the API. Its owner is a person, for four-eyes."""
+
+    name = models.CharField(max_length=63, unique=True, validators=[slug_validator])
+    description = models.CharField(max_length=300, blank=True)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="service_accounts")
+    workflows = models.ManyToManyField(Workflow, related_name="service_accounts", blank=True)
+    active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ApiTokenQuerySet(models.QuerySet):
+    def usable(self) -> ApiTokenQuerySet:
+        return self.filter(revoked_at__isnull=True, service_account__active=True)
+
+
+TOKEN_PREFIX_LENGTH = 12
+
+
+class ApiToken(models.Model):
+    """A bearer token: only its prefix (for lookup) and SHA-256 digest are stored."""
+
+    service_account = models.ForeignKey(ServiceAccount, on_delete=models.CASCADE, related_name="tokens")
+    label = models.CharField(max_length=100, blank=True)
+    prefix = models.CharField(max_length=TOKEN_PREFIX_LENGTH, db_index=True)
+    digest = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    revoked_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+
+    objects = ApiTokenQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.service_account.name} {self.prefix}…"
+
+    @staticmethod
+    def digest_of(raw: str) -> str:
+        return hashlib.sha256(raw.encode("utf-8")).hexdigest()
+
+    @property
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None
+
+
+class AuditEvent(models.Model):
+    """One link of the append-only, hash-chained audit trail. Written only by governance.audit."""
+
+    seq = models.BigIntegerField(primary_key=True)
+    occurred_at = models.DateTimeField(db_index=True)
+    actor_kind = models.CharField(max_length=10)
+    actor_id = models.CharField(max_length=64, blank=True)
+    actor_label = models.CharField(max_length=150)
+    action = models.CharField(max_length=64, db_index=True)
+    subject_type = models.CharField(max_length=64)
+    subject_id = models.CharField(max_length=64)
+    workflow_slug = models.CharField(max_length=63, blank=True, db_index=True)
+    reason = models.TextField(blank=True)
+    data = models.JSONField(default=dict)
+    canonical = models.TextField()
+    prev_hash = models.CharField(max_length=64, unique=True)
+    hash = models.CharField(max_length=64, unique=True)
+
+    class Meta:
+        ordering = ["seq"]
+        indexes = [models.Index(fields=["subject_type", "subject_id"], name="audit_subject_idx")]
+
+    def __str__(self) -> str:
+        return f"#{self.seq} {self.action}"
+
+
+class AuditCheckpoint(models.Model):
+    """A signed statement of the chain head (seq, hash) at a time; also shipped to a file."""
+
+    created_at = models.DateTimeField()
+    head_seq = models.BigIntegerField()
+    head_hash = models.CharField(max_length=64)
+    signature = models.CharField(max_length=64)
+    reason = models.CharField(max_length=20, default="interval")
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return f"checkpoint @{self.head_seq}"

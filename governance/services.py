@@ -1,0 +1,295 @@
+"""Governance transitions: one function each; lock, check, change, audit (last), on_commit."""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser, Group
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from guardian.shortcuts import assign_perm, remove_perm
+
+from governance import audit, clock
+from governance.errors import TransitionRefused, require
+from governance.models import (
+    TOKEN_PREFIX_LENGTH,
+    ApiToken,
+    ContainmentAssignment,
+    GovernedAction,
+    ServiceAccount,
+    Workflow,
+)
+from governance.permissions import CONTAIN, MANAGE_ROLLOUTS, SCOPED_PERMISSIONS, VIEW, Role, perm
+
+WORKFLOW_FIELDS = (
+    "name", "description", "environment", "owning_team", "autonomy_tier", "off_hours_tier",
+    "timezone", "business_days", "business_start", "business_end",
+)
+
+
+def is_administrator(user: AbstractBaseUser) -> bool:
+    return bool(user.is_superuser or user.groups.filter(name=Role.ADMINISTRATOR).exists())
+
+
+def _lock_workflow(workflow_id: int) -> Workflow:
+    try:
+        return Workflow.objects.select_for_update().get(pk=workflow_id)
+    except Workflow.DoesNotExist:
+        raise TransitionRefused("not_found", "This workflow does not exist.") from None
+
+
+def _validated(instance: Any, exclude: list[str] | None = None) -> None:
+    try:
+        instance.full_clean(exclude=exclude)
+    except ValidationError as exc:
+        field, messages = next(iter(exc.message_dict.items()))
+        raise TransitionRefused("invalid", f"{field}: {' '.join(messages)}", field=field) from None
+
+
+@transaction.atomic
+def create_workflow(*, actor: AbstractBaseUser, slug: str, name: str, **fields: Any) -> Workflow:
+    """Create a workflow. Administrators and release managers only. Audit: `workflow.created`."""
+    require(is_administrator(actor) or actor.groups.filter(name=Role.RELEASE_MANAGER).exists(), "forbidden",
+            "Only administrators and release managers create workflows.")
+    unknown = set(fields) - set(WORKFLOW_FIELDS)
+    require(not unknown, "invalid", f"Unknown workflow fields: {', '.join(sorted(unknown))}.")
+    workflow = Workflow(slug=slug, name=name, **fields)
+    _validated(workflow)
+    workflow.save()
+    if not is_administrator(actor):
+        for codename in (VIEW, MANAGE_ROLLOUTS):
+            assign_perm(perm(codename), actor, workflow)
+    audit.record(actor, "workflow.created", workflow,
+                 data={field: getattr(workflow, field) for field in ("slug", *WORKFLOW_FIELDS)})
+    return workflow
+
+
+@transaction.atomic
+def update_workflow(workflow_id: int, *, actor: AbstractBaseUser, **changes: Any) -> Workflow:
+    """Change a workflow's settings. Audit: `workflow.updated` with old and new values."""
+    workflow = _lock_workflow(workflow_id)
+    require(is_administrator(actor) or actor.has_perm(perm(MANAGE_ROLLOUTS), workflow), "forbidden",
+            "You may not edit this workflow.")
+    unknown = set(changes) - set(WORKFLOW_FIELDS)
+    require(not unknown, "invalid", f"Unknown workflow fields: {', '.join(sorted(unknown))}.")
+    before = {field: getattr(workflow, field) for field in changes}
+    for field, value in changes.items():
+        setattr(workflow, field, value)
+    _validated(workflow)
+    diff = {f: {"from": before[f], "to": changes[f]} for f in changes if before[f] != changes[f]}
+    if not diff:
+        return workflow
+    workflow.save(update_fields=[*diff, "updated_at"])
+    audit.record(actor, "workflow.updated", workflow, data={"changes": diff})
+    return workflow
+
+
+def _may_pause(actor: Any, workflow: Workflow) -> bool:
+    if isinstance(actor, ServiceAccount):
+        return actor.active and actor.workflows.filter(pk=workflow.pk).exists()
+    return actor.has_perm(perm(CONTAIN), workflow) or workflow.containment.filter(
+        user=actor, duty=ContainmentAssignment.Duty.PAUSE
+    ).exists()
+
+
+@transaction.atomic
+def pause_workflow(workflow_id: int, *, actor: Any, reason: str) -> Workflow:
+    """Engage the kill switch: every dispatch is denied until resumed. Audit: `workflow.paused`."""
+    workflow = _lock_workflow(workflow_id)
+    require(_may_pause(actor, workflow), "forbidden", "You may not pause this workflow.")
+    reason = (reason or "").strip()
+    require(reason, "invalid", "Say why the workflow is paused.", field="reason")
+    require(len(reason) <= 2000, "invalid", "Keep the reason under 2,000 characters.", field="reason")
+    require(not workflow.paused, "already_paused",
+            f"This workflow is already paused ({workflow.paused_reason}).")
+    workflow.paused, workflow.paused_reason, workflow.paused_at = True, reason, clock.now()
+    workflow.paused_by = actor if isinstance(actor, AbstractBaseUser) else None
+    workflow.save(update_fields=["paused", "paused_reason", "paused_at", "paused_by", "updated_at"])
+    audit.record(actor, "workflow.paused", workflow, reason=reason)
+    return workflow
+
+
+@transaction.atomic
+def resume_workflow(workflow_id: int, *, actor: AbstractBaseUser, reason: str = "") -> Workflow:
+    """Release the kill switch. People with the containment permission only. Audit: `workflow.resumed`."""
+    workflow = _lock_workflow(workflow_id)
+    require(isinstance(actor, AbstractBaseUser) and _may_pause(actor, workflow), "forbidden",
+            "You may not resume this workflow.")
+    require(workflow.paused, "not_paused", "This workflow is not paused.")
+    workflow.paused, workflow.paused_reason, workflow.paused_at, workflow.paused_by = False, "", None, None
+    workflow.save(update_fields=["paused", "paused_reason", "paused_at", "paused_by", "updated_at"])
+    audit.record(actor, "workflow.resumed", workflow, reason=reason)
+    return workflow
+
+
+@transaction.atomic
+def assign_containment(workflow_id: int, *, actor: AbstractBaseUser, user: AbstractBaseUser, duty: str,
+                       position: str = ContainmentAssignment.Position.PRIMARY) -> ContainmentAssignment:
+    """Name an owner of a containment duty; the owner also gets the workflow's contain scope.
+
+    Audit: `containment.assigned`.
+    """
+    workflow = _lock_workflow(workflow_id)
+    require(is_administrator(actor) or actor.has_perm(perm(MANAGE_ROLLOUTS), workflow), "forbidden",
+            "You may not assign containment owners of this workflow.")
+    require(duty in ContainmentAssignment.Duty.values, "invalid", f"Unknown duty {duty!r}.", field="duty")
+    require(position in ContainmentAssignment.Position.values, "invalid", f"Unknown position {position!r}.", field="position")
+    require(user.is_active, "invalid", f"{user.get_username()} is not an active user.", field="user")
+    existing = workflow.containment.filter(duty=duty)
+    require(not existing.filter(user=user).exists(), "conflict",
+            f"{user.get_username()} already holds the {duty} duty of {workflow.slug}.")
+    if position == ContainmentAssignment.Position.PRIMARY:
+        current = existing.filter(position=position).select_related("user").first()
+        require(current is None, "conflict",
+                f"{current.user.get_username() if current else ''} is already the primary {duty} owner; "
+                "remove them first or assign a backup.")
+    try:
+        with transaction.atomic():
+            assignment = ContainmentAssignment.objects.create(workflow=workflow, user=user, duty=duty, position=position)
+    except IntegrityError:
+        raise TransitionRefused("conflict", "Someone assigned this duty at the same moment; reload and retry.") from None
+    for codename in (VIEW, CONTAIN):
+        assign_perm(perm(codename), user, workflow)
+    audit.record(actor, "containment.assigned", assignment, workflow=workflow,
+                 data={"user": user.get_username(), "duty": duty, "position": position})
+    return assignment
+
+
+@transaction.atomic
+def remove_containment(assignment_id: int, *, actor: AbstractBaseUser) -> None:
+    """Remove an owner from a duty. Audit: `containment.removed`."""
+    assignment = ContainmentAssignment.objects.select_related("workflow", "user").filter(pk=assignment_id).first()
+    require(assignment is not None, "not_found", "This assignment no longer exists.")
+    workflow = _lock_workflow(assignment.workflow_id)
+    require(is_administrator(actor) or actor.has_perm(perm(MANAGE_ROLLOUTS), workflow), "forbidden",
+            "You may not change containment owners of this workflow.")
+    data = {"user": assignment.user.get_username(), "duty": assignment.duty, "position": assignment.position}
+    subject = (assignment._meta.label_lower, str(assignment.pk))
+    assignment.delete()
+    audit.record(actor, "containment.removed", subject, workflow=workflow, data=data)
+
+
+@transaction.atomic
+def grant_scope(workflow_id: int, *, actor: AbstractBaseUser, user: AbstractBaseUser,
+                permissions: list[str]) -> list[str]:
+    """Give a person object permissions on one workflow. Administrators only. Audit: `scope.granted`."""
+    workflow = _lock_workflow(workflow_id)
+    require(is_administrator(actor), "forbidden", "Only administrators grant scope.")
+    unknown = set(permissions) - set(SCOPED_PERMISSIONS)
+    require(permissions and not unknown, "invalid",
+            f"Choose permissions among {', '.join(SCOPED_PERMISSIONS)}.", field="permissions")
+    granted = sorted(set(permissions))
+    for codename in granted:
+        assign_perm(perm(codename), user, workflow)
+    audit.record(actor, "scope.granted", workflow, data={"user": user.get_username(), "permissions": granted})
+    return granted
+
+
+@transaction.atomic
+def revoke_scope(workflow_id: int, *, actor: AbstractBaseUser, user: AbstractBaseUser,
+                 permissions: list[str] | None = None) -> list[str]:
+    """Take object permissions away (all of them by default); effective on the next request.
+
+    Audit: `scope.revoked`.
+    """
+    workflow = _lock_workflow(workflow_id)
+    require(is_administrator(actor), "forbidden", "Only administrators revoke scope.")
+    revoked = sorted(set(permissions or SCOPED_PERMISSIONS))
+    require(not set(revoked) - set(SCOPED_PERMISSIONS), "invalid", "Unknown permission.", field="permissions")
+    for codename in revoked:
+        remove_perm(perm(codename), user, workflow)
+    audit.record(actor, "scope.revoked", workflow, data={"user": user.get_username(), "permissions": revoked})
+    return revoked
+
+
+@transaction.atomic
+def set_role(*, actor: AbstractBaseUser, user: AbstractBaseUser, role: Role, member: bool = True) -> None:
+    """Add a person to a role group or take them out. Audit: `role.granted` / `role.revoked`."""
+    require(is_administrator(actor), "forbidden", "Only administrators change roles.")
+    group = Group.objects.get(name=role)
+    (user.groups.add if member else user.groups.remove)(group)
+    audit.record(actor, "role.granted" if member else "role.revoked", user, data={"role": str(role)})
+
+
+@transaction.atomic
+def create_service_account(*, actor: AbstractBaseUser, name: str, owner: AbstractBaseUser,
+                           workflows: list[Workflow], description: str = "") -> ServiceAccount:
+    """A service account for an agent or CI job, scoped to workflows. Audit: `service_account.created`."""
+    require(is_administrator(actor), "forbidden", "Only administrators create service accounts.")
+    account = ServiceAccount(name=name, owner=owner, description=description)
+    _validated(account)
+    account.save()
+    account.workflows.set(workflows)
+    audit.record(actor, "service_account.created", account,
+                 data={"name": name, "owner": owner.get_username(), "workflows": sorted(w.slug for w in workflows)})
+    return account
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    token: ApiToken
+    raw: str  # shown once; never stored
+
+
+@transaction.atomic
+def issue_token(service_account_id: int, *, actor: AbstractBaseUser, label: str = "") -> IssuedToken:
+    """Create a 256-bit bearer token; only its prefix and SHA-256 digest are stored.
+
+    Audit: `token.issued` (prefix only).
+    """
+    require(is_administrator(actor), "forbidden", "Only administrators issue tokens.")
+    account = ServiceAccount.objects.select_for_update().filter(pk=service_account_id).first()
+    require(account is not None, "not_found", "This service account does not exist.")
+    require(account.active, "invalid", "This service account is disabled.")
+    raw = "rf_" + secrets.token_urlsafe(32)
+    token = ApiToken.objects.create(
+        service_account=account, label=label[:100], prefix=raw[:TOKEN_PREFIX_LENGTH],
+        digest=ApiToken.digest_of(raw), created_by=actor,
+    )
+    audit.record(actor, "token.issued", token, data={"service_account": account.name, "prefix": token.prefix, "label": label[:100]})
+    return IssuedToken(token=token, raw=raw)
+
+
+@transaction.atomic
+def revoke_token(token_id: int, *, actor: AbstractBaseUser, reason: str = "") -> ApiToken:
+    """Revoke a token; the next call with it is refused. Audit: `token.revoked`."""
+    require(is_administrator(actor), "forbidden", "Only administrators revoke tokens.")
+    token = ApiToken.objects.select_for_update().select_related("service_account").filter(pk=token_id).first()
+    require(token is not None, "not_found", "This token does not exist.")
+    require(token.revoked_at is None, "conflict", "This token is already revoked.")
+    token.revoked_at, token.revoked_by = clock.now(), actor
+    token.save(update_fields=["revoked_at", "revoked_by"])
+    audit.record(actor, "token.revoked", token,
+                 data={"service_account": token.service_account.name, "prefix": token.prefix}, reason=reason)
+    return token
+
+
+@transaction.atomic
+def define_action(workflow_id: int, *, actor: AbstractBaseUser, name: str, risk: str, quorum: int = 1,
+                  description: str = "") -> GovernedAction:
+    """Declare (or change) an action that needs approval. Audit: `workflow.action_defined`."""
+    workflow = _lock_workflow(workflow_id)
+    require(is_administrator(actor) or actor.has_perm(perm(MANAGE_ROLLOUTS), workflow), "forbidden",
+            "You may not change the governed actions of this workflow.")
+    action = GovernedAction.objects.filter(workflow=workflow, name=name).first() or GovernedAction(workflow=workflow, name=name)
+    action.risk, action.quorum, action.description = risk, quorum, description
+    _validated(action)
+    action.save()
+    audit.record(actor, "workflow.action_defined", action, workflow=workflow,
+                 data={"name": name, "risk": risk, "quorum": quorum})
+    return action
+
+
+def authenticate_token(raw: str) -> ApiToken | None:
+    """The usable token for a raw bearer value, or None; last use is recorded on success only."""
+    if not raw or not raw.startswith("rf_") or len(raw) > 100:
+        return None
+    digest = ApiToken.digest_of(raw)
+    for token in ApiToken.objects.usable().filter(prefix=raw[:TOKEN_PREFIX_LENGTH]).select_related("service_account"):
+        if hmac.compare_digest(token.digest, digest):
+            ApiToken.objects.filter(pk=token.pk).update(last_used_at=clock.now())
+            return token
+    return None

@@ -1,0 +1,21 @@
+"""Loaded with `-p tests.testenv` before Django's settings: points them at the test services.
+
+The suite runs against a real PostgreSQL and Redis (scripts/ensure-services starts them).
+Override with RINGFENCE_TEST_DATABASE_URL / RINGFENCE_TEST_REDIS_URL.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+os.environ["RINGFENCE_TESTING"] = "1"
+os.environ["DATABASE_URL"] = os.environ.get(
+    "RINGFENCE_TEST_DATABASE_URL", "postgres://ringfence:ringfence@127.0.0.1:5432/ringfence"
+)
+_redis = os.environ.get("RINGFENCE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+os.environ["CELERY_BROKER_URL"] = _redis
+os.environ["REDIS_URL"] = _redis
+os.environ.setdefault("AUDIT_CHECKPOINT_KEY", "test-checkpoint-key-" + "k" * 40)
+os.environ.setdefault("RINGFENCE_VAR_DIR", tempfile.mkdtemp(prefix="ringfence-test-var-"))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "governance.settings")
