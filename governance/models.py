@@ -279,3 +279,51 @@ class AuditCheckpoint(models.Model):
 
     def __str__(self) -> str:
         return f"checkpoint @{self.head_seq}"
+
+
+class IdempotencyKey(models.Model):
+    """A caller's Idempotency-Key and the first answer given for it (IETF Idempotency-Key draft).
+
+    Scoped per service account (or per person for session callers). `fingerprint` is a digest of
+    the method, path and canonical JSON body: the same key with another body is refused. A claim
+    is `in_flight` until its answer is stored in the transaction that made the change; a claim
+    whose lease ran out (the first attempt died) may be taken over by a retry. Rows are kept
+    until `expires_at` (IDEMPOTENCY_KEY_TTL_HOURS).
+    """
+
+    class State(models.TextChoices):
+        IN_FLIGHT = "in_flight", "in flight"
+        COMPLETED = "completed"
+
+    service_account = models.ForeignKey(ServiceAccount, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=255)
+    fingerprint = models.CharField(max_length=64)
+    method = models.CharField(max_length=10)
+    path = models.CharField(max_length=255)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.IN_FLIGHT)
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    response_content_type = models.CharField(max_length=100, blank=True)
+    response_body = models.TextField(blank=True)
+    created_at = models.DateTimeField()
+    locked_until = models.DateTimeField()
+    expires_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["service_account", "key"], condition=Q(service_account__isnull=False),
+                                    name="idempotency_key_unique_per_service"),
+            models.UniqueConstraint(fields=["user", "key"], condition=Q(user__isnull=False),
+                                    name="idempotency_key_unique_per_user"),
+            models.CheckConstraint(
+                condition=(Q(service_account__isnull=False) & Q(user__isnull=True))
+                | (Q(service_account__isnull=True) & Q(user__isnull=False)),
+                name="idempotency_key_one_owner",
+            ),
+            models.CheckConstraint(condition=Q(state__in=["in_flight", "completed"]), name="idempotency_key_state_valid"),
+            models.CheckConstraint(condition=Q(state="in_flight") | Q(response_status__isnull=False),
+                                   name="idempotency_key_completed_has_response"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.key} ({self.state})"
