@@ -1,0 +1,180 @@
+"""Ringfence's own processes (Celery worker and beat, the web server, `make run`'s supervisor) as
+subprocesses pointed at the private services, configured the production way: environment only.
+
+Each process leads its own session, so `os.killpg(pid, SIGKILL)` reaches a worker's pool
+children too, and teardown never leaves an orphan behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.reliability.http import HttpResponse, request
+from tests.reliability.waiting import free_port, wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+PY = sys.executable
+
+
+class ServiceProcess:
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path) -> None:
+        self.name, self.argv, self.env, self.log = name, argv, env, log
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self) -> ServiceProcess:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        self.starts += 1
+        return self
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (a worker and its pool children, or a crash)."""
+        self.signal_group(signal.SIGKILL)
+        self.proc.wait(timeout=15)
+
+    def terminate(self, timeout: float = 30) -> int:
+        """SIGTERM (Celery's warm shutdown) and wait for the exit; SIGKILL if it does not come."""
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"{self.name} did not stop within {timeout} s of SIGTERM") from None
+
+    def wait_exit(self, timeout: float) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def wait_for_output(self, text: str, timeout: float, after: int = 0) -> None:
+        wait_until(lambda: text in self.output()[after:], timeout, f"{self.name} prints {text!r}", interval=0.1)
+
+    def cleanup(self) -> None:
+        if self.proc is not None:
+            self.signal_group(signal.SIGKILL)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+class Services:
+    """Starts processes against one private PostgreSQL database and one private Redis."""
+
+    def __init__(self, *, database_url: str, redis_url: str, secret_key: str, checkpoint_key: str,
+                 workdir: Path) -> None:
+        self.workdir = workdir
+        self.var_dir = workdir / "var"
+        self.var_dir.mkdir(parents=True, exist_ok=True)
+        self.task_log = workdir / "task-runs.jsonl"
+        self.processes: list[ServiceProcess] = []
+        self.base_env = {
+            key: value for key, value in os.environ.items()
+            if not key.startswith(("RINGFENCE_", "PYTEST", "DATABASE_", "CELERY_", "REDIS_"))
+        }
+        self.base_env.update(
+            DJANGO_SETTINGS_MODULE="governance.settings",
+            PYTHONUNBUFFERED="1",
+            PYTHONPATH=str(ROOT),
+            DATABASE_URL=database_url,
+            CELERY_BROKER_URL=redis_url,
+            REDIS_URL=redis_url,
+            SECRET_KEY=secret_key,  # the test process signs sessions the web server must accept
+            AUDIT_CHECKPOINT_KEY=checkpoint_key,
+            RINGFENCE_VAR_DIR=str(self.var_dir),
+            RINGFENCE_TASK_LOG=str(self.task_log),
+            # Short settings so the faults play out in seconds (RELIABILITY.md §4.2 gives production values).
+            TIMER_SWEEP_SECONDS="1",
+            CELERY_VISIBILITY_TIMEOUT="30",
+            DATABASE_CONNECT_TIMEOUT="2",
+            LOG_LEVEL="INFO",
+        )
+
+    def env(self, **overrides: object) -> dict[str, str]:
+        return {**self.base_env, **{key: str(value) for key, value in overrides.items()}}
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, object]) -> ServiceProcess:
+        process = ServiceProcess(name, argv, self.env(**env), self.workdir / f"{name}.log")
+        self.processes.append(process)
+        return process.start()
+
+    def worker(self, name: str = "worker", *, concurrency: int = 2, ready: bool = True, **env: object) -> ServiceProcess:
+        process = self._spawn(name, [
+            PY, "-m", "celery", "-A", "tests.reliability.celery_probe", "worker", "--loglevel", "INFO",
+            "--pool", "prefork", "--concurrency", str(concurrency), "--hostname", f"{name}@reliability",
+            "--without-gossip", "--without-mingle",
+        ], env)
+        if ready:
+            process.wait_for_output(" ready.", 60)
+        return process
+
+    def beat(self, name: str = "beat", **env: object) -> ServiceProcess:
+        return self._spawn(name, [
+            PY, "-m", "celery", "-A", "tests.reliability.celery_probe", "beat", "--loglevel", "INFO",
+            "--schedule", str(self.workdir / f"{name}-schedule"),
+        ], env)
+
+    def web(self, name: str = "web", *, workers: int = 2, **env: object) -> WebServer:
+        port = free_port()
+        process = self._spawn(name, [
+            PY, "-m", "gunicorn", "governance.wsgi:application", "--bind", f"127.0.0.1:{port}",
+            "--workers", str(workers), "--timeout", "60", "--graceful-timeout", "5", "--access-logfile", "-",
+        ], {"ALLOWED_HOSTS": "127.0.0.1,localhost", **env})
+        server = WebServer(process, f"http://127.0.0.1:{port}")
+        server.wait_ready()
+        return server
+
+    def devserver(self, name: str = "devserver", **env: object) -> ServiceProcess:
+        """`make run`'s process tree: migrate, seed, web + worker + beat under its supervisor."""
+        return self._spawn(name, [PY, str(ROOT / "scripts" / "devserver.py")],
+                           {"HOST": "127.0.0.1", "PORT": free_port(), **env})
+
+    def task_runs(self, task: str | None = None, event: str = "start") -> list[dict]:
+        if not self.task_log.exists():
+            return []
+        runs = [json.loads(line) for line in self.task_log.read_text().splitlines() if line.strip()]
+        return [r for r in runs if r["event"] == event and (task is None or r["task"] == task)]
+
+    def cleanup(self) -> None:
+        for process in reversed(self.processes):
+            process.cleanup()
+
+
+class WebServer:
+    def __init__(self, process: ServiceProcess, base_url: str) -> None:
+        self.process, self.base_url = process, base_url
+        self.port = int(base_url.rsplit(":", 1)[1])
+
+    def request(self, method: str, path: str, **kwargs) -> HttpResponse:
+        return request(method, "127.0.0.1", self.port, path, **kwargs)
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        def answers() -> bool:
+            assert self.process.alive(), f"the web server exited:\n{self.process.output()[-3000:]}"
+            try:
+                return self.request("GET", "/accounts/login/", timeout=2).status == 200
+            except OSError:
+                return False
+
+        wait_until(answers, timeout, "the web server answers", interval=0.2)

@@ -1,0 +1,167 @@
+"""Faults of the database under the core's services and pages: a hung server (FLT-02), network
+latency (FLT-03) and a held row lock (FLT-04)."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import threading
+import time
+
+import pytest
+from django.db import OperationalError, transaction
+
+from governance import audit, services
+from governance.models import AuditEvent, Workflow
+from tests.reliability.threads import database_settings, in_thread, session_options
+from tests.reliability.waiting import percentile, wait_until
+from tests.reliability.web import session_headers
+
+pytestmark = [pytest.mark.reliability, pytest.mark.timeout(180)]
+
+
+# -- FLT-04 ------------------------------------------------------------------------------------
+LOCK_TIMEOUT_MS = 500
+
+
+def test_flt04_held_row_lock_turns_into_an_error_after_lock_timeout(private_pg, figures, workflow,
+                                                                     containment_owner):
+    """Another transaction holds the workflow row; the kill switch fails after lock_timeout, not later."""
+    with private_pg.admin(private_pg.dbname, autocommit=False) as holder:
+        holder.execute("SELECT id FROM governance_workflow WHERE id = %s FOR UPDATE", [workflow.pk])
+        with database_settings(OPTIONS=session_options(lock_timeout_ms=LOCK_TIMEOUT_MS)):
+            started = time.monotonic()
+            thread, outcome = in_thread(
+                lambda: services.pause_workflow(workflow.pk, actor=containment_owner, reason="incident 42"))
+            thread.join(LOCK_TIMEOUT_MS / 1000 + 10)
+            elapsed = time.monotonic() - started
+        holder.rollback()
+    assert not thread.is_alive(), "the transition hung behind the lock"
+    assert isinstance(outcome.error, OperationalError), outcome.error
+    cause = type(outcome.error.__cause__).__name__
+    figures.report("FLT-04", f"time to error {elapsed * 1000:.0f} ms vs lock_timeout {LOCK_TIMEOUT_MS} ms ({cause})",
+                   elapsed_ms=round(elapsed * 1000), lock_timeout_ms=LOCK_TIMEOUT_MS)
+    assert cause == "LockNotAvailable"
+    assert LOCK_TIMEOUT_MS / 1000 <= elapsed < LOCK_TIMEOUT_MS / 1000 + 2
+    assert not Workflow.objects.get(pk=workflow.pk).paused
+    assert not AuditEvent.objects.filter(action="workflow.paused").exists()
+    # Once the lock is gone the same call succeeds.
+    services.pause_workflow(workflow.pk, actor=containment_owner, reason="incident 42")
+    assert Workflow.objects.get(pk=workflow.pk).paused
+
+
+# -- FLT-02 ------------------------------------------------------------------------------------
+CONNECT_TIMEOUT_S = 2
+FREEZE_S = 8  # RELIABILITY.md says 15 s; 8 s gives each client several timed-out requests
+
+
+def test_flt02_hung_database_fails_requests_within_connect_timeout(services, private_pg, figures, workflow,
+                                                                  containment_owner):
+    web = services.web(DATABASE_CONNECT_TIMEOUT=CONNECT_TIMEOUT_S)
+    headers = session_headers(containment_owner)
+    path = "/workflows/"
+    assert web.request("GET", path, headers=headers).status == 200
+
+    stop = threading.Event()
+    during: list[tuple[int, float]] = []
+
+    def client() -> None:
+        for _ in range(100):  # bounded; ends with the freeze
+            if stop.is_set():
+                return
+            try:
+                response = web.request("GET", path, headers=headers, timeout=30)
+                during.append((response.status, response.seconds))
+            except OSError:
+                during.append((0, 30.0))
+
+    processes = private_pg.freeze()
+    clients = [threading.Thread(target=client, daemon=True) for _ in range(2)]
+    for thread in clients:
+        thread.start()
+    time.sleep(FREEZE_S)  # the outage itself: its length is the test's input, not a hope
+    stop.set()
+    for thread in clients:
+        thread.join(CONNECT_TIMEOUT_S + 30)
+    thawed = time.monotonic()
+    private_pg.thaw()
+    recovered = wait_until(lambda: web.request("GET", path, headers=headers).status == 200 and time.monotonic(),
+                           30, "the page works again after SIGCONT")
+
+    latencies = [seconds for _, seconds in during]
+    statuses = sorted({status for status, _ in during})
+    p99 = percentile(latencies, 99)
+    figures.report("FLT-02", f"PostgreSQL SIGSTOPped {FREEZE_S} s ({processes} processes; RELIABILITY.md: 15 s): "
+                             f"{len(during)} requests, statuses {statuses}, p50 {statistics.median(latencies):.2f} s, "
+                             f"p99 {p99:.2f} s vs connect_timeout {CONNECT_TIMEOUT_S} s; "
+                             f"first success {recovered - thawed:.2f} s after SIGCONT",
+                   requests=len(during), p99_s=round(p99, 2), connect_timeout_s=CONNECT_TIMEOUT_S)
+    assert len(during) >= 4
+    assert all(status >= 500 for status, _ in during), during
+    assert p99 <= CONNECT_TIMEOUT_S + 1.5
+    assert recovered - thawed < 10
+
+
+# -- FLT-03 ------------------------------------------------------------------------------------
+RTTS_MS = (0, 1, 5)
+RUN_S = 2.0
+
+
+def _append_for(seconds: float, writer: int, barrier: threading.Barrier, results: list) -> None:
+    latencies, errors = [], 0
+    barrier.wait(10)
+    deadline = time.monotonic() + seconds
+    for n in range(100_000):  # bounded in count and in time
+        if time.monotonic() >= deadline:
+            break
+        started = time.monotonic()
+        try:
+            with transaction.atomic():
+                audit.record("system:reliability", "reliability.append", ("reliability.writer", f"{writer}-{n}"))
+        except Exception:  # noqa: BLE001 - counted; the assertion is that there are none
+            errors += 1
+        latencies.append(time.monotonic() - started)
+    results.append((latencies, errors))
+
+
+def _measure(writers: int) -> tuple[float, float, int, int]:
+    """appends/s, p99 ms, errors and appended events of `writers` threads appending for RUN_S."""
+    results: list = []
+    barrier = threading.Barrier(writers)
+    threads = [in_thread(lambda w=w: _append_for(RUN_S, w, barrier, results))[0] for w in range(writers)]
+    for thread in threads:
+        thread.join(RUN_S + 30)
+    latencies = [lat for lats, _ in results for lat in lats]
+    errors = sum(err for _, err in results)
+    return len(latencies) / RUN_S, percentile(latencies, 99) * 1000, errors, len(latencies) - errors
+
+
+def test_flt03_database_latency_degrades_the_audit_append_ceiling_without_errors(private_pg, tcp_proxy, figures):
+    proxy = tcp_proxy(private_pg.port)
+    rows, appended = [], 0
+    # The proxy shares the interpreter with the writers: switch threads often enough that it is
+    # not the GIL that adds the latency.
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(0.0002)
+    try:
+        for label, rtt in (("direct", None), *((f"+{ms} ms RTT", ms) for ms in RTTS_MS)):
+            for writers in (1, 4):
+                if rtt is None:
+                    rate, p99, errors, count = _measure(writers)
+                else:
+                    proxy.delay_ms = rtt
+                    with database_settings(PORT=str(proxy.port)):
+                        rate, p99, errors, count = _measure(writers)
+                rows.append((label, rtt, writers, rate, p99, errors))
+                appended += count
+    finally:
+        sys.setswitchinterval(switch_interval)
+    for label, rtt, writers, rate, p99, errors in rows:
+        figures.report("FLT-03", f"{label:>11}, {writers} writer{'s' if writers > 1 else ' '}: "
+                                 f"{rate:5,.0f} appends/s, p99 {p99:6.1f} ms, errors {errors}",
+                       rtt_ms=rtt, writers=writers, appends_per_s=round(rate), p99_ms=round(p99, 1), errors=errors)
+    assert all(errors == 0 for *_, errors in rows)
+    by = {(rtt, writers): rate for _, rtt, writers, rate, _, _ in rows}
+    assert by[(5, 1)] < by[(1, 1)] < by[(0, 1)], "the ceiling falls as round trips get longer"
+    assert audit.verify_database().ok
+    assert AuditEvent.objects.filter(action="reliability.append").count() == appended
