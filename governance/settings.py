@@ -203,6 +203,21 @@ else:
 MAILERS = {"default": {"BACKEND": EMAIL_BACKEND_PATH, "OPTIONS": _mail_options}}
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "ringfence@localhost")
 
+# Approval notifications: email to the people a request waits for, and a signed webhook.
+SITE_URL = env_str("SITE_URL", "http://127.0.0.1:8000").rstrip("/")
+if not SITE_URL.startswith(("http://", "https://")):
+    raise ImproperlyConfigured(f"SITE_URL={SITE_URL!r} must start with http:// or https://.")
+APPROVALS_EMAIL = env_bool("APPROVALS_EMAIL", True)
+APPROVALS_WEBHOOK_URL = env_str("APPROVALS_WEBHOOK_URL").strip()
+APPROVALS_WEBHOOK_SECRET = env_str("APPROVALS_WEBHOOK_SECRET")
+if APPROVALS_WEBHOOK_URL:
+    if not APPROVALS_WEBHOOK_URL.startswith(("http://", "https://")):
+        raise ImproperlyConfigured("APPROVALS_WEBHOOK_URL must start with http:// or https://.")
+    if len(APPROVALS_WEBHOOK_SECRET) < 32:
+        raise ImproperlyConfigured("APPROVALS_WEBHOOK_SECRET must be set (at least 32 characters) with APPROVALS_WEBHOOK_URL.")
+APPROVALS_WEBHOOK_TIMEOUT_SECONDS = env_float("APPROVALS_WEBHOOK_TIMEOUT_SECONDS", 5.0, minimum=0.1)
+APPROVALS_REMINDER_SECONDS = env_int("APPROVALS_REMINDER_SECONDS", 120, minimum=0)
+
 # Cache: Redis where configured (shared across web processes), else local memory.
 REDIS_URL = env_str("REDIS_URL")
 if REDIS_URL:
@@ -269,6 +284,8 @@ CELERY_BEAT_SCHEDULE = {
         "task": "governance.tasks.write_checkpoint_if_due",
         "schedule": min(60.0, float(AUDIT_CHECKPOINT_INTERVAL_SECONDS)),
     },
+    # Fires overdue approval timers, opens due reminders, republishes lost messages.
+    "sweep-due-timers": {"task": "approvals.tasks.sweep_due", "schedule": TIMER_SWEEP_SECONDS},
 }
 
 LOGGING = {
@@ -279,3 +296,40 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {"ringfence.security": {"level": "INFO"}},
 }
+
+# Agent API (README "Agent and CI API"): per-caller rate limit, idempotency keys, long-poll.
+API_RATE_LIMIT_REQUESTS = env_int("API_RATE_LIMIT_REQUESTS", 600, minimum=1)
+API_RATE_LIMIT_WINDOW_SECONDS = env_float("API_RATE_LIMIT_WINDOW_SECONDS", 60.0, minimum=0.001)
+API_RATE_LIMIT_REDIS_TIMEOUT = env_float("API_RATE_LIMIT_REDIS_TIMEOUT", 0.5, minimum=0.01)
+IDEMPOTENCY_KEY_TTL_HOURS = env_int("IDEMPOTENCY_KEY_TTL_HOURS", 24, minimum=1)
+IDEMPOTENCY_LEASE_SECONDS = env_int("IDEMPOTENCY_LEASE_SECONDS", 60, minimum=1)
+API_LONG_POLL_MAX_SECONDS = env_float("API_LONG_POLL_MAX_SECONDS", 25.0, minimum=0)
+API_LONG_POLL_INTERVAL_SECONDS = env_float("API_LONG_POLL_INTERVAL_SECONDS", 0.5, minimum=0.01)
+
+# Rollouts (README "Rollouts"): evaluation cadence, executors, context tags.
+ROLLOUT_EVALUATION_SECONDS = env_float("ROLLOUT_EVALUATION_SECONDS", 15.0, minimum=0.5)
+ROLLOUT_EVALUATION_DEBOUNCE_SECONDS = env_float("ROLLOUT_EVALUATION_DEBOUNCE_SECONDS", 1.0, minimum=0.05)
+ROLLOUT_SWEEP_SECONDS = env_float("ROLLOUT_SWEEP_SECONDS", 5.0, minimum=0.1)
+ROLLOUT_WEBHOOK_TIMEOUT_SECONDS = env_float("ROLLOUT_WEBHOOK_TIMEOUT_SECONDS", 5.0, minimum=0.1)
+ROLLOUT_EXECUTOR_MAX_ATTEMPTS = env_int("ROLLOUT_EXECUTOR_MAX_ATTEMPTS", 6, minimum=1)
+ROLLOUT_EXECUTOR_BACKOFF_SECONDS = env_float("ROLLOUT_EXECUTOR_BACKOFF_SECONDS", 1.0, minimum=0)
+ROLLOUT_EXECUTOR_BACKOFF_MAX_SECONDS = env_float("ROLLOUT_EXECUTOR_BACKOFF_MAX_SECONDS", 60.0, minimum=0)
+# An attempt without a result after this long is taken over (its worker died); keep it above the timeout.
+ROLLOUT_EXECUTOR_LEASE_SECONDS = env_float("ROLLOUT_EXECUTOR_LEASE_SECONDS", ROLLOUT_WEBHOOK_TIMEOUT_SECONDS + 10,
+                                           minimum=ROLLOUT_WEBHOOK_TIMEOUT_SECONDS)
+ROLLOUT_EXECUTOR_STALL_SECONDS = env_float("ROLLOUT_EXECUTOR_STALL_SECONDS", 15.0, minimum=0.1)
+ROLLOUT_REPROPOSE_COOLDOWN_SECONDS = env_int("ROLLOUT_REPROPOSE_COOLDOWN_SECONDS", 900, minimum=0)
+ROLLOUT_TAG_MAX_HOURS = env_int("ROLLOUT_TAG_MAX_HOURS", 72, minimum=1)
+ROLLOUT_SIGNALS_MAX_BATCH = env_int("ROLLOUT_SIGNALS_MAX_BATCH", 10_000, minimum=1)
+ROLLOUT_WEBHOOK_SECRET = env_str("ROLLOUT_WEBHOOK_SECRET")
+if not ROLLOUT_WEBHOOK_SECRET:
+    _webhook_key_file = VAR_DIR / "rollout_webhook_secret"
+    if not _webhook_key_file.exists():
+        _webhook_key_file.write_text(secrets.token_hex(32))
+        _webhook_key_file.chmod(0o600)
+    ROLLOUT_WEBHOOK_SECRET = _webhook_key_file.read_text().strip()
+if len(ROLLOUT_WEBHOOK_SECRET) < 32:
+    raise ImproperlyConfigured("ROLLOUT_WEBHOOK_SECRET must be at least 32 characters long.")
+CELERY_BEAT_SCHEDULE["rollouts-evaluate-live-plans"] = {
+    "task": "rollouts.tasks.evaluate_live_plans", "schedule": ROLLOUT_EVALUATION_SECONDS}
+CELERY_BEAT_SCHEDULE["rollouts-sweep-actions"] = {"task": "rollouts.tasks.sweep_actions", "schedule": ROLLOUT_SWEEP_SECONDS}

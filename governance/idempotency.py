@@ -1,0 +1,249 @@
+"""Idempotency-Key for unsafe API calls, as the IETF httpapi Idempotency-Key draft describes.
+
+Use it under the route decorator; the view returns a Schema (or `Status(code, Schema)`):
+
+    @router.post("/proposals", response=ProposalOut)
+    @idempotent()
+    def propose(request, payload: ProposalIn): ...
+
+- The key is scoped to the caller (service account, or person for session callers).
+- Missing key where required → 400; malformed (empty, over 255 characters, non-ASCII, or a
+  comma, which is what two `Idempotency-Key` headers become) → 400.
+- First use: the key is claimed (`in_flight`), the view runs, and its answer is stored in the
+  same transaction as the change it made, so an answer is never stored without its effect.
+  Answers below 500 are stored (refusals too); on a 5xx the claim is released so a retry
+  can succeed once the database or broker is back.
+- Same key, same body → the first answer again, with `Idempotent-Replayed: true`.
+- Same key, another body (or endpoint) → 422 `idempotency_key_reused`.
+- Same key while the first request is still running → 409 `request_in_flight` with
+  `Retry-After`. A claim older than IDEMPOTENCY_LEASE_SECONDS (its request died) is taken over.
+- Keys are kept IDEMPOTENCY_KEY_TTL_HOURS (default 24 h); expired keys are purged as new ones
+  are claimed, and an expired key may be used again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import wraps
+from typing import Any
+
+from django.conf import settings
+from django.db import DatabaseError, IntegrityError, transaction
+from django.http import HttpRequest, HttpResponse
+from ninja import Status
+from ninja.responses import NinjaJSONEncoder
+from pydantic import BaseModel
+
+from governance import clock
+from governance.api_auth import service_account_of
+from governance.models import IdempotencyKey
+from governance.problems import FieldError, Problem, handle_exception, problem_for, problem_response
+
+HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+MAX_KEY_LENGTH = 255
+PURGE_EVERY_SECONDS = 60
+PURGE_BATCH = 1000
+
+# (module, function name) of idempotent views → required?; documents the header in OpenAPI.
+REGISTRY: dict[tuple[str, str], bool] = {}
+
+_purge_lock = threading.Lock()
+_last_purge = 0.0
+
+
+def header_value(request: HttpRequest) -> str | None:
+    """The key as sent: a bare token or an RFC 8941 string ("…"); None when absent."""
+    raw = request.headers.get(HEADER)
+    if raw is None:
+        return None
+    key = raw.strip()
+    if len(key) >= 2 and key[0] == key[-1] == '"':
+        key = key[1:-1]
+    if "," in raw:
+        raise Problem(400, "idempotency_key_invalid", "Send exactly one Idempotency-Key header.",
+                      errors=[FieldError(HEADER, "More than one value was sent.", "header")])
+    if not key or len(key) > MAX_KEY_LENGTH or not all(" " <= ch <= "~" for ch in key) or '"' in key:
+        raise Problem(400, "idempotency_key_invalid",
+                      f"The Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable ASCII characters.",
+                      errors=[FieldError(HEADER, "Not a usable key.", "header")])
+    return key
+
+
+def fingerprint(request: HttpRequest) -> str:
+    """Digest of method, path and body; JSON bodies are canonicalised (key order, spacing)."""
+    body = request.body
+    try:
+        canonical = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    except (ValueError, RecursionError):
+        canonical = body
+    digest = hashlib.sha256()
+    for part in (request.method.encode(), request.path.encode(), canonical):
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
+    return digest.hexdigest()
+
+
+@dataclass
+class Claim:
+    row: IdempotencyKey
+    replay: bool
+
+
+def _owner(request: HttpRequest) -> dict[str, Any]:
+    account = service_account_of(request)
+    if account is not None:
+        return {"service_account": account}
+    return {"user": request.auth}  # type: ignore[attr-defined]
+
+
+def _fresh(row: IdempotencyKey, request: HttpRequest, digest: str) -> None:
+    now = clock.now()
+    row.fingerprint, row.method, row.path = digest, request.method, request.path[:255]
+    row.state, row.response_status, row.response_content_type, row.response_body = (
+        IdempotencyKey.State.IN_FLIGHT, None, "", "")
+    row.created_at, row.locked_until = now, now + timedelta(seconds=settings.IDEMPOTENCY_LEASE_SECONDS)
+    row.expires_at = now + timedelta(hours=settings.IDEMPOTENCY_KEY_TTL_HOURS)
+
+
+def claim(request: HttpRequest, key: str) -> Claim:
+    """Claim `key` for this request, or say that its first answer is to be replayed."""
+    owner, digest, now = _owner(request), fingerprint(request), clock.now()
+    with transaction.atomic():
+        row = IdempotencyKey.objects.select_for_update().filter(key=key, **owner).first()
+        if row is None:
+            row = IdempotencyKey(key=key, **owner)
+            _fresh(row, request, digest)
+            try:
+                with transaction.atomic():
+                    row.save(force_insert=True)
+                return Claim(row, replay=False)
+            except IntegrityError:  # a concurrent first attempt inserted it and has committed its claim
+                row = IdempotencyKey.objects.select_for_update().get(key=key, **owner)
+        if row.expires_at <= now:
+            _fresh(row, request, digest)
+            row.save()
+            return Claim(row, replay=False)
+        if row.fingerprint != digest:
+            raise Problem(422, "idempotency_key_reused",
+                          "This Idempotency-Key was already used for a different request; use a new key.",
+                          errors=[FieldError(HEADER, "Used before with another body or endpoint.", "header")])
+        if row.state == IdempotencyKey.State.COMPLETED:
+            return Claim(row, replay=True)
+        if row.locked_until > now:
+            raise Problem(409, "request_in_flight",
+                          "A request with this Idempotency-Key is still being processed; retry shortly.",
+                          headers={"Retry-After": "1"})
+        _fresh(row, request, digest)  # the first attempt died before answering: take over
+        row.save()
+        return Claim(row, replay=False)
+
+
+def replay(row: IdempotencyKey) -> HttpResponse:
+    response = HttpResponse(row.response_body, status=row.response_status, content_type=row.response_content_type)
+    response[REPLAYED_HEADER] = "true"
+    return response
+
+
+def release(row: IdempotencyKey) -> None:
+    """Give the key back after a failure; if even that fails, the claim's lease runs out instead."""
+    try:
+        IdempotencyKey.objects.filter(pk=row.pk, state=IdempotencyKey.State.IN_FLIGHT).delete()
+    except DatabaseError:
+        pass
+
+
+def _complete(row: IdempotencyKey, response: HttpResponse) -> None:
+    IdempotencyKey.objects.filter(pk=row.pk).update(
+        state=IdempotencyKey.State.COMPLETED, response_status=response.status_code,
+        response_content_type=response.get("Content-Type", ""), response_body=response.content.decode("utf-8"),
+    )
+
+
+def render(result: Any) -> HttpResponse:
+    """A view's result (Schema, dict or Status) as the JSON response the caller receives."""
+    if isinstance(result, HttpResponse):
+        return result
+    status = 200
+    if isinstance(result, Status):
+        status, result = result.status_code, result.value
+    if isinstance(result, BaseModel):
+        result = result.model_dump(mode="json")
+    body = json.dumps(result, cls=NinjaJSONEncoder, allow_nan=False)
+    return HttpResponse(body, status=status, content_type="application/json; charset=utf-8")
+
+
+def purge_expired() -> int:
+    """Delete a batch of expired keys; at most once a minute per process."""
+    global _last_purge
+    with _purge_lock:
+        if time.monotonic() - _last_purge < PURGE_EVERY_SECONDS:
+            return 0
+        _last_purge = time.monotonic()
+    ids = list(IdempotencyKey.objects.filter(expires_at__lte=clock.now()).values_list("pk", flat=True)[:PURGE_BATCH])
+    return IdempotencyKey.objects.filter(pk__in=ids).delete()[0] if ids else 0
+
+
+class _Failed(Exception):
+    def __init__(self, response: HttpResponse) -> None:
+        self.response = response
+
+
+def run_once(request: HttpRequest, key: str, call: Callable[[], Any]) -> HttpResponse:
+    """Run `call` at most once per key: claim, run and store the answer atomically, or replay."""
+    purge_expired()
+    found = claim(request, key)
+    if found.replay:
+        return replay(found.row)
+    committed: list[bool] = []
+    try:
+        with transaction.atomic():
+            transaction.on_commit(lambda: committed.append(True))  # registered first: runs first
+            try:
+                with transaction.atomic():
+                    response = render(call())
+            except Exception as exc:
+                response = problem_response(request, problem_for(exc))
+            if response.status_code >= 500:
+                raise _Failed(response)
+            _complete(found.row, response)
+    except _Failed as failed:
+        release(found.row)
+        return failed.response
+    except Exception as exc:
+        if not committed:
+            release(found.row)
+        # After commit (e.g. the broker refused a message) the stored answer stands for retries.
+        return handle_exception(request, exc)
+    return response
+
+
+def idempotent(*, required: bool = True) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Make a POST view idempotent per caller and Idempotency-Key (see the module docstring)."""
+
+    def decorator(view: Callable[..., Any]) -> Callable[..., Any]:
+        REGISTRY[(view.__module__, view.__name__)] = required
+
+        @wraps(view)
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+            key = header_value(request)
+            if key is None:
+                if required:
+                    raise Problem(400, "idempotency_key_missing",
+                                  "Send an Idempotency-Key header (a fresh UUID per intended action; reuse it on retries).",
+                                  errors=[FieldError(HEADER, "This header is required.", "header")])
+                return view(request, *args, **kwargs)
+            return run_once(request, key, lambda: view(request, *args, **kwargs))
+
+        # ninja resolves string annotations in the wrapper's module: hand it the resolved ones.
+        wrapper.__signature__ = inspect.signature(view, eval_str=True)  # type: ignore[attr-defined]
+        return wrapper
+
+    return decorator

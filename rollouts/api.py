@@ -1,0 +1,7 @@
+"""Rollout endpoints of the agent API (signals, proposals, route, context tags)."""
+
+from __future__ import annotations
+
+from ninja import Router
+
+router = Router(tags=["rollouts"])

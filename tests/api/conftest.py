@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pytest
+from django.conf import settings
+from django.test import Client
+
+from governance import services
+from governance.models import ServiceAccount
+from governance.problems import CONTENT_TYPE
+from tests import factories
+
+
+@dataclass
+class Agent:
+    account: ServiceAccount
+    token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+def issue(account: ServiceAccount) -> str:
+    from django.contrib.auth.models import User
+
+    admin = User.objects.filter(is_staff=True, groups__name="administrator").first()
+    return services.issue_token(account.pk, actor=admin).raw
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings):
+    """Test users only: PBKDF2 costs seconds per user on a busy machine."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_rate_limits():
+    """Every test starts with empty rate-limit windows in its own Redis database."""
+    import redis
+
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    for key in client.scan_iter("ringfence:ratelimit:*"):
+        client.delete(key)
+    yield
+
+
+@pytest.fixture
+def agent_owner(db):
+    return factories.make_user("owen")
+
+
+@pytest.fixture
+def agent(workflow, agent_owner, admin_user) -> Agent:
+    account = factories.make_service_account("refund-bot", owner=agent_owner, workflows=[workflow])
+    return Agent(account, issue(account))
+
+
+@pytest.fixture
+def api(agent) -> Client:
+    return Client(headers=agent.headers)
+
+
+def assert_problem(response, status: int, code: str | None = None) -> dict:
+    """The error contract (IN-04): problem+json with every member, no trace."""
+    assert response.status_code == status, (response.status_code, response.content[:500])
+    assert response["Content-Type"].split(";")[0] == CONTENT_TYPE
+    body = json.loads(response.content)
+    assert set(body) >= {"type", "title", "status", "detail", "instance", "code", "errors"}
+    assert body["status"] == status and body["type"].endswith(body["code"])
+    assert isinstance(body["errors"], list)
+    for error in body["errors"]:
+        assert set(error) == {"in", "field", "message", "type"}
+    assert "Traceback" not in response.content.decode("utf-8", "replace")
+    if code:
+        assert body["code"] == code, body
+    return body
