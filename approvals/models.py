@@ -1,1 +1,432 @@
-from django.db import models  # noqa: F401
+"""Approval requests, the decisions people take on them, and the escalation policies that time them.
+
+Evidence convention (what the queue shows at a glance; every key optional, extra keys are kept
+and listed as they are):
+
+    {"summary": "p95 latency above threshold for 10 min",
+     "metrics": [{"metric": "latency_p95_ms", "value": 812, "operator": ">", "threshold": 600,
+                  "window": "10m"}],
+     "links": [{"label": "Dashboard", "url": "https://…"}]}
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+from django.conf import settings
+from django.contrib.auth.models import Group
+from django.db import models
+from django.db.models import Q
+from django.urls import reverse
+from django.utils import timezone
+
+from governance.models import ServiceAccount, Workflow
+
+MAX_JUSTIFICATION = 5000
+
+
+class Mode(models.TextChoices):
+    """`gate`: nothing happens without approval. `override_window`: it proceeds at the deadline
+    unless a person overrides it."""
+
+    GATE = "gate"
+    OVERRIDE_WINDOW = "override_window", "override window"
+
+
+class Kind(models.TextChoices):
+    AGENT_ACTION = "agent_action", "agent action"
+    EXPANSION = "expansion"
+    ROLLBACK = "rollback"
+    FALLBACK = "fallback"
+    POLICY_CHANGE = "policy_change", "policy change"
+
+
+class State(models.TextChoices):
+    PENDING = "pending"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    OVERRIDDEN = "overridden"
+    AUTO_APPROVED = "auto_approved", "auto-approved"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+
+
+class EscalationPolicy(models.Model):
+    """Who is asked, for how long, level by level, and what happens when the last level runs out.
+
+    A policy with no workflow is the default for every workflow; a workflow's own policy wins,
+    and one for business or off hours wins over one for any time.
+    """
+
+    class Hours(models.TextChoices):
+        ANY = "any", "any time"
+        BUSINESS = "business", "business hours"
+        OFF_HOURS = "off_hours", "off hours"
+
+    class TerminalAction(models.TextChoices):
+        REJECT = "reject", "reject (the request expires)"
+        PROCEED = "proceed", "proceed (the request is auto-approved)"
+
+    workflow = models.ForeignKey(Workflow, null=True, blank=True, on_delete=models.CASCADE,
+                                 related_name="escalation_policies")
+    hours = models.CharField(max_length=10, choices=Hours.choices, default=Hours.ANY)
+    mode = models.CharField(max_length=20, choices=Mode.choices)
+    terminal_action = models.CharField(max_length=10, choices=TerminalAction.choices)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "escalation policies"
+        ordering = ["workflow__slug", "mode", "hours"]
+        constraints = [
+            models.UniqueConstraint(fields=["workflow", "hours", "mode"], condition=Q(workflow__isnull=False),
+                                    name="escalation_policy_one_per_workflow_hours_mode"),
+            models.UniqueConstraint(fields=["hours", "mode"], condition=Q(workflow__isnull=True),
+                                    name="escalation_policy_one_default_per_hours_mode"),
+            models.CheckConstraint(condition=Q(hours__in=["any", "business", "off_hours"]),
+                                   name="escalation_policy_hours_valid"),
+            models.CheckConstraint(condition=Q(mode__in=["gate", "override_window"]),
+                                   name="escalation_policy_mode_valid"),
+            # A gate never lets anything happen without a person: running out means rejection.
+            models.CheckConstraint(
+                condition=Q(terminal_action="reject") | Q(terminal_action="proceed", mode="override_window"),
+                name="escalation_policy_terminal_valid",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.workflow.slug if self.workflow_id else 'default'} {self.mode} ({self.get_hours_display()})"
+
+
+class EscalationLevel(models.Model):
+    """One level of a policy: the people (by role group or by name) asked, and for how long."""
+
+    policy = models.ForeignKey(EscalationPolicy, on_delete=models.CASCADE, related_name="levels")
+    position = models.PositiveSmallIntegerField()
+    groups = models.ManyToManyField(Group, blank=True, related_name="+")
+    people = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="+")
+    timeout_seconds = models.PositiveIntegerField()
+
+    class Meta:
+        ordering = ["policy", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["policy", "position"], name="escalation_level_unique_position"),
+            models.CheckConstraint(condition=Q(timeout_seconds__gte=1) & Q(timeout_seconds__lte=7 * 24 * 3600),
+                                   name="escalation_level_timeout_range"),
+        ]
+
+    def __str__(self) -> str:
+        return f"level {self.position + 1}: {self.timeout_seconds} s"
+
+
+class ApprovalRequestQuerySet(models.QuerySet):
+    def pending(self) -> ApprovalRequestQuerySet:
+        return self.filter(state=ApprovalRequest.State.PENDING)
+
+    def overdue(self, now: datetime) -> ApprovalRequestQuerySet:
+        return self.pending().filter(due_at__lte=now)
+
+
+class ApprovalRequest(models.Model):
+    """Something an agent, a person or a rollout asks permission for; decided by people or timers."""
+
+    Kind = Kind
+    Mode = Mode
+    State = State
+
+    # The allowed state changes, written once. Escalation keeps a request pending (level and due
+    # time move), so it is not a state change.
+    TRANSITIONS: dict[str, frozenset[str]] = {
+        State.PENDING: frozenset({State.APPROVED, State.REJECTED, State.OVERRIDDEN, State.AUTO_APPROVED,
+                                  State.EXPIRED, State.CANCELLED}),
+        State.APPROVED: frozenset(),
+        State.REJECTED: frozenset(),
+        State.OVERRIDDEN: frozenset(),
+        State.AUTO_APPROVED: frozenset(),
+        State.EXPIRED: frozenset(),
+        State.CANCELLED: frozenset(),
+    }
+    # What a person may answer, by mode: a gate is approved or rejected; an override window
+    # proceeds at once (approve) or is stopped (override).
+    VERDICTS = {
+        Mode.GATE: ("approve", "reject"),
+        Mode.OVERRIDE_WINDOW: ("approve", "override"),
+    }
+    # Kinds a containment owner (contain permission) may decide besides approvers.
+    CONTAINMENT_KINDS = frozenset({Kind.EXPANSION, Kind.ROLLBACK, Kind.FALLBACK})
+
+    workflow = models.ForeignKey(Workflow, on_delete=models.PROTECT, related_name="approval_requests")
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    action = models.CharField(max_length=100)
+    parameters = models.JSONField(default=dict, blank=True)
+    evidence = models.JSONField(default=dict, blank=True)
+    confidence = models.DecimalField(max_digits=5, decimal_places=4, null=True, blank=True)
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
+                                     related_name="approval_requests")
+    requested_by_service = models.ForeignKey(ServiceAccount, null=True, blank=True, on_delete=models.PROTECT,
+                                             related_name="approval_requests")
+    # The owner of the service account when it asked: four-eyes holds even if ownership moves later.
+    on_behalf_of = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
+                                     related_name="+")
+    requester_label = models.CharField(max_length=150)
+    idempotency_key = models.CharField(max_length=255, blank=True)
+    mode = models.CharField(max_length=20, choices=Mode.choices, default=Mode.GATE)
+    policy = models.ForeignKey(EscalationPolicy, on_delete=models.PROTECT, related_name="requests")
+    due_at = models.DateTimeField()
+    remind_at = models.DateTimeField(null=True, blank=True)
+    level = models.PositiveSmallIntegerField(default=0)
+    quorum = models.PositiveSmallIntegerField(default=1)
+    state = models.CharField(max_length=20, choices=State.choices, default=State.PENDING)
+    created_at = models.DateTimeField()
+    escalated_at = models.DateTimeField(null=True, blank=True)
+    closed_at = models.DateTimeField(null=True, blank=True)
+    closed_by_label = models.CharField(max_length=300, blank=True)
+    subject_type = models.CharField(max_length=64, blank=True)
+    subject_id = models.CharField(max_length=64, blank=True)
+    # Bookkeeping of the outcome handlers other apps registered (approvals.outcomes).
+    outcome_attempted_at = models.DateTimeField(null=True, blank=True)
+    outcomes_done_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ApprovalRequestQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["due_at", "pk"]
+        indexes = [
+            models.Index(fields=["due_at"], condition=Q(state="pending"), name="approval_pending_due_idx"),
+            models.Index(fields=["remind_at"], condition=Q(state="pending"), name="approval_pending_remind_idx"),
+            models.Index(fields=["workflow", "state"], name="approval_workflow_state_idx"),
+            models.Index(fields=["subject_type", "subject_id"], name="approval_subject_idx"),
+            models.Index(fields=["closed_at"], condition=Q(outcomes_done_at__isnull=True) & ~Q(state="pending"),
+                         name="approval_outcomes_open_idx"),
+        ]
+        constraints = [
+            models.CheckConstraint(condition=Q(state__in=State.values), name="approval_state_valid"),
+            models.CheckConstraint(condition=Q(kind__in=Kind.values), name="approval_kind_valid"),
+            models.CheckConstraint(condition=Q(mode__in=Mode.values), name="approval_mode_valid"),
+            models.CheckConstraint(condition=Q(quorum__gte=1) & Q(quorum__lte=9), name="approval_quorum_range"),
+            models.CheckConstraint(
+                condition=(Q(state="pending") & Q(closed_at__isnull=True))
+                | (~Q(state="pending") & Q(closed_at__isnull=False)),
+                name="approval_closed_iff_not_pending",
+            ),
+            models.CheckConstraint(
+                condition=~Q(state__in=["auto_approved", "overridden"]) | Q(mode="override_window"),
+                name="approval_window_states_need_window",
+            ),
+            models.CheckConstraint(
+                condition=Q(confidence__isnull=True) | (Q(confidence__gte=0) & Q(confidence__lte=1)),
+                name="approval_confidence_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(requested_by__isnull=True) | Q(requested_by_service__isnull=True),
+                name="approval_one_requester",
+            ),
+            models.UniqueConstraint(fields=["requested_by_service", "idempotency_key"],
+                                    condition=~Q(idempotency_key="") & Q(requested_by_service__isnull=False),
+                                    name="approval_unique_service_key"),
+            models.UniqueConstraint(fields=["requested_by", "idempotency_key"],
+                                    condition=~Q(idempotency_key="") & Q(requested_by__isnull=False),
+                                    name="approval_unique_person_key"),
+            models.UniqueConstraint(fields=["requester_label", "idempotency_key"],
+                                    condition=~Q(idempotency_key="") & Q(requested_by__isnull=True)
+                                    & Q(requested_by_service__isnull=True),
+                                    name="approval_unique_system_key"),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.kind} {self.action} ({self.state})"
+
+    def get_absolute_url(self) -> str:
+        return reverse("approvals:detail", args=[self.pk])
+
+    @property
+    def is_pending(self) -> bool:
+        return self.state == self.State.PENDING
+
+    @property
+    def is_escalated(self) -> bool:
+        return self.level > 0
+
+    @property
+    def is_override_window(self) -> bool:
+        return self.mode == self.Mode.OVERRIDE_WINDOW
+
+    def can_become(self, new_state: str) -> bool:
+        return new_state in self.TRANSITIONS[self.state]
+
+    def allowed_verdicts(self) -> tuple[str, ...]:
+        return self.VERDICTS[self.Mode(self.mode)]
+
+    def state_after(self, verdict: str, approvals: int) -> str:
+        """The state a verdict leads to, given the number of distinct approvals recorded so far."""
+        if verdict == "reject":
+            return self.State.REJECTED
+        if verdict == "override":
+            return self.State.OVERRIDDEN
+        return self.State.APPROVED if approvals >= self.quorum else self.State.PENDING
+
+    def closed_summary(self) -> str:
+        """What a person who arrives late is told, e.g. "Already approved by Alice at 10:02."."""
+        if self.is_pending:
+            return "This request is still pending."
+        at = timezone.localtime(self.closed_at).strftime("%H:%M")
+        state = self.get_state_display().lower()
+        if self.state == self.State.AUTO_APPROVED:
+            return f"Already auto-approved at {at}: the override window ran out."
+        if self.state == self.State.EXPIRED:
+            return f"Already expired at {at}: nobody decided before the last escalation level ran out."
+        by = f" by {self.closed_by_label}" if self.closed_by_label else ""
+        return f"Already {state}{by} at {at}."
+
+    def subject_link(self) -> tuple[str, str] | None:
+        return (self.subject_type, self.subject_id) if self.subject_type else None
+
+    def evidence_metrics(self) -> list[dict]:
+        metrics = self.evidence.get("metrics") if isinstance(self.evidence, dict) else None
+        return [m for m in metrics if isinstance(m, dict)] if isinstance(metrics, list) else []
+
+    def evidence_lines(self) -> list[str]:
+        """The metrics that crossed a threshold, one short line each: `latency_p95_ms 812 > 600 (10m)`."""
+        lines = []
+        for m in self.evidence_metrics():
+            line = f"{m.get('metric', '?')} {m.get('value', '?')}"
+            if "threshold" in m:
+                line += f" {m.get('operator', 'vs')} {m['threshold']}"
+            if m.get("window"):
+                line += f" ({m['window']})"
+            lines.append(line)
+        return lines
+
+    def evidence_links(self) -> list[dict]:
+        """Links with an http(s) address only, so evidence can never smuggle a javascript: URL."""
+        links = self.evidence.get("links") if isinstance(self.evidence, dict) else None
+        if not isinstance(links, list):
+            return []
+        return [
+            {"label": str(link.get("label") or link["url"]), "url": link["url"]}
+            for link in links
+            if isinstance(link, dict) and isinstance(link.get("url"), str)
+            and link["url"].lower().startswith(("https://", "http://"))
+        ]
+
+    def evidence_extra(self) -> dict:
+        if not isinstance(self.evidence, dict):
+            return {}
+        return {k: v for k, v in self.evidence.items() if k not in ("summary", "metrics", "links")}
+
+    @property
+    def confidence_percent(self) -> str:
+        if self.confidence is None:
+            return ""
+        return f"{(self.confidence * 100).quantize(Decimal('1'))} %"
+
+
+class Decision(models.Model):
+    """One person's verdict on one request; at most one per person (unique), kept forever."""
+
+    class Verdict(models.TextChoices):
+        APPROVE = "approve"
+        REJECT = "reject"
+        OVERRIDE = "override"
+
+    class Reason(models.TextChoices):
+        EXPECTED_BEHAVIOUR = "expected_behaviour", "expected behaviour"
+        NOISE = "noise", "noise (false alarm)"
+        KNOWN_CHANGE = "known_change", "known change"
+        OTHER = "other"
+
+    request = models.ForeignKey(ApprovalRequest, on_delete=models.PROTECT, related_name="decisions")
+    decided_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="approval_decisions")
+    verdict = models.CharField(max_length=10, choices=Verdict.choices)
+    justification = models.TextField(blank=True)
+    reason = models.CharField(max_length=20, choices=Reason.choices, blank=True)
+    level = models.PositiveSmallIntegerField(default=0)
+    decided_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["decided_at", "pk"]
+        constraints = [
+            models.UniqueConstraint(fields=["request", "decided_by"], name="decision_one_per_person"),
+            models.CheckConstraint(condition=Q(verdict__in=["approve", "reject", "override"]), name="decision_verdict_valid"),
+            models.CheckConstraint(
+                condition=Q(reason="") | Q(reason__in=["expected_behaviour", "noise", "known_change", "other"]),
+                name="decision_reason_valid",
+            ),
+            models.CheckConstraint(condition=~Q(verdict="override") | ~Q(reason=""), name="decision_override_has_reason"),
+            models.CheckConstraint(condition=Q(verdict="approve") | ~Q(justification=""),
+                                   name="decision_refusal_has_justification"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.decided_by} {self.verdict} #{self.request_id}"
+
+
+class Notice(models.Model):
+    """One notification-worthy change of a request. Unique per (request, event, level): a notice
+    is created once however often the change is observed, so nobody is told twice."""
+
+    class Event(models.TextChoices):
+        REQUESTED = "requested"
+        WINDOW_OPENED = "window_opened", "override window opened"
+        ESCALATED = "escalated"
+        REMINDER = "reminder"
+        DECIDED = "decided"
+
+    request = models.ForeignKey(ApprovalRequest, on_delete=models.CASCADE, related_name="notices")
+    event = models.CharField(max_length=20, choices=Event.choices)
+    level = models.PositiveSmallIntegerField()
+    created_at = models.DateTimeField()
+    attempted_at = models.DateTimeField(null=True, blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created_at", "pk"]
+        indexes = [models.Index(fields=["created_at"], condition=Q(delivered_at__isnull=True),
+                                name="notice_undelivered_idx")]
+        constraints = [
+            models.UniqueConstraint(fields=["request", "event", "level"], name="notice_once_per_change"),
+            models.CheckConstraint(
+                condition=Q(event__in=["requested", "window_opened", "escalated", "reminder", "decided"]),
+                name="notice_event_valid",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event} #{self.request_id} level {self.level}"
+
+
+class Delivery(models.Model):
+    """One channel's attempt to deliver a notice to one recipient (an address or the webhook)."""
+
+    class Channel(models.TextChoices):
+        EMAIL = "email"
+        WEBHOOK = "webhook"
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        SENDING = "sending"
+        SENT = "sent"
+        FAILED = "failed"
+        SKIPPED = "skipped"
+
+    notice = models.ForeignKey(Notice, on_delete=models.CASCADE, related_name="deliveries")
+    channel = models.CharField(max_length=10, choices=Channel.choices)
+    recipient = models.CharField(max_length=500)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+
+    class Meta:
+        verbose_name_plural = "deliveries"
+        ordering = ["notice", "channel", "recipient"]
+        constraints = [
+            models.UniqueConstraint(fields=["notice", "channel", "recipient"], name="delivery_once_per_recipient"),
+            models.CheckConstraint(condition=Q(channel__in=["email", "webhook"]), name="delivery_channel_valid"),
+            models.CheckConstraint(condition=Q(status__in=["pending", "sending", "sent", "failed", "skipped"]),
+                                   name="delivery_status_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.channel} → {self.recipient}: {self.status}"

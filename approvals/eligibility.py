@@ -1,0 +1,69 @@
+"""Who may decide a request. The services enforce these rules under the row lock; the pages ask
+the same functions only to show or hide buttons.
+
+- Scope: the approve permission on the workflow (guardian object permission); for expansion,
+  rollback and fallback requests the contain permission also qualifies.
+- Level: the person is named (by role group or by name) by the request's current escalation
+  level or an earlier one; escalation adds people, it never takes the first approvers away.
+- Four-eyes: neither the person who asked nor the owner of the service account that asked.
+- Superusers pass scope and level (documented superuser policy) but never four-eyes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import Q
+
+from approvals.models import ApprovalRequest, EscalationLevel
+from governance.errors import TransitionRefused
+from governance.permissions import APPROVE, CONTAIN, perm
+
+
+def decide_permissions(kind: str) -> tuple[str, ...]:
+    if kind in ApprovalRequest.CONTAINMENT_KINDS:
+        return (APPROVE, CONTAIN)
+    return (APPROVE,)
+
+
+def in_scope(user: AbstractBaseUser, req: ApprovalRequest) -> bool:
+    return any(user.has_perm(perm(codename), req.workflow) for codename in decide_permissions(req.kind))
+
+
+def asked_by(user: AbstractBaseUser, req: ApprovalRequest) -> bool:
+    """Four-eyes: the requester, or the owner (then or now) of the service account that asked."""
+    owners = {req.requested_by_id, req.on_behalf_of_id}
+    if req.requested_by_service_id is not None:
+        owners.add(req.requested_by_service.owner_id)
+    return user.pk in owners
+
+
+def named_by_level(user: AbstractBaseUser, req: ApprovalRequest) -> bool:
+    if user.is_superuser:
+        return True
+    return EscalationLevel.objects.filter(policy_id=req.policy_id, position__lte=req.level).filter(
+        Q(groups__user=user) | Q(people=user)
+    ).exists()
+
+
+def assigned_to(user: AbstractBaseUser, req: ApprovalRequest) -> bool:
+    """Named by the current level itself (what "assigned to me" means in the queue)."""
+    return EscalationLevel.objects.filter(policy_id=req.policy_id, position=req.level).filter(
+        Q(groups__user=user) | Q(people=user)
+    ).exists()
+
+
+def refusal(actor: Any, req: ApprovalRequest) -> TransitionRefused | None:
+    """Why `actor` may not decide `req` right now (ignoring its state), or None if they may."""
+    if not isinstance(actor, AbstractBaseUser) or not actor.is_active:
+        return TransitionRefused("forbidden", "Only a signed-in person can decide approval requests.")
+    if not in_scope(actor, req):
+        return TransitionRefused("forbidden", f"You may not decide requests of {req.workflow.slug}.")
+    if asked_by(actor, req):
+        return TransitionRefused(
+            "four_eyes", "You asked for this (or own the service account that did); someone else must decide it.")
+    if not named_by_level(actor, req):
+        return TransitionRefused(
+            "forbidden", "This request has not been escalated to you; the approvers of its current level decide it.")
+    return None

@@ -1,0 +1,250 @@
+"""Telling people: email to whoever a request waits for, and a signed, Slack-compatible webhook.
+
+A `Notice` is opened inside the transition's transaction, once per (request, event, level), so a
+change observed twice is announced once. Delivery happens after commit, one `Delivery` row per
+channel and recipient, claimed before sending so duplicate task runs never send twice. A notice
+whose request has moved on (decided, or escalated past it) is not delivered any more.
+
+Webhook (APPROVALS_WEBHOOK_URL): POST of Slack incoming-webhook JSON (`text`, `blocks`) with the
+machine-readable event in `metadata`, signed with HMAC-SHA256 over `<timestamp>.<body>`:
+
+    X-Ringfence-Timestamp: 1767225600
+    X-Ringfence-Signature: v1=<hex hmac_sha256(APPROVALS_WEBHOOK_SECRET, "1767225600." + body)>
+    X-Ringfence-Event: approval.requested
+    Idempotency-Key: approval-notice-42
+
+Receivers recompute the signature, compare in constant time, and refuse timestamps older than a
+few minutes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import urllib.error
+import urllib.request
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.mail import EmailMessage
+from django.db import IntegrityError, transaction
+from django.db.models import Exists, F, OuterRef, Q
+from django.utils import timezone
+
+from approvals import eligibility
+from approvals.models import ApprovalRequest, Delivery, EscalationLevel, Notice
+from governance import clock
+
+logger = logging.getLogger(__name__)
+Event = Notice.Event
+MAX_ATTEMPTS = 5
+# A claim older than this belongs to a worker that died mid-send; the delivery is tried again.
+STALE_CLAIM = timedelta(minutes=5)
+RETRY_AFTER = timedelta(seconds=60)
+GIVE_UP_AFTER = timedelta(days=1)
+
+
+class DeliveryFailed(Exception):
+    pass
+
+
+def open_notice(req: ApprovalRequest, event: str) -> Notice | None:
+    """Record that `req` changed in a way people hear about; None when that was already recorded."""
+    try:
+        with transaction.atomic():
+            return Notice.objects.create(request=req, event=event, level=req.level, created_at=clock.now())
+    except IntegrityError:
+        return None
+
+
+def open_due_reminders(limit: int = 200) -> int:
+    """Open the reminder notice of each pending request whose reminder time has come (one per level)."""
+    now = clock.now()
+    reminded = Notice.objects.filter(request=OuterRef("pk"), event=Event.REMINDER, level=OuterRef("level"))
+    due = (ApprovalRequest.objects.pending().filter(remind_at__lte=now, due_at__gt=now)
+           .exclude(Exists(reminded)).order_by("remind_at")[:limit])
+    opened = 0
+    for req in due:
+        with transaction.atomic():
+            notice = open_notice(req, Event.REMINDER)
+            if notice is not None:
+                from approvals import tasks
+
+                transaction.on_commit(lambda pk=notice.pk: tasks.publish_delivery(pk))
+                opened += 1
+    return opened
+
+
+def stale_notice_ids(limit: int = 100) -> list[int]:
+    """Notices not delivered yet whose last attempt is a while ago (a lost message or a failure)."""
+    now = clock.now()
+    return list(
+        Notice.objects.filter(delivered_at__isnull=True, created_at__gte=now - GIVE_UP_AFTER,
+                              created_at__lte=now - RETRY_AFTER)
+        .exclude(attempted_at__gt=now - RETRY_AFTER).order_by("created_at").values_list("pk", flat=True)[:limit]
+    )
+
+
+def waiting_on(req: ApprovalRequest) -> list:
+    """The active people named by the request's current level who may decide it (never the requester)."""
+    level = EscalationLevel.objects.filter(policy_id=req.policy_id, position=req.level).first()
+    if level is None:
+        return []
+    people = (get_user_model().objects.filter(is_active=True)
+              .filter(Q(groups__in=level.groups.all()) | Q(pk__in=level.people.values("pk")))
+              .distinct().order_by("username"))
+    return [p for p in people if eligibility.in_scope(p, req) and not eligibility.asked_by(p, req)]
+
+
+def recipients(notice: Notice) -> list:
+    req = notice.request
+    if notice.event == Event.DECIDED:
+        ids = {req.requested_by_id, req.on_behalf_of_id} - {None}
+        return list(get_user_model().objects.filter(pk__in=ids, is_active=True).order_by("username"))
+    return waiting_on(req)
+
+
+def _local(value: datetime) -> str:
+    return timezone.localtime(value).strftime("%H:%M %Z")
+
+
+def describe(notice: Notice) -> tuple[str, str]:
+    """Subject line and plain-text body, shared by the email and the webhook."""
+    req = notice.request
+    what = f"{req.action} on {req.workflow.slug}"
+    subjects = {
+        Event.REQUESTED: f"Approval needed: {what} (answer by {_local(req.due_at)})",
+        Event.WINDOW_OPENED: f"Override window: {what} proceeds at {_local(req.due_at)} unless overridden",
+        Event.ESCALATED: f"Escalated to level {req.level + 1}: {what} (answer by {_local(req.due_at)})",
+        Event.REMINDER: f"Reminder: {what} needs an answer by {_local(req.due_at)}",
+        Event.DECIDED: f"{req.get_state_display().capitalize()}: {what}",
+    }
+    lines = [
+        f"{req.get_kind_display().capitalize()} #{req.pk} asked by {req.requester_label}.",
+        *(f"Evidence: {line}" for line in req.evidence_lines()),
+    ]
+    if summary := req.evidence.get("summary") if isinstance(req.evidence, dict) else None:
+        lines.append(f"Summary: {summary}")
+    if req.confidence is not None:
+        lines.append(f"Confidence: {req.confidence_percent}")
+    if notice.event == Event.DECIDED:
+        lines.append(req.closed_summary().replace("Already ", "", 1).capitalize())
+    lines.append(f"Open it: {settings.SITE_URL}{req.get_absolute_url()}")
+    return subjects[Event(notice.event)], "\n".join(lines)
+
+
+def _slack_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def webhook_body(notice: Notice) -> bytes:
+    req = notice.request
+    subject, body = describe(notice)
+    url = f"{settings.SITE_URL}{req.get_absolute_url()}"
+    payload = {
+        "text": f"{_slack_escape(subject)} <{url}|#{req.pk}>",
+        "blocks": [
+            {"type": "section", "text": {"type": "mrkdwn", "text": f"*{_slack_escape(subject)}*"}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": _slack_escape(body)}},
+        ],
+        "metadata": {
+            "event_type": f"approval_{notice.event}",
+            "event_payload": {
+                "notice": notice.pk, "request": req.pk, "workflow": req.workflow.slug, "kind": req.kind,
+                "action": req.action, "mode": req.mode, "state": req.state, "level": req.level,
+                "due_at": req.due_at.isoformat(), "url": url,
+            },
+        },
+    }
+    return json.dumps(payload, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    return "v1=" + hmac.new(secret.encode("utf-8"), timestamp.encode("ascii") + b"." + body, hashlib.sha256).hexdigest()
+
+
+def _post_webhook(notice: Notice, url: str) -> None:
+    body = webhook_body(notice)
+    timestamp = str(int(clock.now().timestamp()))
+    request = urllib.request.Request(url, data=body, method="POST", headers={
+        "Content-Type": "application/json",
+        "User-Agent": "Ringfence-Notifier/1",
+        "X-Ringfence-Timestamp": timestamp,
+        "X-Ringfence-Signature": sign(settings.APPROVALS_WEBHOOK_SECRET, timestamp, body),
+        "X-Ringfence-Event": f"approval.{notice.event}",
+        "Idempotency-Key": f"approval-notice-{notice.pk}",
+    })
+    try:
+        with urllib.request.urlopen(request, timeout=settings.APPROVALS_WEBHOOK_TIMEOUT_SECONDS) as response:
+            response.read(1024)
+    except urllib.error.HTTPError as exc:
+        raise DeliveryFailed(f"webhook answered {exc.code}") from None
+    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+        raise DeliveryFailed(f"webhook unreachable: {exc}") from None
+
+
+def _send_email(notice: Notice, address: str) -> None:
+    subject, body = describe(notice)
+    EmailMessage(f"[Ringfence] {subject}", body, settings.DEFAULT_FROM_EMAIL, [address]).send()
+
+
+def _claim(delivery: Delivery, now: datetime) -> bool:
+    """Take a delivery for sending; False when it was sent, is being sent, or ran out of attempts."""
+    claimable = Q(status__in=[Delivery.Status.PENDING, Delivery.Status.FAILED]) | Q(
+        status=Delivery.Status.SENDING, claimed_at__lt=now - STALE_CLAIM)
+    return bool(Delivery.objects.filter(claimable, pk=delivery.pk, attempts__lt=MAX_ATTEMPTS)
+                .update(status=Delivery.Status.SENDING, claimed_at=now, attempts=F("attempts") + 1))
+
+
+def targets(notice: Notice) -> list[tuple[str, str]]:
+    found = []
+    if settings.APPROVALS_EMAIL:
+        found += [(Delivery.Channel.EMAIL, p.email) for p in recipients(notice) if p.email]
+    if settings.APPROVALS_WEBHOOK_URL:
+        found.append((Delivery.Channel.WEBHOOK, settings.APPROVALS_WEBHOOK_URL))
+    return found
+
+
+def is_moot(notice: Notice) -> bool:
+    """A notice about a request that has moved on since (decided, or escalated past it)."""
+    req = notice.request
+    return notice.event != Event.DECIDED and (not req.is_pending or req.level != notice.level)
+
+
+def deliver(notice_id: int) -> dict:
+    """Send a notice on every channel, each recipient at most once; raise if any send failed."""
+    notice = Notice.objects.select_related("request__workflow").filter(pk=notice_id).first()
+    if notice is None or notice.delivered_at is not None:
+        return {}
+    now = clock.now()
+    Notice.objects.filter(pk=notice.pk).update(attempted_at=now)
+    counts = {"sent": 0, "failed": 0, "skipped": 0}
+    if not is_moot(notice):
+        for channel, recipient in targets(notice):
+            delivery, _ = Delivery.objects.get_or_create(notice=notice, channel=channel, recipient=recipient)
+            if not _claim(delivery, now):
+                continue
+            try:
+                if channel == Delivery.Channel.WEBHOOK:
+                    _post_webhook(notice, recipient)
+                else:
+                    _send_email(notice, recipient)
+            except Exception as exc:  # noqa: BLE001 - recorded on the row and retried by the sweep
+                Delivery.objects.filter(pk=delivery.pk).update(status=Delivery.Status.FAILED, last_error=str(exc)[:2000])
+                logger.warning("notice %s via %s to %s failed: %s", notice.pk, channel, recipient, exc)
+                counts["failed"] += 1
+                continue
+            Delivery.objects.filter(pk=delivery.pk).update(status=Delivery.Status.SENT, sent_at=clock.now(), last_error="")
+            counts["sent"] += 1
+    else:
+        counts["skipped"] = 1
+    retryable = notice.deliveries.filter(status__in=[Delivery.Status.FAILED, Delivery.Status.PENDING],
+                                         attempts__lt=MAX_ATTEMPTS).exists()
+    if not retryable:
+        Notice.objects.filter(pk=notice.pk, delivered_at__isnull=True).update(delivered_at=clock.now())
+    if counts["failed"]:
+        raise DeliveryFailed(f"{counts['failed']} delivery attempt(s) of notice {notice.pk} failed")
+    return counts
