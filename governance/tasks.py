@@ -10,3 +10,12 @@ def write_checkpoint_if_due() -> int | None:
 
     cp = audit.write_checkpoint_if_due()
     return cp.head_seq if cp else None
+
+
+# Read-only and long for a big chain: a redelivery only verifies again.
+@shared_task(soft_time_limit=3600, time_limit=3660)
+def verify_audit_chain(job_id: str, owner: int) -> None:
+    """The auditors' "verify" page: run the verifier over the database chain, reporting progress."""
+    from governance import auditing
+
+    auditing.run_chain_verification(job_id, owner)

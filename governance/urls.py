@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from governance import views
+from governance import auditing, views
 from governance.api import api
 
 governance_patterns = (
@@ -13,7 +13,13 @@ governance_patterns = (
         path("workflows/<slug:slug>/", views.workflow_detail, name="workflow_detail"),
         path("workflows/<slug:slug>/pause/", views.pause, name="pause"),
         path("workflows/<slug:slug>/resume/", views.resume, name="resume"),
-        path("audit/", views.audit_log, name="audit_log"),
+        path("audit/", auditing.search, name="audit_log"),
+        path("audit/events/<int:seq>/", auditing.event_detail, name="audit_event"),
+        path("audit/export.<str:fmt>", auditing.export, name="audit_export"),
+        path("audit/export/progress/<str:token>/", auditing.export_progress, name="audit_export_progress"),
+        path("audit/verify/", auditing.verify_page, name="audit_verify"),
+        path("audit/verify/chain/", auditing.verify_start, name="audit_verify_start"),
+        path("audit/verify/chain/<str:job>/", auditing.verify_job, name="audit_verify_job"),
     ],
     "governance",
 )

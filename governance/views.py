@@ -3,7 +3,6 @@ from __future__ import annotations
 import logging
 
 from django.contrib.auth.decorators import login_required
-from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
@@ -93,14 +92,3 @@ def pause(request: HtmxHttpRequest, slug: str) -> HttpResponse:
 @login_required
 def resume(request: HtmxHttpRequest, slug: str) -> HttpResponse:
     return _kill_switch(request, slug, pausing=False)
-
-
-@login_required
-def audit_log(request: HttpRequest) -> HttpResponse:
-    events = selectors.audit_events_visible_to(request.user).order_by("-seq")
-    if workflow := request.GET.get("workflow", "").strip():
-        events = events.filter(workflow_slug=workflow)
-    if action := request.GET.get("action", "").strip():
-        events = events.filter(action__startswith=action)
-    page = Paginator(events, 50).get_page(request.GET.get("page"))
-    return render(request, "governance/audit_log.html", {"page": page, "workflow": workflow, "action": action})
