@@ -251,6 +251,19 @@ class ApprovalRequest(models.Model):
     def is_override_window(self) -> bool:
         return self.mode == self.Mode.OVERRIDE_WINDOW
 
+    @property
+    def at_deadline(self) -> str:
+        """What happens when the current level runs out: "escalates to level 2", "expires", "proceeds".
+
+        Reads `levels_total` and `terminal` when a selector annotated them, else the policy."""
+        total = getattr(self, "levels_total", None)
+        if total is None:
+            total = self.policy.levels.count()
+        if self.level + 1 < total:
+            return f"escalates to level {self.level + 2}"
+        terminal = getattr(self, "terminal", None) or self.policy.terminal_action
+        return "proceeds" if terminal == EscalationPolicy.TerminalAction.PROCEED else "expires"
+
     def can_become(self, new_state: str) -> bool:
         return new_state in self.TRANSITIONS[self.state]
 
@@ -265,18 +278,24 @@ class ApprovalRequest(models.Model):
             return self.State.OVERRIDDEN
         return self.State.APPROVED if approvals >= self.quorum else self.State.PENDING
 
+    def outcome_summary(self) -> str:
+        """How the request ended, e.g. "Approved by Alice at 10:02."."""
+        if self.is_pending:
+            return "Pending."
+        at = timezone.localtime(self.closed_at).strftime("%H:%M")
+        if self.state == State.AUTO_APPROVED:
+            return f"Auto-approved at {at}: the override window ran out."
+        if self.state == State.EXPIRED:
+            return f"Expired at {at}: nobody decided before the last escalation level ran out."
+        by = f" by {self.closed_by_label}" if self.closed_by_label else ""
+        return f"{self.get_state_display().capitalize()}{by} at {at}."
+
     def closed_summary(self) -> str:
         """What a person who arrives late is told, e.g. "Already approved by Alice at 10:02."."""
         if self.is_pending:
             return "This request is still pending."
-        at = timezone.localtime(self.closed_at).strftime("%H:%M")
-        state = self.get_state_display().lower()
-        if self.state == self.State.AUTO_APPROVED:
-            return f"Already auto-approved at {at}: the override window ran out."
-        if self.state == self.State.EXPIRED:
-            return f"Already expired at {at}: nobody decided before the last escalation level ran out."
-        by = f" by {self.closed_by_label}" if self.closed_by_label else ""
-        return f"Already {state}{by} at {at}."
+        summary = self.outcome_summary()
+        return f"Already {summary[0].lower()}{summary[1:]}"
 
     def subject_link(self) -> tuple[str, str] | None:
         return (self.subject_type, self.subject_id) if self.subject_type else None

@@ -1,4 +1,12 @@
 from __future__ import annotations
 
+from django.urls import path
+
+from approvals import views
+
 app_name = "approvals"
-urlpatterns: list = []
+urlpatterns = [
+    path("", views.queue, name="queue"),
+    path("<int:pk>/", views.detail, name="detail"),
+    path("<int:pk>/decide/", views.decide, name="decide"),
+]

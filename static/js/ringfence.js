@@ -20,3 +20,16 @@
   document.addEventListener("DOMContentLoaded", renderCountdowns);
   document.addEventListener("htmx:afterSwap", renderCountdowns);
 })();
+
+// Approvals: a refusal (403) inside an element marked data-swap-refusals is shown in place,
+// like the 409 and 422 answers, instead of being dropped as an error.
+(function () {
+  "use strict";
+  document.addEventListener("htmx:beforeSwap", function (evt) {
+    const target = evt.detail.target;
+    if (evt.detail.xhr.status === 403 && target && target.closest("[data-swap-refusals]")) {
+      evt.detail.shouldSwap = true;
+      evt.detail.isError = false;
+    }
+  });
+})();

@@ -1,0 +1,111 @@
+"""Reads the queue, the request page and the API need; scope comes from governance.selectors.
+
+Every list is one SQL query whatever the number of requests or workflows: scope, eligibility
+(the escalation levels that name the person) and the counts the rows show are subqueries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import Count, Exists, F, IntegerField, OuterRef, Q, QuerySet, Subquery, Value
+from django.db.models.functions import Coalesce
+
+from approvals.models import ApprovalRequest, Decision, EscalationLevel
+from governance.models import AuditEvent, ServiceAccount, Workflow
+from governance.permissions import APPROVE, CONTAIN
+from governance.selectors import workflows_visible_to, workflows_with_perm
+
+State = ApprovalRequest.State
+QUEUE_LIMIT = 100
+RECENT_LIMIT = 10
+
+
+def requests_visible_to(user: AbstractBaseUser) -> QuerySet[ApprovalRequest]:
+    """Requests of the workflows the person may see (auditors: all). Anything else is a 404."""
+    return ApprovalRequest.objects.filter(workflow__in=workflows_visible_to(user))
+
+
+def requests_visible_to_service(account: ServiceAccount) -> QuerySet[ApprovalRequest]:
+    if not account.active:
+        return ApprovalRequest.objects.none()
+    return ApprovalRequest.objects.filter(workflow__in=account.workflows.all())
+
+
+def request_for(user: AbstractBaseUser, pk: int) -> ApprovalRequest | None:
+    return (requests_visible_to(user).select_related("workflow", "policy", "requested_by", "requested_by_service")
+            .filter(pk=pk).first())
+
+
+def _levels_naming(user: AbstractBaseUser) -> QuerySet[EscalationLevel]:
+    return EscalationLevel.objects.filter(policy_id=OuterRef("policy_id")).filter(Q(groups__user=user) | Q(people=user))
+
+
+def decidable_by(user: AbstractBaseUser) -> QuerySet[ApprovalRequest]:
+    """Pending requests the person may decide now: in scope, named by the current or an earlier
+    level, and not asked by them or by a service account they own (four-eyes)."""
+    if not user.is_authenticated or not user.is_active:
+        return ApprovalRequest.objects.none()
+    scope = Q(workflow__in=workflows_with_perm(user, APPROVE)) | Q(
+        kind__in=ApprovalRequest.CONTAINMENT_KINDS, workflow__in=workflows_with_perm(user, CONTAIN))
+    pending = ApprovalRequest.objects.pending().filter(scope)
+    if not user.is_superuser:
+        pending = pending.filter(Exists(_levels_naming(user).filter(position__lte=OuterRef("level"))))
+    return (pending.exclude(requested_by=user).exclude(on_behalf_of=user)
+            .exclude(requested_by_service__owner=user))
+
+
+@dataclass(frozen=True)
+class QueueFilters:
+    workflow: str = ""
+    kind: str = ""
+    escalated: bool = False
+    mine: bool = False
+
+
+def queue_for(user: AbstractBaseUser, filters: QueueFilters = QueueFilters()) -> QuerySet[ApprovalRequest]:
+    """The person's queue, most urgent first (least time left to the deadline)."""
+    approvals = (Decision.objects.filter(request=OuterRef("pk"), verdict=Decision.Verdict.APPROVE)
+                 .values("request").annotate(n=Count("pk")).values("n"))
+    levels = (EscalationLevel.objects.filter(policy_id=OuterRef("policy_id"))
+              .values("policy_id").annotate(n=Count("pk")).values("n"))
+    queue = decidable_by(user).annotate(
+        approvals=Coalesce(Subquery(approvals, output_field=IntegerField()), Value(0)),
+        decided_by_me=Exists(Decision.objects.filter(request=OuterRef("pk"), decided_by=user)),
+        assigned_to_me=Exists(_levels_naming(user).filter(position=OuterRef("level"))),
+        levels_total=Subquery(levels, output_field=IntegerField()),
+        terminal=F("policy__terminal_action"),
+    ).select_related("workflow", "requested_by_service")
+    if filters.workflow:
+        queue = queue.filter(workflow__slug=filters.workflow)
+    if filters.kind:
+        queue = queue.filter(kind=filters.kind)
+    if filters.escalated:
+        queue = queue.filter(level__gt=0)
+    if filters.mine:
+        queue = queue.filter(assigned_to_me=True)
+    return queue.order_by("due_at", "pk")
+
+
+def queue_workflows(user: AbstractBaseUser) -> QuerySet[Workflow]:
+    """The workflows the queue can be filtered by: those the person decides for."""
+    return Workflow.objects.filter(Q(pk__in=workflows_with_perm(user, APPROVE).values("pk"))
+                                   | Q(pk__in=workflows_with_perm(user, CONTAIN).values("pk"))).order_by("slug")
+
+
+def recently_closed(user: AbstractBaseUser, limit: int = RECENT_LIMIT) -> list[ApprovalRequest]:
+    """The last requests closed in the person's decision scope, newest first."""
+    scope = Q(workflow__in=workflows_with_perm(user, APPROVE)) | Q(
+        kind__in=ApprovalRequest.CONTAINMENT_KINDS, workflow__in=workflows_with_perm(user, CONTAIN))
+    return list(ApprovalRequest.objects.exclude(state=State.PENDING).filter(scope)
+                .select_related("workflow").order_by("-closed_at", "-pk")[:limit])
+
+
+def history_of(req: ApprovalRequest) -> QuerySet[AuditEvent]:
+    """The request's audit events, oldest first: its history as the trail recorded it."""
+    return AuditEvent.objects.filter(subject_type=ApprovalRequest._meta.label_lower, subject_id=str(req.pk)).order_by("seq")
+
+
+def decisions_of(req: ApprovalRequest) -> QuerySet[Decision]:
+    return req.decisions.select_related("decided_by").order_by("decided_at", "pk")

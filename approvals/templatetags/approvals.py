@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+from datetime import datetime
+
+from django import template
+
+register = template.Library()
+SOON_SECONDS = 120
+
+
+@register.filter
+def urgency(due_at: datetime, now: datetime) -> str:
+    """CSS class for a deadline: `overdue`, `soon` (under two minutes) or nothing."""
+    left = (due_at - now).total_seconds()
+    return "overdue" if left < 0 else "soon" if left < SOON_SECONDS else ""
+
+
+@register.filter
+def action_label(action: str) -> str:
+    """`approval.auto_approved` → `auto approved`."""
+    return words(action.split(".", 1)[-1])
+
+
+@register.filter
+def words(value: str) -> str:
+    """`known_change` → `known change`."""
+    return str(value).replace("_", " ")
