@@ -1,1 +1,596 @@
-from django.db import models  # noqa: F401
+"""Rollout plans, their rings, criteria, triggers and context tags; signals; rollout actions.
+
+States are enums that the database also enforces; the allowed plan transitions are data
+(`RolloutPlan.TRANSITIONS`) read by the services and the pages. No I/O, no logic in save().
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
+from django.db import models
+from django.db.models import Q
+from django.urls import reverse
+
+from governance.models import ContainmentAssignment, ServiceAccount, Workflow, slug_validator
+
+FLOAT_MAX = sys.float_info.max
+version_validator = RegexValidator(r"^[A-Za-z0-9][A-Za-z0-9._+:/-]{0,99}$", "Use letters, digits and . _ + : / -.")
+
+
+def _choices_check(field: str, choices: type[models.TextChoices], name: str) -> models.CheckConstraint:
+    return models.CheckConstraint(condition=Q(**{f"{field}__in": choices.values}), name=name)
+
+
+class MetricDirection(models.TextChoices):
+    HIGHER_IS_BETTER = "higher_is_better", "higher is better"
+    LOWER_IS_BETTER = "lower_is_better", "lower is better"
+
+
+class Metric(models.Model):
+    """A metric slug signals may carry. Built-ins come with the app; custom slugs are registered."""
+
+    Direction = MetricDirection
+
+    slug = models.CharField(max_length=63, unique=True, validators=[slug_validator])
+    label = models.CharField(max_length=100)
+    unit = models.CharField(max_length=20, blank=True)
+    direction = models.CharField(max_length=20, choices=Direction.choices, default=Direction.LOWER_IS_BETTER)
+    builtin = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["slug"]
+        constraints = [_choices_check("direction", MetricDirection, "metric_direction_valid")]
+
+    def __str__(self) -> str:
+        return self.slug
+
+    @property
+    def is_latency(self) -> bool:
+        return self.slug.startswith("latency")
+
+    @property
+    def is_cost(self) -> bool:
+        return self.slug.startswith("cost")
+
+
+class FallbackMode(models.TextChoices):
+    HUMAN_REVIEW = "human_review", "human review"
+    MANUAL_PATH = "manual_path", "manual path"
+    PREVIOUS_VERSION = "previous_version", "previous version"
+    SIMPLER_ROUTE = "simpler_route", "simpler route"
+    REDUCED_CONTEXT = "reduced_context", "reduced context"
+    READ_ONLY = "read_only", "read-only"
+
+
+class Operator(models.TextChoices):
+    LT = "lt", "<"
+    LTE = "lte", "≤"
+    GT = "gt", ">"
+    GTE = "gte", "≥"
+
+
+class PlanState(models.TextChoices):
+    DRAFT = "draft"
+    READY = "ready"
+    ACTIVE = "active"
+    PAUSED = "paused"
+    FALLBACK = "fallback"
+    COMPLETED = "completed"
+    ROLLED_BACK = "rolled_back", "rolled back"
+
+
+class PlanExecutor(models.TextChoices):
+    FLAG = "flag", "flag (route API)"
+    WEBHOOK = "webhook", "signed webhook"
+
+
+class RolloutPlan(models.Model):
+    """A release of a workflow, rolled out ring by ring, with the stable version to return to."""
+
+    State = PlanState
+    Executor = PlanExecutor
+
+    # The plan's state machine, written once. `fallback` and `rolled_back` are reached from any
+    # live state; a plan in fallback returns to active or is rolled back.
+    LIVE_STATES = frozenset({State.ACTIVE, State.PAUSED, State.FALLBACK})
+    TRANSITIONS: dict[str, frozenset[str]] = {
+        State.DRAFT: frozenset({State.READY}),
+        State.READY: frozenset({State.DRAFT, State.ACTIVE}),
+        State.ACTIVE: frozenset({State.PAUSED, State.COMPLETED, State.FALLBACK, State.ROLLED_BACK}),
+        State.PAUSED: frozenset({State.ACTIVE, State.FALLBACK, State.ROLLED_BACK}),
+        State.FALLBACK: frozenset({State.ACTIVE, State.ROLLED_BACK}),
+        State.COMPLETED: frozenset(),
+        State.ROLLED_BACK: frozenset(),
+    }
+    EDITABLE_STATES = frozenset({State.DRAFT, State.READY})
+
+    workflow = models.ForeignKey(Workflow, on_delete=models.PROTECT, related_name="rollout_plans")
+    name = models.CharField(max_length=200)
+    release_version = models.CharField(max_length=100, validators=[version_validator])
+    stable_version = models.CharField(max_length=100, validators=[version_validator])
+    fallback_mode = models.CharField(max_length=20, choices=FallbackMode.choices, blank=True)
+    executor = models.CharField(max_length=10, choices=Executor.choices, default=Executor.FLAG)
+    webhook_url = models.URLField(blank=True, max_length=500)
+    notes = models.TextField(blank=True)
+    state = models.CharField(max_length=20, choices=State.choices, default=State.DRAFT)
+    current_ring = models.PositiveSmallIntegerField(null=True, blank=True)
+    ring_opened_at = models.DateTimeField(null=True, blank=True)
+    # Exposure lowered below the current ring's by a "narrow" (percent), until the next ring opens.
+    exposure_override = models.PositiveSmallIntegerField(null=True, blank=True)
+    active_fallback_mode = models.CharField(max_length=20, choices=FallbackMode.choices, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    closed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            _choices_check("state", PlanState, "plan_state_valid"),
+            _choices_check("executor", PlanExecutor, "plan_executor_valid"),
+            models.CheckConstraint(condition=Q(fallback_mode="") | Q(fallback_mode__in=FallbackMode.values),
+                                   name="plan_fallback_mode_valid"),
+            models.CheckConstraint(
+                condition=(Q(state="fallback") & Q(active_fallback_mode__in=FallbackMode.values))
+                | (~Q(state="fallback") & Q(active_fallback_mode="")),
+                name="plan_fallback_mode_iff_in_fallback",
+            ),
+            models.CheckConstraint(condition=~Q(executor="webhook") | ~Q(webhook_url=""), name="plan_webhook_has_url"),
+            models.CheckConstraint(
+                condition=Q(state__in=["draft", "ready"]) | Q(current_ring__isnull=False) | Q(state="rolled_back"),
+                name="plan_live_has_ring",
+            ),
+            models.CheckConstraint(
+                condition=Q(exposure_override__isnull=True) | (Q(exposure_override__gte=0) & Q(exposure_override__lte=100)),
+                name="plan_exposure_override_range",
+            ),
+            # One live rollout per workflow: the route API must never have two answers.
+            models.UniqueConstraint(fields=["workflow"], condition=Q(state__in=["active", "paused", "fallback"]),
+                                    name="plan_one_live_per_workflow"),
+        ]
+        indexes = [models.Index(fields=["state"], name="plan_state_idx", condition=Q(state__in=["active", "paused", "fallback"]))]
+
+    def __str__(self) -> str:
+        return f"{self.workflow.slug} {self.release_version}"
+
+    def get_absolute_url(self) -> str:
+        return reverse("rollouts:plan_detail", args=[self.pk])
+
+    def can_become(self, state: str) -> bool:
+        return state in self.TRANSITIONS.get(self.state, frozenset())
+
+    @property
+    def is_live(self) -> bool:
+        return self.state in self.LIVE_STATES
+
+    @property
+    def is_editable(self) -> bool:
+        return self.state in self.EDITABLE_STATES
+
+
+class SegmentKind(models.TextChoices):
+    INTERNAL_TEAM = "internal_team", "internal team"
+    CUSTOMER_GROUP = "customer_group", "customer group"
+    ACCOUNT_TYPE = "account_type", "account type"
+    WORKFLOW_PATH = "workflow_path", "workflow path"
+    USER_ROLE = "user_role", "user role"
+    TRAFFIC_SLICE = "traffic_slice", "traffic slice"
+
+
+class Ring(models.Model):
+    """One step of exposure: a segment, the share of its traffic, and the minimum soak."""
+
+    SegmentKind = SegmentKind
+
+    plan = models.ForeignKey(RolloutPlan, on_delete=models.CASCADE, related_name="rings")
+    order = models.PositiveSmallIntegerField()
+    segment_kind = models.CharField(max_length=20, choices=SegmentKind.choices)
+    segment_value = models.CharField(max_length=100)
+    exposure_percent = models.PositiveSmallIntegerField(
+        default=100, validators=[MinValueValidator(1), MaxValueValidator(100)]
+    )
+    min_soak = models.DurationField(default=timedelta(hours=1))
+    # An approval point: opening this ring always waits for a person, whatever the tier.
+    approval_point = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["plan", "order"]
+        constraints = [
+            models.UniqueConstraint(fields=["plan", "order"], name="ring_unique_order"),
+            _choices_check("segment_kind", SegmentKind, "ring_segment_kind_valid"),
+            models.CheckConstraint(condition=Q(exposure_percent__gte=1) & Q(exposure_percent__lte=100),
+                                   name="ring_exposure_range"),
+            models.CheckConstraint(condition=Q(min_soak__gte=timedelta(0)), name="ring_soak_not_negative"),
+        ]
+
+    def __str__(self) -> str:
+        return f"ring {self.order}: {self.segment}"
+
+    @property
+    def segment(self) -> str:
+        return f"{self.segment_kind}:{self.segment_value}"
+
+    def matches(self, kind: str, value: str) -> bool:
+        """A traffic slice covers every segment; other kinds match their own segment only."""
+        if self.segment_kind == self.SegmentKind.TRAFFIC_SLICE:
+            return True
+        return self.segment_kind == kind and self.segment_value == value
+
+
+class ThresholdRule(models.Model):
+    """A metric compared with a threshold over a window of at least `min_samples` samples."""
+
+    metric = models.ForeignKey(Metric, on_delete=models.PROTECT, related_name="+")
+    operator = models.CharField(max_length=3, choices=Operator.choices)
+    threshold = models.DecimalField(max_digits=18, decimal_places=6)
+
+    class Meta:
+        abstract = True
+        ordering = ["plan", "id"]
+        constraints = [
+            _choices_check("operator", Operator, "%(class)s_operator_valid"),
+            models.CheckConstraint(condition=Q(min_samples__gte=1), name="%(class)s_min_samples_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.metric.slug} {self.get_operator_display()} {self.threshold.normalize():f}"
+
+
+class ExpansionCriterion(ThresholdRule):
+    """Must hold over its window (and the ring's soak) before the next ring opens."""
+
+    plan = models.ForeignKey(RolloutPlan, on_delete=models.CASCADE, related_name="criteria")
+    window = models.DurationField(default=timedelta(minutes=30))
+    min_samples = models.PositiveIntegerField(default=30, validators=[MinValueValidator(1)])
+
+    class Meta(ThresholdRule.Meta):
+        constraints = [
+            *ThresholdRule.Meta.constraints,
+            models.CheckConstraint(condition=Q(window__gt=timedelta(0)), name="criterion_window_positive"),
+        ]
+
+
+class Severity(models.TextChoices):
+    WARNING = "warning", "warning · engage fallback"
+    CRITICAL = "critical", "critical · roll back"
+
+
+class RollbackTrigger(ThresholdRule):
+    """Fires when the metric breaches the threshold for every sample over `sustained_for`."""
+
+    Severity = Severity
+
+    plan = models.ForeignKey(RolloutPlan, on_delete=models.CASCADE, related_name="triggers")
+    # Outside the workflow's business hours a different threshold may apply (e.g. tighter at night).
+    off_hours_threshold = models.DecimalField(max_digits=18, decimal_places=6, null=True, blank=True)
+    sustained_for = models.DurationField(default=timedelta(minutes=5))
+    min_samples = models.PositiveIntegerField(default=3, validators=[MinValueValidator(1)])
+    severity = models.CharField(max_length=10, choices=Severity.choices, default=Severity.CRITICAL)
+
+    class Meta(ThresholdRule.Meta):
+        constraints = [
+            *ThresholdRule.Meta.constraints,
+            _choices_check("severity", Severity, "trigger_severity_valid"),
+            models.CheckConstraint(condition=Q(sustained_for__gt=timedelta(0)), name="trigger_sustained_positive"),
+        ]
+
+
+class TagKind(models.TextChoices):
+    EXPECTED_LATENCY_INCREASE = "expected_latency_increase", "expected latency increase"
+    EXPECTED_COST_INCREASE = "expected_cost_increase", "expected cost increase"
+    EXPECTED_CHANGE = "expected_change", "expected change of a metric"
+    MIGRATION_WINDOW = "migration_window", "migration window"
+    MAINTENANCE_WINDOW = "maintenance_window", "maintenance window"
+
+
+class ContextTag(models.Model):
+    """What a deployment is expected to change, for how long, and why.
+
+    A tag with a metric and an expected change widens that metric's thresholds by the change;
+    a window tag (no metric) turns every automatic rollback in its window into a recommendation.
+    """
+
+    Kind = TagKind
+
+    WINDOW_KINDS = frozenset({Kind.MIGRATION_WINDOW, Kind.MAINTENANCE_WINDOW})
+
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="context_tags")
+    plan = models.ForeignKey(RolloutPlan, on_delete=models.CASCADE, null=True, blank=True, related_name="context_tags")
+    kind = models.CharField(max_length=30, choices=Kind.choices)
+    metric = models.ForeignKey(Metric, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    expected_change_percent = models.DecimalField(
+        max_digits=7, decimal_places=2, null=True, blank=True,
+        validators=[MinValueValidator(Decimal("0.01")), MaxValueValidator(Decimal("1000"))],
+    )
+    starts_at = models.DateTimeField()
+    ends_at = models.DateTimeField()
+    reason = models.TextField()
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    author_service = models.ForeignKey(ServiceAccount, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    withdrawn_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-starts_at", "-id"]
+        constraints = [
+            _choices_check("kind", TagKind, "tag_kind_valid"),
+            models.CheckConstraint(condition=Q(starts_at__lt=models.F("ends_at")), name="tag_window_ordered"),
+            models.CheckConstraint(
+                condition=Q(kind__in=["migration_window", "maintenance_window"])
+                | (Q(metric__isnull=False) & Q(expected_change_percent__gt=0)),
+                name="tag_change_has_metric_and_size",
+            ),
+            models.CheckConstraint(condition=Q(author__isnull=False) | Q(author_service__isnull=False),
+                                   name="tag_has_author"),
+            models.CheckConstraint(condition=~Q(reason=""), name="tag_has_reason"),
+        ]
+        indexes = [models.Index(fields=["workflow", "ends_at"], name="tag_workflow_ends_idx")]
+
+    def __str__(self) -> str:
+        return self.label
+
+    @property
+    def label(self) -> str:
+        if self.kind in self.WINDOW_KINDS:
+            return f"{self.kind}: true"
+        return f"{self.kind}: {self.expected_change_percent.normalize():f}%"
+
+    @property
+    def author_label(self) -> str:
+        if self.author_id:
+            return self.author.get_username()
+        return self.author_service.name if self.author_service_id else "?"
+
+    def in_force(self, at: datetime) -> bool:
+        return self.withdrawn_at is None and self.starts_at <= at < self.ends_at
+
+
+class Signal(models.Model):
+    """One metric sample of a plan. High volume: inserted in bulk, read by (plan, metric, time).
+
+    The unique key doubles as the index for windowed reads; a sample sent again with the same
+    (plan, metric, time, segment) is a duplicate and is not stored twice (first value wins).
+    """
+
+    plan = models.ForeignKey(RolloutPlan, on_delete=models.CASCADE, related_name="signals", db_index=False)
+    metric = models.ForeignKey(Metric, on_delete=models.PROTECT, related_name="+", db_index=False)
+    ring = models.PositiveSmallIntegerField(null=True, blank=True)
+    segment = models.CharField(max_length=120, blank=True)
+    observed_at = models.DateTimeField()
+    value = models.FloatField()
+    received_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["plan", "metric", "observed_at", "segment"], name="signal_unique_sample"),
+            # NaN compares above every number in PostgreSQL and infinities are outside this range,
+            # so the database itself refuses non-finite values: a NaN can never disarm a trigger.
+            models.CheckConstraint(condition=Q(value__gte=-FLOAT_MAX) & Q(value__lte=FLOAT_MAX), name="signal_value_finite"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.metric_id}={self.value} @{self.observed_at:%H:%M:%S}"
+
+
+class ActionKind(models.TextChoices):
+    EXPAND = "expand"
+    NARROW = "narrow"
+    PAUSE = "pause"
+    RESUME = "resume"
+    FALLBACK = "fallback"
+    ROLLBACK = "rollback"
+    COMPLETE = "complete"
+
+
+class ActionState(models.TextChoices):
+    PENDING_APPROVAL = "pending_approval", "waiting for approval"
+    SCHEDULED = "scheduled", "scheduled"
+    EXECUTING = "executing"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class ActionOrigin(models.TextChoices):
+    PERSON = "person"
+    TRIGGER = "trigger", "rollback trigger"
+    CRITERIA = "criteria", "expansion criteria"
+    AGENT = "agent", "agent proposal"
+
+
+class ActionExecutor(models.TextChoices):
+    NONE = "none", "state change"
+    FLAG = "flag"
+    WEBHOOK = "webhook"
+
+
+class RolloutAction(models.Model):
+    """Expand, narrow, pause, resume, fallback, rollback or complete: who asked, through which
+    approval, which executor, its attempts, the idempotency key, the result and the evidence."""
+
+    Kind = ActionKind
+    State = ActionState
+    Origin = ActionOrigin
+    Executor = ActionExecutor
+
+    OPEN_STATES = frozenset({State.PENDING_APPROVAL, State.SCHEDULED, State.EXECUTING})
+    TRANSITIONS: dict[str, frozenset[str]] = {
+        State.PENDING_APPROVAL: frozenset({State.SCHEDULED, State.SUCCEEDED, State.CANCELLED}),
+        State.SCHEDULED: frozenset({State.EXECUTING, State.CANCELLED}),
+        State.EXECUTING: frozenset({State.SUCCEEDED, State.FAILED}),
+        State.SUCCEEDED: frozenset(),
+        State.FAILED: frozenset(),
+        State.CANCELLED: frozenset(),
+    }
+
+    plan = models.ForeignKey(RolloutPlan, on_delete=models.PROTECT, related_name="actions")
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    state = models.CharField(max_length=20, choices=State.choices)
+    origin = models.CharField(max_length=10, choices=Origin.choices)
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
+                                     related_name="+")
+    requested_by_service = models.ForeignKey(ServiceAccount, null=True, blank=True, on_delete=models.PROTECT,
+                                             related_name="+")
+    trigger = models.ForeignKey(RollbackTrigger, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    # The autonomy tier in force when it was proposed and how it was handled (execute, override
+    # window, gate, or "direct" for a person acting on their own duty).
+    tier = models.PositiveSmallIntegerField(null=True, blank=True)
+    handling = models.CharField(max_length=20, blank=True)
+    approval_request_id = models.BigIntegerField(null=True, blank=True)
+    executor = models.CharField(max_length=10, choices=Executor.choices, default=Executor.NONE)
+    idempotency_key = models.CharField(max_length=100, unique=True)
+    client_key = models.CharField(max_length=200, blank=True)
+    parameters = models.JSONField(default=dict, blank=True)
+    evidence = models.JSONField(default=dict, blank=True)
+    confidence = models.DecimalField(max_digits=4, decimal_places=3, null=True, blank=True,
+                                     validators=[MinValueValidator(0), MaxValueValidator(1)])
+    reason = models.TextField(blank=True)
+    result = models.JSONField(default=dict, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField()
+    closed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            _choices_check("kind", ActionKind, "action_kind_valid"),
+            _choices_check("state", ActionState, "action_state_valid"),
+            _choices_check("origin", ActionOrigin, "action_origin_valid"),
+            _choices_check("executor", ActionExecutor, "action_executor_valid"),
+            models.UniqueConstraint(fields=["requested_by_service", "client_key"], condition=~Q(client_key=""),
+                                    name="action_unique_client_key"),
+            models.CheckConstraint(
+                condition=Q(state__in=["pending_approval", "scheduled", "executing"]) | Q(closed_at__isnull=False),
+                name="action_closed_has_time",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["plan", "kind"], condition=Q(state__in=["pending_approval", "scheduled", "executing"]),
+                         name="action_open_idx"),
+            models.Index(fields=["next_attempt_at"], condition=Q(state__in=["scheduled", "executing"]),
+                         name="action_due_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} #{self.pk} ({self.state})"
+
+    def can_become(self, state: str) -> bool:
+        return state in self.TRANSITIONS.get(self.state, frozenset())
+
+    @property
+    def is_open(self) -> bool:
+        return self.state in self.OPEN_STATES
+
+    @property
+    def requester_label(self) -> str:
+        if self.requested_by_id:
+            return self.requested_by.get_username()
+        if self.requested_by_service_id:
+            return self.requested_by_service.name
+        return f"system ({self.get_origin_display()})"
+
+
+class AttemptOutcome(models.TextChoices):
+    RUNNING = "running"
+    OK = "ok"
+    RETRYABLE_ERROR = "retryable_error", "error, will retry"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted", "interrupted (worker lost)"
+
+
+class ActionAttempt(models.Model):
+    """One run of an executor for an action; written only through services.record_action_attempt."""
+
+    Outcome = AttemptOutcome
+
+    action = models.ForeignKey(RolloutAction, on_delete=models.CASCADE, related_name="attempt_log")
+    number = models.PositiveSmallIntegerField()
+    started_at = models.DateTimeField()
+    lease_until = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.CharField(max_length=20, choices=Outcome.choices, default=Outcome.RUNNING)
+    http_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    detail = models.TextField(blank=True)
+    worker = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["action", "number"]
+        constraints = [
+            models.UniqueConstraint(fields=["action", "number"], name="attempt_unique_number"),
+            _choices_check("outcome", AttemptOutcome, "attempt_outcome_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return f"attempt {self.number} of action {self.action_id}: {self.outcome}"
+
+
+class ReviewVerdict(models.TextChoices):
+    PENDING = "", "not reviewed yet"
+    CORRECT = "correct"
+    FALSE_POSITIVE = "false_positive", "false positive"
+
+
+class ReviewReason(models.TextChoices):
+    NONE = "", "—"
+    EXPECTED_BEHAVIOUR = "expected_behaviour", "expected behaviour"
+    NOISE = "noise"
+    KNOWN_CHANGE = "known_change", "known change"
+    OTHER = "other"
+
+
+class ActionReview(models.Model):
+    """Post-facto review of an action that ran without a person before it (tier 1, or an
+    override window that ran out): correct, or a false positive with a reason category."""
+
+    Verdict = ReviewVerdict
+    Reason = ReviewReason
+
+    action = models.OneToOneField(RolloutAction, on_delete=models.CASCADE, related_name="review")
+    workflow = models.ForeignKey(Workflow, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField()
+    verdict = models.CharField(max_length=20, choices=Verdict.choices, blank=True, default="")
+    reason = models.CharField(max_length=20, choices=Reason.choices, blank=True, default="")
+    note = models.TextField(blank=True)
+    reviewed_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
+                                    related_name="+")
+    reviewed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            _choices_check("verdict", ReviewVerdict, "review_verdict_valid"),
+            _choices_check("reason", ReviewReason, "review_reason_valid"),
+            models.CheckConstraint(condition=~Q(verdict="false_positive") | ~Q(reason=""),
+                                   name="review_false_positive_has_reason"),
+            models.CheckConstraint(
+                condition=(Q(verdict="") & Q(reviewed_at__isnull=True) & Q(reviewed_by__isnull=True))
+                | (~Q(verdict="") & Q(reviewed_at__isnull=False) & Q(reviewed_by__isnull=False)),
+                name="review_reviewed_iff_verdict",
+            ),
+        ]
+        indexes = [models.Index(fields=["workflow", "created_at"], name="review_pending_idx", condition=Q(verdict=""))]
+
+    def __str__(self) -> str:
+        return f"review of action {self.action_id}: {self.verdict or 'pending'}"
+
+    @property
+    def is_pending(self) -> bool:
+        return self.verdict == ""
+
+
+DUTY_FOR_ACTION = {
+    RolloutAction.Kind.PAUSE: ContainmentAssignment.Duty.PAUSE,
+    RolloutAction.Kind.RESUME: ContainmentAssignment.Duty.PAUSE,
+    RolloutAction.Kind.NARROW: ContainmentAssignment.Duty.NARROW,
+    RolloutAction.Kind.FALLBACK: ContainmentAssignment.Duty.FALLBACK,
+    RolloutAction.Kind.ROLLBACK: ContainmentAssignment.Duty.ROLLBACK,
+    RolloutAction.Kind.EXPAND: ContainmentAssignment.Duty.APPROVE_EXPANSION,
+    RolloutAction.Kind.COMPLETE: ContainmentAssignment.Duty.APPROVE_EXPANSION,
+}

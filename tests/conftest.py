@@ -79,3 +79,10 @@ def outsider(db):
 @pytest.fixture
 def auditor(db):
     return factories.make_user("aude", role=Role.AUDITOR)
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings):
+    """Test users are created by the dozen on a shared 2-core machine; PBKDF2 at its production
+    cost takes seconds per user there. Hashing strength is not what these tests check."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

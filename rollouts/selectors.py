@@ -1,0 +1,259 @@
+"""Reads the rollout pages, the API and the evaluation need; scope applied in one place."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import Avg, Count, Max, Min, Q, QuerySet
+
+from governance.models import ContainmentAssignment, ServiceAccount, Workflow
+from governance.selectors import workflows_visible_to, workflows_with_perm
+from governance.permissions import MANAGE_ROLLOUTS
+from rollouts import evaluation
+from rollouts.models import (
+    DUTY_FOR_ACTION,
+    ActionReview,
+    ContextTag,
+    Metric,
+    RolloutAction,
+    RolloutPlan,
+    Signal,
+)
+
+Live = RolloutPlan.State
+
+
+def plans_visible_to(user: AbstractBaseUser) -> QuerySet[RolloutPlan]:
+    return RolloutPlan.objects.filter(workflow__in=workflows_visible_to(user)).select_related("workflow")
+
+
+def workflows_user_manages(user: AbstractBaseUser) -> QuerySet[Workflow]:
+    return workflows_with_perm(user, MANAGE_ROLLOUTS)
+
+
+def plans_of_service(account: ServiceAccount) -> QuerySet[RolloutPlan]:
+    if not account.active:
+        return RolloutPlan.objects.none()
+    return RolloutPlan.objects.filter(workflow__in=account.workflows.all()).select_related("workflow")
+
+
+def live_plan(workflow: Workflow) -> RolloutPlan | None:
+    return (RolloutPlan.objects.filter(workflow=workflow, state__in=RolloutPlan.LIVE_STATES)
+            .select_related("workflow").first())
+
+
+def duties_of(user: AbstractBaseUser, workflow: Workflow) -> set[str]:
+    if not getattr(user, "is_authenticated", False) or not user.is_active:
+        return set()
+    return set(ContainmentAssignment.objects.filter(workflow=workflow, user=user).values_list("duty", flat=True))
+
+
+def holds_duty(actor: object, workflow: Workflow, kind: str) -> bool:
+    """Only the owner (primary or backup) of the action's duty may take it. A service account
+    acts for its owner, and only on workflows it is scoped to."""
+    duty = DUTY_FOR_ACTION[kind]
+    if isinstance(actor, ServiceAccount):
+        return (actor.active and actor.workflows.filter(pk=workflow.pk).exists()
+                and ContainmentAssignment.objects.filter(workflow=workflow, user_id=actor.owner_id, duty=duty).exists())
+    return duty in duties_of(actor, workflow)
+
+
+# -- readiness -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ReadinessItem:
+    key: str
+    label: str
+    ok: bool
+    detail: str
+
+
+def readiness(plan: RolloutPlan) -> list[ReadinessItem]:
+    """Launch readiness, item by item, in the order the plan page shows them."""
+    rings = list(plan.rings.all())
+    criteria = list(plan.criteria.select_related("metric"))
+    triggers = list(plan.triggers.select_related("metric"))
+    metrics = [c.metric for c in criteria] + [t.metric for t in triggers]
+    first = rings[0] if rings else None
+    workflow = plan.workflow
+    tiers = {workflow.autonomy_tier, workflow.off_hours_tier or workflow.autonomy_tier}
+    approval_rings = [r for r in rings[1:] if r.approval_point]
+    owned = set(workflow.containment.values_list("duty", flat=True))
+    missing_duties = [d.value.replace("_", " ") for d in ContainmentAssignment.Duty if d.value not in owned]
+    return [
+        ReadinessItem("first_segment", "First segment", bool(first and first.order == 0 and first.segment_value),
+                      f"ring 0: {first.get_segment_kind_display()} {first.segment_value}, {first.exposure_percent} %"
+                      if first else "Add ring 0: the first, narrow segment."),
+        ReadinessItem("expansion_criteria", "Expansion criteria", bool(criteria),
+                      "; ".join(str(c) for c in criteria) or "Add the signals that must hold before the next ring."),
+        ReadinessItem("rollback_triggers", "Rollback triggers", bool(triggers),
+                      "; ".join(str(t) for t in triggers) or "Add the signals that roll the release back."),
+        ReadinessItem("fallback_mode", "Fallback mode", bool(plan.fallback_mode),
+                      plan.get_fallback_mode_display() if plan.fallback_mode else "Choose what users get when AI behaviour weakens."),
+        ReadinessItem("cost_threshold", "Cost threshold", any(m.is_cost for m in metrics),
+                      ", ".join(sorted({m.slug for m in metrics if m.is_cost})) or "Add a criterion or trigger on a cost metric."),
+        ReadinessItem("latency_threshold", "Latency threshold", any(m.is_latency for m in metrics),
+                      ", ".join(sorted({m.slug for m in metrics if m.is_latency})) or "Add a criterion or trigger on a latency metric."),
+        ReadinessItem("approval_points", "Approval points", bool(approval_rings) or min(tiers) >= 2,
+                      ", ".join(f"ring {r.order} waits for a person" for r in approval_rings)
+                      or ("every expansion needs an approval (tier ≥ 2)" if min(tiers) >= 2
+                          else "Mark a ring after the first as an approval point (the workflow is autonomous at tier 1).")),
+        ReadinessItem("containment", "Containment owner for every duty", not missing_duties,
+                      "every duty has an owner" if not missing_duties else f"No owner for: {', '.join(missing_duties)}."),
+    ]
+
+
+def missing_for_launch(plan: RolloutPlan) -> list[ReadinessItem]:
+    return [item for item in readiness(plan) if not item.ok]
+
+
+# -- context tags and evaluation -------------------------------------------------------------
+
+def tags_in_force(workflow: Workflow, plan: RolloutPlan | None, at: datetime) -> QuerySet[ContextTag]:
+    scope = Q(plan__isnull=True) | (Q(plan=plan) if plan is not None else Q(pk__in=[]))
+    return (ContextTag.objects.filter(scope, workflow=workflow, withdrawn_at__isnull=True, starts_at__lte=at,
+                                      ends_at__gt=at)
+            .select_related("metric", "author", "author_service").order_by("starts_at", "id"))
+
+
+def as_evaluation_tag(tag: ContextTag) -> evaluation.Tag:
+    return evaluation.Tag(
+        id=tag.pk, label=tag.label, kind=tag.kind, metric=tag.metric.slug if tag.metric_id else None,
+        percent=float(tag.expected_change_percent) if tag.expected_change_percent is not None else None,
+        reason=tag.reason, author=tag.author_label,
+    )
+
+
+def window_stats(plan_id: int, metric_id: int, start: datetime, end: datetime) -> evaluation.WindowStats:
+    """Statistics of (start, end] computed by the database over the (plan, metric, time) index."""
+    row = Signal.objects.filter(plan_id=plan_id, metric_id=metric_id, observed_at__gt=start, observed_at__lte=end).aggregate(
+        count=Count("pk"), mean=Avg("value"), minimum=Min("value"), maximum=Max("value"),
+        first_at=Min("observed_at"), last_at=Max("observed_at"),
+    )
+    return evaluation.WindowStats(count=row["count"], mean=row["mean"], minimum=row["minimum"], maximum=row["maximum"],
+                                  first_at=row["first_at"], last_at=row["last_at"])
+
+
+@dataclass(frozen=True)
+class PlanEvaluation:
+    at: datetime
+    tier: int
+    business_hours: bool
+    criteria: tuple[evaluation.Check, ...]
+    triggers: tuple[evaluation.Check, ...]
+    tags: tuple[ContextTag, ...]
+    decision: evaluation.Decision
+    soak_complete: bool
+    soak_ends_at: datetime | None
+
+
+def evaluate(plan: RolloutPlan, at: datetime) -> PlanEvaluation:
+    """Every criterion and trigger of a plan against its signals now, and what that calls for."""
+    workflow = plan.workflow
+    business = workflow.in_business_hours(at)
+    tier = workflow.tier_at(at)
+    tags = tuple(tags_in_force(workflow, plan, at))
+    eval_tags = [as_evaluation_tag(t) for t in tags]
+    rings = list(plan.rings.all())
+    ring = next((r for r in rings if r.order == plan.current_ring), None)
+    opened = plan.ring_opened_at
+    criteria_checks, trigger_checks = [], []
+    for c in plan.criteria.select_related("metric"):
+        rule = evaluation.Criterion(c.pk, c.metric.slug, c.operator, float(c.threshold), c.window, c.min_samples)
+        start = at - c.window
+        if opened is not None and opened > start:
+            start = opened  # criteria hold over this ring's soak, not the previous ring's
+        criteria_checks.append(evaluation.evaluate_criterion(
+            rule, window_stats(plan.pk, c.metric_id, start, at), start=start, end=at))
+    for t in plan.triggers.select_related("metric"):
+        threshold = t.threshold if business or t.off_hours_threshold is None else t.off_hours_threshold
+        rule = evaluation.Trigger(t.pk, t.metric.slug, t.operator, float(threshold), t.sustained_for, t.min_samples,
+                                  t.severity)
+        start = at - t.sustained_for
+        trigger_checks.append(evaluation.evaluate_trigger(
+            rule, window_stats(plan.pk, t.metric_id, start, at), eval_tags, start=start, end=at))
+    soak_ends_at = opened + ring.min_soak if ring is not None and opened is not None else None
+    soak_complete = soak_ends_at is not None and at >= soak_ends_at
+    next_ring = next((r for r in rings if plan.current_ring is not None and r.order == plan.current_ring + 1), None)
+    situation = evaluation.Situation(
+        state=plan.state, tier=tier, soak_complete=soak_complete, has_next_ring=next_ring is not None,
+        next_ring_is_approval_point=bool(next_ring and next_ring.approval_point),
+    )
+    decision = (evaluation.decide(situation, criteria_checks, trigger_checks) if plan.is_live
+                else evaluation.Decision("none", reason=f"the plan is {plan.get_state_display()}",
+                                         checks=(*trigger_checks, *criteria_checks)))
+    return PlanEvaluation(at, tier, business, tuple(criteria_checks), tuple(trigger_checks), tags, decision,
+                          soak_complete, soak_ends_at)
+
+
+# -- the route an agent's next call takes ----------------------------------------------------
+
+NORMAL = "normal"
+
+
+def _bucket(plan_id: int, key: str) -> int:
+    digest = hashlib.sha256(f"{plan_id}:{key}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") % 100
+
+
+def current_route(workflow: Workflow, segment_kind: str, segment_value: str, key: str = "") -> dict:
+    """Which version and mode serve a segment now.
+
+    Exposed segments (rings up to the current one) get the release; with a `key` (a user or
+    account id) the ring's exposure percent is applied by a stable hash of the key, without one
+    the caller receives the percent to apply. A plan in fallback serves its fallback mode to
+    exposed segments; a rolled-back plan serves the stable version to everyone.
+    """
+    plan = live_plan(workflow)
+    if plan is None:
+        last = (RolloutPlan.objects.filter(workflow=workflow, state__in=[Live.COMPLETED, Live.ROLLED_BACK])
+                .order_by("-closed_at", "-id").first())
+        if last is None:
+            return {"workflow": workflow.slug, "plan": None, "state": None, "version": None, "mode": NORMAL,
+                    "exposed": False, "exposure_percent": 0, "ring": None, "workflow_paused": workflow.paused}
+        version = last.release_version if last.state == Live.COMPLETED else last.stable_version
+        return {"workflow": workflow.slug, "plan": last.pk, "state": last.state, "version": version, "mode": NORMAL,
+                "exposed": last.state == Live.COMPLETED, "exposure_percent": 100 if last.state == Live.COMPLETED else 0,
+                "ring": None, "workflow_paused": workflow.paused}
+    rings = [r for r in plan.rings.all() if r.order <= plan.current_ring]
+    matching = [r for r in rings if r.matches(segment_kind, segment_value)]
+    # The most specific ring that matches wins: a named segment over a traffic slice.
+    ring = max(matching, key=lambda r: (r.segment_kind != r.SegmentKind.TRAFFIC_SLICE, r.order), default=None)
+    exposure = 0
+    if ring is not None:
+        exposure = ring.exposure_percent
+        if plan.exposure_override is not None and ring.order == plan.current_ring:
+            exposure = min(exposure, plan.exposure_override)
+    exposed = exposure > 0 and (not key or _bucket(plan.pk, key) < exposure)
+    version, mode = (plan.release_version, NORMAL) if exposed else (plan.stable_version, NORMAL)
+    if exposed and plan.state == Live.FALLBACK:
+        mode = plan.active_fallback_mode
+        if mode == "previous_version":
+            version = plan.stable_version
+    return {"workflow": workflow.slug, "plan": plan.pk, "state": plan.state, "version": version, "mode": mode,
+            "exposed": exposed, "exposure_percent": exposure, "ring": ring.order if ring else None,
+            "workflow_paused": workflow.paused}
+
+
+# -- what the plan page lists ----------------------------------------------------------------
+
+def open_actions(plan: RolloutPlan) -> QuerySet[RolloutAction]:
+    return plan.actions.filter(state__in=RolloutAction.OPEN_STATES).select_related(
+        "requested_by", "requested_by_service", "trigger__metric").order_by("created_at")
+
+
+def recent_actions(plan: RolloutPlan, limit: int = 20) -> QuerySet[RolloutAction]:
+    return plan.actions.select_related("requested_by", "requested_by_service").prefetch_related("attempt_log").order_by(
+        "-created_at", "-id")[:limit]
+
+
+def pending_reviews(user: AbstractBaseUser) -> QuerySet[ActionReview]:
+    return ActionReview.objects.filter(verdict="", workflow__in=workflows_visible_to(user)).select_related(
+        "action__plan", "workflow")
+
+
+def metric_ids(slugs: set[str]) -> dict[str, int]:
+    return dict(Metric.objects.filter(slug__in=slugs).values_list("slug", "pk"))

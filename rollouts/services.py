@@ -1,0 +1,1028 @@
+"""Every change to a rollout: one function per transition.
+
+Each locks the plan (or action) row, checks the change is allowed, changes state, appends its
+audit event and schedules side effects (executor runs, evaluations) with `transaction.on_commit`.
+Views, the API, Celery tasks and approval outcome handlers call these; nothing else writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.cache import cache
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, connection, transaction
+
+from governance import audit, clock
+from governance.errors import TransitionRefused, require
+from governance.models import ServiceAccount, Workflow
+from governance.permissions import CONTAIN, MANAGE_ROLLOUTS, Role, perm
+from rollouts import evaluation, selectors
+from rollouts.models import (
+    ActionAttempt,
+    ActionReview,
+    ContextTag,
+    ExpansionCriterion,
+    FallbackMode,
+    Metric,
+    Ring,
+    RollbackTrigger,
+    RolloutAction,
+    RolloutPlan,
+    Signal,
+)
+
+log = logging.getLogger(__name__)
+
+SYSTEM = "system:rollouts"
+Kind, ActionState, Origin = RolloutAction.Kind, RolloutAction.State, RolloutAction.Origin
+PlanState = RolloutPlan.State
+APPROVAL_KIND = {Kind.ROLLBACK: "rollback", Kind.FALLBACK: "fallback", Kind.EXPAND: "expansion"}
+TERMINAL_ACTION_STATES = (ActionState.SUCCEEDED, ActionState.FAILED, ActionState.CANCELLED)
+
+PLAN_FIELDS = ("name", "release_version", "stable_version", "fallback_mode", "executor", "webhook_url", "notes")
+RING_FIELDS = ("segment_kind", "segment_value", "exposure_percent", "min_soak", "approval_point")
+CRITERION_FIELDS = ("metric", "operator", "threshold", "window", "min_samples")
+TRIGGER_FIELDS = ("metric", "operator", "threshold", "off_hours_threshold", "sustained_for", "min_samples", "severity")
+MAX_REASON = 2000
+# A retry message may be delivered a moment before its countdown by the worker's clock.
+BACKOFF_SLACK_SECONDS = 0.2
+
+current_route = selectors.current_route  # part of the app's public interface (CONTRACTS.md)
+
+
+def setting(name: str) -> Any:
+    return getattr(settings, name)
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+def _lock_plan(plan_id: int) -> RolloutPlan:
+    plan = RolloutPlan.objects.select_for_update(of=("self",)).select_related("workflow").filter(pk=plan_id).first()
+    require(plan is not None, "not_found", "This rollout plan does not exist.")
+    return plan
+
+
+def _is_user(actor: object) -> bool:
+    return isinstance(actor, AbstractBaseUser)
+
+
+def _is_admin(actor: object) -> bool:
+    return _is_user(actor) and (actor.is_superuser or actor.groups.filter(name=Role.ADMINISTRATOR).exists())
+
+
+def _may_manage(actor: object, workflow: Workflow) -> bool:
+    return _is_user(actor) and actor.is_active and (_is_admin(actor) or actor.has_perm(perm(MANAGE_ROLLOUTS), workflow))
+
+
+def _requester(actor: object) -> dict:
+    if _is_user(actor):
+        return {"requested_by": actor, "origin": Origin.PERSON}
+    if isinstance(actor, ServiceAccount):
+        return {"requested_by_service": actor, "origin": Origin.AGENT}
+    return {}
+
+
+def _clean_reason(reason: str, *, required: bool, what: str = "Say why") -> str:
+    reason = (reason or "").strip()
+    require(reason or not required, "invalid", f"{what}; the reason goes into the audit trail.", field="reason")
+    require(len(reason) <= MAX_REASON, "invalid", "Keep the reason under 2,000 characters.", field="reason")
+    return reason
+
+
+def _require_duty(actor: object, plan: RolloutPlan, kind: str) -> None:
+    from rollouts.models import DUTY_FOR_ACTION
+
+    duty = DUTY_FOR_ACTION[kind]
+    require(selectors.holds_duty(actor, plan.workflow, kind), "forbidden",
+            f"Only an owner of the {duty.replace('_', ' ')} duty of {plan.workflow.slug} may do this.")
+
+
+def _transition(plan: RolloutPlan, new_state: str, **fields: Any) -> str:
+    require(plan.can_become(new_state), "conflict",
+            f"A {plan.get_state_display()} rollout cannot become {RolloutPlan.State(new_state).label}.")
+    old = plan.state
+    plan.state = new_state
+    for name, value in fields.items():
+        setattr(plan, name, value)
+    plan.save(update_fields=["state", *fields, "updated_at"])
+    return old
+
+
+def _new_action(plan: RolloutPlan, kind: str, *, state: str, origin: str | None = None, executor: str = "none",
+                **fields: Any) -> RolloutAction:
+    now = clock.now()
+    requester = _requester(fields.pop("actor", None))
+    if origin is not None:
+        requester["origin"] = origin
+    requester.setdefault("origin", Origin.TRIGGER)
+    return RolloutAction.objects.create(
+        plan=plan, kind=kind, state=state, executor=executor, created_at=now,
+        closed_at=now if state in TERMINAL_ACTION_STATES else None,
+        idempotency_key=f"ringfence-{plan.pk}-{kind}-{uuid.uuid4().hex}", **requester, **fields,
+    )
+
+
+def _enqueue_execution(action: RolloutAction) -> None:
+    from rollouts import tasks
+
+    action_id = action.pk
+    transaction.on_commit(lambda: tasks.execute_action.delay(action_id))
+
+
+def _schedule_execution(action: RolloutAction) -> None:
+    """An action with an executor is run by a worker; the sweep re-sends it if the message is lost."""
+    action.state = ActionState.SCHEDULED
+    action.next_attempt_at = clock.now() + timedelta(seconds=setting("ROLLOUT_EXECUTOR_STALL_SECONDS"))
+    action.save(update_fields=["state", "next_attempt_at"])
+    _enqueue_execution(action)
+
+
+def _file_review(action: RolloutAction) -> ActionReview:
+    """Every action that ran without a person before it gets a post-facto review."""
+    review, _ = ActionReview.objects.get_or_create(
+        action=action, defaults={"workflow": action.plan.workflow, "created_at": clock.now()})
+    return review
+
+
+def _cancel_open(plan: RolloutPlan, kinds: set[str], reason: str) -> list[int]:
+    """Cancel proposals still waiting for approval (and their requests); returns their ids."""
+    cancelled = []
+    for action in plan.actions.select_for_update().filter(kind__in=kinds, state=ActionState.PENDING_APPROVAL):
+        action.state, action.closed_at = ActionState.CANCELLED, clock.now()
+        action.result = {**action.result, "cancelled": reason}
+        action.save(update_fields=["state", "closed_at", "result"])
+        cancelled.append(action.pk)
+        if action.approval_request_id:
+            _cancel_approval_request(action.approval_request_id, reason)
+    return cancelled
+
+
+def _cancel_approval_request(request_id: int, reason: str) -> None:
+    from approvals import services as approval_services
+
+    try:
+        with transaction.atomic():
+            approval_services.cancel_request(request_id, actor=SYSTEM, reason=reason)
+    except TransitionRefused as refusal:
+        log.info("approval request %s not cancelled: %s", request_id, refusal.message)
+
+
+def _ask_approval(action: RolloutAction, mode: str, requester: object) -> int:
+    from approvals import services as approval_services
+
+    plan = action.plan
+    request = approval_services.create_request(
+        workflow=plan.workflow, kind=APPROVAL_KIND[action.kind], action=f"rollout.{action.kind}",
+        parameters={"plan": plan.pk, "release_version": plan.release_version, "stable_version": plan.stable_version,
+                    **action.parameters},
+        evidence=action.evidence, requester=requester, mode=mode, idempotency_key=f"rollout-action-{action.pk}",
+        confidence=action.confidence, subject=action,
+    )
+    action.approval_request_id = request.pk
+    action.save(update_fields=["approval_request_id"])
+    return request.pk
+
+
+def _action_data(action: RolloutAction, **extra: Any) -> dict:
+    return {"action": action.pk, "kind": action.kind, "requested_by": action.requester_label, **extra}
+
+
+# -- plan editing (release managers) ----------------------------------------------------------
+
+def _validated(instance: Any, prefix: str, exclude: list[str] | None = None) -> None:
+    try:
+        instance.full_clean(exclude=exclude)
+    except ValidationError as exc:
+        if hasattr(exc, "message_dict"):
+            name, messages = next(iter(exc.message_dict.items()))
+            field = f"{prefix}{name}" if name != "__all__" else prefix.rstrip(".")
+            raise TransitionRefused("invalid", f"{field}: {' '.join(messages)}", field=field) from None
+        raise TransitionRefused("invalid", f"{prefix.rstrip('.')}: {' '.join(exc.messages)}") from None
+
+
+def _children(plan: RolloutPlan, rings: list[dict], criteria: list[dict], triggers: list[dict]) -> None:
+    require(len(rings) <= 20 and len(criteria) <= 30 and len(triggers) <= 30, "invalid",
+            "A plan has at most 20 rings, 30 criteria and 30 triggers.")
+    segments = [(r.get("segment_kind"), r.get("segment_value")) for r in rings]
+    require(len(set(segments)) == len(segments), "invalid", "Two rings name the same segment.", field="rings")
+    for model, rows, fields, prefix in ((Ring, rings, RING_FIELDS, "rings"),
+                                        (ExpansionCriterion, criteria, CRITERION_FIELDS, "criteria"),
+                                        (RollbackTrigger, triggers, TRIGGER_FIELDS, "triggers")):
+        model.objects.filter(plan=plan).delete()
+        objects = []
+        for index, row in enumerate(rows):
+            unknown = set(row) - set(fields)
+            require(not unknown, "invalid", f"{prefix}[{index}]: unknown fields {', '.join(sorted(unknown))}.")
+            obj = model(plan=plan, **row, **({"order": index} if model is Ring else {}))
+            _validated(obj, f"{prefix}[{index}].", exclude=["plan"])
+            objects.append(obj)
+        model.objects.bulk_create(objects)
+
+
+def _summary(plan: RolloutPlan) -> dict:
+    return {
+        **{name: getattr(plan, name) for name in PLAN_FIELDS if name != "notes"},
+        "rings": [f"{r.order}: {r.segment} {r.exposure_percent}% soak {r.min_soak}{' approval' if r.approval_point else ''}"
+                  for r in plan.rings.all()],
+        "criteria": [str(c) for c in plan.criteria.select_related("metric")],
+        "triggers": [f"{t} ({t.severity}, {t.sustained_for})" for t in plan.triggers.select_related("metric")],
+    }
+
+
+@transaction.atomic
+def create_plan(*, actor: AbstractBaseUser, workflow: Workflow, fields: dict, rings: list[dict] = (),
+                criteria: list[dict] = (), triggers: list[dict] = ()) -> RolloutPlan:
+    """A new draft plan with its rings, criteria and triggers. Audit: `rollout.plan_created`."""
+    require(_may_manage(actor, workflow), "forbidden", f"You may not write rollout plans for {workflow.slug}.")
+    unknown = set(fields) - set(PLAN_FIELDS)
+    require(not unknown, "invalid", f"Unknown plan fields: {', '.join(sorted(unknown))}.")
+    plan = RolloutPlan(workflow=workflow, created_by=actor, **fields)
+    _validated(plan, "", exclude=["created_by"])
+    plan.save()
+    _children(plan, list(rings), list(criteria), list(triggers))
+    audit.record(actor, "rollout.plan_created", plan, data=_summary(plan))
+    return plan
+
+
+@transaction.atomic
+def update_plan(plan_id: int, *, actor: AbstractBaseUser, fields: dict, rings: list[dict], criteria: list[dict],
+                triggers: list[dict]) -> RolloutPlan:
+    """Replace a draft or ready plan's settings, rings, criteria and triggers.
+
+    A ready plan returns to draft: readiness is checked again when it is marked ready or started.
+    Audit: `rollout.plan_updated` with the plan before and after.
+    """
+    plan = _lock_plan(plan_id)
+    require(_may_manage(actor, plan.workflow), "forbidden", f"You may not edit rollout plans of {plan.workflow.slug}.")
+    require(plan.is_editable, "conflict", f"A {plan.get_state_display()} plan can no longer be edited.")
+    unknown = set(fields) - set(PLAN_FIELDS)
+    require(not unknown, "invalid", f"Unknown plan fields: {', '.join(sorted(unknown))}.")
+    before = _summary(plan)
+    for name, value in fields.items():
+        setattr(plan, name, value)
+    _validated(plan, "")
+    was = plan.state
+    plan.state = PlanState.DRAFT
+    plan.save()
+    _children(plan, rings, criteria, triggers)
+    after = _summary(plan)
+    changes = {k: {"from": before[k], "to": after[k]} for k in after if before.get(k) != after[k]}
+    audit.record(actor, "rollout.plan_updated", plan, data={"changes": changes, "state_from": was, "state": plan.state})
+    return plan
+
+
+def _require_launchable(plan: RolloutPlan) -> None:
+    missing = selectors.missing_for_launch(plan)
+    require(not missing, "not_ready",
+            "This plan is not ready to launch. Missing: " + "; ".join(f"{i.label} ({i.detail})" for i in missing))
+
+
+@transaction.atomic
+def mark_ready(plan_id: int, *, actor: AbstractBaseUser) -> RolloutPlan:
+    """Draft → ready when launch readiness holds; refused naming every missing item.
+
+    Audit: `rollout.plan_ready` with the checklist.
+    """
+    plan = _lock_plan(plan_id)
+    require(_may_manage(actor, plan.workflow), "forbidden", f"You may not manage rollouts of {plan.workflow.slug}.")
+    require(plan.state == PlanState.DRAFT, "conflict", f"This plan is already {plan.get_state_display()}.")
+    _require_launchable(plan)
+    _transition(plan, PlanState.READY)
+    audit.record(actor, "rollout.plan_ready", plan, data={"checklist": [i.key for i in selectors.readiness(plan)]})
+    return plan
+
+
+@transaction.atomic
+def start_rollout(plan_id: int, *, actor: AbstractBaseUser) -> RolloutPlan:
+    """Ready (or a draft that passes readiness) → active at ring 0.
+
+    Readiness is checked again (an owner may have been removed since). One live plan per workflow.
+    Audit: `rollout.plan_ready` (when starting a draft), `rollout.started`.
+    """
+    plan = _lock_plan(plan_id)
+    require(_may_manage(actor, plan.workflow), "forbidden", f"You may not start rollouts of {plan.workflow.slug}.")
+    require(plan.state in (PlanState.DRAFT, PlanState.READY), "conflict", f"This plan is already {plan.get_state_display()}.")
+    _require_launchable(plan)
+    other = selectors.live_plan(plan.workflow)
+    require(other is None, "conflict",
+            f"{plan.workflow.slug} already has a live rollout ({other.release_version}, {other.state})." if other else "")
+    if plan.state == PlanState.DRAFT:
+        _transition(plan, PlanState.READY)
+        audit.record(actor, "rollout.plan_ready", plan, data={"checklist": [i.key for i in selectors.readiness(plan)]})
+    now = clock.now()
+    _transition(plan, PlanState.ACTIVE, current_ring=0, ring_opened_at=now, started_at=now)
+    ring = plan.rings.get(order=0)
+    audit.record(actor, "rollout.started", plan,
+                 data={"ring": 0, "segment": ring.segment, "exposure_percent": ring.exposure_percent,
+                       "release_version": plan.release_version, "stable_version": plan.stable_version})
+    return plan
+
+
+# -- containment: each allowed only to the owner of that duty ---------------------------------
+
+@transaction.atomic
+def pause_rollout(plan_id: int, *, actor: Any, reason: str) -> RolloutAction:
+    """Active → paused: no ring opens until resumed; exposed segments keep their version.
+
+    Audit: `rollout.paused`.
+    """
+    plan = _lock_plan(plan_id)
+    _require_duty(actor, plan, Kind.PAUSE)
+    reason = _clean_reason(reason, required=True, what="Say why the rollout is paused")
+    require(plan.state == PlanState.ACTIVE, "conflict", f"Only an active rollout can be paused; this one is {plan.get_state_display()}.")
+    _transition(plan, PlanState.PAUSED)
+    action = _new_action(plan, Kind.PAUSE, state=ActionState.SUCCEEDED, actor=actor, handling="direct", reason=reason)
+    audit.record(actor, "rollout.paused", plan, data=_action_data(action, ring=plan.current_ring), reason=reason)
+    return action
+
+
+@transaction.atomic
+def resume_rollout(plan_id: int, *, actor: Any, reason: str = "") -> RolloutAction:
+    """Paused → active (pause duty) or fallback → active (fallback duty). The soak clock keeps running.
+
+    Audit: `rollout.resumed` with the state it left.
+    """
+    plan = _lock_plan(plan_id)
+    require(plan.state in (PlanState.PAUSED, PlanState.FALLBACK), "conflict",
+            f"Only a paused rollout or one in fallback can resume; this one is {plan.get_state_display()}.")
+    if plan.state == PlanState.FALLBACK:
+        require(selectors.holds_duty(actor, plan.workflow, Kind.FALLBACK), "forbidden",
+                f"Only an owner of the fallback duty of {plan.workflow.slug} may leave the fallback mode.")
+    else:
+        _require_duty(actor, plan, Kind.RESUME)
+    reason = _clean_reason(reason, required=False)
+    left, mode = plan.state, plan.active_fallback_mode
+    _transition(plan, PlanState.ACTIVE, active_fallback_mode="")
+    action = _new_action(plan, Kind.RESUME, state=ActionState.SUCCEEDED, actor=actor, handling="direct",
+                         reason=reason, parameters={"from": left, "fallback_mode": mode})
+    audit.record(actor, "rollout.resumed", plan, data=_action_data(action, state_from=left, fallback_mode=mode),
+                 reason=reason)
+    return action
+
+
+@transaction.atomic
+def narrow_rollout(plan_id: int, *, actor: Any, reason: str, to_ring: int | None = None,
+                   exposure_percent: int | None = None) -> RolloutAction:
+    """Back to an earlier ring, or a lower exposure of the current ring. Takes effect on the
+    route API's next answer. Audit: `rollout.narrowed` with before and after."""
+    plan = _lock_plan(plan_id)
+    _require_duty(actor, plan, Kind.NARROW)
+    reason = _clean_reason(reason, required=True, what="Say why exposure is narrowed")
+    require(plan.is_live, "conflict", f"Only a live rollout can be narrowed; this one is {plan.get_state_display()}.")
+    require((to_ring is None) != (exposure_percent is None), "invalid",
+            "Narrow either back to an earlier ring or to a lower exposure, not both.", field="to_ring")
+    ring = plan.rings.get(order=plan.current_ring)
+    current_exposure = min(ring.exposure_percent, plan.exposure_override if plan.exposure_override is not None else 100)
+    before = {"ring": plan.current_ring, "exposure_percent": current_exposure}
+    if to_ring is not None:
+        require(0 <= to_ring < plan.current_ring, "invalid",
+                f"Choose a ring before the current one (0–{plan.current_ring - 1})." if plan.current_ring else
+                "The rollout is at its first ring; lower the exposure instead.", field="to_ring")
+        plan.current_ring, plan.ring_opened_at, plan.exposure_override = to_ring, clock.now(), None
+    else:
+        require(0 <= exposure_percent < current_exposure, "invalid",
+                f"Choose an exposure below the current {current_exposure} %.", field="exposure_percent")
+        plan.exposure_override = exposure_percent
+    plan.save(update_fields=["current_ring", "ring_opened_at", "exposure_override", "updated_at"])
+    after = {"ring": plan.current_ring, "exposure_percent": exposure_percent if exposure_percent is not None
+             else plan.rings.get(order=plan.current_ring).exposure_percent}
+    _cancel_open(plan, {Kind.EXPAND}, "exposure was narrowed")
+    action = _new_action(plan, Kind.NARROW, state=ActionState.SUCCEEDED, actor=actor, handling="direct", reason=reason,
+                         parameters={"before": before, "after": after})
+    audit.record(actor, "rollout.narrowed", plan, data=_action_data(action, before=before, after=after), reason=reason)
+    return action
+
+
+def _open_next_ring(plan: RolloutPlan) -> dict:
+    nxt = plan.current_ring + 1
+    ring = plan.rings.filter(order=nxt).first()
+    require(ring is not None, "conflict", "This rollout is at its last ring; complete it instead.")
+    require(plan.state == PlanState.ACTIVE, "conflict", f"Only an active rollout can expand; this one is {plan.get_state_display()}.")
+    plan.current_ring, plan.ring_opened_at, plan.exposure_override = nxt, clock.now(), None
+    plan.save(update_fields=["current_ring", "ring_opened_at", "exposure_override", "updated_at"])
+    return {"ring": nxt, "segment": ring.segment, "exposure_percent": ring.exposure_percent}
+
+
+@transaction.atomic
+def expand_rollout(plan_id: int, *, actor: Any, reason: str = "") -> RolloutAction:
+    """Open the next ring (approve-expansion duty). Proposals waiting for approval are cancelled.
+
+    Audit: `rollout.ring_opened`.
+    """
+    plan = _lock_plan(plan_id)
+    _require_duty(actor, plan, Kind.EXPAND)
+    reason = _clean_reason(reason, required=False)
+    opened = _open_next_ring(plan)
+    _cancel_open(plan, {Kind.EXPAND}, f"ring {opened['ring']} opened by a person")
+    action = _new_action(plan, Kind.EXPAND, state=ActionState.SUCCEEDED, actor=actor, handling="direct", reason=reason,
+                         parameters=opened)
+    audit.record(actor, "rollout.ring_opened", plan, data=_action_data(action, **opened), reason=reason)
+    return action
+
+
+@transaction.atomic
+def complete_rollout(plan_id: int, *, actor: Any, reason: str = "") -> RolloutAction:
+    """Active at the last ring → completed: the release becomes what every segment gets.
+
+    Audit: `rollout.completed`.
+    """
+    plan = _lock_plan(plan_id)
+    _require_duty(actor, plan, Kind.COMPLETE)
+    reason = _clean_reason(reason, required=False)
+    require(plan.state == PlanState.ACTIVE, "conflict", f"Only an active rollout can complete; this one is {plan.get_state_display()}.")
+    last = plan.rings.order_by("-order").values_list("order", flat=True).first()
+    require(plan.current_ring == last, "conflict", f"The rollout is at ring {plan.current_ring} of {last}; open the last ring first.")
+    _transition(plan, PlanState.COMPLETED, closed_at=clock.now())
+    _cancel_open(plan, {Kind.EXPAND, Kind.FALLBACK, Kind.ROLLBACK}, "the rollout completed")
+    action = _new_action(plan, Kind.COMPLETE, state=ActionState.SUCCEEDED, actor=actor, handling="direct", reason=reason)
+    audit.record(actor, "rollout.completed", plan, data=_action_data(action, release_version=plan.release_version),
+                 reason=reason)
+    return action
+
+
+def _require_no_containment_running(plan: RolloutPlan, kind: str) -> None:
+    running = plan.actions.filter(kind__in=[Kind.ROLLBACK, kind],
+                                  state__in=[ActionState.SCHEDULED, ActionState.EXECUTING]).first()
+    require(running is None, "conflict",
+            f"A {running.kind} of this rollout is already being executed (action {running.pk})." if running else "")
+
+
+@transaction.atomic
+def engage_fallback(plan_id: int, *, actor: Any, reason: str, mode: str = "") -> RolloutAction:
+    """Ask the executor to switch exposed segments to a fallback mode (fallback duty).
+
+    Audit: `rollout.fallback_requested`; `rollout.fallback_engaged` when the executor succeeds.
+    """
+    plan = _lock_plan(plan_id)
+    _require_duty(actor, plan, Kind.FALLBACK)
+    reason = _clean_reason(reason, required=True, what="Say why the fallback is engaged")
+    mode = mode or plan.fallback_mode
+    require(mode in FallbackMode.values, "invalid", f"Choose a fallback mode among {', '.join(FallbackMode.values)}.",
+            field="mode")
+    require(plan.state in (PlanState.ACTIVE, PlanState.PAUSED), "conflict",
+            f"A fallback is engaged from an active or paused rollout; this one is {plan.get_state_display()}.")
+    _require_no_containment_running(plan, Kind.FALLBACK)
+    _cancel_open(plan, {Kind.FALLBACK, Kind.EXPAND}, "a person engaged the fallback")
+    action = _new_action(plan, Kind.FALLBACK, state=ActionState.SCHEDULED, actor=actor, executor=plan.executor,
+                         handling="direct", reason=reason, parameters={"mode": mode})
+    _schedule_execution(action)
+    audit.record(actor, "rollout.fallback_requested", plan, data=_action_data(action, mode=mode, executor=plan.executor),
+                 reason=reason)
+    return action
+
+
+@transaction.atomic
+def roll_back(plan_id: int, *, actor: Any, reason: str) -> RolloutAction:
+    """Ask the executor to return every segment to the stable version (rollback duty).
+
+    Audit: `rollout.rollback_requested`; `rollout.rolled_back` when the executor succeeds.
+    """
+    plan = _lock_plan(plan_id)
+    _require_duty(actor, plan, Kind.ROLLBACK)
+    reason = _clean_reason(reason, required=True, what="Say why the release is rolled back")
+    require(plan.is_live, "conflict", f"Only a live rollout can be rolled back; this one is {plan.get_state_display()}.")
+    _require_no_containment_running(plan, Kind.ROLLBACK)
+    _cancel_open(plan, {Kind.ROLLBACK, Kind.FALLBACK, Kind.EXPAND}, "a person rolled the release back")
+    action = _new_action(plan, Kind.ROLLBACK, state=ActionState.SCHEDULED, actor=actor, executor=plan.executor,
+                         handling="direct", reason=reason, parameters={"to_version": plan.stable_version})
+    _schedule_execution(action)
+    audit.record(actor, "rollout.rollback_requested", plan,
+                 data=_action_data(action, to_version=plan.stable_version, executor=plan.executor), reason=reason)
+    return action
+
+
+CONTAINMENT = {
+    "pause": pause_rollout,
+    "resume": resume_rollout,
+    "narrow": narrow_rollout,
+    "expand": expand_rollout,
+    "complete": complete_rollout,
+    "fallback": engage_fallback,
+    "rollback": roll_back,
+}
+
+
+# -- automated proposals and the autonomy tiers ----------------------------------------------
+
+@dataclass(frozen=True)
+class Proposal:
+    action: RolloutAction
+    created: bool
+
+
+@transaction.atomic
+def propose_action(plan_id: int, *, kind: str, handling: str, tier: int, origin: str, evidence: dict,
+                   reason: str = "", requester: Any = SYSTEM, trigger_id: int | None = None,
+                   confidence: Decimal | None = None, client_key: str = "") -> Proposal:
+    """A rollback, fallback or expansion proposed by a trigger, the criteria or an agent.
+
+    Handling follows the autonomy tier: `execute` runs at once and files a post-facto review;
+    `override_window` opens an approval request that proceeds at its deadline unless overridden;
+    `gate` waits for an approval. An open proposal of the same kind is returned instead of a
+    second one. Audit: `rollout.action_proposed` (and `rollout.ring_opened` for an automatic expansion).
+    """
+    plan = _lock_plan(plan_id)
+    require(kind in APPROVAL_KIND, "invalid", f"Only {', '.join(APPROVAL_KIND)} can be proposed.", field="kind")
+    require(plan.is_live, "conflict", f"The rollout is {plan.get_state_display()}; nothing to contain.")
+    if kind == Kind.FALLBACK:
+        require(plan.state != PlanState.FALLBACK, "conflict", "The rollout is already in its fallback mode.")
+    if kind == Kind.EXPAND:
+        require(plan.state == PlanState.ACTIVE, "conflict", f"A {plan.get_state_display()} rollout does not expand.")
+    same = {Kind.ROLLBACK} if kind == Kind.ROLLBACK else {kind, Kind.ROLLBACK}
+    existing = plan.actions.filter(kind__in=same, state__in=RolloutAction.OPEN_STATES).first()
+    if existing is not None:
+        return Proposal(existing, False)
+    fields = {"tier": tier, "handling": handling, "evidence": evidence, "reason": reason[:MAX_REASON],
+              "trigger_id": trigger_id, "confidence": confidence, "client_key": client_key, "origin": origin,
+              "actor": requester if isinstance(requester, ServiceAccount) else None}
+    if kind == Kind.EXPAND:
+        fields["parameters"] = {"from_ring": plan.current_ring, "to_ring": plan.current_ring + 1}
+    elif kind == Kind.FALLBACK:
+        fields["parameters"] = {"mode": plan.fallback_mode}
+    else:
+        fields["parameters"] = {"to_version": plan.stable_version}
+    data: dict[str, Any] = {"tier": tier, "handling": handling, "origin": origin, "evidence": evidence}
+    if handling == evaluation.EXECUTE and kind == Kind.EXPAND:
+        opened = _open_next_ring(plan)
+        action = _new_action(plan, kind, state=ActionState.SUCCEEDED, **fields)
+        _file_review(action)
+        audit.record(requester, "rollout.action_proposed", plan, data=_action_data(action, **data), reason=reason)
+        audit.record(requester, "rollout.ring_opened", plan, data=_action_data(action, **opened))
+        return Proposal(action, True)
+    if handling == evaluation.EXECUTE:
+        action = _new_action(plan, kind, state=ActionState.SCHEDULED, executor=plan.executor, **fields)
+        _schedule_execution(action)
+        _file_review(action)
+    else:
+        action = _new_action(plan, kind, state=ActionState.PENDING_APPROVAL, executor=plan.executor, **fields)
+        mode = "override_window" if handling == evaluation.OVERRIDE_WINDOW else "gate"
+        data["approval_request"] = _ask_approval(action, mode, requester)
+    audit.record(requester, "rollout.action_proposed", plan, data=_action_data(action, **data), reason=reason)
+    return Proposal(action, True)
+
+
+def handling_for(plan: RolloutPlan, at: datetime, *, metric: str | None = None) -> tuple[int, str, dict | None]:
+    """The tier in force and how a proposed rollback is handled; a tag in force on the metric (or
+    a migration/maintenance window) turns an automatic action into a recommendation (gate)."""
+    tier = plan.workflow.tier_at(at)
+    for tag in selectors.tags_in_force(plan.workflow, plan, at):
+        if tag.kind in ContextTag.WINDOW_KINDS or (metric and tag.metric_id and tag.metric.slug == metric):
+            return tier, evaluation.GATE, selectors.as_evaluation_tag(tag).as_evidence("recommendation")
+    return tier, evaluation.HANDLING_BY_TIER[tier], None
+
+
+def evaluate_plan(plan_id: int) -> evaluation.Decision | None:
+    """Evaluate a live plan's signals and act on the decision, once.
+
+    An open proposal of the same kind, or one rejected or overridden within the cool-down, keeps
+    the same finding from asking twice. Writes only through `propose_action`.
+    """
+    plan = RolloutPlan.objects.select_related("workflow").filter(pk=plan_id).first()
+    if plan is None or not plan.is_live:
+        return None
+    now = clock.now()
+    result = selectors.evaluate(plan, now)
+    decision = result.decision
+    if not decision.is_action:
+        return decision
+    trigger_id = decision.trigger.rule_id if decision.trigger else None
+    cooldown = now - timedelta(seconds=setting("ROLLOUT_REPROPOSE_COOLDOWN_SECONDS"))
+    recent = plan.actions.filter(kind=decision.action, state=ActionState.CANCELLED, closed_at__gte=cooldown,
+                                 origin__in=[Origin.TRIGGER, Origin.CRITERIA])
+    if decision.action == Kind.EXPAND:
+        recent = recent.filter(parameters__from_ring=plan.current_ring)
+    elif trigger_id is not None:
+        recent = recent.filter(trigger_id=trigger_id)
+    if recent.exists():
+        return decision
+    evidence = decision.evidence()
+    evidence["evaluated_at"] = now.isoformat()
+    evidence["tier"] = result.tier
+    evidence["business_hours"] = result.business_hours
+    try:
+        propose_action(plan.pk, kind=decision.action, handling=decision.handling, tier=result.tier,
+                       origin=Origin.TRIGGER if decision.trigger else Origin.CRITERIA, evidence=evidence,
+                       reason=decision.reason, trigger_id=trigger_id)
+    except TransitionRefused as refusal:  # the plan moved on between reading and locking
+        log.info("evaluation of plan %s not acted on: %s", plan.pk, refusal.message)
+    return decision
+
+
+def schedule_evaluation(plan_id: int) -> None:
+    """Debounced: at most one evaluation per plan per ROLLOUT_EVALUATION_DEBOUNCE_SECONDS; beat is the net."""
+    from rollouts import tasks
+
+    debounce = setting("ROLLOUT_EVALUATION_DEBOUNCE_SECONDS")
+    try:
+        first = cache.add(f"rollouts:evaluate:{plan_id}", 1, timeout=max(1, round(debounce)))
+    except Exception:  # a cache outage must not lose signals; beat evaluates anyway
+        log.warning("evaluation debounce unavailable for plan %s", plan_id, exc_info=True)
+        return
+    if first:
+        transaction.on_commit(lambda: tasks.evaluate_plan.apply_async((plan_id,), countdown=debounce))
+
+
+# -- approval outcomes ------------------------------------------------------------------------
+
+def handle_approval_outcome(request_id: int) -> None:
+    """Called (possibly more than once) when an approval request about a rollout action closes."""
+    from approvals.models import ApprovalRequest
+
+    request = ApprovalRequest.objects.filter(pk=request_id).first()
+    if request is None:
+        return
+    action_id = RolloutAction.objects.filter(approval_request_id=request_id).values_list("pk", flat=True).first()
+    if action_id is not None:
+        apply_approval_outcome(action_id, request_state=request.state)
+
+
+APPROVED_STATES = {"approved", "auto_approved"}
+CLOSED_STATES = {"rejected", "overridden", "expired", "cancelled"}
+
+
+@transaction.atomic
+def apply_approval_outcome(action_id: int, *, request_state: str) -> RolloutAction:
+    """Approved (or the override window ran out): execute; rejected, overridden, expired or
+    cancelled: the proposal is cancelled. Guarded by the action's state, so a second call
+    changes nothing. Audit: `rollout.action_approved` or `rollout.action_cancelled`."""
+    plan = _lock_plan(RolloutAction.objects.values_list("plan_id", flat=True).get(pk=action_id))
+    action = RolloutAction.objects.select_for_update().get(pk=action_id)
+    action.plan = plan
+    if action.state != ActionState.PENDING_APPROVAL or request_state not in APPROVED_STATES | CLOSED_STATES:
+        return action
+    data = _action_data(action, approval_request=action.approval_request_id, request_state=request_state)
+    if request_state in CLOSED_STATES:
+        action.state, action.closed_at = ActionState.CANCELLED, clock.now()
+        action.result = {"approval": request_state}
+        action.save(update_fields=["state", "closed_at", "result"])
+        audit.record(SYSTEM, "rollout.action_cancelled", plan, data=data, reason=f"approval request {request_state}")
+        return action
+    stale = _stale_reason(action, plan)
+    if stale:
+        action.state, action.closed_at = ActionState.CANCELLED, clock.now()
+        action.result = {"approval": request_state, "cancelled": stale}
+        action.save(update_fields=["state", "closed_at", "result"])
+        audit.record(SYSTEM, "rollout.action_cancelled", plan, data=data, reason=stale)
+        return action
+    if request_state == "auto_approved":
+        _file_review(action)
+    if action.kind == Kind.EXPAND:
+        opened = _open_next_ring(plan)
+        action.state, action.closed_at, action.result = ActionState.SUCCEEDED, clock.now(), {"approval": request_state}
+        action.save(update_fields=["state", "closed_at", "result"])
+        audit.record(SYSTEM, "rollout.action_approved", plan, data=data)
+        audit.record(SYSTEM, "rollout.ring_opened", plan, data=_action_data(action, **opened))
+        return action
+    action.result = {"approval": request_state}
+    action.save(update_fields=["result"])
+    _schedule_execution(action)
+    audit.record(SYSTEM, "rollout.action_approved", plan, data=data)
+    return action
+
+
+def _stale_reason(action: RolloutAction, plan: RolloutPlan) -> str:
+    if action.kind == Kind.EXPAND:
+        if plan.state != PlanState.ACTIVE or plan.current_ring != action.parameters.get("from_ring"):
+            return f"the rollout moved on (now {plan.get_state_display()} at ring {plan.current_ring})"
+        return ""
+    target = PlanState.ROLLED_BACK if action.kind == Kind.ROLLBACK else PlanState.FALLBACK
+    if not plan.can_become(target):
+        return f"the rollout is {plan.get_state_display()}"
+    return ""
+
+
+# -- execution: attempts, results, the sweep ---------------------------------------------------
+
+@dataclass(frozen=True)
+class Ticket:
+    """What a worker needs to run one attempt; the effect happens in record_action_attempt."""
+
+    attempt_id: int
+    number: int
+    action_id: int
+    kind: str
+    executor: str
+    idempotency_key: str
+    webhook_url: str
+    payload: dict
+
+
+def _payload(action: RolloutAction) -> dict:
+    """The same bytes on every attempt: receivers compare them with the idempotency key."""
+    plan = action.plan
+    return {
+        "event": f"rollout.{action.kind}",
+        "action_id": action.pk,
+        "idempotency_key": action.idempotency_key,
+        "workflow": plan.workflow.slug,
+        "plan": plan.pk,
+        "release_version": plan.release_version,
+        "stable_version": plan.stable_version,
+        "parameters": action.parameters,
+        "requested_by": action.requester_label,
+        "requested_at": audit.format_time(action.created_at),
+    }
+
+
+@transaction.atomic
+def begin_attempt(action_id: int, *, worker: str = "") -> Ticket | None:
+    """Start one executor attempt, or None when there is nothing to do: the action is finished,
+    its backoff has not elapsed, or another worker holds a live lease. An attempt whose worker
+    died (lease ran out, no result) is recorded as interrupted. Audit: `rollout.action_cancelled`
+    when the plan can no longer take the action, `rollout.action_failed` when attempts run out."""
+    plan_id = RolloutAction.objects.filter(pk=action_id).values_list("plan_id", flat=True).first()
+    if plan_id is None:
+        return None
+    plan = _lock_plan(plan_id)  # plan before action: the order every service locks in
+    action = RolloutAction.objects.select_for_update().get(pk=action_id)
+    action.plan = plan
+    if action.state not in (ActionState.SCHEDULED, ActionState.EXECUTING):
+        return None
+    now = clock.now()
+    attempts = list(action.attempt_log.order_by("-number")[:1])
+    last = attempts[0] if attempts else None
+    running = last if last is not None and last.outcome == ActionAttempt.Outcome.RUNNING else None
+    if running is not None and running.lease_until > now:
+        return None
+    if (last is not None and last.outcome == ActionAttempt.Outcome.RETRYABLE_ERROR
+            and last.finished_at + timedelta(seconds=backoff(last.number) - BACKOFF_SLACK_SECONDS) > now):
+        return None
+    if running is not None:
+        running.outcome, running.finished_at = ActionAttempt.Outcome.INTERRUPTED, now
+        running.detail = "no result recorded before the lease ran out (worker lost?)"
+        running.save(update_fields=["outcome", "finished_at", "detail"])
+    stale = _stale_reason(action, plan)
+    if stale and action.state == ActionState.SCHEDULED:
+        action.state, action.closed_at, action.result = ActionState.CANCELLED, now, {"cancelled": stale}
+        action.save(update_fields=["state", "closed_at", "result"])
+        audit.record(SYSTEM, "rollout.action_cancelled", plan, data=_action_data(action), reason=stale)
+        return None
+    if action.attempts >= setting("ROLLOUT_EXECUTOR_MAX_ATTEMPTS"):
+        _fail(action, plan, "every attempt was used up")
+        return None
+    lease = timedelta(seconds=setting("ROLLOUT_EXECUTOR_LEASE_SECONDS"))
+    action.attempts += 1
+    action.state, action.next_attempt_at = ActionState.EXECUTING, now + lease
+    action.save(update_fields=["attempts", "state", "next_attempt_at"])
+    attempt = ActionAttempt.objects.create(action=action, number=action.attempts, started_at=now,
+                                           lease_until=now + lease, worker=worker[:200])
+    return Ticket(attempt.pk, attempt.number, action.pk, action.kind, action.executor, action.idempotency_key,
+                  plan.webhook_url, _payload(action))
+
+
+def _fail(action: RolloutAction, plan: RolloutPlan, why: str) -> None:
+    action.state, action.closed_at, action.next_attempt_at = ActionState.FAILED, clock.now(), None
+    action.result = {**action.result, "failed": why}
+    action.save(update_fields=["state", "closed_at", "next_attempt_at", "result"])
+    audit.record(SYSTEM, "rollout.action_failed", plan, data=_action_data(action, attempts=action.attempts), reason=why)
+
+
+def backoff(number: int) -> float:
+    base = setting("ROLLOUT_EXECUTOR_BACKOFF_SECONDS")
+    return min(base * (2 ** (number - 1)), setting("ROLLOUT_EXECUTOR_BACKOFF_MAX_SECONDS"))
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    action: RolloutAction
+    retry_in: float | None  # seconds until the next attempt, when one is due
+
+
+@transaction.atomic
+def record_action_attempt(attempt_id: int, *, outcome: str, http_status: int | None = None,
+                          detail: str = "") -> AttemptResult:
+    """Record how an attempt ended and move the action on: success applies the effect (the plan
+    rolls back or enters fallback); a retryable error schedules the next attempt with backoff;
+    otherwise the action fails. A late result for an attempt already closed changes nothing.
+    Audit: `rollout.rolled_back` / `rollout.fallback_engaged`, `rollout.action_retry`, `rollout.action_failed`."""
+    plan_id = ActionAttempt.objects.filter(pk=attempt_id).values_list("action__plan_id", flat=True).get()
+    plan = _lock_plan(plan_id)
+    attempt = ActionAttempt.objects.select_for_update().get(pk=attempt_id)
+    action = RolloutAction.objects.select_for_update().get(pk=attempt.action_id)
+    action.plan = plan
+    if attempt.outcome != ActionAttempt.Outcome.RUNNING or action.state != ActionState.EXECUTING:
+        return AttemptResult(action, None)
+    now = clock.now()
+    attempt.outcome, attempt.finished_at = outcome, now
+    attempt.http_status, attempt.detail = http_status, detail[:2000]
+    attempt.save(update_fields=["outcome", "finished_at", "http_status", "detail"])
+    if outcome == ActionAttempt.Outcome.OK:
+        action.state, action.closed_at, action.next_attempt_at = ActionState.SUCCEEDED, now, None
+        action.result = {**action.result, "executed_at": audit.format_time(now), "http_status": http_status,
+                         "attempts": action.attempts}
+        action.save(update_fields=["state", "closed_at", "next_attempt_at", "result"])
+        _apply_effect(action, plan)
+        return AttemptResult(action, None)
+    if outcome == ActionAttempt.Outcome.RETRYABLE_ERROR and action.attempts < setting("ROLLOUT_EXECUTOR_MAX_ATTEMPTS"):
+        wait = backoff(action.attempts)
+        action.next_attempt_at = now + timedelta(seconds=wait)
+        action.save(update_fields=["next_attempt_at"])
+        audit.record(SYSTEM, "rollout.action_retry", plan,
+                     data=_action_data(action, attempt=attempt.number, http_status=http_status, retry_in=wait),
+                     reason=detail[:500])
+        return AttemptResult(action, wait)
+    _fail(action, plan, detail[:500] or outcome)
+    return AttemptResult(action, None)
+
+
+def _apply_effect(action: RolloutAction, plan: RolloutPlan) -> None:
+    data = _action_data(action, executor=action.executor, attempts=action.attempts,
+                        idempotency_key=action.idempotency_key, approval_request=action.approval_request_id,
+                        evidence=action.evidence)
+    stale = _stale_reason(action, plan)
+    if stale:
+        audit.record(SYSTEM, "rollout.action_executed", plan, data=data, reason=stale)
+        return
+    if action.kind == Kind.ROLLBACK:
+        _transition(plan, PlanState.ROLLED_BACK, closed_at=clock.now(), exposure_override=None, active_fallback_mode="")
+        _cancel_open(plan, {Kind.EXPAND, Kind.FALLBACK}, "the release was rolled back")
+        audit.record(SYSTEM, "rollout.rolled_back", plan, data={**data, "to_version": plan.stable_version})
+    else:
+        mode = action.parameters.get("mode") or plan.fallback_mode
+        _transition(plan, PlanState.FALLBACK, active_fallback_mode=mode)
+        _cancel_open(plan, {Kind.EXPAND}, "the fallback mode was engaged")
+        audit.record(SYSTEM, "rollout.fallback_engaged", plan, data={**data, "mode": mode})
+
+
+def sweep_actions(*, limit: int = 100) -> int:
+    """Beat: re-send actions whose message was lost or whose worker died (lease ran out), and
+    those whose backoff elapsed. Duplicate sends are harmless: begin_attempt holds the lease."""
+    now = clock.now()
+    stall = timedelta(seconds=setting("ROLLOUT_EXECUTOR_STALL_SECONDS"))
+    with transaction.atomic():
+        due = list(RolloutAction.objects.select_for_update(skip_locked=True)
+                   .filter(state__in=[ActionState.SCHEDULED, ActionState.EXECUTING], next_attempt_at__lte=now)
+                   .order_by("next_attempt_at")[:limit])
+        for action in due:
+            action.next_attempt_at = now + stall
+            action.save(update_fields=["next_attempt_at"])
+            _enqueue_execution(action)
+    return len(due)
+
+
+# -- post-facto reviews -----------------------------------------------------------------------
+
+@transaction.atomic
+def review_action(review_id: int, *, actor: AbstractBaseUser, verdict: str, reason: str = "",
+                  note: str = "") -> ActionReview:
+    """A containment owner judges an autonomous action: correct, or a false positive with a
+    reason category. Audit: `rollout.action_reviewed`."""
+    review = ActionReview.objects.select_for_update(of=("self",)).select_related("workflow", "action").filter(
+        pk=review_id).first()
+    require(review is not None, "not_found", "This review does not exist.")
+    require(_is_user(actor) and bool(selectors.duties_of(actor, review.workflow)), "forbidden",
+            f"Only containment owners of {review.workflow.slug} review its autonomous actions.")
+    require(review.is_pending, "already_decided",
+            f"{review.reviewed_by.get_username() if review.reviewed_by_id else 'Someone'} already reviewed this action.")
+    require(verdict in (ActionReview.Verdict.CORRECT, ActionReview.Verdict.FALSE_POSITIVE), "invalid",
+            "Choose correct or false positive.", field="verdict")
+    if verdict == ActionReview.Verdict.FALSE_POSITIVE:
+        require(reason in ActionReview.Reason.values and reason, "invalid",
+                "Say why it was a false positive (expected behaviour, noise, known change, other).", field="reason")
+    else:
+        reason = ""
+    note = (note or "").strip()
+    require(len(note) <= MAX_REASON, "invalid", "Keep the note under 2,000 characters.", field="note")
+    review.verdict, review.reason, review.note = verdict, reason, note
+    review.reviewed_by, review.reviewed_at = actor, clock.now()
+    review.save(update_fields=["verdict", "reason", "note", "reviewed_by", "reviewed_at"])
+    audit.record(actor, "rollout.action_reviewed", review.action.plan,
+                 data={"review": review.pk, "action": review.action_id, "kind": review.action.kind, "verdict": verdict,
+                       "reason_category": reason}, reason=note)
+    return review
+
+
+# -- context tags -----------------------------------------------------------------------------
+
+DEFAULT_TAG_METRIC = {ContextTag.Kind.EXPECTED_LATENCY_INCREASE: "latency_p95_ms",
+                      ContextTag.Kind.EXPECTED_COST_INCREASE: "cost_per_task"}
+
+
+def _may_tag(actor: object, workflow: Workflow) -> bool:
+    if isinstance(actor, ServiceAccount):
+        return actor.active and actor.workflows.filter(pk=workflow.pk).exists()
+    return _is_user(actor) and actor.is_active and (
+        _may_manage(actor, workflow) or actor.has_perm(perm(CONTAIN), workflow))
+
+
+@transaction.atomic
+def create_context_tag(*, actor: Any, workflow: Workflow, kind: str, ends_at: datetime, reason: str,
+                       plan: RolloutPlan | None = None, metric: str | None = None,
+                       expected_change_percent: Decimal | None = None,
+                       starts_at: datetime | None = None) -> ContextTag:
+    """Record what a deployment is expected to change, so evaluation widens thresholds or asks a
+    person instead of rolling back. Audit: `rollout.context_tag_added`."""
+    require(_may_tag(actor, workflow), "forbidden", f"You may not tag deployments of {workflow.slug}.")
+    require(kind in ContextTag.Kind.values, "invalid", f"Choose a tag kind among {', '.join(ContextTag.Kind.values)}.",
+            field="kind")
+    require(plan is None or plan.workflow_id == workflow.pk, "invalid", "That plan belongs to another workflow.", field="plan")
+    now = clock.now()
+    starts_at = starts_at or now
+    require(ends_at > starts_at, "invalid", "The tag must end after it starts.", field="ends_at")
+    require(ends_at > now, "invalid", "The tag's window is already over.", field="ends_at")
+    longest = timedelta(hours=setting("ROLLOUT_TAG_MAX_HOURS"))
+    require(ends_at - starts_at <= longest, "invalid",
+            f"A tag lasts at most {setting('ROLLOUT_TAG_MAX_HOURS')} hours; tag the next window again.", field="ends_at")
+    reason = _clean_reason(reason, required=True, what="Say what is expected and why")
+    metric_obj = None
+    if kind in ContextTag.WINDOW_KINDS:
+        require(not metric and expected_change_percent is None, "invalid",
+                "A window tag names no metric and no expected change.", field="metric")
+    else:
+        metric = metric or DEFAULT_TAG_METRIC.get(kind)
+        require(metric, "invalid", "Name the metric that is expected to change.", field="metric")
+        metric_obj = Metric.objects.filter(slug=metric).first()
+        require(metric_obj is not None, "invalid", f"Unknown metric {metric!r}; register it first.", field="metric")
+        if kind == ContextTag.Kind.EXPECTED_LATENCY_INCREASE:
+            require(metric_obj.is_latency, "invalid", f"{metric} is not a latency metric.", field="metric")
+        if kind == ContextTag.Kind.EXPECTED_COST_INCREASE:
+            require(metric_obj.is_cost, "invalid", f"{metric} is not a cost metric.", field="metric")
+        require(expected_change_percent is not None and expected_change_percent.is_finite()
+                and Decimal("0") < expected_change_percent <= Decimal("1000"), "invalid",
+                "Give the expected change in percent (more than 0, at most 1000).", field="expected_change_percent")
+    tag = ContextTag(workflow=workflow, plan=plan, kind=kind, metric=metric_obj,
+                     expected_change_percent=expected_change_percent, starts_at=starts_at, ends_at=ends_at,
+                     reason=reason, author=actor if _is_user(actor) else None,
+                     author_service=actor if isinstance(actor, ServiceAccount) else None)
+    _validated(tag, "")
+    tag.save()
+    if plan is not None and plan.is_live:
+        schedule_evaluation(plan.pk)
+    audit.record(actor, "rollout.context_tag_added", tag, workflow=workflow,
+                 data={"tag": tag.label, "metric": metric, "plan": plan.pk if plan else None,
+                       "starts_at": starts_at, "ends_at": ends_at}, reason=reason)
+    return tag
+
+
+@transaction.atomic
+def withdraw_context_tag(tag_id: int, *, actor: Any, reason: str = "") -> ContextTag:
+    """End a tag early; evaluation stops honouring it at once. Audit: `rollout.context_tag_withdrawn`."""
+    tag = ContextTag.objects.select_for_update(of=("self",)).select_related("workflow").filter(pk=tag_id).first()
+    require(tag is not None, "not_found", "This context tag does not exist.")
+    require(_may_tag(actor, tag.workflow), "forbidden", f"You may not change tags of {tag.workflow.slug}.")
+    require(tag.withdrawn_at is None, "conflict", "This tag is already withdrawn.")
+    tag.withdrawn_at = clock.now()
+    tag.save(update_fields=["withdrawn_at"])
+    audit.record(actor, "rollout.context_tag_withdrawn", tag, workflow=tag.workflow, data={"tag": tag.label},
+                 reason=_clean_reason(reason, required=False))
+    return tag
+
+
+# -- signals ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class IngestResult:
+    received: int
+    stored: int
+
+    @property
+    def duplicates(self) -> int:
+        return self.received - self.stored
+
+
+def ingest_signals(plan: RolloutPlan, rows: list[tuple[int, int | None, str, datetime, float]]) -> IngestResult:
+    """Store samples (metric id, ring, segment, observed_at, value) in one statement.
+
+    Samples already stored under the same (plan, metric, time, segment) are duplicates: the first
+    value is kept and the count says how many were skipped. Signals are not audited one by one
+    (the decisions they lead to are). Schedules a debounced evaluation after commit.
+    """
+    require(plan.is_live, "conflict",
+            f"Plan {plan.pk} is {plan.get_state_display()}; signals are accepted for live rollouts only.")
+    if not rows:
+        return IngestResult(0, 0)
+    now = clock.now()
+    with transaction.atomic():
+        stored = _insert_signals(plan.pk, rows, now)
+        schedule_evaluation(plan.pk)
+    return IngestResult(len(rows), stored)
+
+
+def _insert_signals(plan_id: int, rows: list[tuple], now: datetime) -> int:
+    if connection.vendor == "postgresql":
+        metrics, rings, segments, times, values = (list(col) for col in zip(*rows, strict=True))
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "INSERT INTO rollouts_signal (plan_id, metric_id, ring, segment, observed_at, value, received_at) "
+                "SELECT %s, m, r, s, t, v, %s FROM unnest(%s::bigint[], %s::smallint[], %s::text[], "
+                "%s::timestamptz[], %s::float8[]) AS u(m, r, s, t, v) "
+                "ON CONFLICT (plan_id, metric_id, observed_at, segment) DO NOTHING",
+                [plan_id, now, metrics, rings, segments, times, values],
+            )
+            return cursor.rowcount
+    before = Signal.objects.filter(plan_id=plan_id).count()
+    try:
+        Signal.objects.bulk_create(
+            [Signal(plan_id=plan_id, metric_id=m, ring=r, segment=s, observed_at=t, value=v, received_at=now)
+             for m, r, s, t, v in rows], ignore_conflicts=True, batch_size=2000)
+    except IntegrityError as exc:
+        raise TransitionRefused("invalid", f"A sample was refused by the database: {exc}") from None
+    return Signal.objects.filter(plan_id=plan_id).count() - before

@@ -1,0 +1,48 @@
+"""Thin Celery wrappers around the rollout services. Ids, not instances; outcomes in the services."""
+
+from __future__ import annotations
+
+import socket
+
+from celery import shared_task
+
+
+@shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
+def execute_action(self, action_id: int) -> str:
+    """One executor attempt; a retryable failure comes back after the backoff the service chose.
+    Lost messages and dead workers are covered by `sweep_actions`."""
+    from rollouts import executors
+
+    result = executors.run(action_id, worker=f"{socket.gethostname()}:{self.request.hostname or ''}")
+    if result is None:
+        return "nothing to do"
+    if result.retry_in is not None:
+        raise self.retry(countdown=result.retry_in)
+    return result.action.state
+
+
+@shared_task(acks_late=True)
+def evaluate_plan(plan_id: int) -> str:
+    from rollouts import services
+
+    decision = services.evaluate_plan(plan_id)
+    return decision.action if decision else "not live"
+
+
+@shared_task
+def evaluate_live_plans() -> int:
+    """Beat: evaluate every live plan (signals may have stopped arriving: that is a finding too)."""
+    from rollouts import services
+    from rollouts.models import RolloutPlan
+
+    ids = list(RolloutPlan.objects.filter(state__in=RolloutPlan.LIVE_STATES).values_list("pk", flat=True))
+    for plan_id in ids:
+        services.evaluate_plan(plan_id)
+    return len(ids)
+
+
+@shared_task
+def sweep_actions() -> int:
+    from rollouts import services
+
+    return services.sweep_actions(limit=100)
