@@ -63,6 +63,23 @@ def api(agent) -> Client:
     return Client(headers=agent.headers)
 
 
+@pytest.fixture
+def actions(workflow, admin_user):
+    """The refund workflow's declared actions, one per risk level."""
+    for name, risk, quorum in (("send_receipt", "low", 1), ("issue_credit", "medium", 1),
+                               ("refund_customer", "high", 1), ("close_account", "critical", 2)):
+        services.define_action(workflow.pk, actor=admin_user, name=name, risk=risk, quorum=quorum)
+    return workflow
+
+
+def dispatch(client: Client, action: str, *, key: str | None = "auto", workflow: str = "refund-agent", **fields):
+    import uuid
+
+    body = {"workflow": workflow, "action": action, **fields}
+    headers = {} if key is None else {"Idempotency-Key": uuid.uuid4().hex if key == "auto" else key}
+    return client.post("/api/v1/dispatch", json.dumps(body), content_type="application/json", headers=headers)
+
+
 def assert_problem(response, status: int, code: str | None = None) -> dict:
     """The error contract (IN-04): problem+json with every member, no trace."""
     assert response.status_code == status, (response.status_code, response.content[:500])
