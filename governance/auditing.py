@@ -9,6 +9,7 @@ events of the workflows they may see (`selectors.audit_events_visible_to`).
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import json
 import uuid
@@ -33,7 +34,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from governance import audit, selectors
-from governance.models import AuditCheckpoint, AuditEvent
+from governance.models import AuditCheckpoint, AuditEvent, Workflow
 from governance.verify_audit import (
     Checkpoint,
     Report,
@@ -46,6 +47,7 @@ from governance.verify_audit import (
 )
 
 PAGE_SIZE = 50
+REQUEST_SUBJECT = "approvals.approvalrequest"
 EXPORT_CHUNK = 5000
 PROGRESS_EVERY = 20_000
 PROGRESS_TTL = 6 * 3600
@@ -165,13 +167,10 @@ def event_detail(request: HttpRequest, seq: int) -> HttpResponse:
 
 
 def evidence_url(subject_type: str, subject_id: str) -> str | None:
-    """The evidence bundle of an approval request, when the approvals app provides one."""
-    if subject_type != "approvals.approvalrequest" or not subject_id.isdigit():
+    """The evidence bundle of an approval request."""
+    if subject_type != REQUEST_SUBJECT or not subject_id.isdigit():
         return None
-    try:
-        return reverse("governance:evidence", args=[int(subject_id)])
-    except Exception:  # the bundle's URL is only installed with the approvals app's models
-        return None
+    return reverse("governance:evidence", args=[int(subject_id)])
 
 
 # --- progress shared by the web processes and the workers ----------------------------------------
@@ -450,3 +449,134 @@ def verify_job(request: HttpRequest, job: str) -> HttpResponse:
         raise Http404("No such verification.")
     template = "governance/audit_verify_job.html" + ("#job" if request.htmx else "")
     return render(request, template, {"job": state, "job_id": job})
+
+
+# --- evidence bundle of a decision --------------------------------------------------------------
+
+def _chain_entries(events: Iterable[AuditEvent]) -> list[dict]:
+    return [{"seq": e.seq, "prev_hash": e.prev_hash, "hash": e.hash, "event": audit.event_payload(e),
+             "hash_ok": chain_hash(e.prev_hash, e.canonical) == e.hash} for e in events]
+
+
+def workflow_settings_before(workflow, seq: int) -> tuple[dict, int | None]:
+    """The workflow's governance settings as the audit trail had them just before event `seq`."""
+    settings_, source = {}, None
+    history = AuditEvent.objects.filter(
+        subject_type="governance.workflow", subject_id=str(workflow.pk), seq__lt=seq,
+        action__in=["workflow.created", "workflow.updated"]).order_by("seq")
+    for event in history:
+        if event.action == "workflow.created":
+            settings_ = dict(event.data)
+        else:
+            settings_.update({field: change["to"] for field, change in event.data.get("changes", {}).items()})
+        source = event.seq
+    return settings_, source
+
+
+def tier_in_force(workflow, settings_: dict, at) -> int:
+    """The autonomy tier the recorded settings gave at `at` (business or off hours)."""
+    if not settings_:
+        return workflow.tier_at(at)
+    then = Workflow(
+        autonomy_tier=settings_.get("autonomy_tier", workflow.autonomy_tier),
+        off_hours_tier=settings_.get("off_hours_tier", workflow.off_hours_tier),
+        timezone=settings_.get("timezone", workflow.timezone),
+        business_days=settings_.get("business_days", workflow.business_days),
+        business_start=dt.time.fromisoformat(str(settings_.get("business_start", workflow.business_start))),
+        business_end=dt.time.fromisoformat(str(settings_.get("business_end", workflow.business_end))),
+    )
+    return then.tier_at(at)
+
+
+def policy_in_force(req, seq: int) -> dict:
+    """The escalation policy that timed the request, with its levels as last defined before it."""
+    policy = req.policy
+    defined = (AuditEvent.objects.filter(subject_type="approvals.escalationpolicy", subject_id=str(policy.pk),
+                                         action="approval.policy_defined", seq__lt=seq).order_by("-seq").first())
+    if defined is not None:
+        levels = [{"position": i, **level} for i, level in enumerate(defined.data.get("levels", []))]
+    else:  # a built-in default policy: never redefined, so its levels are the ones stored
+        levels = [{"position": level.position, "groups": sorted(g.name for g in level.groups.all()),
+                   "people": sorted(p.get_username() for p in level.people.all()),
+                   "timeout_seconds": level.timeout_seconds} for level in policy.levels.order_by("position")]
+    return {"id": policy.pk, "applies_to": policy.workflow.slug if policy.workflow_id else "every workflow (default)",
+            "mode": policy.mode, "hours": policy.hours, "terminal_action": policy.terminal_action,
+            "levels": levels, "defined_in_event": defined.seq if defined else None}
+
+
+def evidence_bundle(req) -> dict:
+    """Everything an auditor needs to show what was decided on one request, by whom, on what evidence."""
+    events = list(AuditEvent.objects.filter(subject_type=REQUEST_SUBJECT, subject_id=str(req.pk)).order_by("seq"))
+    requested = next((e for e in events if e.action == "approval.requested"), None)
+    anchor = requested.seq if requested else (events[0].seq if events else audit.head()[0] + 1)
+    workflow_settings, settings_event = workflow_settings_before(req.workflow, anchor)
+    decisions = list(req.decisions.select_related("decided_by").order_by("decided_at", "pk"))
+    escalations = [{"seq": e.seq, "at": e.occurred_at, "by": e.actor_label,
+                    "level": e.data.get("level"), "due_at": e.data.get("due_at"), "reason": e.reason}
+                   for e in events if e.action == "approval.escalated"]
+    checkpoint = (AuditCheckpoint.objects.filter(head_seq__gte=events[-1].seq).order_by("head_seq", "id").first()
+                  if events else None)
+    first_decision = decisions[0].decided_at if decisions else None
+    return {
+        "bundle": "ringfence-evidence", "version": 1,
+        "request": {
+            "id": req.pk, "workflow": req.workflow.slug, "workflow_name": req.workflow.name,
+            "kind": req.kind, "action": req.action, "parameters": req.parameters, "mode": req.mode,
+            "quorum": req.quorum, "requested_by": req.requester_label,
+            "requested_by_kind": "service" if req.requested_by_service_id else ("user" if req.requested_by_id else "system"),
+            "idempotency_key": req.idempotency_key, "confidence": req.confidence,
+            "subject": {"type": req.subject_type, "id": req.subject_id} if req.subject_type else None,
+            "created_at": req.created_at,
+        },
+        "in_force": {
+            "tier": tier_in_force(req.workflow, workflow_settings, req.created_at),
+            "business_hours": req.workflow.in_business_hours(req.created_at),
+            "workflow_settings": workflow_settings, "settings_from_event": settings_event,
+            "policy": policy_in_force(req, anchor),
+        },
+        "evidence": {"summary": (req.evidence or {}).get("summary", ""), "metrics": req.evidence_metrics(),
+                     "links": req.evidence_links(), "other": req.evidence_extra()},
+        "decisions": [{"by": d.decided_by.get_username(), "name": d.decided_by.get_full_name(), "verdict": d.verdict,
+                       "justification": d.justification, "reason_category": d.reason, "level": d.level,
+                       "decided_at": d.decided_at} for d in decisions],
+        "timers": {
+            "created_at": req.created_at,
+            "first_due_at": requested.data.get("due_at") if requested else None,
+            "escalations": escalations, "level": req.level, "due_at": req.due_at, "remind_at": req.remind_at,
+            "closed_at": req.closed_at,
+            "seconds_to_first_decision": (first_decision - req.created_at).total_seconds() if first_decision else None,
+            "seconds_to_close": (req.closed_at - req.created_at).total_seconds() if req.closed_at else None,
+        },
+        "outcome": {"state": req.state, "closed_at": req.closed_at, "closed_by": req.closed_by_label,
+                    "summary": req.closed_summary()},
+        "audit": {"events": _chain_entries(events),
+                  "checkpoint": json.loads(audit.checkpoint_line(checkpoint)) if checkpoint else None},
+    }
+
+
+def _request_in_scope(request: HttpRequest, pk: int):
+    from approvals.selectors import request_for
+
+    req = request_for(request.user, pk)
+    if req is None:
+        raise Http404("No such approval request.")
+    return req
+
+
+@require_GET
+@login_required
+def evidence(request: HttpRequest, pk: int) -> HttpResponse:
+    bundle = evidence_bundle(_request_in_scope(request, pk))
+    return render(request, "approvals/evidence.html", {"bundle": bundle, "req_id": pk})
+
+
+@require_GET
+@login_required
+def evidence_json(request: HttpRequest, pk: int) -> HttpResponse:
+    from django.core.serializers.json import DjangoJSONEncoder
+
+    bundle = evidence_bundle(_request_in_scope(request, pk))
+    response = HttpResponse(json.dumps(bundle, cls=DjangoJSONEncoder, indent=2, ensure_ascii=False),
+                            content_type="application/json; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="ringfence-evidence-request-{pk}.json"'
+    return response

@@ -20,6 +20,8 @@ governance_patterns = (
         path("audit/verify/", auditing.verify_page, name="audit_verify"),
         path("audit/verify/chain/", auditing.verify_start, name="audit_verify_start"),
         path("audit/verify/chain/<str:job>/", auditing.verify_job, name="audit_verify_job"),
+        path("audit/evidence/<int:pk>/", auditing.evidence, name="evidence"),
+        path("audit/evidence/<int:pk>.json", auditing.evidence_json, name="evidence_json"),
     ],
     "governance",
 )
