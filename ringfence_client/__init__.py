@@ -1,1 +1,21 @@
-"""Python client for the Ringfence agent API."""
+"""Python client for the Ringfence agent API (standard library only)."""
+
+from ringfence_client.client import (
+    ApiError,
+    Approval,
+    ApprovalDecision,
+    DecisionTimeout,
+    Denied,
+    DispatchResult,
+    FieldProblem,
+    PendingApproval,
+    RingfenceClient,
+    RingfenceError,
+    TransportError,
+)
+from ringfence_client.guard import guarded
+
+__all__ = [
+    "ApiError", "Approval", "ApprovalDecision", "DecisionTimeout", "Denied", "DispatchResult", "FieldProblem",
+    "PendingApproval", "RingfenceClient", "RingfenceError", "TransportError", "guarded",
+]

@@ -37,6 +37,17 @@ def _fast_password_hashing(settings):
 
 
 @pytest.fixture(autouse=True)
+def _roles(db):
+    """The role groups, also after a transactional test's flush removed the migration's rows."""
+    from django.contrib.auth.models import Group
+
+    from governance.permissions import Role
+
+    for role in Role:
+        Group.objects.get_or_create(name=role)
+
+
+@pytest.fixture(autouse=True)
 def _fresh_rate_limits():
     """Every test starts with empty rate-limit windows in its own Redis database."""
     import redis

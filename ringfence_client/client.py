@@ -1,0 +1,322 @@
+"""A small, typed client for the Ringfence agent API; standard library only (urllib).
+
+    from ringfence_client import RingfenceClient
+
+    rf = RingfenceClient("https://ringfence.example.com", token="rf_…")
+    answer = rf.dispatch("refund-agent", "refund_customer", parameters={"order": "A-1001"})
+    if answer.decision == "pending":
+        answer = rf.wait_for_decision(answer.approval_id, timeout=600)
+
+Every call that changes something carries an Idempotency-Key; retries (connection failures,
+429, 503, a 409 while the first attempt is still in flight) reuse the same key, so the server
+acts at most once however often the call is retried.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import socket
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from http.client import HTTPException
+from typing import Any, Literal
+
+Decision = Literal["allow", "deny", "pending"]
+JSON = dict[str, Any]
+
+USER_AGENT = "ringfence-client/1"
+RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
+
+
+class RingfenceError(Exception):
+    """Base of every error the client raises."""
+
+
+@dataclass
+class FieldProblem:
+    location: str
+    field: str
+    message: str
+    type: str = ""
+
+
+class ApiError(RingfenceError):
+    """The server refused the call: RFC 9457 problem details (status, stable code, field errors)."""
+
+    def __init__(self, status: int, code: str, title: str, detail: str, errors: list[FieldProblem] | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(f"{status} {code}: {detail}")
+        self.status, self.code, self.title, self.detail = status, code, title, detail
+        self.errors = errors or []
+        self.retry_after = retry_after
+
+
+class TransportError(RingfenceError):
+    """The server could not be reached (or kept failing) within the retry budget."""
+
+
+class DecisionTimeout(RingfenceError):
+    def __init__(self, approval: Approval) -> None:
+        super().__init__(f"approval {approval.id} is still pending")
+        self.approval = approval
+
+
+class Denied(RingfenceError):
+    """Dispatch answered deny, or the approval closed without permission."""
+
+    def __init__(self, reason: str, *, dispatch: DispatchResult | None = None, approval: Approval | None = None) -> None:
+        super().__init__(reason)
+        self.reason, self.dispatch, self.approval = reason, dispatch, approval
+
+
+class PendingApproval(RingfenceError):
+    """Dispatch answered pending and the caller chose not to wait."""
+
+    def __init__(self, dispatch: DispatchResult) -> None:
+        super().__init__(f"approval {dispatch.approval_id} is pending: {dispatch.reason}")
+        self.dispatch = dispatch
+        self.approval_id = dispatch.approval_id
+
+
+def _pick(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
+    names = cls.__dataclass_fields__  # type: ignore[attr-defined]
+    return {k: v for k, v in data.items() if k in names}
+
+
+@dataclass
+class DispatchResult:
+    decision: Decision
+    code: str
+    reason: str
+    workflow: str
+    action: str
+    tier: int
+    business_hours: bool
+    risk: str | None = None
+    approval_id: int | None = None
+    poll_url: str | None = None
+    due_at: str | None = None
+    replayed: bool = False
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], replayed: bool = False) -> DispatchResult:
+        return cls(**_pick(cls, data), replayed=replayed)
+
+
+@dataclass
+class ApprovalDecision:
+    verdict: str
+    decided_by: str
+    justification: str
+    reason: str
+    level: int
+    decided_at: str
+
+
+@dataclass
+class Approval:
+    id: int
+    workflow: str
+    kind: str
+    action: str
+    state: str
+    outcome: Decision
+    mode: str
+    level: int
+    quorum: int
+    due_at: str
+    created_at: str
+    closed_at: str | None = None
+    closed_by: str = ""
+    parameters: JSON = field(default_factory=dict)
+    decisions: list[ApprovalDecision] = field(default_factory=list)
+    poll_url: str = ""
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Approval:
+        fields = _pick(cls, data)
+        fields["decisions"] = [ApprovalDecision(**_pick(ApprovalDecision, d)) for d in data.get("decisions", [])]
+        return cls(**fields)
+
+    @property
+    def is_pending(self) -> bool:
+        return self.outcome == "pending"
+
+
+@dataclass
+class Response:
+    status: int
+    body: Any
+    headers: Mapping[str, str]
+
+
+class RingfenceClient:
+    """One API base URL and one service-account token.
+
+    `max_retries` bounds how often one call is retried; waits grow exponentially from `backoff`
+    seconds (with jitter, at most `max_backoff`) unless the server sends `Retry-After`.
+    """
+
+    def __init__(self, base_url: str, token: str, *, timeout: float = 30.0, max_retries: int = 4,
+                 backoff: float = 0.25, max_backoff: float = 8.0, api_prefix: str = "/api/v1") -> None:
+        if not token:
+            raise ValueError("a Ringfence API token is required")
+        self.base_url = base_url.rstrip("/")
+        self.api_prefix = api_prefix
+        self.token = token
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self._sleep: Callable[[float], None] = time.sleep
+
+    @classmethod
+    def from_env(cls, **options: Any) -> RingfenceClient:
+        """From RINGFENCE_URL and RINGFENCE_TOKEN."""
+        return cls(os.environ["RINGFENCE_URL"], os.environ["RINGFENCE_TOKEN"], **options)
+
+    # -- endpoints ---------------------------------------------------------------------------
+
+    def dispatch(self, workflow: str, action: str, parameters: Mapping[str, Any] | None = None, *,
+                 evidence: Mapping[str, Any] | None = None, confidence: float | None = None,
+                 idempotency_key: str | None = None) -> DispatchResult:
+        """Ask whether `action` may run now: allow, deny, or pending with an approval to wait for.
+
+        Pass the same `idempotency_key` when asking again for the same intended action (e.g.
+        after a restart) to get the same answer and the same approval request.
+        """
+        body: JSON = {"workflow": workflow, "action": action, "parameters": dict(parameters or {}),
+                      "evidence": dict(evidence or {})}
+        if confidence is not None:
+            body["confidence"] = confidence
+        response = self._call("POST", "/dispatch", body=body, idempotency_key=idempotency_key or _new_key())
+        return DispatchResult.from_json(response.body, replayed=response.headers.get("Idempotent-Replayed") == "true")
+
+    def approval(self, approval_id: int, *, wait: float = 0) -> Approval:
+        """The request's state now, or within `wait` seconds if it closes (server-capped long-poll)."""
+        query = {"wait": f"{wait:g}"} if wait else None
+        timeout = self.timeout + wait
+        return Approval.from_json(self._call("GET", f"/approvals/{int(approval_id)}", query=query, timeout=timeout).body)
+
+    def wait_for_decision(self, approval_id: int, *, timeout: float = 600.0, poll: float = 25.0) -> Approval:
+        """Long-poll until the request closes; raises DecisionTimeout after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            approval = self.approval(approval_id, wait=max(0.0, min(poll, remaining)))
+            if not approval.is_pending:
+                return approval
+            if deadline - time.monotonic() <= 0:
+                raise DecisionTimeout(approval)
+
+    def send_signals(self, samples: Iterable[Mapping[str, Any]], *, idempotency_key: str | None = None,
+                     **fields: Any) -> JSON:
+        """Post a batch of metric samples (at most 10,000 per call; see the API docs for fields)."""
+        body = {**fields, "samples": [dict(s) for s in samples]}
+        return self._call("POST", "/signals", body=body, idempotency_key=idempotency_key or _new_key()).body
+
+    def propose(self, *, idempotency_key: str | None = None, **proposal: Any) -> JSON:
+        """Propose a rollback or fallback with confidence and evidence; handled per autonomy tier."""
+        return self._call("POST", "/proposals", body=proposal, idempotency_key=idempotency_key or _new_key()).body
+
+    def route(self, workflow: str, segment_kind: str, segment_value: str, **query: Any) -> JSON:
+        """Which version and mode serve a segment of a workflow now."""
+        params = {"workflow": workflow, "segment_kind": segment_kind, "segment_value": segment_value, **query}
+        return self._call("GET", "/route", query=params).body
+
+    def add_context_tag(self, *, idempotency_key: str | None = None, **tag: Any) -> JSON:
+        """Tell Ringfence what a deployment is expected to change, for a time window."""
+        return self._call("POST", "/context-tags", body=tag, idempotency_key=idempotency_key or _new_key()).body
+
+    def pause(self, workflow: str, reason: str, *, idempotency_key: str | None = None) -> JSON:
+        """Engage the workflow's kill switch: every dispatch is denied until a person resumes it."""
+        return self._call("POST", f"/workflows/{urllib.parse.quote(workflow, safe='')}/pause", body={"reason": reason},
+                          idempotency_key=idempotency_key or _new_key()).body
+
+    def guard(self, workflow: str, action: str, **options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator: run the function only when Ringfence allows it (see `ringfence_client.guarded`)."""
+        from ringfence_client.guard import guarded
+
+        return guarded(self, workflow, action, **options)
+
+    # -- transport ---------------------------------------------------------------------------
+
+    def _call(self, method: str, path: str, *, body: JSON | None = None, query: Mapping[str, Any] | None = None,
+              idempotency_key: str | None = None, timeout: float | None = None) -> Response:
+        url = self.base_url + self.api_prefix + path
+        if query:
+            url += "?" + urllib.parse.urlencode(query)
+        headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/json", "User-Agent": USER_AGENT}
+        data = None
+        if body is not None:
+            data = json.dumps(body, allow_nan=False).encode("utf-8")
+            headers["Content-Type"] = "application/json"
+        if idempotency_key:
+            headers["Idempotency-Key"] = idempotency_key
+        # Only calls that are safe to repeat are retried: reads, and writes carrying a key.
+        retryable = method == "GET" or bool(idempotency_key)
+        attempt = 0
+        while True:
+            try:
+                return self._send(urllib.request.Request(url, data=data, headers=headers, method=method),
+                                  timeout or self.timeout)
+            except ApiError as error:
+                in_flight = error.status == 409 and error.code == "request_in_flight"
+                if not retryable or attempt >= self.max_retries or not (error.status in RETRYABLE_STATUSES or in_flight):
+                    raise
+                self._sleep(self._delay(attempt, error.retry_after))
+            except TransportError:
+                if not retryable or attempt >= self.max_retries:
+                    raise
+                self._sleep(self._delay(attempt, None))
+            attempt += 1
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, self.max_backoff * 4)
+        return min(self.max_backoff, self.backoff * 2**attempt) * random.uniform(0.5, 1.0)
+
+    def _send(self, request: urllib.request.Request, timeout: float) -> Response:
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as raw:
+                return Response(raw.status, _json(raw.read()), dict(raw.headers.items()))
+        except urllib.error.HTTPError as error:
+            with error:
+                payload = _json(error.read())
+            raise _api_error(error.code, payload, error.headers) from None
+        except (urllib.error.URLError, HTTPException, ConnectionError, socket.timeout, TimeoutError) as error:
+            raise TransportError(f"{request.get_method()} {request.full_url}: {error}") from error
+
+
+def _new_key() -> str:
+    return str(uuid.uuid4())
+
+
+def _json(raw: bytes) -> Any:
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return {"detail": raw[:500].decode("utf-8", "replace")}
+
+
+def _api_error(status: int, payload: Any, headers: Any) -> ApiError:
+    problem = payload if isinstance(payload, dict) else {}
+    retry_after = None
+    if headers is not None and headers.get("Retry-After", "").strip().isdigit():
+        retry_after = float(headers["Retry-After"])
+    errors = [
+        FieldProblem(location=str(e.get("in", "")), field=str(e.get("field", "")), message=str(e.get("message", "")),
+                     type=str(e.get("type", "")))
+        for e in problem.get("errors", []) if isinstance(e, dict)
+    ]
+    return ApiError(status, str(problem.get("code", "error")), str(problem.get("title", "")),
+                    str(problem.get("detail", "")), errors, retry_after)
