@@ -9,13 +9,17 @@ from ringfence_client.client import (
     DispatchResult,
     FieldProblem,
     PendingApproval,
+    ProposalResult,
     RingfenceClient,
     RingfenceError,
+    Route,
+    SignalsResult,
     TransportError,
 )
 from ringfence_client.guard import guarded
 
 __all__ = [
     "ApiError", "Approval", "ApprovalDecision", "DecisionTimeout", "Denied", "DispatchResult", "FieldProblem",
-    "PendingApproval", "RingfenceClient", "RingfenceError", "TransportError", "guarded",
+    "PendingApproval", "ProposalResult", "RingfenceClient", "RingfenceError", "Route", "SignalsResult",
+    "TransportError", "guarded",
 ]

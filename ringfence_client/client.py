@@ -25,6 +25,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from http.client import HTTPException
 from typing import Any, Literal
 
@@ -151,6 +152,55 @@ class Approval:
 
 
 @dataclass
+class SignalsResult:
+    plan: int
+    received: int
+    stored: int
+    duplicates: int
+    evaluation: str = ""
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SignalsResult:
+        return cls(**_pick(cls, data))
+
+
+@dataclass
+class ProposalResult:
+    id: int
+    plan: int
+    kind: str
+    state: str
+    handling: str
+    created: bool
+    tier: int | None = None
+    approval_id: int | None = None
+    poll_url: str | None = None
+    plan_state: str = ""
+    context_tag: JSON | None = None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ProposalResult:
+        return cls(**_pick(cls, data))
+
+
+@dataclass
+class Route:
+    workflow: str
+    version: str | None
+    mode: str
+    exposed: bool
+    exposure_percent: int
+    workflow_paused: bool
+    plan: int | None = None
+    state: str | None = None
+    ring: int | None = None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Route:
+        return cls(**_pick(cls, data))
+
+
+@dataclass
 class Response:
     status: int
     body: Any
@@ -216,24 +266,50 @@ class RingfenceClient:
             if deadline - time.monotonic() <= 0:
                 raise DecisionTimeout(approval)
 
-    def send_signals(self, samples: Iterable[Mapping[str, Any]], *, idempotency_key: str | None = None,
-                     **fields: Any) -> JSON:
-        """Post a batch of metric samples (at most 10,000 per call; see the API docs for fields)."""
-        body = {**fields, "samples": [dict(s) for s in samples]}
-        return self._call("POST", "/signals", body=body, idempotency_key=idempotency_key or _new_key()).body
+    def send_signals(self, workflow: str, samples: Iterable[Mapping[str, Any]], *, plan: int | None = None) -> SignalsResult:
+        """Post a batch of metric samples (at most 10,000): each has `metric`, `value`,
+        `observed_at` (an aware datetime or ISO-8601 string), optional `segment` ("kind:value")
+        and `ring`. Safe to retry: samples already stored (same metric, time, segment) are skipped.
+        """
+        body: JSON = {"workflow": workflow, "samples": [_sample(s) for s in samples]}
+        if plan is not None:
+            body["plan"] = plan
+        return SignalsResult.from_json(self._call("POST", "/signals", body=body, idempotency_key=_new_key()).body)
 
-    def propose(self, *, idempotency_key: str | None = None, **proposal: Any) -> JSON:
-        """Propose a rollback or fallback with confidence and evidence; handled per autonomy tier."""
-        return self._call("POST", "/proposals", body=proposal, idempotency_key=idempotency_key or _new_key()).body
+    def propose(self, workflow: str, kind: Literal["rollback", "fallback"], *, confidence: float, reason: str,
+                evidence: Mapping[str, Any] | None = None, metric: str | None = None, plan: int | None = None,
+                idempotency_key: str | None = None) -> ProposalResult:
+        """Propose a rollback or fallback of the workflow's live rollout; handled per autonomy tier
+        (tier 1 executes, tier 2 opens an override window, tier 3 waits for an approval)."""
+        body: JSON = {"workflow": workflow, "kind": kind, "confidence": confidence, "reason": reason,
+                      "evidence": dict(evidence or {})}
+        if metric is not None:
+            body["metric"] = metric
+        if plan is not None:
+            body["plan"] = plan
+        response = self._call("POST", "/proposals", body=body, idempotency_key=idempotency_key or _new_key())
+        return ProposalResult.from_json(response.body)
 
-    def route(self, workflow: str, segment_kind: str, segment_value: str, **query: Any) -> JSON:
-        """Which version and mode serve a segment of a workflow now."""
-        params = {"workflow": workflow, "segment_kind": segment_kind, "segment_value": segment_value, **query}
-        return self._call("GET", "/route", query=params).body
+    def route(self, workflow: str, segment_kind: str, segment_value: str, *, key: str = "") -> Route:
+        """Which version and mode serve a segment now (read it on every call: a rollback or
+        fallback takes effect on the next one). `key` (a user or account id) applies the ring's
+        exposure percent by a stable hash."""
+        params = {"workflow": workflow, "segment_kind": segment_kind, "segment_value": segment_value}
+        if key:
+            params["key"] = key
+        return Route.from_json(self._call("GET", "/route", query=params).body)
 
-    def add_context_tag(self, *, idempotency_key: str | None = None, **tag: Any) -> JSON:
-        """Tell Ringfence what a deployment is expected to change, for a time window."""
-        return self._call("POST", "/context-tags", body=tag, idempotency_key=idempotency_key or _new_key()).body
+    def add_context_tag(self, workflow: str, kind: str, *, ends_at: datetime | str, reason: str,
+                        metric: str | None = None, expected_change_percent: float | None = None,
+                        starts_at: datetime | str | None = None, plan: int | None = None,
+                        idempotency_key: str | None = None) -> JSON:
+        """Tell Ringfence what a deployment is expected to change during a window, e.g.
+        kind="expected_latency_increase", metric="latency_p95_ms", expected_change_percent=15."""
+        body: JSON = {"workflow": workflow, "kind": kind, "ends_at": _time(ends_at), "reason": reason}
+        optional = {"metric": metric, "expected_change_percent": expected_change_percent,
+                    "starts_at": _time(starts_at) if starts_at is not None else None, "plan": plan}
+        body.update({k: v for k, v in optional.items() if v is not None})
+        return self._call("POST", "/context-tags", body=body, idempotency_key=idempotency_key or _new_key()).body
 
     def pause(self, workflow: str, reason: str, *, idempotency_key: str | None = None) -> JSON:
         """Engage the workflow's kill switch: every dispatch is denied until a person resumes it."""
@@ -297,6 +373,21 @@ class RingfenceClient:
 
 def _new_key() -> str:
     return str(uuid.uuid4())
+
+
+def _time(value: datetime | str) -> str:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError("times sent to Ringfence need a time zone")
+        return value.isoformat()
+    return value
+
+
+def _sample(sample: Mapping[str, Any]) -> JSON:
+    out = dict(sample)
+    if "observed_at" in out:
+        out["observed_at"] = _time(out["observed_at"])
+    return out
 
 
 def _json(raw: bytes) -> Any:

@@ -31,20 +31,19 @@ def issue(account: ServiceAccount) -> str:
 
 
 @pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    """Test users only: PBKDF2 costs seconds per user on a busy machine."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+def _reference_data(db):
+    """Role groups and built-in metrics, also after a transactional test's flush removed the
+    rows their data migrations wrote."""
+    import importlib
 
-
-@pytest.fixture(autouse=True)
-def _roles(db):
-    """The role groups, also after a transactional test's flush removed the migration's rows."""
+    from django.apps import apps
     from django.contrib.auth.models import Group
 
     from governance.permissions import Role
 
     for role in Role:
         Group.objects.get_or_create(name=role)
+    importlib.import_module("rollouts.migrations.0002_builtin_metrics").add_builtin_metrics(apps, None)
 
 
 @pytest.fixture(autouse=True)
@@ -105,3 +104,19 @@ def assert_problem(response, status: int, code: str | None = None) -> dict:
     if code:
         assert body["code"] == code, body
     return body
+
+
+@pytest.fixture
+def live_plan(workflow, admin_user, containment_owner):
+    """A rollout of the refund workflow started at ring 0, every containment duty owned."""
+    from governance.models import ContainmentAssignment
+    from governance.permissions import Role
+    from rollouts import services as rollout_services
+    from tests.rollouts.conftest import plan_spec
+
+    for duty in ContainmentAssignment.Duty:
+        services.assign_containment(workflow.pk, actor=admin_user, user=containment_owner, duty=duty)
+    manager = factories.make_user("rhea", role=Role.RELEASE_MANAGER)
+    factories.scope(manager, workflow)
+    plan = rollout_services.create_plan(actor=manager, workflow=workflow, **plan_spec())
+    return rollout_services.start_rollout(plan.pk, actor=manager)

@@ -153,3 +153,24 @@ def test_pause_through_the_client_then_dispatch_is_denied(rf):
     assert rf.pause("refund-agent", "incident 42")["paused"] is True
     answer = rf.dispatch("refund-agent", "send_receipt")
     assert answer.decision == "deny" and answer.code == "paused"
+
+
+def test_an_agent_posts_signals_reads_the_route_and_proposes_a_rollback(rf, live_plan):
+    from datetime import UTC, datetime
+
+    now = datetime.now(UTC)
+    result = rf.send_signals("refund-agent", [
+        {"metric": "latency_p95_ms", "value": 420.0, "observed_at": now, "segment": "internal_team:support-ops"},
+        {"metric": "latency_p95_ms", "value": 420.0, "observed_at": now, "segment": "internal_team:support-ops"},
+    ])
+    assert (result.plan, result.stored, result.duplicates) == (live_plan.pk, 1, 1)
+
+    route = rf.route("refund-agent", "internal_team", "support-ops")
+    assert route.version == "prompt-v2" and route.mode == "normal" and route.exposed
+
+    proposal = rf.propose("refund-agent", "rollback", confidence=0.9, reason="latency doubled",
+                          evidence={"latency_p95_ms": 1200}, idempotency_key="rollback-1")
+    again = rf.propose("refund-agent", "rollback", confidence=0.9, reason="latency doubled",
+                       evidence={"latency_p95_ms": 1200}, idempotency_key="rollback-1")
+    assert proposal.kind == "rollback" and proposal.tier == 2 and proposal.handling == "override_window"
+    assert again.id == proposal.id and proposal.approval_id
