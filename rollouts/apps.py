@@ -1,4 +1,17 @@
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate
+
+
+def create_builtin_metrics(sender, using: str = "default", apps=None, **kwargs) -> None:
+    """The built-in metrics, created after every migrate (and every test flush)."""
+    if apps is not None:
+        try:
+            apps.get_model("rollouts", "Metric")
+        except LookupError:  # rollouts not migrated (yet) in this database
+            return
+    from rollouts.metrics import ensure_builtin_metrics
+
+    ensure_builtin_metrics(using)
 
 
 class RolloutsConfig(AppConfig):
@@ -9,5 +22,6 @@ class RolloutsConfig(AppConfig):
         from approvals import outcomes
         from rollouts import services
 
+        post_migrate.connect(create_builtin_metrics, sender=self, dispatch_uid="rollouts.builtin_metrics")
         for kind in ("rollback", "fallback", "expansion"):
             outcomes.register(kind, services.handle_approval_outcome)

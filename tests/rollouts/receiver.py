@@ -1,0 +1,81 @@
+"""A real local HTTP receiver for the webhook executor, the way a deploy system would implement
+one: it checks the HMAC signature, applies the effect once per Idempotency-Key and answers a
+repeated key with the stored answer. It can hold its first answer, so a test can kill the worker
+while the request is in flight."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from rollouts.executors import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
+
+
+@dataclass
+class Receiver:
+    secret: str
+    hold_first: bool = False
+    requests: list[dict] = field(default_factory=list)
+    effects: Counter = field(default_factory=Counter)
+    answers: dict[str, bytes] = field(default_factory=dict)
+    release: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/ringfence/rollback"
+
+    def keys(self) -> Counter:
+        return Counter(r["key"] for r in self.requests)
+
+    def handle(self, handler: BaseHTTPRequestHandler) -> None:
+        body = handler.rfile.read(int(handler.headers.get("Content-Length", 0)))
+        key = handler.headers.get(IDEMPOTENCY_HEADER, "")
+        signed = verify_signature(self.secret, handler.headers.get(TIMESTAMP_HEADER, ""), body,
+                                  handler.headers.get(SIGNATURE_HEADER, ""))
+        with self.lock:
+            self.requests.append({"key": key, "signed": signed, "body": json.loads(body or b"{}")})
+            first = len(self.requests) == 1
+            if not signed:
+                status, answer = 401, b'{"error": "bad signature"}'
+            elif key in self.answers:
+                status, answer = 200, self.answers[key]  # a retry: the stored answer, no second effect
+            else:
+                self.effects[key] += 1
+                status, answer = 200, json.dumps({"rolled_back": True, "key": key}).encode()
+                self.answers[key] = answer
+        if first and self.hold_first:
+            self.release.wait(timeout=30)
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(answer)))
+        handler.end_headers()
+        handler.wfile.write(answer)
+
+    def start(self) -> Receiver:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                try:
+                    receiver.handle(self)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the worker that sent it is gone
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self.release.set()
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
