@@ -9,6 +9,7 @@ services on 5432/6379 never see a fault. Run with `make test-reliability` (`-m r
 from __future__ import annotations
 
 import atexit
+import os
 import warnings
 from pathlib import Path
 
@@ -17,7 +18,9 @@ from django.conf import settings
 from django.contrib.auth.models import Group
 from django.core.management import call_command
 from django.db import connections
+from django.test import override_settings
 
+from governance.celery import app as celery_app
 from governance.permissions import Role
 from tests.reliability.figures import Figures
 from tests.reliability.pg import SUPERUSER, PrivateCluster
@@ -131,6 +134,25 @@ def redis_server():
     server.start()
     yield server
     server.destroy()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _broker_and_cache_on_private_redis(redis_server):
+    """Tasks the test process publishes (on_commit timers, pings) and its cache go to the private
+    Redis. Celery lets CELERY_BROKER_URL in the environment override its configuration, so the
+    environment is what is changed."""
+    url = redis_server.url()
+    saved = {key: os.environ.get(key) for key in ("CELERY_BROKER_URL", "REDIS_URL")}
+    os.environ.update(CELERY_BROKER_URL=url, REDIS_URL=url)
+    celery_app.conf.broker_url = url
+    with override_settings(
+        CELERY_BROKER_URL=url, REDIS_URL=url,
+        CACHES={"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": url}},
+    ):
+        yield
+    for key, value in saved.items():
+        if value is not None:
+            os.environ[key] = value
 
 
 @pytest.fixture

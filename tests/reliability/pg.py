@@ -19,6 +19,7 @@ from pathlib import Path
 
 import psycopg
 
+from tests.reliability.proctree import children
 from tests.reliability.waiting import free_port, wait_until
 
 SUPERUSER = "ringfence"
@@ -32,20 +33,6 @@ def _bindir() -> Path:
     if initdb:
         return Path(initdb).parent
     raise RuntimeError("PostgreSQL server binaries (initdb, pg_ctl) not found; install Debian's postgresql")
-
-
-def _children(pid: int) -> list[int]:
-    """Direct children of `pid` (the postmaster's backends and auxiliary processes)."""
-    found = []
-    for stat in glob.glob("/proc/[0-9]*/stat"):
-        try:
-            with open(stat) as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.split("/")[2]))
-    return found
 
 
 class PrivateCluster:
@@ -118,7 +105,7 @@ class PrivateCluster:
         assert pid, "the cluster is not running"
         os.kill(pid, signal.SIGSTOP)
         self.frozen = [pid]
-        for child in _children(pid):
+        for child in children(pid):
             try:
                 os.kill(child, signal.SIGSTOP)
                 self.frozen.append(child)

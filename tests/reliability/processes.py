@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from tests.reliability.http import HttpResponse, request
+from tests.reliability.proctree import descendants
 from tests.reliability.waiting import free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,7 +72,14 @@ class ServiceProcess:
         wait_until(lambda: text in self.output()[after:], timeout, f"{self.name} prints {text!r}", interval=0.1)
 
     def cleanup(self) -> None:
+        """SIGKILL the process, its group, and every process it started in a session of its own."""
         if self.proc is not None:
+            for pid in descendants(self.proc.pid):
+                for kill in (os.killpg, os.kill):
+                    try:
+                        kill(pid, signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
             self.signal_group(signal.SIGKILL)
             try:
                 self.proc.wait(timeout=15)
