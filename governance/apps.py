@@ -10,10 +10,21 @@ def grant_administrator_model_permissions(sender, **kwargs) -> None:
     """
     from django.contrib.auth.models import Group, Permission
 
-    group = Group.objects.filter(name="administrator").first()
-    if group is None:
+    from governance.permissions import Role
+
+    # The roles also come from migration 0003; creating any that are missing here keeps them in
+    # place after a database flush (which removes migration data but re-emits post_migrate).
+    using = kwargs.get("using", "default")
+    state = kwargs.get("apps")
+    try:
+        if state is not None:
+            state.get_model("auth", "Group")
+    except LookupError:  # auth not migrated (yet) in this database
         return
-    perms = Permission.objects.filter(content_type__app_label__in=["auth", "governance", "guardian"]).exclude(
+    for role in Role:
+        Group.objects.using(using).get_or_create(name=role)
+    group = Group.objects.using(using).get(name=Role.ADMINISTRATOR)
+    perms = Permission.objects.using(using).filter(content_type__app_label__in=["auth", "governance", "guardian"]).exclude(
         codename__in=["approve_workflow", "contain_workflow", "manage_rollouts",
                       "change_auditevent", "delete_auditevent", "add_auditevent",
                       "change_auditcheckpoint", "delete_auditcheckpoint", "add_auditcheckpoint"]

@@ -39,6 +39,9 @@ from governance.verify_audit import (
 AUDIT_LOCK_KEY = 0x52494E47  # "RING"
 ACTION_PATTERN = re.compile(r"^[a-z][a-z_]*\.[a-z][a-z_.]*$")
 MAX_REASON = 10_000
+# Lengths of the AuditEvent columns that repeat parts of the hashed contents.
+COLUMN_LIMITS = {"actor": 150, "subject type": 64, "subject id": 64, "workflow": 63}
+MAX_INT_BITS = 10_000  # ~3,000 digits: below Python's int/str conversion limit, so exports stay readable
 
 
 class AuditError(Exception):
@@ -46,9 +49,25 @@ class AuditError(Exception):
 
 
 def format_time(value: dt.datetime) -> str:
-    if value.tzinfo is None:
+    """UTC ISO-8601 with microseconds and Z, e.g. 2025-01-31T09:00:00.000000Z (four-digit years)."""
+    if value.tzinfo is None or value.utcoffset() is None:
         raise AuditError("naive datetimes cannot be audited; use an aware UTC time")
-    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    try:
+        utc = value.astimezone(dt.UTC)
+    except OverflowError:
+        raise AuditError(f"{value!r} cannot be expressed in UTC") from None
+    return utc.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+def text(value: str, path: str) -> str:
+    """A string the database and the verifier store byte for byte: valid UTF-8 and no NUL."""
+    if "\x00" in value:
+        raise AuditError(f"{path}: text must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise AuditError(f"{path}: text must be valid Unicode (no lone surrogates)") from None
+    return value
 
 
 def normalize(value: Any, path: str = "data") -> Any:
@@ -57,11 +76,15 @@ def normalize(value: Any, path: str = "data") -> Any:
     Floats and Decimals become strings (exact, no binary rounding across systems), datetimes UTC
     ISO-8601 with Z; NaN and Infinity are refused so they can never reach the hashed bytes.
     """
-    if value is None or isinstance(value, (bool, str)):
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, str):
+        return text(value, path)
     if isinstance(value, Enum):
         return normalize(value.value, path)
     if isinstance(value, int):
+        if value.bit_length() > MAX_INT_BITS:
+            raise AuditError(f"{path}: integer too large to audit as a number; pass it as a string")
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -82,7 +105,7 @@ def normalize(value: Any, path: str = "data") -> Any:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise AuditError(f"{path}: keys must be strings, not {type(key).__name__}")
-            out[key] = normalize(item, f"{path}.{key}")
+            out[text(key, path)] = normalize(item, f"{path}.{key}")
         return out
     if isinstance(value, (list, tuple)):
         return [normalize(item, f"{path}[{i}]") for i, item in enumerate(value)]
@@ -121,14 +144,19 @@ def record(actor: Any, action: str, subject: Any, data: dict | None = None, reas
     """Append one event to the chain inside the caller's transaction and return it."""
     if not connection.in_atomic_block:
         raise AuditError("audit.record() must run inside the transaction that makes the change")
-    if not ACTION_PATTERN.match(action):
+    if not isinstance(action, str) or not ACTION_PATTERN.fullmatch(action) or len(action) > 64:
         raise AuditError(f"action {action!r} must look like 'app.event'")
     actor_kind, actor_id, actor_label = describe_actor(actor)
     subject_type, subject_id = describe_subject(subject)
     if subject_id in ("", "None"):
         raise AuditError("the subject must be saved before it is audited")
     workflow_slug = workflow.slug if isinstance(workflow, Workflow) else (workflow or workflow_of(subject))
-    reason = (reason or "")[:MAX_REASON]
+    for name, value in (("actor", actor_label), ("subject type", subject_type), ("subject id", subject_id),
+                        ("workflow", workflow_slug)):
+        limit = COLUMN_LIMITS[name]
+        if len(text(value, name)) > limit:
+            raise AuditError(f"{name} {value[:40]!r}… is longer than {limit} characters")
+    reason = text((reason or "")[:MAX_REASON], "reason")
     payload_data = normalize(data or {})
     occurred_at = clock.now()
     with connection.cursor() as cursor:
@@ -190,12 +218,16 @@ def head() -> tuple[int, str]:
     return last if last else (0, GENESIS)
 
 
-@transaction.atomic
-def write_checkpoint(reason: str = "interval") -> AuditCheckpoint:
-    """Sign the current head; the line is also appended to AUDIT_CHECKPOINT_FILE after commit."""
+def _lock_chain() -> None:
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [AUDIT_LOCK_KEY])
+
+
+@transaction.atomic
+def write_checkpoint(reason: str = "interval") -> AuditCheckpoint:
+    """Sign the current head; the line is also appended to AUDIT_CHECKPOINT_FILE after commit."""
+    _lock_chain()
     seq, head_hash = head()
     created_at = clock.now()
     signature = sign_checkpoint(settings.AUDIT_CHECKPOINT_KEY, seq, head_hash, format_time(created_at))
@@ -213,8 +245,13 @@ def _ship_checkpoint(cp: AuditCheckpoint) -> None:
         fh.write(checkpoint_line(cp) + "\n")
 
 
+@transaction.atomic
 def write_checkpoint_if_due() -> AuditCheckpoint | None:
-    """Heartbeat: one checkpoint per interval even when nothing happened."""
+    """Heartbeat: one checkpoint per interval even when nothing happened.
+
+    Decided under the chain lock, so two beats (a misconfiguration) still write one per interval.
+    """
+    _lock_chain()
     last = AuditCheckpoint.objects.order_by("-created_at").values_list("created_at", flat=True).first()
     interval = dt.timedelta(seconds=settings.AUDIT_CHECKPOINT_INTERVAL_SECONDS)
     if last is not None and clock.now() - last < interval:
@@ -232,18 +269,22 @@ def db_checkpoints() -> list[Checkpoint]:
 def _db_events(chunk: int = 5000) -> Iterator[tuple[int, str, str, str]]:
     """Events in seq order with the columns cross-checked against the hashed contents."""
     rows = AuditEvent.objects.order_by("seq").values_list(
-        "seq", "prev_hash", "hash", "canonical", "action", "actor_label", "subject_type", "subject_id", "workflow_slug"
+        "seq", "prev_hash", "hash", "canonical", "occurred_at", "action", "actor_kind", "actor_id", "actor_label",
+        "subject_type", "subject_id", "workflow_slug", "reason",
     )
-    for seq, prev_hash, event_hash, canonical, action, actor_label, subject_type, subject_id, workflow_slug in rows.iterator(chunk_size=chunk):
+    for (seq, prev_hash, event_hash, canonical, occurred_at, action, actor_kind, actor_id, actor_label,
+         subject_type, subject_id, workflow_slug, reason) in rows.iterator(chunk_size=chunk):
         try:
             payload = json.loads(canonical)
             columns_match = (
                 payload["action"] == action
-                and payload["actor"]["label"] == actor_label
+                and payload["at"] == format_time(occurred_at)
+                and payload["actor"] == {"kind": actor_kind, "id": actor_id, "label": actor_label}
                 and payload["subject"] == {"type": subject_type, "id": subject_id}
                 and payload["workflow"] == workflow_slug
+                and payload["reason"] == reason
             )
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AuditError):
             columns_match = False
         # A column that disagrees with the hashed contents is reported as an altered event.
         yield seq, prev_hash, event_hash if columns_match else "column-mismatch", canonical

@@ -58,7 +58,11 @@ def create_workflow(*, actor: AbstractBaseUser, slug: str, name: str, **fields: 
     require(not unknown, "invalid", f"Unknown workflow fields: {', '.join(sorted(unknown))}.")
     workflow = Workflow(slug=slug, name=name, **fields)
     _validated(workflow)
-    workflow.save()
+    try:
+        with transaction.atomic():
+            workflow.save()
+    except IntegrityError:
+        raise TransitionRefused("conflict", f"A workflow {slug!r} was created at the same moment.", field="slug") from None
     if not is_administrator(actor):
         for codename in (VIEW, MANAGE_ROLLOUTS):
             assign_perm(perm(codename), actor, workflow)
@@ -78,8 +82,9 @@ def update_workflow(workflow_id: int, *, actor: AbstractBaseUser, **changes: Any
     before = {field: getattr(workflow, field) for field in changes}
     for field, value in changes.items():
         setattr(workflow, field, value)
-    _validated(workflow)
-    diff = {f: {"from": before[f], "to": changes[f]} for f in changes if before[f] != changes[f]}
+    _validated(workflow)  # also converts the values to their field types
+    after = {field: getattr(workflow, field) for field in changes}
+    diff = {f: {"from": before[f], "to": after[f]} for f in changes if before[f] != after[f]}
     if not diff:
         return workflow
     workflow.save(update_fields=[*diff, "updated_at"])
@@ -90,6 +95,8 @@ def update_workflow(workflow_id: int, *, actor: AbstractBaseUser, **changes: Any
 def _may_pause(actor: Any, workflow: Workflow) -> bool:
     if isinstance(actor, ServiceAccount):
         return actor.active and actor.workflows.filter(pk=workflow.pk).exists()
+    if not actor.is_active:
+        return False
     return actor.has_perm(perm(CONTAIN), workflow) or workflow.containment.filter(
         user=actor, duty=ContainmentAssignment.Duty.PAUSE
     ).exists()
@@ -161,9 +168,12 @@ def assign_containment(workflow_id: int, *, actor: AbstractBaseUser, user: Abstr
 @transaction.atomic
 def remove_containment(assignment_id: int, *, actor: AbstractBaseUser) -> None:
     """Remove an owner from a duty. Audit: `containment.removed`."""
-    assignment = ContainmentAssignment.objects.select_related("workflow", "user").filter(pk=assignment_id).first()
+    workflow_id = ContainmentAssignment.objects.filter(pk=assignment_id).values_list("workflow_id", flat=True).first()
+    require(workflow_id is not None, "not_found", "This assignment no longer exists.")
+    workflow = _lock_workflow(workflow_id)
+    # Read again under the workflow lock: a concurrent removal must not be audited twice.
+    assignment = ContainmentAssignment.objects.select_related("user").filter(pk=assignment_id).first()
     require(assignment is not None, "not_found", "This assignment no longer exists.")
-    workflow = _lock_workflow(assignment.workflow_id)
     require(is_administrator(actor) or actor.has_perm(perm(MANAGE_ROLLOUTS), workflow), "forbidden",
             "You may not change containment owners of this workflow.")
     data = {"user": assignment.user.get_username(), "duty": assignment.duty, "position": assignment.position}
@@ -197,7 +207,9 @@ def revoke_scope(workflow_id: int, *, actor: AbstractBaseUser, user: AbstractBas
     """
     workflow = _lock_workflow(workflow_id)
     require(is_administrator(actor), "forbidden", "Only administrators revoke scope.")
-    revoked = sorted(set(permissions or SCOPED_PERMISSIONS))
+    require(permissions is None or len(permissions) > 0, "invalid", "Choose at least one permission to revoke.",
+            field="permissions")
+    revoked = sorted(set(SCOPED_PERMISSIONS if permissions is None else permissions))
     require(not set(revoked) - set(SCOPED_PERMISSIONS), "invalid", "Unknown permission.", field="permissions")
     for codename in revoked:
         remove_perm(perm(codename), user, workflow)

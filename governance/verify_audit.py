@@ -84,7 +84,7 @@ class Report:
         return "\n".join(lines)
 
 
-def verify(events: Iterable[tuple[int, str, str, str]], checkpoints: Iterable[Checkpoint] = (),
+def verify(events: Iterable[tuple[int, str, str, str] | DamagedLine], checkpoints: Iterable[Checkpoint] = (),
            key: str | None = None, *, stop_at_first: bool = True) -> Report:
     """Check (seq, prev_hash, hash, canonical) tuples in seq order, then the checkpoints."""
     report = Report()
@@ -92,7 +92,14 @@ def verify(events: Iterable[tuple[int, str, str, str]], checkpoints: Iterable[Ch
     hashes: dict[int, str] = {}
     cps = list(checkpoints)
     wanted = {cp.seq for cp in cps}
-    for seq, prev_hash, event_hash, canonical in events:
+    for item in events:
+        if isinstance(item, DamagedLine):
+            report.fail(expected_seq, f"line {item.number} of the export is damaged ({item.problem}): event "
+                                      f"#{expected_seq} or a checkpoint there was altered.")
+            if stop_at_first:
+                break
+            continue
+        seq, prev_hash, event_hash, canonical = item
         report.events += 1
         if seq != expected_seq:
             if seq > expected_seq:
@@ -113,7 +120,7 @@ def verify(events: Iterable[tuple[int, str, str, str]], checkpoints: Iterable[Ch
             inner_seq = json.loads(canonical).get("seq")
         except (ValueError, AttributeError):
             inner_seq = None
-        if inner_seq != seq:
+        if type(inner_seq) is not int or inner_seq != seq:
             report.fail(seq, f"event #{seq} carries seq {inner_seq!r} inside its hashed contents.")
             if stop_at_first:
                 break
@@ -134,6 +141,7 @@ def _check_checkpoints(report: Report, cps: list[Checkpoint], hashes: dict[int, 
     if not key:
         report.notes.append("no checkpoint key given: checkpoint signatures were not checked.")
     hashes[0] = GENESIS
+    last_good = 0  # the newest seq a valid checkpoint confirmed
     for cp in sorted(cps, key=lambda c: c.seq):
         if key and not hmac.compare_digest(sign_checkpoint(key, cp.seq, cp.hash, cp.at), cp.signature):
             report.fail(None, f"checkpoint for #{cp.seq} signed at {cp.at} has an invalid signature.")
@@ -144,9 +152,12 @@ def _check_checkpoints(report: Report, cps: list[Checkpoint], hashes: dict[int, 
                         f"events #{report.head_seq + 1}…#{cp.seq} were removed (detected by checkpoint).")
             continue
         if hashes.get(cp.seq) != cp.hash:
-            report.fail(cp.seq, f"event #{cp.seq} differs from the signed checkpoint of {cp.at}: the chain up to "
-                                f"#{cp.seq} was rewritten (detected by checkpoint).")
+            # The links are consistent, so the events were recomputed: the rewrite starts after the
+            # newest checkpoint that still matches and at or before this one.
+            report.fail(cp.seq, f"event #{cp.seq} differs from the signed checkpoint of {cp.at}: the chain was "
+                                f"rewritten from an event in #{last_good + 1}…#{cp.seq} on (detected by checkpoint).")
             continue
+        last_good = max(last_good, cp.seq)
         report.checkpoints += 1
 
 
@@ -162,29 +173,62 @@ def parse_line(number: int, line: str) -> tuple[int, str, str, str] | Checkpoint
             return int(obj["seq"]), str(obj["prev_hash"]), str(obj["hash"]), canonical_json(obj["event"])
         raise ValueError(f"unknown line type {kind!r}")
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise UnusableInput(f"line {number}: not a Ringfence export line ({exc}).") from None
+        raise UnusableInput(f"line {number}: not a Ringfence export line ({exc}).", problem=str(exc)) from None
 
 
 class UnusableInput(Exception):
-    pass
+    def __init__(self, message: str, *, problem: str = "") -> None:
+        super().__init__(message)
+        self.problem = problem or message
 
 
-def export_checkpoints(lines: Iterable[str]) -> list[Checkpoint]:
-    return [item for n, line in enumerate(lines, 1) if isinstance(item := parse_line(n, line), Checkpoint)]
+@dataclass
+class DamagedLine:
+    """A line after the first readable one that is no longer a valid export line: tampering, not
+    unusable input, so it is reported as a broken chain at that point."""
+
+    number: int
+    problem: str
 
 
-def export_events(lines: Iterable[str]) -> Iterator[tuple[int, str, str, str]]:
-    """Events in file order (a reordered file is a broken chain), one line in memory at a time."""
+def export_checkpoints(lines: Iterable[str], *, skip_damaged: bool = False) -> list[Checkpoint]:
+    checkpoints = []
     for number, line in enumerate(lines, 1):
-        item = parse_line(number, line)
+        try:
+            item = parse_line(number, line)
+        except UnusableInput:
+            if skip_damaged:  # reported in order by export_events
+                continue
+            raise
+        if isinstance(item, Checkpoint):
+            checkpoints.append(item)
+    return checkpoints
+
+
+def export_events(lines: Iterable[str]) -> Iterator[tuple[int, str, str, str] | DamagedLine]:
+    """Events in file order (a reordered file is a broken chain), one line in memory at a time.
+
+    An unreadable first line means the file is not an export (UnusableInput); an unreadable
+    later line is yielded as a DamagedLine.
+    """
+    readable = False
+    for number, line in enumerate(lines, 1):
+        try:
+            item = parse_line(number, line)
+        except UnusableInput as exc:
+            if not readable:
+                raise
+            yield DamagedLine(number, exc.problem)
+            continue
+        readable = readable or item is not None
         if isinstance(item, tuple):
             yield item
 
 
 def verify_export(path: str, key: str | None, extra_checkpoints: list[Checkpoint] = ()) -> Report:
-    with open(path, encoding="utf-8") as fh:
-        checkpoints = export_checkpoints(fh) + list(extra_checkpoints)
-    with open(path, encoding="utf-8") as fh:
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        checkpoints = export_checkpoints(fh, skip_damaged=True) + list(extra_checkpoints)
+    with open(path, encoding="utf-8", errors="replace") as fh:
         return verify(export_events(fh), checkpoints, key)
 
 
