@@ -70,12 +70,14 @@ def env_list(name: str, default: list[str]) -> list[str]:
 
 
 def parse_database_url(name: str, url: str) -> dict:
-    """Turn `postgres://user:pass@host:port/db` or `sqlite:///path` into a DATABASES entry."""
+    """Turn `postgres://user:pass@host:port/db` or `sqlite:////absolute/path` into a DATABASES entry."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme == "sqlite":
+        # sqlite:////srv/db.sqlite3: the third slash ends the (empty) host, the path is absolute.
         path = unquote(parts.path)
-        if parts.netloc or not path or path == "/":
+        path = path[1:] if path.startswith("/") else path
+        if parts.netloc or not path.startswith("/") or path.rstrip("/") == "":
             raise ImproperlyConfigured(f"{name}={url!r}: use sqlite:////absolute/path.sqlite3.")
         return {"ENGINE": "django.db.backends.sqlite3", "NAME": path}
     if scheme in {"postgres", "postgresql", "pgsql"}:

@@ -5,6 +5,7 @@ offline verifier run as a separate program."""
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -166,3 +167,32 @@ def export_lines() -> list[str]:
         lines.extend(audit.checkpoint_line(cp) for cp in checkpoints.pop(event.seq, []))
     assert not checkpoints, "a checkpoint names an event that is not in the database"
     return lines
+
+
+# --- a separate process with production-like settings ------------------------------------------
+
+# What the test harness sets for itself; a production process has none of it.
+TEST_ONLY = ("RINGFENCE_TESTING", "RINGFENCE_TEST_DATABASE_URL", "RINGFENCE_TEST_REDIS_URL", "DJANGO_SETTINGS_MODULE",
+             "PYTEST_CURRENT_TEST", "DEBUG")
+
+
+def production_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in TEST_ONLY}
+    env.update({
+        "DATABASE_URL": "postgres://ringfence_app:secret@db.internal:5432/ringfence",
+        "CELERY_BROKER_URL": "redis://redis.internal:6379/0",
+        "REDIS_URL": "redis://redis.internal:6379/1",
+        "SECRET_KEY": secrets.token_urlsafe(64),
+        "AUDIT_CHECKPOINT_KEY": secrets.token_hex(32),
+        "ALLOWED_HOSTS": "ringfence.example.com",
+        "CSRF_TRUSTED_ORIGINS": "https://ringfence.example.com",
+        "HTTPS": "true",
+        "RINGFENCE_VAR_DIR": str(tmp_path / "var"),
+    })
+    env.update(overrides)
+    return env
+
+
+def manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
