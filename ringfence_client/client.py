@@ -91,6 +91,13 @@ def _pick(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if k in names}
 
 
+class _FromJson:
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Any:
+        """Build from an API answer, ignoring fields this client version does not know."""
+        return cls(**_pick(cls, data))
+
+
 @dataclass
 class DispatchResult:
     decision: Decision
@@ -152,20 +159,16 @@ class Approval:
 
 
 @dataclass
-class SignalsResult:
+class SignalsResult(_FromJson):
     plan: int
     received: int
     stored: int
     duplicates: int
     evaluation: str = ""
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> SignalsResult:
-        return cls(**_pick(cls, data))
-
 
 @dataclass
-class ProposalResult:
+class ProposalResult(_FromJson):
     id: int
     plan: int
     kind: str
@@ -178,13 +181,9 @@ class ProposalResult:
     plan_state: str = ""
     context_tag: JSON | None = None
 
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> ProposalResult:
-        return cls(**_pick(cls, data))
-
 
 @dataclass
-class Route:
+class Route(_FromJson):
     workflow: str
     version: str | None
     mode: str
@@ -194,10 +193,6 @@ class Route:
     plan: int | None = None
     state: str | None = None
     ring: int | None = None
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Route:
-        return cls(**_pick(cls, data))
 
 
 @dataclass

@@ -31,22 +31,6 @@ def issue(account: ServiceAccount) -> str:
 
 
 @pytest.fixture(autouse=True)
-def _reference_data(db):
-    """Role groups and built-in metrics, also after a transactional test's flush removed the
-    rows their data migrations wrote."""
-    import importlib
-
-    from django.apps import apps
-    from django.contrib.auth.models import Group
-
-    from governance.permissions import Role
-
-    for role in Role:
-        Group.objects.get_or_create(name=role)
-    importlib.import_module("rollouts.migrations.0002_builtin_metrics").add_builtin_metrics(apps, None)
-
-
-@pytest.fixture(autouse=True)
 def _fresh_rate_limits():
     """Every test starts with empty rate-limit windows in its own Redis database."""
     import redis
