@@ -86,3 +86,13 @@ def _fast_password_hashing(settings):
     """Test users are created by the dozen on a shared 2-core machine; PBKDF2 at its production
     cost takes seconds per user there. Hashing strength is not what these tests check."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def celery_worker_and_beat(transactional_db):
+    """A real `celery -A governance worker` and `beat` (sweeping every 0.5 s) on the test database
+    and the test's Redis; stopped after the test. See tests/support/celery_processes.py."""
+    from tests.support.celery_processes import celery_processes
+
+    with celery_processes(sweep_seconds=0.5) as processes:
+        yield processes

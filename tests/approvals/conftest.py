@@ -10,12 +10,6 @@ from governance.permissions import Role
 from tests import factories
 
 
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    """Every persona gets a password; the production hasher would spend seconds per test on it."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.fixture
 def requester(workflow):
     """Owns the service account that asks; four-eyes keeps them out of the decision."""
