@@ -1,8 +1,8 @@
-"""The Ringfence Celery app as workers under fault test run it, plus a record of every task run.
+"""A record of every task run in a worker under fault test (`celery worker --include` this).
 
 Each task start and end is appended as one JSON line to $RINGFENCE_TASK_LOG, so a test can
 count deliveries (a countdown task delivered twice runs twice) against the transitions the
-database holds. The app, its settings and tasks are the production ones.
+database holds. The app, its settings and tasks stay the production ones.
 """
 
 from __future__ import annotations
@@ -12,10 +12,6 @@ import os
 import time
 
 from celery.signals import task_postrun, task_prerun
-
-from governance.celery import app
-
-__all__ = ["app"]
 
 LOG = os.environ.get("RINGFENCE_TASK_LOG")
 

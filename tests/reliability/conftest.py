@@ -22,6 +22,7 @@ from django.test import override_settings
 
 from governance.celery import app as celery_app
 from governance.permissions import Role
+from tests import factories
 from tests.reliability.figures import Figures
 from tests.reliability.pg import SUPERUSER, PrivateCluster
 from tests.reliability.processes import Services
@@ -70,6 +71,14 @@ def pytest_terminal_summary(terminalreporter, config):
 @pytest.fixture
 def figures(request) -> Figures:
     return request.config.stash[_figures]
+
+
+@pytest.fixture
+def agent(workflow, admin_user):
+    """A service account asking for approvals of `workflow`, owned by a release manager."""
+    owner = factories.make_user("rhea", role=Role.RELEASE_MANAGER)
+    factories.scope(owner, workflow)
+    return factories.make_service_account("refund-bot", owner=owner, workflows=[workflow])
 
 
 # -- private PostgreSQL ------------------------------------------------------------------------

@@ -12,6 +12,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 from tests.reliability.http import HttpResponse, request
@@ -26,9 +28,12 @@ class ServiceProcess:
     def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path) -> None:
         self.name, self.argv, self.env, self.log = name, argv, env, log
         self.proc: subprocess.Popen | None = None
-        self.starts = 0
+        self.starts = self.restarts = 0
+        self._started_at = 0
+        self._supervising: threading.Event | None = None
 
     def start(self) -> ServiceProcess:
+        self._started_at = len(self.output())
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
@@ -71,8 +76,29 @@ class ServiceProcess:
     def wait_for_output(self, text: str, timeout: float, after: int = 0) -> None:
         wait_until(lambda: text in self.output()[after:], timeout, f"{self.name} prints {text!r}", interval=0.1)
 
+    def wait_for_ready(self, timeout: float = 60) -> None:
+        """Until this run of a worker (the latest start) says it is ready."""
+        self.wait_for_output(" ready.", timeout, after=self._started_at)
+
+    def supervise(self, *, delay: float = 1.0, max_restarts: int = 20) -> None:
+        """Restart the process whenever it exits, as `make run` and systemd do (bounded in count)."""
+        self.restarts = 0
+        self._supervising = threading.Event()
+
+        def loop() -> None:
+            while not self._supervising.wait(0.2):
+                if self.proc.poll() is not None and self.restarts < max_restarts:
+                    self.signal_group(signal.SIGKILL)  # pool children the exit left behind
+                    time.sleep(delay)
+                    self.restarts += 1
+                    self.start()
+
+        threading.Thread(target=loop, name=f"supervise-{self.name}", daemon=True).start()
+
     def cleanup(self) -> None:
         """SIGKILL the process, its group, and every process it started in a session of its own."""
+        if self._supervising is not None:
+            self._supervising.set()
         if self.proc is not None:
             for pid in descendants(self.proc.pid):
                 for kill in (os.killpg, os.kill):
@@ -117,6 +143,7 @@ class Services:
             CELERY_VISIBILITY_TIMEOUT="30",
             DATABASE_CONNECT_TIMEOUT="2",
             LOG_LEVEL="INFO",
+            EMAIL_BACKEND="django.core.mail.backends.filebased.EmailBackend",  # into var/mail
         )
 
     def env(self, **overrides: object) -> dict[str, str]:
@@ -128,20 +155,24 @@ class Services:
         return process.start()
 
     def worker(self, name: str = "worker", *, concurrency: int = 2, ready: bool = True, **env: object) -> ServiceProcess:
+        """`celery -A governance worker` as production runs it, plus the task-run record (celery_probe)."""
         process = self._spawn(name, [
-            PY, "-m", "celery", "-A", "tests.reliability.celery_probe", "worker", "--loglevel", "INFO",
-            "--pool", "prefork", "--concurrency", str(concurrency), "--hostname", f"{name}@reliability",
-            "--without-gossip", "--without-mingle",
+            PY, "-m", "celery", "-A", "governance", "worker", "--loglevel", "INFO", "--pool", "prefork",
+            "--concurrency", str(concurrency), "--hostname", f"{name}@reliability", "--without-gossip",
+            "--without-mingle", "--include", "tests.reliability.celery_probe",
         ], env)
         if ready:
-            process.wait_for_output(" ready.", 60)
+            process.wait_for_ready()
         return process
 
-    def beat(self, name: str = "beat", **env: object) -> ServiceProcess:
-        return self._spawn(name, [
-            PY, "-m", "celery", "-A", "tests.reliability.celery_probe", "beat", "--loglevel", "INFO",
-            "--schedule", str(self.workdir / f"{name}-schedule"),
+    def beat(self, name: str = "beat", *, ready: bool = True, **env: object) -> ServiceProcess:
+        process = self._spawn(name, [
+            PY, "-m", "celery", "-A", "governance", "beat", "--loglevel", "INFO",
+            "--schedule", str(self.workdir / f"{name}-schedule"), "--max-interval", "1",
         ], env)
+        if ready:
+            process.wait_for_output("beat: Starting...", 60)
+        return process
 
     def web(self, name: str = "web", *, workers: int = 2, **env: object) -> WebServer:
         port = free_port()
