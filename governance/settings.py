@@ -333,31 +333,7 @@ if len(ROLLOUT_WEBHOOK_SECRET) < 32:
 CELERY_BEAT_SCHEDULE["rollouts-evaluate-live-plans"] = {
     "task": "rollouts.tasks.evaluate_live_plans", "schedule": ROLLOUT_EVALUATION_SECONDS}
 CELERY_BEAT_SCHEDULE["rollouts-sweep-actions"] = {"task": "rollouts.tasks.sweep_actions", "schedule": ROLLOUT_SWEEP_SECONDS}
-
-# Rollouts (README "Rollouts"): evaluation cadence, executors, context tags.
-ROLLOUT_EVALUATION_SECONDS = env_float("ROLLOUT_EVALUATION_SECONDS", 15.0, minimum=0.5)
-ROLLOUT_EVALUATION_DEBOUNCE_SECONDS = env_float("ROLLOUT_EVALUATION_DEBOUNCE_SECONDS", 1.0, minimum=0.05)
-ROLLOUT_SWEEP_SECONDS = env_float("ROLLOUT_SWEEP_SECONDS", 5.0, minimum=0.1)
-ROLLOUT_WEBHOOK_TIMEOUT_SECONDS = env_float("ROLLOUT_WEBHOOK_TIMEOUT_SECONDS", 5.0, minimum=0.1)
-ROLLOUT_EXECUTOR_MAX_ATTEMPTS = env_int("ROLLOUT_EXECUTOR_MAX_ATTEMPTS", 6, minimum=1)
-ROLLOUT_EXECUTOR_BACKOFF_SECONDS = env_float("ROLLOUT_EXECUTOR_BACKOFF_SECONDS", 1.0, minimum=0)
-ROLLOUT_EXECUTOR_BACKOFF_MAX_SECONDS = env_float("ROLLOUT_EXECUTOR_BACKOFF_MAX_SECONDS", 60.0, minimum=0)
-# An attempt without a result after this long is taken over (its worker died); keep it above the timeout.
-ROLLOUT_EXECUTOR_LEASE_SECONDS = env_float("ROLLOUT_EXECUTOR_LEASE_SECONDS", ROLLOUT_WEBHOOK_TIMEOUT_SECONDS + 10,
-                                           minimum=ROLLOUT_WEBHOOK_TIMEOUT_SECONDS)
-ROLLOUT_EXECUTOR_STALL_SECONDS = env_float("ROLLOUT_EXECUTOR_STALL_SECONDS", 15.0, minimum=0.1)
-ROLLOUT_REPROPOSE_COOLDOWN_SECONDS = env_int("ROLLOUT_REPROPOSE_COOLDOWN_SECONDS", 900, minimum=0)
-ROLLOUT_TAG_MAX_HOURS = env_int("ROLLOUT_TAG_MAX_HOURS", 72, minimum=1)
-ROLLOUT_SIGNALS_MAX_BATCH = env_int("ROLLOUT_SIGNALS_MAX_BATCH", 10_000, minimum=1)
-ROLLOUT_WEBHOOK_SECRET = env_str("ROLLOUT_WEBHOOK_SECRET")
-if not ROLLOUT_WEBHOOK_SECRET:
-    _webhook_key_file = VAR_DIR / "rollout_webhook_secret"
-    if not _webhook_key_file.exists():
-        _webhook_key_file.write_text(secrets.token_hex(32))
-        _webhook_key_file.chmod(0o600)
-    ROLLOUT_WEBHOOK_SECRET = _webhook_key_file.read_text().strip()
-if len(ROLLOUT_WEBHOOK_SECRET) < 32:
-    raise ImproperlyConfigured("ROLLOUT_WEBHOOK_SECRET must be at least 32 characters long.")
-CELERY_BEAT_SCHEDULE["rollouts-evaluate-live-plans"] = {
-    "task": "rollouts.tasks.evaluate_live_plans", "schedule": ROLLOUT_EVALUATION_SECONDS}
-CELERY_BEAT_SCHEDULE["rollouts-sweep-actions"] = {"task": "rollouts.tasks.sweep_actions", "schedule": ROLLOUT_SWEEP_SECONDS}
+# The zero-setup demo keeps its live rollouts' signals flowing (never on unless asked, outside zero-setup).
+ROLLOUT_DEMO_SIGNALS = env_bool("ROLLOUT_DEMO_SIGNALS", ZERO_SETUP)
+if ROLLOUT_DEMO_SIGNALS:
+    CELERY_BEAT_SCHEDULE["rollouts-demo-signals"] = {"task": "rollouts.tasks.feed_demo_signals", "schedule": 30.0}

@@ -122,7 +122,7 @@ class Criterion:
 
     @property
     def rule(self) -> str:
-        return f"{self.metric} {symbol(self.operator)} {self.threshold:g} over {_duration(self.window)}"
+        return f"{self.metric} {symbol(self.operator)} {self.threshold:g} over {duration_label(self.window)}"
 
 
 @dataclass(frozen=True)
@@ -137,7 +137,7 @@ class Trigger:
 
     @property
     def rule(self) -> str:
-        return f"{self.metric} {symbol(self.operator)} {self.threshold:g} sustained for {_duration(self.sustained_for)}"
+        return f"{self.metric} {symbol(self.operator)} {self.threshold:g} sustained for {duration_label(self.sustained_for)}"
 
 
 @dataclass(frozen=True)
@@ -254,7 +254,9 @@ def decide(situation: Situation, criteria: Sequence[Check], triggers: Sequence[C
     """What to do now. Containment wins over expansion; critical (rollback) over warning (fallback)."""
     checks = (*triggers, *criteria)
     fired = [c for c in triggers if c.status == FIRED]
+    engaged = ""
     if situation.state == "fallback":
+        engaged = ", ".join(c.rule for c in fired if c.severity != "critical")
         fired = [c for c in fired if c.severity == "critical"]
     if fired:
         # An automatic action wins over a recommendation; a rollback over a fallback.
@@ -262,6 +264,8 @@ def decide(situation: Situation, criteria: Sequence[Check], triggers: Sequence[C
         action = "rollback" if trigger.severity == "critical" else "fallback"
         handling = GATE if trigger.recommend_only else HANDLING_BY_TIER[situation.tier]
         return Decision(action, handling, f"{trigger.rule} fired ({trigger.note or 'breached'})", trigger, checks)
+    if engaged:
+        return Decision("none", reason=f"the fallback mode is engaged; still breached: {engaged}", checks=checks)
     if situation.state != "active" or not situation.soak_complete or not situation.has_next_ring:
         return Decision("none", reason="no trigger fired", checks=checks)
     if any(c.status == NOT_MET for c in criteria):
@@ -277,7 +281,7 @@ def decide(situation: Situation, criteria: Sequence[Check], triggers: Sequence[C
     return Decision("expand", GATE, f"soak complete and every criterion met; needs approval ({why})", None, checks)
 
 
-def _duration(value: timedelta) -> str:
+def duration_label(value: timedelta) -> str:
     seconds = int(value.total_seconds())
     if seconds % 3600 == 0 and seconds >= 3600:
         return f"{seconds // 3600} h"

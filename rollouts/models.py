@@ -17,6 +17,7 @@ from django.db.models import Q
 from django.urls import reverse
 
 from governance.models import ContainmentAssignment, ServiceAccount, Workflow, slug_validator
+from rollouts.evaluation import duration_label
 
 FLOAT_MAX = sys.float_info.max
 version_validator = RegexValidator(r"^[A-Za-z0-9][A-Za-z0-9._+:/-]{0,99}$", "Use letters, digits and . _ + : / -.")
@@ -215,6 +216,10 @@ class Ring(models.Model):
     @property
     def segment(self) -> str:
         return f"{self.segment_kind}:{self.segment_value}"
+
+    @property
+    def min_soak_label(self) -> str:
+        return duration_label(self.min_soak)
 
     def matches(self, kind: str, value: str) -> bool:
         """A traffic slice covers every segment; other kinds match their own segment only."""

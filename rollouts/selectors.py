@@ -9,9 +9,9 @@ from datetime import datetime
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Avg, Count, Max, Min, Q, QuerySet
 
-from governance.models import ContainmentAssignment, ServiceAccount, Workflow
+from governance.models import AuditEvent, ContainmentAssignment, ServiceAccount, Workflow
+from governance.permissions import CONTAIN, MANAGE_ROLLOUTS, Role, perm
 from governance.selectors import workflows_visible_to, workflows_with_perm
-from governance.permissions import MANAGE_ROLLOUTS
 from rollouts import evaluation
 from rollouts.models import (
     DUTY_FOR_ACTION,
@@ -43,6 +43,22 @@ def plans_of_service(account: ServiceAccount) -> QuerySet[RolloutPlan]:
 def live_plan(workflow: Workflow) -> RolloutPlan | None:
     return (RolloutPlan.objects.filter(workflow=workflow, state__in=RolloutPlan.LIVE_STATES)
             .select_related("workflow").first())
+
+
+def may_manage(actor: object, workflow: Workflow) -> bool:
+    """Release managers of the workflow (and administrators) write and start its plans."""
+    if not isinstance(actor, AbstractBaseUser) or not actor.is_active:
+        return False
+    return (actor.is_superuser or actor.groups.filter(name=Role.ADMINISTRATOR).exists()
+            or actor.has_perm(perm(MANAGE_ROLLOUTS), workflow))
+
+
+def may_tag(actor: object, workflow: Workflow) -> bool:
+    """Release managers, containment owners and the workflow's service accounts tag deployments."""
+    if isinstance(actor, ServiceAccount):
+        return actor.active and actor.workflows.filter(pk=workflow.pk).exists()
+    return may_manage(actor, workflow) or (isinstance(actor, AbstractBaseUser) and actor.is_active
+                                          and actor.has_perm(perm(CONTAIN), workflow))
 
 
 def duties_of(user: AbstractBaseUser, workflow: Workflow) -> set[str]:
@@ -257,3 +273,47 @@ def pending_reviews(user: AbstractBaseUser) -> QuerySet[ActionReview]:
 
 def metric_ids(slugs: set[str]) -> dict[str, int]:
     return dict(Metric.objects.filter(slug__in=slugs).values_list("slug", "pk"))
+
+
+@dataclass(frozen=True)
+class Available:
+    action: str
+    label: str
+    style: str
+    needs: tuple[str, ...] = ()  # which fields of the containment form it uses
+
+
+def available_actions(plan: RolloutPlan, user: AbstractBaseUser) -> list[Available]:
+    """The containment actions this person may take now: they hold the duty and the state allows it."""
+    if not plan.is_live:
+        return []
+    duties = duties_of(user, plan.workflow)
+    state = plan.state
+    last = max((r.order for r in plan.rings.all()), default=0)
+    ring = next((r for r in plan.rings.all() if r.order == plan.current_ring), None)
+    exposure = min(ring.exposure_percent, plan.exposure_override if plan.exposure_override is not None else 100) if ring else 0
+    offered = [
+        (state == Live.ACTIVE and plan.current_ring < last, "expand",
+         Available("expand", f"Open ring {plan.current_ring + 1}", "primary", ("reason",))),
+        (state == Live.ACTIVE and plan.current_ring == last, "complete",
+         Available("complete", "Complete the rollout", "primary", ("reason",))),
+        (state == Live.ACTIVE, "pause", Available("pause", "Pause", "warn", ("reason",))),
+        (state == Live.PAUSED, "resume", Available("resume", "Resume", "primary", ("reason",))),
+        (state == Live.FALLBACK, "fallback_exit", Available("resume", "Leave the fallback mode", "primary", ("reason",))),
+        (plan.current_ring > 0 or exposure > 0, "narrow",
+         Available("narrow", "Narrow exposure", "warn", ("reason", "to_ring", "exposure_percent"))),
+        (state in (Live.ACTIVE, Live.PAUSED), "fallback",
+         Available("fallback", "Engage fallback", "warn", ("reason", "mode"))),
+        (True, "rollback", Available("rollback", "Roll back", "danger", ("reason",))),
+    ]
+    duty_of = {"fallback_exit": "fallback"}
+    allowed = []
+    for ok, key, available in offered:
+        kind = duty_of.get(key, key)
+        if ok and DUTY_FOR_ACTION[kind] in duties:
+            allowed.append(available)
+    return allowed
+
+
+def plan_events(plan: RolloutPlan, limit: int = 25) -> QuerySet[AuditEvent]:
+    return AuditEvent.objects.filter(subject_type="rollouts.rolloutplan", subject_id=str(plan.pk)).order_by("-seq")[:limit]

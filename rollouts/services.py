@@ -23,7 +23,6 @@ from django.db import IntegrityError, connection, transaction
 from governance import audit, clock
 from governance.errors import TransitionRefused, require
 from governance.models import ServiceAccount, Workflow
-from governance.permissions import CONTAIN, MANAGE_ROLLOUTS, Role, perm
 from rollouts import evaluation, selectors
 from rollouts.models import (
     ActionAttempt,
@@ -72,14 +71,6 @@ def _lock_plan(plan_id: int) -> RolloutPlan:
 
 def _is_user(actor: object) -> bool:
     return isinstance(actor, AbstractBaseUser)
-
-
-def _is_admin(actor: object) -> bool:
-    return _is_user(actor) and (actor.is_superuser or actor.groups.filter(name=Role.ADMINISTRATOR).exists())
-
-
-def _may_manage(actor: object, workflow: Workflow) -> bool:
-    return _is_user(actor) and actor.is_active and (_is_admin(actor) or actor.has_perm(perm(MANAGE_ROLLOUTS), workflow))
 
 
 def _requester(actor: object) -> dict:
@@ -241,7 +232,7 @@ def _summary(plan: RolloutPlan) -> dict:
 def create_plan(*, actor: AbstractBaseUser, workflow: Workflow, fields: dict, rings: list[dict] = (),
                 criteria: list[dict] = (), triggers: list[dict] = ()) -> RolloutPlan:
     """A new draft plan with its rings, criteria and triggers. Audit: `rollout.plan_created`."""
-    require(_may_manage(actor, workflow), "forbidden", f"You may not write rollout plans for {workflow.slug}.")
+    require(selectors.may_manage(actor, workflow), "forbidden", f"You may not write rollout plans for {workflow.slug}.")
     unknown = set(fields) - set(PLAN_FIELDS)
     require(not unknown, "invalid", f"Unknown plan fields: {', '.join(sorted(unknown))}.")
     plan = RolloutPlan(workflow=workflow, created_by=actor, **fields)
@@ -261,7 +252,7 @@ def update_plan(plan_id: int, *, actor: AbstractBaseUser, fields: dict, rings: l
     Audit: `rollout.plan_updated` with the plan before and after.
     """
     plan = _lock_plan(plan_id)
-    require(_may_manage(actor, plan.workflow), "forbidden", f"You may not edit rollout plans of {plan.workflow.slug}.")
+    require(selectors.may_manage(actor, plan.workflow), "forbidden", f"You may not edit rollout plans of {plan.workflow.slug}.")
     require(plan.is_editable, "conflict", f"A {plan.get_state_display()} plan can no longer be edited.")
     unknown = set(fields) - set(PLAN_FIELDS)
     require(not unknown, "invalid", f"Unknown plan fields: {', '.join(sorted(unknown))}.")
@@ -292,7 +283,7 @@ def mark_ready(plan_id: int, *, actor: AbstractBaseUser) -> RolloutPlan:
     Audit: `rollout.plan_ready` with the checklist.
     """
     plan = _lock_plan(plan_id)
-    require(_may_manage(actor, plan.workflow), "forbidden", f"You may not manage rollouts of {plan.workflow.slug}.")
+    require(selectors.may_manage(actor, plan.workflow), "forbidden", f"You may not manage rollouts of {plan.workflow.slug}.")
     require(plan.state == PlanState.DRAFT, "conflict", f"This plan is already {plan.get_state_display()}.")
     _require_launchable(plan)
     _transition(plan, PlanState.READY)
@@ -308,7 +299,7 @@ def start_rollout(plan_id: int, *, actor: AbstractBaseUser) -> RolloutPlan:
     Audit: `rollout.plan_ready` (when starting a draft), `rollout.started`.
     """
     plan = _lock_plan(plan_id)
-    require(_may_manage(actor, plan.workflow), "forbidden", f"You may not start rollouts of {plan.workflow.slug}.")
+    require(selectors.may_manage(actor, plan.workflow), "forbidden", f"You may not start rollouts of {plan.workflow.slug}.")
     require(plan.state in (PlanState.DRAFT, PlanState.READY), "conflict", f"This plan is already {plan.get_state_display()}.")
     _require_launchable(plan)
     other = selectors.live_plan(plan.workflow)
@@ -906,13 +897,6 @@ DEFAULT_TAG_METRIC = {ContextTag.Kind.EXPECTED_LATENCY_INCREASE: "latency_p95_ms
                       ContextTag.Kind.EXPECTED_COST_INCREASE: "cost_per_task"}
 
 
-def _may_tag(actor: object, workflow: Workflow) -> bool:
-    if isinstance(actor, ServiceAccount):
-        return actor.active and actor.workflows.filter(pk=workflow.pk).exists()
-    return _is_user(actor) and actor.is_active and (
-        _may_manage(actor, workflow) or actor.has_perm(perm(CONTAIN), workflow))
-
-
 @transaction.atomic
 def create_context_tag(*, actor: Any, workflow: Workflow, kind: str, ends_at: datetime, reason: str,
                        plan: RolloutPlan | None = None, metric: str | None = None,
@@ -920,7 +904,7 @@ def create_context_tag(*, actor: Any, workflow: Workflow, kind: str, ends_at: da
                        starts_at: datetime | None = None) -> ContextTag:
     """Record what a deployment is expected to change, so evaluation widens thresholds or asks a
     person instead of rolling back. Audit: `rollout.context_tag_added`."""
-    require(_may_tag(actor, workflow), "forbidden", f"You may not tag deployments of {workflow.slug}.")
+    require(selectors.may_tag(actor, workflow), "forbidden", f"You may not tag deployments of {workflow.slug}.")
     require(kind in ContextTag.Kind.values, "invalid", f"Choose a tag kind among {', '.join(ContextTag.Kind.values)}.",
             field="kind")
     require(plan is None or plan.workflow_id == workflow.pk, "invalid", "That plan belongs to another workflow.", field="plan")
@@ -945,6 +929,8 @@ def create_context_tag(*, actor: Any, workflow: Workflow, kind: str, ends_at: da
             require(metric_obj.is_latency, "invalid", f"{metric} is not a latency metric.", field="metric")
         if kind == ContextTag.Kind.EXPECTED_COST_INCREASE:
             require(metric_obj.is_cost, "invalid", f"{metric} is not a cost metric.", field="metric")
+        if expected_change_percent is not None and not isinstance(expected_change_percent, Decimal):
+            expected_change_percent = Decimal(str(expected_change_percent))
         require(expected_change_percent is not None and expected_change_percent.is_finite()
                 and Decimal("0") < expected_change_percent <= Decimal("1000"), "invalid",
                 "Give the expected change in percent (more than 0, at most 1000).", field="expected_change_percent")
@@ -967,7 +953,7 @@ def withdraw_context_tag(tag_id: int, *, actor: Any, reason: str = "") -> Contex
     """End a tag early; evaluation stops honouring it at once. Audit: `rollout.context_tag_withdrawn`."""
     tag = ContextTag.objects.select_for_update(of=("self",)).select_related("workflow").filter(pk=tag_id).first()
     require(tag is not None, "not_found", "This context tag does not exist.")
-    require(_may_tag(actor, tag.workflow), "forbidden", f"You may not change tags of {tag.workflow.slug}.")
+    require(selectors.may_tag(actor, tag.workflow), "forbidden", f"You may not change tags of {tag.workflow.slug}.")
     require(tag.withdrawn_at is None, "conflict", "This tag is already withdrawn.")
     tag.withdrawn_at = clock.now()
     tag.save(update_fields=["withdrawn_at"])

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 
 from celery import shared_task
+
+log = logging.getLogger(__name__)
 
 
 @shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
@@ -37,7 +40,10 @@ def evaluate_live_plans() -> int:
 
     ids = list(RolloutPlan.objects.filter(state__in=RolloutPlan.LIVE_STATES).values_list("pk", flat=True))
     for plan_id in ids:
-        services.evaluate_plan(plan_id)
+        try:
+            services.evaluate_plan(plan_id)
+        except Exception:  # one broken plan must not stop the others' evaluation
+            log.exception("evaluation of rollout plan %s failed", plan_id)
     return len(ids)
 
 
@@ -46,3 +52,11 @@ def sweep_actions() -> int:
     from rollouts import services
 
     return services.sweep_actions(limit=100)
+
+
+@shared_task
+def feed_demo_signals() -> int:
+    """Zero-setup demo only (ROLLOUT_DEMO_SIGNALS): keep the demo's live plans' signals flowing."""
+    from rollouts import demo
+
+    return demo.feed()

@@ -1,0 +1,291 @@
+"""Rollout pages: the plan list, the plan editor, the plan page with its containment panel, and
+the context tag form. Thin: selectors read, services decide; htmx gets named partials."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.template.loader import render_to_string
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.decorators.vary import vary_on_headers
+from django_htmx.middleware import HtmxDetails
+
+from governance import clock
+from governance.errors import TransitionRefused
+from rollouts import selectors, services
+from rollouts.forms import (
+    ContainmentForm,
+    ContextTagForm,
+    CriterionForm,
+    CriterionFormSet,
+    PlanForm,
+    RingForm,
+    RingFormSet,
+    TriggerForm,
+    TriggerFormSet,
+)
+from rollouts.models import RolloutPlan
+
+security_log = logging.getLogger("ringfence.security")
+REFRESH_SECONDS = 5
+
+
+class HtmxHttpRequest(HttpRequest):
+    htmx: HtmxDetails
+
+
+def _plan_in_scope(request: HttpRequest, pk: int) -> RolloutPlan:
+    """The plan if the person may see its workflow; 404 otherwise, so existence is never confirmed."""
+    plan = selectors.plans_visible_to(request.user).filter(pk=pk).first()
+    if plan is None:
+        security_log.info("out-of-scope rollout plan user=%s id=%s path=%s", request.user.pk, pk, request.path)
+        raise Http404("No such rollout plan.")
+    return plan
+
+
+def _refused(request: HttpRequest, refusal: TransitionRefused, what: str) -> None:
+    if refusal.status == 403:
+        security_log.info("refused %s user=%s %s", refusal.code, request.user.pk, what)
+
+
+@require_GET
+@login_required
+def plan_list(request: HttpRequest) -> HttpResponse:
+    plans = list(selectors.plans_visible_to(request.user).prefetch_related("rings"))
+    live = [p for p in plans if p.is_live]
+    return render(request, "rollouts/plan_list.html", {
+        "live": live,
+        "drafts": [p for p in plans if p.is_editable],
+        "closed": [p for p in plans if not p.is_live and not p.is_editable][:30],
+        "may_write": selectors.workflows_user_manages(request.user).exists(),
+    })
+
+
+# -- the plan editor ---------------------------------------------------------------------------
+
+def _editor(request: HttpRequest, plan: RolloutPlan | None) -> HttpResponse:
+    workflows = selectors.workflows_user_manages(request.user)
+    if plan is not None and not workflows.filter(pk=plan.workflow_id).exists():
+        raise Http404("No such rollout plan.")
+    data = request.POST if request.method == "POST" else None
+    adding = data.get("add") if data is not None else None
+    if adding in ("rings", "criteria", "triggers"):
+        data = data.copy()  # "Add a row": the same form again with one more empty row, nothing saved
+        data[f"{adding}-TOTAL_FORMS"] = str(int(data.get(f"{adding}-TOTAL_FORMS", 0)) + 1)
+    plan_form = PlanForm(data, instance=plan, workflows=workflows if plan is None else None)
+    if plan is None:
+        initial = ([{"segment_kind": "internal_team", "exposure_percent": 100, "min_soak_minutes": 60}], [], [])
+    else:
+        initial = (RingForm.initial_of(plan), CriterionForm.initial_of(plan), TriggerForm.initial_of(plan))
+    rings = RingFormSet(data, initial=initial[0], prefix="rings")
+    criteria = CriterionFormSet(data, initial=initial[1], prefix="criteria")
+    triggers = TriggerFormSet(data, initial=initial[2], prefix="triggers")
+    status = 200
+    if data is not None and not adding:
+        valid = all([plan_form.is_valid(), rings.is_valid(), criteria.is_valid(), triggers.is_valid()])
+        if valid and not rings.rows():
+            rings._non_form_errors = rings.error_class(["Add at least the first ring."])  # noqa: SLF001
+            valid = False
+        if valid:
+            children = {"rings": rings.rows(), "criteria": criteria.rows(), "triggers": triggers.rows()}
+            try:
+                if plan is None:
+                    plan = services.create_plan(actor=request.user, workflow=plan_form.cleaned_data["workflow"],
+                                                fields=plan_form.plan_fields(), **children)
+                else:
+                    plan = services.update_plan(plan.pk, actor=request.user, fields=plan_form.plan_fields(), **children)
+                return redirect(plan)
+            except TransitionRefused as refusal:
+                _refused(request, refusal, f"plan edit {plan.pk if plan else 'new'}")
+                plan_form.add_error(None, refusal.message)
+                status = refusal.status
+        else:
+            status = 422
+    return render(request, "rollouts/plan_form.html", {
+        "plan": plan, "form": plan_form, "rings": rings, "criteria": criteria, "triggers": triggers,
+    }, status=status)
+
+
+@require_http_methods(["GET", "POST"])
+@login_required
+def plan_create(request: HttpRequest) -> HttpResponse:
+    return _editor(request, None)
+
+
+@require_http_methods(["GET", "POST"])
+@login_required
+def plan_edit(request: HttpRequest, pk: int) -> HttpResponse:
+    plan = _plan_in_scope(request, pk)
+    if not plan.is_editable:
+        return redirect(plan)
+    return _editor(request, plan)
+
+
+# -- the plan page -----------------------------------------------------------------------------
+
+def _ring_rows(plan: RolloutPlan, evaluation: selectors.PlanEvaluation | None) -> list[dict]:
+    rows = []
+    for ring in plan.rings.all():
+        status = "upcoming"
+        if plan.current_ring is not None and plan.state != RolloutPlan.State.ROLLED_BACK:
+            status = "done" if ring.order < plan.current_ring else ("current" if ring.order == plan.current_ring
+                                                                     else "upcoming")
+        if plan.state == RolloutPlan.State.COMPLETED:
+            status = "done"
+        exposure = ring.exposure_percent
+        if status == "current" and plan.exposure_override is not None:
+            exposure = min(exposure, plan.exposure_override)
+        soak = None
+        if status == "current" and evaluation and evaluation.soak_ends_at and plan.ring_opened_at:
+            total = max((evaluation.soak_ends_at - plan.ring_opened_at).total_seconds(), 1)
+            done = min(max((evaluation.at - plan.ring_opened_at).total_seconds(), 0), total)
+            soak = {"percent": round(100 * done / total), "ends_at": evaluation.soak_ends_at,
+                    "complete": evaluation.soak_complete}
+        rows.append({"ring": ring, "status": status, "exposure": exposure, "soak": soak})
+    return rows
+
+
+def _detail_context(request: HttpRequest, plan: RolloutPlan, **extra: object) -> dict:
+    now = clock.now()
+    evaluation = selectors.evaluate(plan, now) if plan.state not in (RolloutPlan.State.DRAFT,) else None
+    workflow = plan.workflow
+    return {
+        "plan": plan,
+        "workflow": workflow,
+        "now": now,
+        "readiness": selectors.readiness(plan),
+        "evaluation": evaluation,
+        "ring_rows": _ring_rows(plan, evaluation),
+        "tags": selectors.tags_in_force(workflow, plan, now),
+        "open_actions": list(selectors.open_actions(plan)),
+        "recent_actions": list(selectors.recent_actions(plan, 15)),
+        "available": selectors.available_actions(plan, request.user),
+        "duties": sorted(d.replace("_", " ") for d in selectors.duties_of(request.user, workflow)),
+        "may_manage": selectors.may_manage(request.user, workflow),
+        "may_tag": selectors.may_tag(request.user, workflow),
+        "form": ContainmentForm(),
+        "events": selectors.plan_events(plan),
+        "refresh_seconds": REFRESH_SECONDS,
+        **extra,
+    }
+
+
+@require_GET
+@login_required
+@vary_on_headers("HX-Request")
+def plan_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    plan = _plan_in_scope(request, pk)
+    template = "rollouts/plan_detail.html"
+    if request.htmx and not request.htmx.boosted:
+        template += "#live"
+    return render(request, template, _detail_context(request, plan))
+
+
+def _plan_answer(request: HtmxHttpRequest, plan: RolloutPlan, context: dict, status: int) -> HttpResponse:
+    """htmx: the containment panel in place and the live status out of band; otherwise the page."""
+    if not request.htmx:
+        if status == 200:
+            return redirect(plan)
+        return render(request, "rollouts/plan_detail.html", context, status=status)
+    html = render_to_string("rollouts/plan_detail.html#containment", context, request=request)
+    html += render_to_string("rollouts/plan_detail.html#live", {**context, "oob": True}, request=request)
+    return HttpResponse(html, status=status)
+
+
+@require_POST
+@login_required
+def plan_action(request: HtmxHttpRequest, pk: int, action: str) -> HttpResponse:
+    """A containment action: 200 (done or scheduled), 422 (what to fix), 409 (the state moved on),
+    403 (not the owner of that duty). Nothing changes unless the service accepts it."""
+    plan = _plan_in_scope(request, pk)
+    if action not in services.CONTAINMENT:
+        raise Http404("No such action.")
+    form = ContainmentForm(request.POST)
+    status = 422
+    if form.is_valid():
+        data = form.cleaned_data
+        kwargs: dict = {"actor": request.user, "reason": data["reason"]}
+        if action == "fallback":
+            kwargs["mode"] = data["mode"]
+        if action == "narrow":
+            kwargs.update(to_ring=data["to_ring"], exposure_percent=data["exposure_percent"])
+        try:
+            done = services.CONTAINMENT[action](plan.pk, **kwargs)
+            status = 200
+            form = ContainmentForm()
+            form.done = done
+        except TransitionRefused as refusal:
+            _refused(request, refusal, f"{action} plan={pk}")
+            form.add_error(refusal.field if refusal.field in form.fields else None, refusal.message)
+            status = refusal.status
+    plan.refresh_from_db()
+    return _plan_answer(request, plan, _detail_context(request, plan, form=form, attempted=action), status)
+
+
+@require_POST
+@login_required
+def plan_launch(request: HtmxHttpRequest, pk: int, step: str) -> HttpResponse:
+    """Mark ready, or start. Refused with the readiness items that are missing."""
+    plan = _plan_in_scope(request, pk)
+    change = {"ready": services.mark_ready, "start": services.start_rollout}.get(step)
+    if change is None:
+        raise Http404("No such step.")
+    try:
+        plan = change(plan.pk, actor=request.user)
+    except TransitionRefused as refusal:
+        _refused(request, refusal, f"{step} plan={pk}")
+        plan.refresh_from_db()
+        context = _detail_context(request, plan, launch_error=refusal.message)
+        return render(request, "rollouts/plan_detail.html", context, status=refusal.status)
+    return redirect(plan)
+
+
+# -- context tags ------------------------------------------------------------------------------
+
+@require_http_methods(["GET", "POST"])
+@login_required
+def tag_create(request: HttpRequest, pk: int) -> HttpResponse:
+    plan = _plan_in_scope(request, pk)
+    if not selectors.may_tag(request.user, plan.workflow):
+        security_log.info("refused forbidden user=%s tag plan=%s", request.user.pk, pk)
+        raise Http404("No such rollout plan.")
+    form = ContextTagForm(request.POST or None)
+    status = 200
+    if request.method == "POST":
+        status = 422
+        if form.is_valid():
+            data = form.cleaned_data
+            now = clock.now()
+            try:
+                services.create_context_tag(
+                    actor=request.user, workflow=plan.workflow, plan=None if data["all_plans"] else plan,
+                    kind=data["kind"], metric=data["metric"].slug if data["metric"] else None,
+                    expected_change_percent=data["expected_change_percent"], starts_at=now,
+                    ends_at=now + timedelta(hours=float(data["hours"])), reason=data["reason"],
+                )
+                return redirect(plan)
+            except TransitionRefused as refusal:
+                _refused(request, refusal, f"tag plan={pk}")
+                form.add_error(refusal.field if refusal.field in form.fields else None, refusal.message)
+                status = refusal.status
+    return render(request, "rollouts/tag_form.html", {"plan": plan, "form": form}, status=status)
+
+
+@require_POST
+@login_required
+def tag_withdraw(request: HttpRequest, pk: int, tag_id: int) -> HttpResponse:
+    plan = _plan_in_scope(request, pk)
+    tag = plan.workflow.context_tags.filter(pk=tag_id).first()
+    if tag is None:
+        raise Http404("No such tag.")
+    try:
+        services.withdraw_context_tag(tag.pk, actor=request.user, reason=request.POST.get("reason", ""))
+    except TransitionRefused as refusal:
+        _refused(request, refusal, f"withdraw tag={tag_id}")
+        return render(request, "rollouts/plan_detail.html",
+                      _detail_context(request, plan, launch_error=refusal.message), status=refusal.status)
+    return redirect(plan)
