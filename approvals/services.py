@@ -45,6 +45,12 @@ from governance.services import is_administrator
 
 logger = logging.getLogger(__name__)
 State = ApprovalRequest.State
+# Every audit action this module writes (the module docstring says which function writes which).
+AUDIT_ACTIONS = (
+    "approval.requested", "approval.decided", "approval.approved", "approval.rejected", "approval.overridden",
+    "approval.escalated", "approval.expired", "approval.auto_approved", "approval.cancelled",
+    "approval.policy_defined",
+)
 Verdict = Decision.Verdict
 TIMER_ACTOR = "system:timer"
 MAX_ACTION = 100
