@@ -14,8 +14,6 @@ import warnings
 from pathlib import Path
 
 import pytest
-from django.conf import settings
-from django.contrib.auth.models import Group
 from django.core.management import call_command
 from django.db import connections
 from django.test import override_settings
@@ -106,20 +104,6 @@ def django_db_setup(django_test_environment, django_db_blocker, pg_cluster):
         connections.close_all()
 
 
-@pytest.fixture(autouse=True)
-def _role_groups(request):
-    """The role groups come from a data migration; transactional tests' flush removes them."""
-    names = request.fixturenames
-    if "transactional_db" in names:
-        request.getfixturevalue("transactional_db")
-    elif "db" in names:
-        request.getfixturevalue("db")
-    else:
-        return
-    for role in Role:
-        Group.objects.get_or_create(name=role)
-
-
 @pytest.fixture
 def private_pg(transactional_db, pg_cluster):
     """The private cluster, running and thawed at the start and at the end of the test (before
@@ -180,9 +164,7 @@ def private_redis(redis_server):
 @pytest.fixture
 def services(private_pg, private_redis, tmp_path):
     """Worker, beat, web and `make run` processes against the private services; killed at teardown."""
-    services = Services(database_url=private_pg.url(), redis_url=private_redis.url(),
-                        secret_key=settings.SECRET_KEY, checkpoint_key=settings.AUDIT_CHECKPOINT_KEY,
-                        workdir=tmp_path)
+    services = Services(tmp_path)
     yield services
     services.cleanup()
 

@@ -126,9 +126,6 @@ class PrivateCluster:
             return bool(conn.execute("SELECT pg_terminate_backend(%s)", [pid]).fetchone()[0])
 
     # -- access -------------------------------------------------------------------------------
-    def url(self, port: int | None = None) -> str:
-        return f"postgres://{SUPERUSER}:unused@127.0.0.1:{port or self.port}/{self.dbname}"
-
     def admin(self, dbname: str = "postgres", **kwargs) -> psycopg.Connection:
         return psycopg.connect(**{"host": "127.0.0.1", "port": self.port, "user": SUPERUSER, "dbname": dbname,
                                   "autocommit": True, "connect_timeout": 5, **kwargs})

@@ -18,10 +18,11 @@ from pathlib import Path
 
 from tests.reliability.http import HttpResponse, request
 from tests.reliability.proctree import descendants
-from tests.reliability.waiting import free_port, wait_until
+from tests.reliability.waiting import free_port
+from tests.support.celery_processes import ROOT, process_env, wait_until
 
-ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
+SWEEP_SECONDS = 1  # TIMER_SWEEP_SECONDS of the processes (production: 5)
 
 
 class ServiceProcess:
@@ -114,37 +115,23 @@ class ServiceProcess:
 
 
 class Services:
-    """Starts processes against one private PostgreSQL database and one private Redis."""
+    """Starts processes against the database and Redis the test process uses (the private ones),
+    with the environment tests/support/celery_processes.py gives real workers, plus short settings."""
 
-    def __init__(self, *, database_url: str, redis_url: str, secret_key: str, checkpoint_key: str,
-                 workdir: Path) -> None:
+    def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.var_dir = workdir / "var"
         self.var_dir.mkdir(parents=True, exist_ok=True)
         self.task_log = workdir / "task-runs.jsonl"
         self.processes: list[ServiceProcess] = []
-        self.base_env = {
-            key: value for key, value in os.environ.items()
-            if not key.startswith(("RINGFENCE_", "PYTEST", "DATABASE_", "CELERY_", "REDIS_"))
-        }
-        self.base_env.update(
-            DJANGO_SETTINGS_MODULE="governance.settings",
-            PYTHONUNBUFFERED="1",
-            PYTHONPATH=str(ROOT),
-            DATABASE_URL=database_url,
-            CELERY_BROKER_URL=redis_url,
-            REDIS_URL=redis_url,
-            SECRET_KEY=secret_key,  # the test process signs sessions the web server must accept
-            AUDIT_CHECKPOINT_KEY=checkpoint_key,
-            RINGFENCE_VAR_DIR=str(self.var_dir),
-            RINGFENCE_TASK_LOG=str(self.task_log),
-            # Short settings so the faults play out in seconds (RELIABILITY.md §4.2 gives production values).
-            TIMER_SWEEP_SECONDS="1",
-            CELERY_VISIBILITY_TIMEOUT="30",
-            DATABASE_CONNECT_TIMEOUT="2",
-            LOG_LEVEL="INFO",
-            EMAIL_BACKEND="django.core.mail.backends.filebased.EmailBackend",  # into var/mail
-        )
+        self.base_env = process_env(workdir, SWEEP_SECONDS, {
+            "RINGFENCE_TASK_LOG": self.task_log,
+            # Short settings so faults play out in seconds (RELIABILITY.md §4.2 has production values).
+            "CELERY_VISIBILITY_TIMEOUT": 30,
+            "DATABASE_CONNECT_TIMEOUT": 2,
+            "LOG_LEVEL": "INFO",
+            "EMAIL_BACKEND": "django.core.mail.backends.filebased.EmailBackend",  # into var/mail
+        })
 
     def env(self, **overrides: object) -> dict[str, str]:
         return {**self.base_env, **{key: str(value) for key, value in overrides.items()}}

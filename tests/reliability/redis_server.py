@@ -24,8 +24,8 @@ class PrivateRedis:
         self.proc: subprocess.Popen | None = None
         self.frozen = False
 
-    def url(self, db: int = 0, port: int | None = None) -> str:
-        return f"redis://127.0.0.1:{port or self.port}/{db}"
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
 
     def client(self, **kwargs) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5, socket_connect_timeout=5, **kwargs)
