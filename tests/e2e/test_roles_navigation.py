@@ -1,0 +1,78 @@
+"""Each demo person signs in with Chromium and sees the navigation of their role and only the
+workflows in their scope; a workflow outside it is "Not Found" for them."""
+
+from __future__ import annotations
+
+import pytest
+from django.urls import NoReverseMatch, reverse
+
+from governance import demo
+from governance.permissions import Role
+from tests.e2e.conftest import login
+
+pytestmark = pytest.mark.browser
+
+# The menu each role is meant to have (README's table of demo logins); an entry appears once its
+# page exists.
+PAGES = {
+    "Queue": "approvals:queue", "Rollouts": "rollouts:plan_list", "Reviews": "rollouts:reviews",
+    "Dashboards": "rollouts:dashboard", "Workflows": "governance:workflow_list",
+    "Audit trail": "governance:audit_log", "Admin": "admin:index",
+}
+MENU = {
+    Role.ADMINISTRATOR: {"Workflows", "Admin"},
+    Role.APPROVER: {"Queue", "Workflows"},
+    Role.SENIOR_APPROVER: {"Queue", "Workflows"},
+    Role.CONTAINMENT_OWNER: {"Queue", "Rollouts", "Reviews", "Workflows"},
+    Role.RELEASE_MANAGER: {"Rollouts", "Dashboards", "Workflows"},
+    Role.MANAGER: {"Rollouts", "Dashboards", "Workflows"},
+    Role.AUDITOR: {"Workflows", "Audit trail"},
+}
+ALL_WORKFLOWS = {spec["slug"] for spec in demo.WORKFLOWS}
+
+
+def _installed(label: str) -> bool:
+    try:
+        reverse(PAGES[label])
+    except NoReverseMatch:
+        return False
+    return True
+
+
+def _scope(username: str, role: Role) -> set[str]:
+    """The demo story: auditors read everything, administrators work in the admin, everyone else
+    sees the workflows they were given scope on or own a containment duty of."""
+    if role == Role.AUDITOR:
+        return ALL_WORKFLOWS
+    owned = {slug for slug, owners in demo.CONTAINMENT.items() if username in owners}
+    return set(demo.SCOPE.get(username, [])) | owned
+
+
+def _listed_workflows(page) -> set[str]:
+    page.goto("/workflows/")
+    hrefs = page.eval_on_selector_all("main table a[href^='/workflows/']", "links => links.map(a => a.pathname)")
+    return {href.strip("/").split("/")[1] for href in hrefs}
+
+
+def test_each_demo_role_sees_its_navigation_and_only_its_workflows(page):
+    demo.seed()
+    seen = {}
+    for username, _, role in demo.PEOPLE:
+        page.context.clear_cookies()
+        login(page, username)
+        assert page.locator("header .who").inner_text().startswith(username)
+
+        menu = page.locator("nav[aria-label=Main] a").all_inner_texts()
+        expected_menu = {label for label in MENU[role] if _installed(label)}
+        assert set(menu) == expected_menu, f"{username} ({role}) sees {menu}"
+        assert len(menu) == len(set(menu))
+
+        listed = _listed_workflows(page)
+        assert listed == _scope(username, role), f"{username} ({role}) sees {sorted(listed)}"
+        for slug in sorted(ALL_WORKFLOWS - listed)[:1]:
+            response = page.goto(f"/workflows/{slug}/")
+            assert response.status == 404, f"{username} opened {slug}"
+            assert slug not in page.content()
+        seen[username] = (len(menu), len(listed))
+
+    print(f"browser: {len(seen)} demo people signed in; (menu entries, workflows listed) = {seen}")
