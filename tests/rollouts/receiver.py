@@ -18,6 +18,8 @@ from rollouts.executors import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, TIMESTAMP_H
 class Receiver:
     secret: str
     hold_first: bool = False
+    # HTTP statuses to answer, in order, before behaving normally (e.g. [503, 503] then 200).
+    failures: list[int] = field(default_factory=list)
     requests: list[dict] = field(default_factory=list)
     effects: Counter = field(default_factory=Counter)
     answers: dict[str, bytes] = field(default_factory=dict)
@@ -42,6 +44,8 @@ class Receiver:
             first = len(self.requests) == 1
             if not signed:
                 status, answer = 401, b'{"error": "bad signature"}'
+            elif self.failures:
+                status, answer = self.failures.pop(0), b'{"error": "try again"}'
             elif key in self.answers:
                 status, answer = 200, self.answers[key]  # a retry: the stored answer, no second effect
             else:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
+from governance import clock
+from governance import services as governance_services
 from governance.errors import TransitionRefused
 from governance.models import AuditEvent
 from rollouts import executors, services
-from rollouts.models import RolloutAction, RolloutPlan
+from rollouts.models import ActionReview, RolloutAction, RolloutPlan
+from tests.rollouts.conftest import plan_spec
 
 pytestmark = pytest.mark.django_db
 State = RolloutPlan.State
@@ -36,8 +41,6 @@ def test_a_release_manager_writes_a_plan_and_it_is_audited(make_plan):
 
 
 def test_someone_without_the_rollout_scope_cannot_write_plans(workflow, bystander, make_plan):
-    from tests.rollouts.conftest import plan_spec
-
     refused("forbidden", services.create_plan, actor=bystander, workflow=workflow, **plan_spec())
     assert not RolloutPlan.objects.exists()
 
@@ -60,8 +63,6 @@ def test_starting_an_unready_plan_is_refused_with_every_missing_item_named(make_
 
 
 def test_readiness_names_the_duties_without_an_owner(make_plan, release_manager, workflow, containment_owner, admin_user):
-    from governance import services as governance_services
-
     governance_services.assign_containment(workflow.pk, actor=admin_user, user=containment_owner, duty="pause")
     plan = make_plan()
     refusal = refused("not_ready", services.mark_ready, plan.pk, actor=release_manager)
@@ -77,8 +78,6 @@ def test_mark_ready_then_start_opens_ring_0(make_plan, owner, release_manager):
 
 
 def test_editing_a_ready_plan_returns_it_to_draft(make_plan, owner, release_manager):
-    from tests.rollouts.conftest import plan_spec
-
     plan = services.mark_ready(make_plan().pk, actor=release_manager)
     spec = plan_spec(release_version="prompt-v3")
     plan = services.update_plan(plan.pk, actor=release_manager, **spec)
@@ -174,8 +173,6 @@ def test_roll_back_from_fallback(live_plan, owner):
 
 def test_a_service_account_acts_for_its_owner_only_on_duties_the_owner_holds(live_plan, agent, release_manager,
                                                                               workflow, admin_user):
-    from governance import services as governance_services
-
     refused("forbidden", services.pause_rollout, live_plan.pk, actor=agent, reason="canary failing")
     governance_services.assign_containment(workflow.pk, actor=admin_user, user=release_manager, duty="pause",
                                            position="backup")
@@ -191,3 +188,50 @@ def test_a_second_executor_run_changes_nothing(live_plan, owner):
     action.refresh_from_db()
     assert action.attempts == 1
     assert audit_actions(live_plan).count("rollout.rolled_back") == 1
+
+
+def test_every_transition_writes_exactly_its_audit_event(make_plan, owner, release_manager, workflow):
+    """The guard against a new transition without an audit event: walk them all, in order."""
+    first = AuditEvent.objects.order_by("-seq").values_list("seq", flat=True).first()
+    plan = make_plan()
+    services.update_plan(plan.pk, actor=release_manager, **plan_spec(notes="v2 prompt"))
+    services.mark_ready(plan.pk, actor=release_manager)
+    services.start_rollout(plan.pk, actor=release_manager)
+    services.pause_rollout(plan.pk, actor=owner, reason="look")
+    services.resume_rollout(plan.pk, actor=owner)
+    services.expand_rollout(plan.pk, actor=owner)
+    services.narrow_rollout(plan.pk, actor=owner, reason="back", to_ring=0)
+    tag = services.create_context_tag(actor=release_manager, workflow=workflow, plan=plan, kind="migration_window",
+                                      ends_at=clock.now() + timedelta(hours=1), reason="db migration")
+    services.withdraw_context_tag(tag.pk, actor=release_manager, reason="migration done")
+    executors.run(services.engage_fallback(plan.pk, actor=owner, reason="slow").pk)
+    services.resume_rollout(plan.pk, actor=owner)
+    proposal = services.propose_action(plan.pk, kind="rollback", handling="execute", tier=1, origin="trigger",
+                                       evidence={"rule": "latency_p95_ms > 800"})
+    executors.run(proposal.action.pk)
+    review = ActionReview.objects.get(action=proposal.action)
+    services.review_action(review.pk, actor=owner, verdict="false_positive", reason="known_change",
+                           note="the migration was expected")
+    actions = list(AuditEvent.objects.filter(seq__gt=first or 0, action__startswith="rollout.")
+                   .order_by("seq").values_list("action", flat=True))
+    assert actions == [
+        "rollout.plan_created", "rollout.plan_updated", "rollout.plan_ready", "rollout.started",
+        "rollout.paused", "rollout.resumed", "rollout.ring_opened", "rollout.narrowed",
+        "rollout.context_tag_added", "rollout.context_tag_withdrawn",
+        "rollout.fallback_requested", "rollout.fallback_engaged", "rollout.resumed",
+        "rollout.action_proposed", "rollout.rolled_back", "rollout.action_reviewed",
+    ]
+
+
+def test_a_review_is_filed_once_by_a_containment_owner_with_a_reason_for_false_positives(live_plan, owner,
+                                                                                          bystander):
+    proposal = services.propose_action(live_plan.pk, kind="rollback", handling="execute", tier=1, origin="trigger",
+                                       evidence={})
+    review = ActionReview.objects.get(action=proposal.action)
+    refused("forbidden", services.review_action, review.pk, actor=bystander, verdict="correct")
+    refused("invalid", services.review_action, review.pk, actor=owner, verdict="false_positive")
+    services.review_action(review.pk, actor=owner, verdict="correct", note="real regression")
+    refusal = refused("already_decided", services.review_action, review.pk, actor=owner, verdict="correct")
+    assert refusal.message == "olivia already reviewed this action."
+    review.refresh_from_db()
+    assert (review.verdict, review.reason, review.reviewed_by) == ("correct", "", owner)
