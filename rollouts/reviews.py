@@ -1,0 +1,81 @@
+"""Review of autonomous actions: containment owners judge each action that ran with no person
+before it (tier 1, or an override window that ran out) as correct or a false positive with a
+reason category. The judgement goes through `services.review_action` (audited as
+`rollout.action_reviewed`) and feeds the dashboards' false-positive figures."""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib.auth.decorators import login_required
+from django.db.models import QuerySet
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.vary import vary_on_headers
+
+from governance.errors import TransitionRefused
+from governance.models import ContainmentAssignment
+from governance.selectors import workflows_visible_to
+from rollouts import services
+from rollouts.models import ActionReview
+
+RECENT = 20
+
+
+class ReviewForm(forms.Form):
+    verdict = forms.ChoiceField(choices=[(v, label) for v, label in ActionReview.Verdict.choices if v],
+                                widget=forms.RadioSelect)
+    reason = forms.ChoiceField(choices=ActionReview.Reason.choices, required=False,
+                               label="Reason category (for a false positive)")
+    note = forms.CharField(required=False, max_length=2000, widget=forms.Textarea(attrs={"rows": 2}))
+
+
+def review_form(review_id: int, data: dict | None = None) -> ReviewForm:
+    return ReviewForm(data, auto_id=f"id_%s-{review_id}")  # several forms on one page: unique ids
+
+
+def reviews_for(user) -> QuerySet[ActionReview]:
+    """Reviews of the workflows in the person's scope where they hold a containment duty."""
+    owned = ContainmentAssignment.objects.filter(user=user).values("workflow_id")
+    return (ActionReview.objects.filter(workflow__in=workflows_visible_to(user), workflow_id__in=owned)
+            .select_related("workflow", "action__plan", "action__trigger__metric", "reviewed_by"))
+
+
+def _context(user, forms_by_review: dict | None = None) -> dict:
+    pending = list(reviews_for(user).filter(verdict="").order_by("created_at", "pk"))
+    forms_by_review = forms_by_review or {}
+    return {
+        "pending": [(r, forms_by_review.get(r.pk) or review_form(r.pk)) for r in pending],
+        "recent": reviews_for(user).exclude(verdict="").order_by("-reviewed_at", "-pk")[:RECENT],
+    }
+
+
+@require_GET
+@login_required
+def review_list(request: HttpRequest) -> HttpResponse:
+    return render(request, "rollouts/reviews.html", _context(request.user))
+
+
+@require_POST
+@login_required
+@vary_on_headers("HX-Request")
+def review(request: HttpRequest, pk: int) -> HttpResponse:
+    target = ActionReview.objects.filter(workflow__in=workflows_visible_to(request.user), pk=pk).first()
+    if target is None:
+        raise Http404("No such review.")
+    form = review_form(target.pk, request.POST)
+    status = 200
+    if form.is_valid():
+        try:
+            target = services.review_action(target.pk, actor=request.user, **form.cleaned_data)
+        except TransitionRefused as refusal:
+            form.add_error(refusal.field if refusal.field in form.fields else None, refusal.message)
+            status = refusal.status
+    else:
+        status = 422
+    if status == 200 and not request.htmx:
+        return redirect("rollouts:reviews")
+    if not request.htmx:
+        return render(request, "rollouts/reviews.html", _context(request.user, {target.pk: form}), status=status)
+    target.refresh_from_db()
+    return render(request, "rollouts/reviews.html#review-card", {"review": target, "form": form}, status=status)
