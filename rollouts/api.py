@@ -14,7 +14,7 @@ from django.http import HttpRequest
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
 from ninja import Path, Query, Router, Schema, Status
-from pydantic import AwareDatetime, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from governance import clock
 from governance.api_auth import TOKEN_OR_SESSION, actor_of, workflows_in_scope
@@ -55,7 +55,12 @@ def _plan_for(request: HttpRequest, workflow: Workflow, plan_id: int | None) -> 
 
 # -- signals ---------------------------------------------------------------------------------
 
-class SampleIn(Command):
+class SampleIn(BaseModel):
+    """A plain pydantic model: ninja's Schema wraps every object it validates, which costs ~6x on
+    a batch of 10,000 samples."""
+
+    model_config = ConfigDict(extra="forbid")
+
     metric: str = Field(pattern=SLUG, max_length=63, description="A registered metric slug, e.g. latency_p95_ms.")
     value: Finite = Field(description="A finite number: NaN, Infinity and overflowing values are refused.")
     observed_at: AwareDatetime = Field(description="When the sample was measured, with its time zone.")
