@@ -43,9 +43,9 @@ def body_of(payload: dict) -> bytes:
 
 
 def signature(secret: str, timestamp: str, body: bytes) -> str:
-    """`sha256=` + hex HMAC-SHA256 over `<timestamp>.<body>`; receivers recompute and compare."""
+    """`v1=` + hex HMAC-SHA256 over `<timestamp>.<body>` (as the approval notices are signed)."""
     mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
-    return "sha256=" + mac.hexdigest()
+    return "v1=" + mac.hexdigest()
 
 
 def verify_signature(secret: str, timestamp: str, body: bytes, header: str) -> bool:
