@@ -7,12 +7,15 @@ import statistics
 import sys
 import threading
 import time
+from collections import Counter
 
 import pytest
-from django.db import OperationalError, transaction
+from django.db import OperationalError, connections, transaction
 
+from approvals.models import Decision
 from governance import audit, services
 from governance.models import AuditEvent, Workflow
+from tests.reliability.agents import ALLOWED, GATED, api_token, decide, decision_of, dispatch
 from tests.reliability.threads import database_settings, in_thread, session_options
 from tests.reliability.waiting import percentile, wait_until
 from tests.reliability.web import session_headers
@@ -165,3 +168,88 @@ def test_flt03_database_latency_degrades_the_audit_append_ceiling_without_errors
     assert by[(5, 1)] < by[(1, 1)] < by[(0, 1)], "the ceiling falls as round trips get longer"
     assert audit.verify_database().ok
     assert AuditEvent.objects.filter(action="reliability.append").count() == appended
+
+
+# -- FLT-01 ------------------------------------------------------------------------------------
+LOAD_S, STOP_AT_S, DOWN_S = 24, 6, 8  # RELIABILITY.md: 60 s of load, stop at 20 s, start at 30 s
+AGENTS = 3
+
+
+def test_flt01_database_stopped_under_load_fails_closed_and_recovers_without_restart(
+        services, private_pg, figures, admin_user, workflow, agent, approver):
+    token = api_token(admin_user, workflow, agent)
+    web = services.web(workers=3, API_RATE_LIMIT_REQUESTS=1_000_000)
+    browser = session_headers(approver)
+    records: list[dict] = []
+    pending: list[int] = []
+    end = time.monotonic() + LOAD_S
+
+    def agent_loop(n: int) -> None:
+        for i in range(100_000):  # bounded in count and by `end`
+            if time.monotonic() >= end:
+                return
+            started = time.time()
+            try:
+                key, response = dispatch(web, token, workflow, GATED if (i + n) % 2 else ALLOWED)
+            except OSError as exc:
+                records.append({"kind": "api", "t0": started, "t1": time.time(), "status": 0, "error": repr(exc)})
+                continue
+            answer = decision_of(response)
+            if answer == "pending":
+                pending.append(response.json()["approval_id"])
+            records.append({"kind": "api", "t0": started, "t1": time.time(), "status": response.status,
+                            "type": response.content_type, "decision": answer, "key": key})
+
+    def approver_loop() -> None:
+        for _ in range(100_000):
+            if time.monotonic() >= end:
+                return
+            if not pending:
+                time.sleep(0.05)
+                continue
+            started = time.time()
+            try:
+                response = decide(web, browser, pending.pop(0))
+                records.append({"kind": "web", "t0": started, "t1": time.time(), "status": response.status})
+            except OSError as exc:
+                records.append({"kind": "web", "t0": started, "t1": time.time(), "status": 0, "error": repr(exc)})
+
+    threads = [threading.Thread(target=agent_loop, args=(n,), daemon=True) for n in range(AGENTS)]
+    threads.append(threading.Thread(target=approver_loop, daemon=True))
+    for thread in threads:
+        thread.start()
+    time.sleep(STOP_AT_S)  # load before the fault
+    private_pg.stop("immediate")
+    stopped = time.time()
+    time.sleep(DOWN_S)  # the outage's length is the test's input
+    private_pg.start()
+    restarted = time.time()
+    for thread in threads:
+        thread.join(LOAD_S + 60)
+    connections.close_all()  # the test's own connection died with the server
+
+    api = [r for r in records if r["kind"] == "api"]
+    outage = [r for r in api if r["t0"] >= stopped and r["t1"] <= restarted]
+    after = sorted(r["t1"] for r in api if r["t0"] >= restarted and r["status"] == 200)
+    other_5xx = [r for r in api if r["status"] >= 500 and r["status"] != 503 or r["status"] == 0]
+    allowed_keys = {r["key"] for r in api if r.get("decision") == "allow"}
+    committed_allows = set(AuditEvent.objects.filter(action="dispatch.allowed")
+                           .values_list("data__idempotency_key", flat=True))
+    web_statuses = Counter(r["status"] for r in records if r["kind"] == "web")
+    decided = AuditEvent.objects.filter(action="approval.decided").count()
+    report = audit.verify_database()
+    figures.report("FLT-01", f"{len(records)} requests in {LOAD_S} s ({len(records) / LOAD_S:.0f}/s; RELIABILITY.md: "
+                             f"50/s for 60 s), PostgreSQL stopped (immediate) {DOWN_S} s: API during the outage "
+                             f"{dict(Counter(r['status'] for r in outage))}, allow while down "
+                             f"{sum(r.get('decision') == 'allow' for r in outage)}, non-503 5xx {len(other_5xx)}; first "
+                             f"success {after[0] - restarted if after else float('nan'):.2f} s after start, no restart; "
+                             f"web decisions {dict(web_statuses)}; chain {'OK' if report.ok else 'BROKEN'}",
+                   requests=len(records), outage=len(outage), non_503_5xx=len(other_5xx),
+                   first_success_s=round(after[0] - restarted, 2) if after else None)
+    assert outage and all(r["status"] == 503 and r["type"] == "application/problem+json" for r in outage), outage[:5]
+    assert not other_5xx, other_5xx[:5]
+    assert allowed_keys <= committed_allows, "an allow was answered that the database never committed"
+    assert after and after[0] - restarted < 10
+    assert web.process.alive() and web.process.starts == 1
+    assert report.ok, report
+    assert Decision.objects.count() == decided, "every decision row has its audit event and vice versa"
