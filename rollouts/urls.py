@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from django.urls import path
+from django.urls import include, path
 
 from rollouts import views
 
@@ -14,4 +14,5 @@ urlpatterns = [
     path("<int:pk>/actions/<slug:action>/", views.plan_action, name="plan_action"),
     path("<int:pk>/tags/new/", views.tag_create, name="tag_create"),
     path("<int:pk>/tags/<int:tag_id>/withdraw/", views.tag_withdraw, name="tag_withdraw"),
+    path("", include("rollouts.urls_dashboards")),  # dashboards and reviews
 ]
