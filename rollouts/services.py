@@ -143,6 +143,15 @@ def _file_review(action: RolloutAction) -> ActionReview:
     return review
 
 
+def _notify_owners(action: RolloutAction) -> None:
+    """The owners of the duty hear of an action no person decided, once it has taken effect."""
+    from rollouts import tasks
+
+    if ActionReview.objects.filter(action=action).exists():
+        action_id = action.pk
+        transaction.on_commit(lambda: tasks.notify_autonomous_action.delay(action_id))
+
+
 def _cancel_open(plan: RolloutPlan, kinds: set[str], reason: str) -> list[int]:
     """Cancel proposals still waiting for approval (and their requests); returns their ids."""
     cancelled = []
@@ -547,6 +556,7 @@ def propose_action(plan_id: int, *, kind: str, handling: str, tier: int, origin:
         _file_review(action)
         audit.record(requester, "rollout.action_proposed", plan, data=_action_data(action, **data), reason=reason)
         audit.record(requester, "rollout.ring_opened", plan, data=_action_data(action, **opened))
+        _notify_owners(action)
         return Proposal(action, True)
     if handling == evaluation.EXECUTE:
         action = _new_action(plan, kind, state=ActionState.SCHEDULED, executor=plan.executor, **fields)
@@ -835,11 +845,13 @@ def _apply_effect(action: RolloutAction, plan: RolloutPlan) -> None:
     if action.kind == Kind.ROLLBACK:
         _transition(plan, PlanState.ROLLED_BACK, closed_at=clock.now(), exposure_override=None, active_fallback_mode="")
         _cancel_open(plan, {Kind.EXPAND, Kind.FALLBACK}, "the release was rolled back")
+        _notify_owners(action)
         audit.record(SYSTEM, "rollout.rolled_back", plan, data={**data, "to_version": plan.stable_version})
     else:
         mode = action.parameters.get("mode") or plan.fallback_mode
         _transition(plan, PlanState.FALLBACK, active_fallback_mode=mode)
         _cancel_open(plan, {Kind.EXPAND}, "the fallback mode was engaged")
+        _notify_owners(action)
         audit.record(SYSTEM, "rollout.fallback_engaged", plan, data={**data, "mode": mode})
 
 

@@ -60,3 +60,10 @@ def feed_demo_signals() -> int:
     from rollouts import demo
 
     return demo.feed()
+
+
+@shared_task(acks_late=True)
+def notify_autonomous_action(action_id: int) -> int:
+    from rollouts import notifications
+
+    return notifications.notify_autonomous_action(action_id)

@@ -16,7 +16,7 @@ from approvals import services as approval_services
 from approvals.models import ApprovalRequest
 from governance import clock
 from governance.models import AuditEvent, Workflow
-from rollouts import executors, services
+from rollouts import executors, notifications, services
 from rollouts.models import ActionReview, Metric, RolloutAction, RolloutPlan
 
 pytestmark = pytest.mark.django_db
@@ -256,3 +256,19 @@ def test_a_person_rolling_back_cancels_the_pending_proposal_and_its_request(work
     proposal.refresh_from_db()
     assert proposal.state == "cancelled"
     assert approval_of(proposal).state == "cancelled"
+
+
+def test_owners_of_the_duty_are_emailed_when_a_rollback_ran_without_them(workflow, live_plan, owner, mailoutbox,
+                                                                        django_capture_on_commit_callbacks):
+    set_tier(workflow, 1)
+    add(live_plan, "latency_p95_ms", *SPIKE)
+    services.evaluate_plan(live_plan.pk)
+    with django_capture_on_commit_callbacks() as callbacks:
+        executors.run(open_action(live_plan).pk)
+    assert len(callbacks) == 1  # the notice is sent after the rollback is committed
+    action = RolloutAction.objects.get(kind="rollback")
+    assert notifications.notify_autonomous_action(action.pk) == 1
+    mail = mailoutbox[0]
+    assert mail.to == ["olivia@example.com"]
+    assert mail.subject == "[Ringfence] refund-agent: prompt-v2 rolled back automatically"
+    assert "latency_p95_ms > 800 sustained for 2 min" in mail.body and f"/rollouts/{live_plan.pk}/" in mail.body
