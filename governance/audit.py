@@ -3,7 +3,9 @@
 `record()` appends one event inside the caller's transaction. The chain head is read under a
 transaction-scoped advisory lock (PostgreSQL), so appends are linear under concurrent writers;
 `UNIQUE(seq)` and `UNIQUE(prev_hash)` are the backstops. Call it as the last statement of a
-service transaction: the lock is held until COMMIT.
+service transaction: the lock is held until COMMIT. On PostgreSQL the head read, the canonical
+bytes and their SHA-256 are one INSERT … SELECT, so the lock is held for one statement and the
+COMMIT (bench/audit_append.py).
 """
 
 from __future__ import annotations
@@ -159,15 +161,15 @@ def record(actor: Any, action: str, subject: Any, data: dict | None = None, reas
     reason = text((reason or "")[:MAX_REASON], "reason")
     payload_data = normalize(data or {})
     occurred_at = clock.now()
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [AUDIT_LOCK_KEY])
-        cursor.execute("SELECT seq, hash FROM governance_auditevent ORDER BY seq DESC LIMIT 1")
-        head = cursor.fetchone()
-    seq, prev_hash = (head[0] + 1, head[1]) if head else (1, GENESIS)
-    payload = {
+    columns = {
+        "occurred_at": occurred_at, "actor_kind": actor_kind, "actor_id": actor_id, "actor_label": actor_label,
+        "action": action, "subject_type": subject_type, "subject_id": subject_id, "workflow_slug": workflow_slug,
+        "reason": reason, "data": payload_data,
+    }
+    # Everything but the position in the chain is prepared before the chain lock is taken.
+    before_seq, after_seq = _canonical_around_seq({
         "v": FORMAT_VERSION,
-        "seq": seq,
+        "seq": 0,
         "at": format_time(occurred_at),
         "actor": {"kind": actor_kind, "id": actor_id, "label": actor_label},
         "action": action,
@@ -175,24 +177,65 @@ def record(actor: Any, action: str, subject: Any, data: dict | None = None, reas
         "workflow": workflow_slug,
         "data": payload_data,
         "reason": reason,
-    }
+    })
+    if connection.vendor == "postgresql":
+        seq, prev_hash, event_hash = _append_postgresql(columns, before_seq, after_seq)
+        canonical = f"{before_seq}{seq}{after_seq}"
+    else:  # SQLite: writers are serialised by BEGIN IMMEDIATE
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT seq, hash FROM governance_auditevent ORDER BY seq DESC LIMIT 1")
+            head = cursor.fetchone()
+        seq, prev_hash = (head[0] + 1, head[1]) if head else (1, GENESIS)
+        canonical = f"{before_seq}{seq}{after_seq}"
+        event_hash = chain_hash(prev_hash, canonical)
+        return AuditEvent.objects.create(seq=seq, canonical=canonical, prev_hash=prev_hash, hash=event_hash,
+                                         **columns)
+    event = AuditEvent(seq=seq, canonical=canonical, prev_hash=prev_hash, hash=event_hash, **columns)
+    event._state.adding, event._state.db = False, connection.alias
+    return event
+
+
+_SEQ_PLACEHOLDER = '"seq":0,'
+
+# One statement under the lock: read the head, build the canonical bytes with seq = head + 1,
+# hash them with PostgreSQL's sha256() exactly as verify_audit.chain_hash does, insert. The lock
+# is therefore held for one round trip and the COMMIT.
+_APPEND_SQL = f"""
+WITH head AS (
+    SELECT top.seq + 1 AS seq, COALESCE(prev.hash, '{GENESIS}') AS prev_hash
+    FROM (SELECT COALESCE(max(seq), 0) AS seq FROM governance_auditevent) AS top
+    LEFT JOIN governance_auditevent AS prev ON prev.seq = top.seq
+)
+INSERT INTO governance_auditevent (seq, occurred_at, actor_kind, actor_id, actor_label, action, subject_type,
+                                   subject_id, workflow_slug, reason, data, canonical, prev_hash, hash)
+SELECT head.seq, %(occurred_at)s, %(actor_kind)s, %(actor_id)s, %(actor_label)s, %(action)s, %(subject_type)s,
+       %(subject_id)s, %(workflow_slug)s, %(reason)s, %(data)s::jsonb,
+       %(before_seq)s || head.seq::text || %(after_seq)s, head.prev_hash,
+       encode(sha256(decode(head.prev_hash, 'hex')
+                     || convert_to(%(before_seq)s || head.seq::text || %(after_seq)s, 'UTF8')), 'hex')
+FROM head
+RETURNING seq, prev_hash, hash
+"""
+
+
+def _canonical_around_seq(payload: dict) -> tuple[str, str]:
+    """The canonical JSON split around the value of the top-level seq (written with seq = 0).
+
+    Keys are sorted and every string is escaped, so the last unescaped `"seq":0,` is the
+    top-level one (only "subject", "v" and "workflow" come after it).
+    """
     canonical = canonical_json(payload)
-    return AuditEvent.objects.create(
-        seq=seq,
-        occurred_at=occurred_at,
-        actor_kind=actor_kind,
-        actor_id=actor_id,
-        actor_label=actor_label,
-        action=action,
-        subject_type=subject_type,
-        subject_id=subject_id,
-        workflow_slug=workflow_slug,
-        reason=reason,
-        data=payload_data,
-        canonical=canonical,
-        prev_hash=prev_hash,
-        hash=chain_hash(prev_hash, canonical),
-    )
+    at = canonical.rindex(_SEQ_PLACEHOLDER) + len('"seq":')
+    return canonical[:at], canonical[at + 1:]
+
+
+def _append_postgresql(columns: dict, before_seq: str, after_seq: str) -> tuple[int, str, str]:
+    params = {**columns, "data": json.dumps(columns["data"], ensure_ascii=False, allow_nan=False),
+              "before_seq": before_seq, "after_seq": after_seq}
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [AUDIT_LOCK_KEY])
+        cursor.execute(_APPEND_SQL, params)
+        return cursor.fetchone()
 
 
 def event_payload(event: AuditEvent) -> dict:

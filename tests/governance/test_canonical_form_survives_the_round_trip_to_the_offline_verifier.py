@@ -17,7 +17,8 @@ from governance import audit
 from governance.models import AuditEvent
 from governance.verify_audit import chain_hash, parse_line, verify
 
-EXAMPLES = 150
+EXAMPLES = 100
+NON_FINITE_EXAMPLES = 40
 
 # Text PostgreSQL and UTF-8 can store byte for byte: no lone surrogates, no NUL (refused, below).
 text = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=40)
@@ -79,7 +80,7 @@ def test_a_chain_of_such_events_verifies_end_to_end_offline(figures):
             audit.record("property-test", "test.round_trip", ("test.item", n), data={"v": value})
     lines = [audit.export_line(e) for e in AuditEvent.objects.order_by("seq")]
     report = verify(parse_line(i, line) for i, line in enumerate(lines, 1))
-    figures(f"AUD-09 hypothesis examples per run={EXAMPLES} (round trip) + 60 (non-finite refused); "
+    figures(f"AUD-09 hypothesis examples per run={EXAMPLES} (round trip) + {NON_FINITE_EXAMPLES} (non-finite refused); "
             f"chain of {report.events} awkward events verified offline: "
             f"{'OK' if report.ok else report.summary()}")
     assert report.ok, report.summary()
@@ -90,7 +91,7 @@ NON_FINITE = [float("nan"), float("inf"), float("-inf"), Decimal("NaN"), Decimal
 
 
 @pytest.mark.django_db
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=NON_FINITE_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=payloads, bad=st.sampled_from(NON_FINITE), path=st.lists(text, min_size=1, max_size=3))
 def test_non_finite_numbers_are_refused_before_hashing(data, bad, path):
     nested = bad

@@ -203,21 +203,23 @@ def test_the_verifier_names_the_first_broken_event(export, tamper, figures):
 @pytest.mark.parametrize("tamper", [suffix_rewrite, tail_truncation], ids=lambda f: f.__name__)
 def test_a_rewritten_suffix_or_removed_tail_is_caught_only_by_a_signed_checkpoint(export, tamper, figures):
     trials = (EVENTS - 4, 4321) if tamper is tail_truncation else (4321, EVENTS - 2)
+    shipped_file = export.write("checkpoints", [line for line in export.lines if line.startswith('{"at"')])
     detected = unnoticed_without = 0
-    for k in trials:
+    for trial, k in enumerate(trials):
         tampered = tamper(export, k)
         with_checkpoints = _verify(export, tampered, f"{tamper.__name__}-{k}")
         bare = _verify(export, without_checkpoints(tampered), f"{tamper.__name__}-{k}-bare")
-        shipped = _verify(export, without_checkpoints(tampered), f"{tamper.__name__}-{k}-shipped",
-                          "--checkpoints", str(export.write("checkpoints", [
-                              line for line in export.lines if line.startswith('{"at"')])))
-
         # Without checkpoints the chain is internally consistent: nothing to see.
         assert bare.returncode == 0, bare.stdout
         assert "no signed checkpoints given" in bare.stdout
         unnoticed_without += bare.returncode == 0
-        # With them (in the export or shipped separately) the report says how it was caught.
-        for result in (with_checkpoints, shipped):
+        # With them the report says how it was caught; also when the export lost its checkpoint
+        # lines and they come from the file shipped outside the database.
+        results = [with_checkpoints]
+        if trial == 0:
+            results.append(_verify(export, without_checkpoints(tampered), f"{tamper.__name__}-{k}-shipped",
+                                   "--checkpoints", str(shipped_file)))
+        for result in results:
             assert result.returncode == 1, result.stdout
             assert "detected by checkpoint" in result.stdout
         named = _named(with_checkpoints)

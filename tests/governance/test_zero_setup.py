@@ -170,6 +170,10 @@ def test_make_run_serves_the_app_with_no_configuration_and_ctrl_c_stops_every_pr
     assert code == 0, output.text[-3000:]
     assert "stopped" in output.text
     assert leftovers == [], [_command(pid) for pid in leftovers]
+    # The demo's audit trail on SQLite is a valid chain too.
+    verified = subprocess.run([sys.executable, "manage.py", "verify_audit"], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=120)
+    assert verified.returncode == 0 and verified.stdout.startswith("OK: "), verified.stdout + verified.stderr
 
 
 def _row_counts() -> dict[str, int]:
