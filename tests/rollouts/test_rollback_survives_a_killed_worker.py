@@ -51,7 +51,10 @@ def test_a_rollback_whose_worker_is_killed_mid_request_completes_once(make_plan,
         celery.worker.wait(timeout=10)
         killed = time.monotonic()
         receiver.release.set()
-        celery.worker = start_worker(celery.env, celery.workdir / "worker-restarted.log")
+        log = celery.workdir / "worker-restarted.log"
+        celery.worker = start_worker(celery.env, log)
+        wait_until(lambda: log.exists() and " ready." in log.read_text(errors="replace"), 60,
+                   "the new worker is ready")
         restarted = time.monotonic()
         wait_until(lambda: RolloutPlan.objects.get(pk=plan.pk).state == "rolled_back", 30,
                    "the restarted worker finished the rollback")
@@ -65,8 +68,9 @@ def test_a_rollback_whose_worker_is_killed_mid_request_completes_once(make_plan,
     assert receiver.keys() == {action.idempotency_key: 2}  # both attempts sent the same key
     assert all(r["signed"] for r in receiver.requests)
     assert receiver.requests[0]["body"] == receiver.requests[1]["body"]
-    # Bounded by the lease and the sweep interval, not by the broker's visibility timeout (2 h).
-    assert done - restarted < LEASE + 10
+    # Bounded by the lease and the sweep interval (plus a loaded machine's slack), not by the
+    # broker's visibility timeout (2 h), after which the lost message itself would come back.
+    assert done - restarted < LEASE + SWEEP + 15 < settings.CELERY_BROKER_VISIBILITY_TIMEOUT
     with capsys.disabled():
-        print(f"\n[TMR-03] kill → rolled back {done - killed:.2f} s (restart → done {done - restarted:.2f} s; "
+        print(f"\n[TMR-03] kill → rolled back {done - killed:.2f} s (new worker ready → done {done - restarted:.2f} s; "
               f"lease {LEASE} s, sweep {SWEEP} s); attempts {attempts}; distinct effects {len(receiver.effects)}")
