@@ -51,11 +51,17 @@ class DeliveryFailed(Exception):
     pass
 
 
-def open_notice(req: ApprovalRequest, event: str) -> Notice | None:
-    """Record that `req` changed in a way people hear about; None when that was already recorded."""
+def open_notice(req: ApprovalRequest, event: str) -> Notice:
+    """Record, inside a transition, that `req` changed in a way people hear about. A transition
+    happens once per (request, event, level), so the notice is new; the unique constraint backs it."""
+    return Notice.objects.create(request=req, event=event, level=req.level, created_at=clock.now())
+
+
+def open_reminder(req: ApprovalRequest) -> Notice | None:
+    """The reminder notice of the request's current level; None when it was already opened."""
     try:
         with transaction.atomic():
-            return Notice.objects.create(request=req, event=event, level=req.level, created_at=clock.now())
+            return open_notice(req, Event.REMINDER)
     except IntegrityError:
         return None
 
@@ -69,7 +75,7 @@ def open_due_reminders(limit: int = 200) -> int:
     opened = 0
     for req in due:
         with transaction.atomic():
-            notice = open_notice(req, Event.REMINDER)
+            notice = open_reminder(req)
             if notice is not None:
                 from approvals import tasks
 

@@ -18,7 +18,7 @@ from governance.permissions import APPROVE, CONTAIN
 from governance.selectors import workflows_visible_to, workflows_with_perm
 
 State = ApprovalRequest.State
-QUEUE_LIMIT = 100
+QUEUE_LIMIT = 50
 RECENT_LIMIT = 10
 
 

@@ -307,48 +307,58 @@ def escalate_request(request_id: int, *, actor: AbstractBaseUser | None = None, 
     req = _lock_pending(request_id, level)
     nxt = _next_level(req)
     require(nxt is not None, "conflict", "This request is already at its last escalation level.")
-    now = clock.now()
     if actor is None:
         _require_due(req)
-        base = req.due_at
     else:
         refused = eligibility.refusal(actor, req)
         if refused is not None:
             raise refused
-        base = now
+    return _escalate(req, nxt, actor=actor, reason=(reason or "").strip())
+
+
+def _escalate(req: ApprovalRequest, nxt: EscalationLevel, *, actor: AbstractBaseUser | None = None,
+              reason: str = "") -> ApprovalRequest:
+    now = clock.now()
+    base = req.due_at if actor is None else now
     req.level, req.escalated_at = nxt.position, now
     req.due_at = base + timedelta(seconds=nxt.timeout_seconds)
     req.remind_at = _reminder_time(req.due_at, nxt.timeout_seconds)
     req.save(update_fields=["level", "escalated_at", "due_at", "remind_at"])
     notice = notifications.open_notice(req, Notice.Event.ESCALATED)
-    audit.record(actor or TIMER_ACTOR, "approval.escalated", req, reason=(reason or "").strip(),
+    audit.record(actor or TIMER_ACTOR, "approval.escalated", req, reason=reason,
                  data={"level": req.level, "due_at": req.due_at, "by": "person" if actor else "timer"})
     _after_commit(req, notice)
     return req
 
 
-def _run_out(request_id: int, level: int | None, terminal: str, state: str) -> ApprovalRequest:
-    req = _lock_pending(request_id, level)
-    _require_due(req)
-    require(_next_level(req) is None, "conflict", "This request escalates before it runs out.")
-    require(req.policy.terminal_action == terminal, "conflict",
-            f"This request's policy ends with {req.policy.get_terminal_action_display()}.")
+def _run_out(req: ApprovalRequest, state: str) -> ApprovalRequest:
     notice = _close(req, state, by="", now=clock.now())
     audit.record(TIMER_ACTOR, f"approval.{state}", req, data={"level": req.level, "due_at": req.due_at})
     _after_commit(req, notice)
     return req
 
 
+def _lock_run_out(request_id: int, level: int | None, terminal: str) -> ApprovalRequest:
+    req = _lock_pending(request_id, level)
+    _require_due(req)
+    require(_next_level(req) is None, "conflict", "This request escalates before it runs out.")
+    require(req.policy.terminal_action == terminal, "conflict",
+            f"This request's policy ends with {req.policy.get_terminal_action_display()}.")
+    return req
+
+
 @transaction.atomic
 def expire_request(request_id: int, *, level: int | None = None) -> ApprovalRequest:
     """The last level ran out and the policy's terminal action is reject. Audit: `approval.expired`."""
-    return _run_out(request_id, level, EscalationPolicy.TerminalAction.REJECT, State.EXPIRED)
+    req = _lock_run_out(request_id, level, EscalationPolicy.TerminalAction.REJECT)
+    return _run_out(req, State.EXPIRED)
 
 
 @transaction.atomic
 def auto_approve_request(request_id: int, *, level: int | None = None) -> ApprovalRequest:
     """The override window ran out with nobody overriding: it proceeds. Audit: `approval.auto_approved`."""
-    return _run_out(request_id, level, EscalationPolicy.TerminalAction.PROCEED, State.AUTO_APPROVED)
+    req = _lock_run_out(request_id, level, EscalationPolicy.TerminalAction.PROCEED)
+    return _run_out(req, State.AUTO_APPROVED)
 
 
 @transaction.atomic
@@ -373,6 +383,23 @@ def cancel_request(request_id: int, *, actor: Any, reason: str) -> ApprovalReque
     return req
 
 
+def _fire(req: ApprovalRequest, level: int | None) -> str:
+    """The timer transition on a locked row: escalate, expire or auto-approve, whichever is due."""
+    if not req.is_pending or (level is not None and req.level != level):
+        return "unchanged"
+    if req.due_at > clock.now():
+        return "not_due"
+    nxt = _next_level(req)
+    if nxt is not None:
+        _escalate(req, nxt)
+        return "escalated"
+    if req.policy.terminal_action == EscalationPolicy.TerminalAction.PROCEED:
+        _run_out(req, State.AUTO_APPROVED)
+        return State.AUTO_APPROVED
+    _run_out(req, State.EXPIRED)
+    return State.EXPIRED
+
+
 @transaction.atomic
 def handle_due(request_id: int, level: int | None = None) -> str:
     """Fire a request's timer if it is due: escalate, expire or auto-approve, whichever applies.
@@ -381,22 +408,9 @@ def handle_due(request_id: int, level: int | None = None) -> str:
     deadline not reached yet changes nothing. Returns what happened: escalated, expired,
     auto_approved, or unchanged / not_due / missing.
     """
-    req = (ApprovalRequest.objects.select_for_update(of=("self",)).select_related("policy")
+    req = (ApprovalRequest.objects.select_for_update(of=("self",)).select_related("workflow", "policy")
            .filter(pk=request_id).first())
-    if req is None:
-        return "missing"
-    if not req.is_pending or (level is not None and req.level != level):
-        return "unchanged"
-    if req.due_at > clock.now():
-        return "not_due"
-    if _next_level(req) is not None:
-        escalate_request(req.pk, level=req.level)
-        return "escalated"
-    if req.policy.terminal_action == EscalationPolicy.TerminalAction.PROCEED:
-        auto_approve_request(req.pk, level=req.level)
-        return State.AUTO_APPROVED
-    expire_request(req.pk, level=req.level)
-    return State.EXPIRED
+    return "missing" if req is None else _fire(req, level)
 
 
 def handle_all_due(limit: int = 200) -> int:
@@ -407,19 +421,21 @@ def handle_all_due(limit: int = 200) -> int:
     """
     handled, failed = 0, []
     while handled < limit:
-        with transaction.atomic():
-            request_id = (ApprovalRequest.objects.overdue(clock.now()).exclude(pk__in=failed)
-                          .select_for_update(skip_locked=True).order_by("due_at")
-                          .values_list("pk", flat=True).first())
-            if request_id is None:
-                break
-            try:
-                with transaction.atomic():
-                    handle_due(request_id)
-            except Exception:  # noqa: BLE001 - one broken request must not stop the sweep
-                logger.exception("timer of approval request %s failed", request_id)
-                failed.append(request_id)
-                continue
+        req = None
+        try:
+            with transaction.atomic():
+                overdue = ApprovalRequest.objects.overdue(clock.now()).exclude(pk__in=failed).order_by("due_at")
+                req = (overdue.select_for_update(of=("self",), skip_locked=True)
+                       .select_related("workflow", "policy").first())
+                if req is None:
+                    break
+                _fire(req, None)
+        except Exception:
+            if req is None:
+                raise
+            logger.exception("timer of approval request %s failed; the next sweep tries again", req.pk)
+            failed.append(req.pk)
+            continue
         handled += 1
     return handled
 

@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import time_machine
+from django.db import IntegrityError, transaction
 
 from approvals import notifications, services
 from approvals.models import ApprovalRequest, Delivery, Notice
@@ -101,7 +102,8 @@ def test_a_notice_is_sent_once_however_often_delivery_runs(make_request, approve
         notifications.deliver(notice.pk)
     assert len(mailoutbox) == 1 and len(receiver.received) == 1
     assert Notice.objects.get(pk=notice.pk).delivered_at is not None
-    assert notifications.open_notice(req, Notice.Event.REQUESTED) is None  # the same change is not noticed twice
+    with pytest.raises(IntegrityError), transaction.atomic():  # the same change cannot be noticed twice
+        notifications.open_notice(req, Notice.Event.REQUESTED)
 
 
 def test_each_change_is_told_to_the_people_it_concerns(make_request, approver, senior_approver, requester, receiver,
