@@ -221,6 +221,7 @@ def revoke_scope(workflow_id: int, *, actor: AbstractBaseUser, user: AbstractBas
 def set_role(*, actor: AbstractBaseUser, user: AbstractBaseUser, role: Role, member: bool = True) -> None:
     """Add a person to a role group or take them out. Audit: `role.granted` / `role.revoked`."""
     require(is_administrator(actor), "forbidden", "Only administrators change roles.")
+    require(str(role) in set(Role), "invalid", f"Unknown role {role!r}.", field="role")
     group = Group.objects.get(name=role)
     (user.groups.add if member else user.groups.remove)(group)
     audit.record(actor, "role.granted" if member else "role.revoked", user, data={"role": str(role)})
