@@ -54,12 +54,17 @@ def assigned_to(user: AbstractBaseUser, req: ApprovalRequest) -> bool:
     ).exists()
 
 
-def refusal(actor: Any, req: ApprovalRequest) -> TransitionRefused | None:
-    """Why `actor` may not decide `req` right now (ignoring its state), or None if they may."""
+def scope_refusal(actor: Any, req: ApprovalRequest) -> TransitionRefused | None:
+    """Why `actor` may not decide anything of this workflow, or None."""
     if not isinstance(actor, AbstractBaseUser) or not actor.is_active:
         return TransitionRefused("forbidden", "Only a signed-in person can decide approval requests.")
     if not in_scope(actor, req):
         return TransitionRefused("forbidden", f"You may not decide requests of {req.workflow.slug}.")
+    return None
+
+
+def decider_refusal(actor: AbstractBaseUser, req: ApprovalRequest) -> TransitionRefused | None:
+    """Why `actor`, in scope, may not decide this request at its current level, or None."""
     if asked_by(actor, req):
         return TransitionRefused(
             "four_eyes", "You asked for this (or own the service account that did); someone else must decide it.")
@@ -67,3 +72,8 @@ def refusal(actor: Any, req: ApprovalRequest) -> TransitionRefused | None:
         return TransitionRefused(
             "forbidden", "This request has not been escalated to you; the approvers of its current level decide it.")
     return None
+
+
+def refusal(actor: Any, req: ApprovalRequest) -> TransitionRefused | None:
+    """Why `actor` may not decide `req` right now (ignoring its state), or None if they may."""
+    return scope_refusal(actor, req) or decider_refusal(actor, req)

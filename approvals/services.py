@@ -228,13 +228,12 @@ def record_decision(request_id: int, *, actor: AbstractBaseUser, verdict: str, j
     On commit: the outcome handlers and the "decided" notice.
     """
     req = _lock(request_id)
-    refusal = eligibility.refusal(actor, req)
-    if refusal is not None and not (isinstance(actor, AbstractBaseUser) and eligibility.in_scope(actor, req)):
-        raise refusal
+    if (refused := eligibility.scope_refusal(actor, req)) is not None:
+        raise refused
     # Someone in scope who arrives late learns who decided, before any other refusal.
     require(req.is_pending, "not_pending", req.closed_summary())
-    if refusal is not None:
-        raise refusal
+    if (refused := eligibility.decider_refusal(actor, req)) is not None:
+        raise refused
     require(verdict in req.allowed_verdicts(), "invalid",
             f"This {req.get_mode_display()} can be answered with {' or '.join(req.allowed_verdicts())}.",
             field="verdict")
