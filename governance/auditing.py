@@ -8,10 +8,12 @@ events of the workflows they may see (`selectors.audit_events_visible_to`).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import io
 import json
+import tempfile
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -38,6 +40,7 @@ from governance import audit, selectors
 from governance.models import AuditCheckpoint, AuditEvent, Workflow
 from governance.verify_audit import (
     Checkpoint,
+    DamagedLine,
     Report,
     UnusableInput,
     chain_hash,
@@ -45,6 +48,7 @@ from governance.verify_audit import (
     export_events,
     sign_checkpoint,
     verify,
+    verify_export,
 )
 
 PAGE_SIZE = 50
@@ -360,15 +364,21 @@ def _report_state(report: Report) -> dict:
             "events": report.events, "checkpoints": report.checkpoints}
 
 
-def verify_excerpt(events: Iterable[tuple[int, str, str, str]], checkpoints: list[Checkpoint], key: str) -> Report:
+def verify_excerpt(events: Iterable[tuple[int, str, str, str] | DamagedLine], checkpoints: list[Checkpoint],
+                   key: str) -> Report:
     """An export of a search holds some events of the chain, not all: each is checked on its own
     (its hash, its seq), linked to its neighbour where the neighbour is in the file too, and matched
     against the chain in this database; the signed checkpoint must be on that chain as well."""
     report = Report()
     last: tuple[int, str] | None = None
     for batch in batched(events, 2000):
-        stored = dict(AuditEvent.objects.filter(seq__in=[e[0] for e in batch]).values_list("seq", "hash"))
-        for seq, prev_hash, event_hash, canonical in batch:
+        seqs = [e[0] for e in batch if not isinstance(e, DamagedLine)]
+        stored = dict(AuditEvent.objects.filter(seq__in=seqs).values_list("seq", "hash"))
+        for item in batch:
+            if isinstance(item, DamagedLine):
+                report.fail(None, f"line {item.number} of the export is damaged ({item.problem}).")
+                return report
+            seq, prev_hash, event_hash, canonical = item
             report.events += 1
             if last and seq <= last[0]:
                 report.fail(seq, f"event #{seq} appears out of order or twice.")
@@ -396,21 +406,29 @@ def verify_excerpt(events: Iterable[tuple[int, str, str, str]], checkpoints: lis
     return report
 
 
-def _upload_lines(upload) -> Iterator[str]:
-    upload.seek(0)
-    for number, raw in enumerate(upload, 1):
-        try:
-            yield raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise UnusableInput(f"line {number}: not UTF-8 text.") from None
+@contextlib.contextmanager
+def _on_disk(upload) -> Iterator[str]:
+    """The uploaded file's path (large uploads already are on disk; small ones are written out)."""
+    if hasattr(upload, "temporary_file_path"):
+        yield upload.temporary_file_path()
+        return
+    with tempfile.NamedTemporaryFile(suffix=".jsonl") as fh:
+        for chunk in upload.chunks():
+            fh.write(chunk)
+        fh.flush()
+        yield fh.name
 
 
 def verify_upload(upload, key: str, *, excerpt: bool = False) -> Report:
     """A whole-chain export is checked exactly as the standalone script checks it; an excerpt
     (the export of a search) is checked against the chain in this database."""
-    checkpoints = export_checkpoints(_upload_lines(upload))
-    events = export_events(_upload_lines(upload))
-    return verify_excerpt(events, checkpoints, key) if excerpt else verify(events, checkpoints, key)
+    with _on_disk(upload) as path:
+        if not excerpt:
+            return verify_export(path, key)
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            checkpoints = export_checkpoints(fh, skip_damaged=True)
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return verify_excerpt(export_events(fh), checkpoints, key)
 
 
 class VerifyUploadForm(forms.Form):
@@ -522,6 +540,32 @@ def policy_in_force(req, seq: int) -> dict:
             "levels": levels, "defined_in_event": defined.seq if defined else None}
 
 
+def signals_at_decisions(req, decisions: list) -> list[dict]:
+    """For a request about a rollout action: the latest sample of each of the plan's rule metrics
+    when each decision was taken (or when the request closed without one)."""
+    if req.subject_type != "rollouts.rolloutaction" or not req.subject_id.isdigit():
+        return []
+    from rollouts.models import RolloutAction, Signal
+
+    action = RolloutAction.objects.select_related("plan").filter(pk=int(req.subject_id)).first()
+    if action is None:
+        return []
+    plan = action.plan
+    metrics = {c.metric_id: c.metric.slug for c in plan.criteria.select_related("metric")}
+    metrics.update({t.metric_id: t.metric.slug for t in plan.triggers.select_related("metric")})
+    moments = [(f"{d.decided_by.get_username()} ({d.verdict})", d.decided_at) for d in decisions]
+    if not moments and req.closed_at:
+        moments = [(f"closed ({req.state})", req.closed_at)]
+    rows = []
+    for label, at in moments:
+        for metric_id, slug in sorted(metrics.items(), key=lambda m: m[1]):
+            sample = (Signal.objects.filter(plan=plan, metric_id=metric_id, observed_at__lte=at)
+                      .order_by("-observed_at").values_list("observed_at", "value").first())
+            if sample:
+                rows.append({"decision": label, "metric": slug, "value": sample[1], "at": sample[0]})
+    return rows
+
+
 def evidence_bundle(req) -> dict:
     """Everything an auditor needs to show what was decided on one request, by whom, on what evidence."""
     events = list(AuditEvent.objects.filter(subject_type=REQUEST_SUBJECT, subject_id=str(req.pk)).order_by("seq"))
@@ -554,6 +598,7 @@ def evidence_bundle(req) -> dict:
         },
         "evidence": {"summary": (req.evidence or {}).get("summary", ""), "metrics": req.evidence_metrics(),
                      "links": req.evidence_links(), "other": req.evidence_extra()},
+        "signals": signals_at_decisions(req, decisions),
         "decisions": [{"by": d.decided_by.get_username(), "name": d.decided_by.get_full_name(), "verdict": d.verdict,
                        "justification": d.justification, "reason_category": d.reason, "level": d.level,
                        "decided_at": d.decided_at} for d in decisions],

@@ -3,6 +3,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,11 +27,14 @@ def download(client, fmt: str, **params) -> tuple[str, object]:
 
 
 def run_verifier(path: Path) -> subprocess.CompletedProcess:
-    """The standalone script, as an auditor runs it on another machine: plain python, key from a file."""
+    """The standalone script, as an auditor runs it on another machine: a copy of the one file, the
+    system's Python (no virtualenv, no project on the path), the key from a file."""
     key_file = path.parent / "checkpoint.key"
     key_file.write_text(settings.AUDIT_CHECKPOINT_KEY)
-    return subprocess.run([sys.executable, "-I", str(SCRIPT), str(path), "--key-file", str(key_file)],
-                          capture_output=True, text=True, timeout=60, env={})
+    script = shutil.copy(SCRIPT, path.parent / "verify_audit.py")
+    python = shutil.which("python3", path="/usr/bin:/bin") or sys.executable
+    return subprocess.run([python, "-I", script, str(path), "--key-file", str(key_file)],
+                          capture_output=True, text=True, timeout=60, env={}, cwd=path.parent)
 
 
 @pytest.fixture

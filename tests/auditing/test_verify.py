@@ -67,8 +67,7 @@ def test_a_file_that_is_not_an_export_is_refused_with_the_line(auditor_client, d
     assert "not a Ringfence audit export: line 1" in response.content.decode()
 
 
-def test_chain_verification_reports_progress_and_its_result(auditor_client, auditor, decision_log, settings):
-    settings.CELERY_TASK_ALWAYS_EAGER = False
+def test_chain_verification_reports_progress_and_its_result(auditor_client, auditor, decision_log):
     job = auditing.Progress("verify", "job1", auditor.pk, auditing.progress_store())
     job.save(state="queued", done=0, total=0)
     assert "Waiting for a worker" in auditor_client.get(reverse("governance:audit_verify_job", args=["job1"])).content.decode()
