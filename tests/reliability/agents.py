@@ -26,7 +26,8 @@ def dispatch(web, token: str, workflow, action: str, *, timeout: float = 30) -> 
     return key, response
 
 
-def decide(web, headers: dict[str, str], approval_id: int, verdict: str = "approve", *, timeout: float = 30) -> HttpResponse:
+def decide(web, headers: dict[str, str], approval_id: int, verdict: str = "approve", *,
+           timeout: float = 30) -> HttpResponse:
     """The decision form of the request page, as a browser without JavaScript posts it."""
     return web.request("POST", f"/approvals/{approval_id}/decide/", timeout=timeout, body=f"verdict={verdict}".encode(),
                        headers={**headers, "Content-Type": "application/x-www-form-urlencoded"})

@@ -78,8 +78,8 @@ class ServiceProcess:
         wait_until(lambda: text in self.output()[after:], timeout, f"{self.name} prints {text!r}", interval=0.1)
 
     def wait_for_ready(self, timeout: float = 60) -> None:
-        """Until this run of a worker (the latest start) says it is ready."""
-        self.wait_for_output(" ready.", timeout, after=self._started_at)
+        """Until this run (the latest start) says it is ready: a worker's "ready.", beat's "Starting..."."""
+        self.wait_for_output("beat: Starting..." if "beat" in self.argv else " ready.", timeout, after=self._started_at)
 
     def supervise(self, *, delay: float = 1.0, max_restarts: int = 20) -> None:
         """Restart the process whenever it exits, as `make run` and systemd do (bounded in count)."""
@@ -141,7 +141,8 @@ class Services:
         self.processes.append(process)
         return process.start()
 
-    def worker(self, name: str = "worker", *, concurrency: int = 2, ready: bool = True, **env: object) -> ServiceProcess:
+    def worker(self, name: str = "worker", *, concurrency: int = 2, ready: bool = True,
+               **env: object) -> ServiceProcess:
         """`celery -A governance worker` as production runs it, plus the task-run record (celery_probe)."""
         process = self._spawn(name, [
             PY, "-m", "celery", "-A", "governance", "worker", "--loglevel", "INFO", "--pool", "prefork",
@@ -158,17 +159,18 @@ class Services:
             "--schedule", str(self.workdir / f"{name}-schedule"), "--max-interval", "1",
         ], env)
         if ready:
-            process.wait_for_output("beat: Starting...", 60)
+            process.wait_for_ready()
         return process
 
-    def web(self, name: str = "web", *, workers: int = 2, **env: object) -> WebServer:
+    def web(self, name: str = "web", *, workers: int = 2, ready: bool = True, **env: object) -> WebServer:
         port = free_port()
         process = self._spawn(name, [
             PY, "-m", "gunicorn", "governance.wsgi:application", "--bind", f"127.0.0.1:{port}",
             "--workers", str(workers), "--timeout", "60", "--graceful-timeout", "5", "--access-logfile", "-",
         ], {"ALLOWED_HOSTS": "127.0.0.1,localhost", **env})
         server = WebServer(process, f"http://127.0.0.1:{port}")
-        server.wait_ready()
+        if ready:
+            server.wait_ready()
         return server
 
     def devserver(self, name: str = "devserver", **env: object) -> ServiceProcess:
