@@ -1,0 +1,101 @@
+"""The remaining rows of RELIABILITY.md's test plan: ACL-04 (superuser policy), IN-06 (decision
+forms) and AUD-10 (partition-level tamper, which does not apply while the trail is one table)."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection
+from django.test import Client
+
+from approvals import services
+from approvals.models import ApprovalRequest, Decision
+from governance.errors import TransitionRefused
+from governance.models import AuditEvent
+from tests import factories
+
+pytestmark = [pytest.mark.reliability, pytest.mark.timeout(120)]
+
+
+def _ask(workflow, requester, key: str, mode: str = "gate") -> ApprovalRequest:
+    return services.create_request(workflow=workflow, kind="agent_action", action="refund_customer",
+                                   parameters={"order": key}, requester=requester, mode=mode, idempotency_key=key)
+
+
+def test_acl04_superusers_pass_scope_and_level_but_never_four_eyes(client: Client, figures, workflow, agent):
+    root = factories.make_user("root", is_superuser=True, is_staff=True)  # no role, no object permission
+    client.force_login(root)
+
+    # Outside any assignment: the documented superuser rule lets them decide.
+    theirs = _ask(workflow, agent, "agent-asked")
+    assert services.record_decision(theirs.pk, actor=root, verdict="approve").state == ApprovalRequest.State.APPROVED
+
+    # Their own request, and one asked by a service account they own: never, by any door.
+    own = _ask(workflow, root, "root-asked")
+    bot = factories.make_service_account("root-bot", owner=root, workflows=[workflow])
+    owned = _ask(workflow, bot, "root-bot-asked")
+    refused = []
+    for req in (own, owned):
+        with pytest.raises(TransitionRefused) as refusal:
+            services.record_decision(req.pk, actor=root, verdict="approve")
+        refused.append(refusal.value.code)
+        page = client.post(f"/approvals/{req.pk}/decide/", {"verdict": "approve"})
+        refused.append(page.status_code)
+        client.post("/admin/approvals/approvalrequest/", {"action": "approve_selected", "_selected_action": [req.pk]})
+    violations = Decision.objects.filter(decided_by=root, request__in=[own, owned]).count()
+    states = set(ApprovalRequest.objects.filter(pk__in=[own.pk, owned.pk]).values_list("state", flat=True))
+    figures.report("ACL-04", f"superuser: decided outside any assignment (allowed by policy); own request and own "
+                             f"service account's request refused by service, page and admin action {refused}; "
+                             f"violations {violations}", violations=violations)
+    assert refused == ["four_eyes", 403, "four_eyes", 403]
+    assert violations == 0 and states == {ApprovalRequest.State.PENDING}
+
+
+def test_in06_decision_forms_refuse_bad_input_with_a_message_and_change_nothing(client: Client, figures, workflow,
+                                                                                agent, approver):
+    gate = _ask(workflow, agent, "gate")
+    window = _ask(workflow, agent, "window", mode="override_window")
+    client.force_login(approver)
+    cases = [
+        ("reject without justification", gate, {"verdict": "reject", "justification": "  "}, "Say why"),
+        ("100 KB justification", gate, {"verdict": "reject", "justification": "x" * 100_000}, "at most 5000"),
+        ("override without a reason category", window, {"verdict": "override", "justification": "planned"},
+         "Choose why you override"),
+        ("a verdict the mode does not offer", gate, {"verdict": "override", "justification": "x", "reason": "noise"},
+         "can be answered with"),
+    ]
+
+    def snapshot() -> tuple:
+        return (list(ApprovalRequest.objects.order_by("pk").values_list("state", "level")), Decision.objects.count(),
+                AuditEvent.objects.count())
+
+    changed = 0
+    for what, req, form, message in cases:
+        before = snapshot()
+        response = client.post(f"/approvals/{req.pk}/decide/", form)
+        assert response.status_code == 422, (what, response.status_code)
+        assert message in response.content.decode(), (what, message)
+        changed += snapshot() != before
+
+    script = '<script>alert("x")</script><img src=x onerror=alert(1)>'
+    assert client.post(f"/approvals/{gate.pk}/decide/", {"verdict": "reject", "justification": script}).status_code == 302
+    page = client.get(f"/approvals/{gate.pk}/").content.decode()
+    assert Decision.objects.get(request=gate).justification == script  # stored as typed
+    figures.report("IN-06", f"{len(cases)} bad decision forms answered 422 with a message, changed rows {changed}; "
+                            f"markup in a justification stored as typed and escaped on the page",
+                   cases=len(cases), changed=changed)
+    assert changed == 0
+    assert script not in page and "&lt;script&gt;" in page
+
+
+def test_aud10_the_audit_trail_is_not_partitioned(figures, db):
+    """Partition-level tamper (TRUNCATE or DETACH of one month) needs partitions; there are none.
+    If the trail is ever partitioned, this fails and AUD-10 must be written."""
+    with connection.cursor() as cursor:
+        cursor.execute("""
+            SELECT c.relname, c.relkind, (SELECT count(*) FROM pg_inherits i WHERE i.inhparent = c.oid)
+            FROM pg_class c WHERE c.relname IN ('governance_auditevent', 'governance_auditcheckpoint')
+            ORDER BY c.relname""")
+        tables = cursor.fetchall()
+    figures.report("AUD-10", "not applicable: " + ", ".join(f"{name} relkind {kind!r}, {children} partitions"
+                                                            for name, kind, children in tables))
+    assert [(kind, children) for _, kind, children in tables] == [("r", 0), ("r", 0)]
