@@ -337,3 +337,4 @@ CELERY_BEAT_SCHEDULE["rollouts-sweep-actions"] = {"task": "rollouts.tasks.sweep_
 ROLLOUT_DEMO_SIGNALS = env_bool("ROLLOUT_DEMO_SIGNALS", ZERO_SETUP)
 if ROLLOUT_DEMO_SIGNALS:
     CELERY_BEAT_SCHEDULE["rollouts-demo-signals"] = {"task": "rollouts.tasks.feed_demo_signals", "schedule": 30.0}
+ROLLOUT_PAGE_REFRESH_SECONDS = env_int("ROLLOUT_PAGE_REFRESH_SECONDS", 5, minimum=1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
@@ -31,7 +32,6 @@ from rollouts.forms import (
 from rollouts.models import RolloutPlan
 
 security_log = logging.getLogger("ringfence.security")
-REFRESH_SECONDS = 5
 
 
 class HtmxHttpRequest(HttpRequest):
@@ -169,7 +169,7 @@ def _detail_context(request: HttpRequest, plan: RolloutPlan, **extra: object) ->
         "may_tag": selectors.may_tag(request.user, workflow),
         "form": ContainmentForm(),
         "events": selectors.plan_events(plan),
-        "refresh_seconds": REFRESH_SECONDS,
+        "refresh_seconds": settings.ROLLOUT_PAGE_REFRESH_SECONDS,
         **extra,
     }
 

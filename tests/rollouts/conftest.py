@@ -7,6 +7,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from django.conf import settings
 from django.contrib.auth.models import User
 
 from governance import services as governance_services
@@ -15,6 +16,7 @@ from governance.permissions import Role
 from rollouts import services
 from rollouts.models import Metric, RolloutPlan
 from tests import factories
+from tests.support.celery_processes import celery_processes
 
 DUTIES = [d.value for d in ContainmentAssignment.Duty]
 
@@ -105,3 +107,22 @@ def live_plan(make_plan, owner, release_manager) -> RolloutPlan:
     """A plan started at ring 0 (the workflow's containment duties all have an owner)."""
     plan = make_plan()
     return services.start_rollout(plan.pk, actor=release_manager)
+
+
+# A real worker and beat for the modules that need them (end to end, browser), on the test database
+# and this run's Redis, with short intervals; module scope, so they never outlive their module.
+WORKER_ENV = {
+    "ROLLOUT_EVALUATION_DEBOUNCE_SECONDS": "0.2",
+    "ROLLOUT_EVALUATION_SECONDS": "2",
+    "ROLLOUT_SWEEP_SECONDS": "0.5",
+    "ROLLOUT_EXECUTOR_STALL_SECONDS": "2",
+    "ROLLOUT_WEBHOOK_TIMEOUT_SECONDS": "2",
+    "ROLLOUT_EXECUTOR_LEASE_SECONDS": "3",
+}
+
+
+@pytest.fixture(scope="module")
+def celery(django_db_setup, django_db_blocker):
+    env = {**WORKER_ENV, "ROLLOUT_WEBHOOK_SECRET": settings.ROLLOUT_WEBHOOK_SECRET}
+    with django_db_blocker.unblock(), celery_processes(sweep_seconds=0.5, env=env) as procs:
+        yield procs

@@ -167,8 +167,8 @@ def test_the_route_serves_the_release_to_exposed_rings_only(api, live_plan, owne
     services.expand_rollout(live_plan.pk, actor=owner)
     broad = route(api, "account_type", "enterprise").json()
     assert (broad["ring"], broad["exposure_percent"]) == (2, 25)
-    keyed = [route(api, "account_type", "enterprise", key=f"user-{i}").json()["version"] for i in range(200)]
-    assert 20 <= keyed.count("prompt-v2") <= 80  # about 25 % of keys, the same key always the same answer
+    keyed = [route(api, "account_type", "enterprise", key=f"user-{i}").json()["version"] for i in range(100)]
+    assert 10 <= keyed.count("prompt-v2") <= 40  # about 25 % of keys, the same key always the same answer
     assert route(api, "account_type", "enterprise", key="user-7").json() == route(
         api, "account_type", "enterprise", key="user-7").json()
 

@@ -10,7 +10,6 @@ from playwright.sync_api import expect
 
 from rollouts.models import RolloutPlan
 from tests.e2e.conftest import FACTORY_PASSWORD, browser, login, page  # noqa: F401 - fixtures
-from tests.support.celery_processes import celery_processes
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 WAIT_MS = 20_000
@@ -21,7 +20,8 @@ def containment(page):
 
 
 def test_a_containment_owner_pauses_engages_a_fallback_and_rolls_back_and_a_bystander_cannot(
-        page, browser, live_server, live_plan, owner, bystander):  # noqa: F811
+        page, browser, live_server, live_plan, owner, bystander, celery, settings):  # noqa: F811
+    settings.ROLLOUT_PAGE_REFRESH_SECONDS = 1
     url = live_plan.get_absolute_url()
 
     # Oscar is a containment owner in scope of the workflow, without its duties.
@@ -38,25 +38,25 @@ def test_a_containment_owner_pauses_engages_a_fallback_and_rolls_back_and_a_byst
     other.close()
     assert RolloutPlan.objects.get(pk=live_plan.pk).state == "active"
 
-    with celery_processes(sweep_seconds=0.5, env={"ROLLOUT_SWEEP_SECONDS": "0.5"}):
-        login(page, "olivia", FACTORY_PASSWORD)
-        page.goto(url)
-        panel = containment(page)
-        panel.get_by_label("Reason").fill("Quality dip on support-ops, looking into it")
-        panel.get_by_role("button", name="Pause").click()
-        expect(panel).to_contain_text("Pause: succeeded")
-        expect(page.locator("#plan-state")).to_contain_text("Paused")
+    # The worker and beat of the `celery` fixture run the executor.
+    login(page, "olivia", FACTORY_PASSWORD)
+    page.goto(url)
+    panel = containment(page)
+    panel.get_by_label("Reason").fill("Quality dip on support-ops, looking into it")
+    panel.get_by_role("button", name="Pause").click()
+    expect(panel).to_contain_text("Pause: succeeded")
+    expect(page.locator("#plan-state")).to_contain_text("Paused")
 
-        panel.get_by_label("Reason").fill("Answers are unreliable: read-only until fixed")
-        panel.get_by_label("Fallback mode").select_option("read_only")
-        panel.get_by_role("button", name="Engage fallback").click()
-        expect(panel).to_contain_text("Fallback: scheduled")
-        expect(page.locator("#plan-state")).to_contain_text("Fallback: read-only", timeout=WAIT_MS)
+    panel.get_by_label("Reason").fill("Answers are unreliable: read-only until fixed")
+    panel.get_by_label("Fallback mode").select_option("read_only")
+    panel.get_by_role("button", name="Engage fallback").click()
+    expect(panel).to_contain_text("Fallback: scheduled")
+    expect(page.locator("#plan-state")).to_contain_text("Fallback: read-only", timeout=WAIT_MS)
 
-        panel.get_by_label("Reason").fill("Confirmed regression in v2")
-        panel.get_by_role("button", name="Roll back").click()
-        expect(panel).to_contain_text("Rollback: scheduled")
-        expect(page.locator("#plan-state")).to_contain_text(re.compile("rolled back", re.I), timeout=WAIT_MS)
-        expect(page.locator("#actions")).to_contain_text("#1 ok")
+    panel.get_by_label("Reason").fill("Confirmed regression in v2")
+    panel.get_by_role("button", name="Roll back").click()
+    expect(panel).to_contain_text("Rollback: scheduled")
+    expect(page.locator("#plan-state")).to_contain_text(re.compile("rolled back", re.I), timeout=WAIT_MS)
+    expect(page.locator("#actions")).to_contain_text("#1 ok")
 
     assert RolloutPlan.objects.get(pk=live_plan.pk).state == "rolled_back"
