@@ -9,6 +9,7 @@ never decides; each transition wrote exactly the audit events the model expects;
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from dataclasses import dataclass, field
 
 import time_machine
@@ -185,18 +186,21 @@ class ApprovalMachine(RuleBasedStateMachine):
     @invariant()
     def service_and_model_agree(self):
         rows = {r.pk: r for r in ApprovalRequest.objects.filter(pk__in=self.model)}
+        approvals = Counter(Decision.objects.filter(request_id__in=self.model, verdict="approve")
+                            .values_list("request_id", flat=True))
+        events = Counter(int(pk) for pk in AuditEvent.objects.filter(
+            subject_type="approvals.approvalrequest", subject_id__in=[str(pk) for pk in self.model])
+            .values_list("subject_id", flat=True))
+        assert not Decision.objects.filter(request_id__in=self.model, decided_by=World.people["rhea"]).exists()
         for pk, m in self.model.items():
             row = rows[pk]
             assert (row.state, row.level) == (m.state, m.level)
             if m.state == PENDING:
                 assert row.due_at == m.due_at
-            approvals = Decision.objects.filter(request_id=pk, verdict="approve").count()
-            assert approvals <= row.quorum
-            assert not Decision.objects.filter(request_id=pk, decided_by=World.people["rhea"]).exists()
-            events = AuditEvent.objects.filter(subject_type="approvals.approvalrequest", subject_id=str(pk)).count()
-            assert events == m.events
+            assert approvals[pk] <= row.quorum
+            assert events[pk] == m.events
             if m.state != PENDING:
-                snapshot = (row.state, row.closed_at, row.level, approvals)
+                snapshot = (row.state, row.closed_at, row.level, approvals[pk])
                 assert self.closed_seen.setdefault(pk, snapshot) == snapshot  # closed requests never change
 
     @invariant()
