@@ -58,6 +58,7 @@ def _same(stored, original) -> bool:
 @example(data={"ünïcødé ✓": "\u2028\u2029\t\"\\", "big": 2**200, "neg": -(2**200), "money": Decimal("120.50"),
                "at": dt.datetime(2025, 3, 30, 1, 30, tzinfo=dt.timezone(dt.timedelta(hours=-9, minutes=-30))),
                "nested": {"b": [1, {"a": None}], "a": True}, "emoji": "🧯"}, reason="Grüße")
+@example(data={"seq": 0, "subject": {"seq": 0, "v": 1}, "x": '"seq":0,'}, reason='"seq":0,"subject":{')  # look-alikes
 def test_hash_recomputed_offline_from_the_export_equals_the_stored_hash(data, reason):
     with transaction.atomic():
         seq = audit.record("property-test", "test.round_trip", ("test.item", 1), data=data, reason=reason).seq
