@@ -21,15 +21,20 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
-class DecisionInline(admin.TabularInline):
-    model = Decision
+class ReadOnlyInline(admin.TabularInline):
     extra = 0
-    fields = ("decided_by", "verdict", "reason", "justification", "level", "decided_at")
-    readonly_fields = fields
     can_delete = False
+
+    def get_readonly_fields(self, request, obj=None):
+        return self.fields
 
     def has_add_permission(self, request, obj=None) -> bool:
         return False
+
+
+class DecisionInline(ReadOnlyInline):
+    model = Decision
+    fields = ("decided_by", "verdict", "reason", "justification", "level", "decided_at")
 
 
 @admin.register(ApprovalRequest)
@@ -69,15 +74,9 @@ class ApprovalRequestAdmin(ReadOnlyAdmin):
         return [f.name for f in self.model._meta.fields]
 
 
-class EscalationLevelInline(admin.TabularInline):
+class EscalationLevelInline(ReadOnlyInline):
     model = EscalationLevel
-    extra = 0
     fields = ("position", "timeout_seconds", "groups", "people")
-    readonly_fields = fields
-    can_delete = False
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
 
 
 @admin.register(EscalationPolicy)
@@ -89,15 +88,9 @@ class EscalationPolicyAdmin(ReadOnlyAdmin):
     inlines = [EscalationLevelInline]
 
 
-class DeliveryInline(admin.TabularInline):
+class DeliveryInline(ReadOnlyInline):
     model = Delivery
-    extra = 0
     fields = ("channel", "recipient", "status", "attempts", "sent_at", "last_error")
-    readonly_fields = fields
-    can_delete = False
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
 
 
 @admin.register(Notice)

@@ -6,7 +6,6 @@ modest so the suite stays quick; the figures are printed.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections import Counter
 
 import pytest
