@@ -41,18 +41,18 @@ class BrowserSessionAuth(APIKeyCookie):
 
     def _get_key(self, request: HttpRequest) -> str | None:
         key = request.COOKIES.get(self.param_name)
-        if not key:
-            return None  # no session: let the caller get 401, not a confusing CSRF 403
+        user = getattr(request, "user", None)
+        if not key or user is None or not user.is_authenticated or not user.is_active:
+            return None  # no signed-in session: the caller gets 401, not a confusing CSRF 403
         if self.csrf and not getattr(request, "_ninja_csrf_exempt", False) and check_csrf(request):
             raise HttpError(403, "CSRF check Failed")
         return key
 
     def authenticate(self, request: HttpRequest, key: str | None) -> AbstractBaseUser | None:
-        user = getattr(request, "user", None)
-        if user is None or not user.is_authenticated or not user.is_active:
+        if key is None:
             return None
-        ratelimit.enforce(f"user:{user.pk}")
-        return user
+        ratelimit.enforce(f"user:{request.user.pk}")
+        return request.user
 
 
 TOKEN = ServiceTokenAuth()

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import pytest
 from django.conf import settings
+from django.db import connections
 from django.test import Client
 
 from governance import services
@@ -104,3 +105,24 @@ def live_plan(workflow, admin_user, containment_owner):
     factories.scope(manager, workflow)
     plan = rollout_services.create_plan(actor=manager, workflow=workflow, **plan_spec())
     return rollout_services.start_rollout(plan.pk, actor=manager)
+
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture
+def page(monkeypatch):
+    """A headless Chromium page (Debian's /usr/bin/chromium; no browser is downloaded)."""
+    from playwright.sync_api import sync_playwright
+
+    # The ORM is used from the test thread while Playwright's sync API holds an event loop there.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        try:
+            yield browser.new_page()
+        finally:
+            browser.close()
+            # ORM calls made while Playwright's loop runs get their own connection: close it here.
+            connections.close_all()

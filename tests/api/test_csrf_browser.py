@@ -5,30 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from django.db import connections
 
 from governance.models import Workflow
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.browser]
-
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
-
-
-@pytest.fixture
-def page(monkeypatch):
-    from playwright.sync_api import sync_playwright
-
-    # The ORM is used from the test thread while Playwright's sync API holds an event loop there.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        try:
-            yield browser.new_page()
-        finally:
-            browser.close()
-            # ORM calls made while Playwright's loop runs get their own connection: close it here.
-            connections.close_all()
 
 
 def sign_in(page, base_url: str, username: str) -> None:

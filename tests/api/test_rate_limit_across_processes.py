@@ -8,7 +8,6 @@ import time
 from collections import Counter
 
 import pytest
-from django.conf import settings
 
 from governance.models import AuditEvent
 from tests.reliability.processes import Services
@@ -21,15 +20,10 @@ REQUESTS = 120
 CLIENTS = 4
 
 
-def database_url() -> str:
-    db = settings.DATABASES["default"]
-    return f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
-
-
 @pytest.fixture
 def two_web_processes(tmp_path):
-    services = Services(database_url=database_url(), redis_url=settings.REDIS_URL, secret_key=settings.SECRET_KEY,
-                        checkpoint_key=settings.AUDIT_CHECKPOINT_KEY, workdir=tmp_path)
+    """gunicorn twice (one worker each) on the test database and this test run's Redis."""
+    services = Services(tmp_path)
     try:
         limits = {"API_RATE_LIMIT_REQUESTS": LIMIT, "API_RATE_LIMIT_WINDOW_SECONDS": WINDOW_S}
         yield [services.web(f"web{i}", workers=1, **limits) for i in (1, 2)]
