@@ -20,11 +20,14 @@ from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
 
+from approvals import services as approval_services
+from approvals.models import ApprovalRequest
 from governance import audit, clock
 from governance.errors import TransitionRefused, require
 from governance.models import ServiceAccount, Workflow
-from rollouts import evaluation, selectors
+from rollouts import evaluation, selectors, tasks
 from rollouts.models import (
+    DUTY_FOR_ACTION,
     ActionAttempt,
     ActionReview,
     ContextTag,
@@ -89,8 +92,6 @@ def _clean_reason(reason: str, *, required: bool, what: str = "Say why") -> str:
 
 
 def _require_duty(actor: object, plan: RolloutPlan, kind: str) -> None:
-    from rollouts.models import DUTY_FOR_ACTION
-
     duty = DUTY_FOR_ACTION[kind]
     require(selectors.holds_duty(actor, plan.workflow, kind), "forbidden",
             f"Only an owner of the {duty.replace('_', ' ')} duty of {plan.workflow.slug} may do this.")
@@ -122,8 +123,6 @@ def _new_action(plan: RolloutPlan, kind: str, *, state: str, origin: str | None 
 
 
 def _enqueue_execution(action: RolloutAction) -> None:
-    from rollouts import tasks
-
     action_id = action.pk
     transaction.on_commit(lambda: tasks.execute_action.delay(action_id))
 
@@ -145,8 +144,6 @@ def _file_review(action: RolloutAction) -> ActionReview:
 
 def _notify_owners(action: RolloutAction) -> None:
     """The owners of the duty hear of an action no person decided, once it has taken effect."""
-    from rollouts import tasks
-
     if ActionReview.objects.filter(action=action).exists():
         action_id = action.pk
         transaction.on_commit(lambda: tasks.notify_autonomous_action.delay(action_id))
@@ -166,8 +163,6 @@ def _cancel_open(plan: RolloutPlan, kinds: set[str], reason: str) -> list[int]:
 
 
 def _cancel_approval_request(request_id: int, reason: str) -> None:
-    from approvals import services as approval_services
-
     try:
         with transaction.atomic():
             approval_services.cancel_request(request_id, actor=SYSTEM, reason=reason)
@@ -176,8 +171,6 @@ def _cancel_approval_request(request_id: int, reason: str) -> None:
 
 
 def _ask_approval(action: RolloutAction, mode: str, requester: object) -> int:
-    from approvals import services as approval_services
-
     plan = action.plan
     request = approval_services.create_request(
         workflow=plan.workflow, kind=APPROVAL_KIND[action.kind], action=f"rollout.{action.kind}",
@@ -619,8 +612,6 @@ def evaluate_plan(plan_id: int) -> evaluation.Decision | None:
 
 def schedule_evaluation(plan_id: int) -> None:
     """Debounced: at most one evaluation per plan per ROLLOUT_EVALUATION_DEBOUNCE_SECONDS; beat is the net."""
-    from rollouts import tasks
-
     debounce = setting("ROLLOUT_EVALUATION_DEBOUNCE_SECONDS")
     try:
         first = cache.add(f"rollouts:evaluate:{plan_id}", 1, timeout=max(1, round(debounce)))
@@ -635,8 +626,6 @@ def schedule_evaluation(plan_id: int) -> None:
 
 def handle_approval_outcome(request_id: int) -> None:
     """Called (possibly more than once) when an approval request about a rollout action closes."""
-    from approvals.models import ApprovalRequest
-
     request = ApprovalRequest.objects.filter(pk=request_id).first()
     if request is None:
         return
