@@ -33,6 +33,8 @@ MAX_ID = 2**63 - 1
 # A sample stamped further in the future than this is refused: the clock of its sender is wrong.
 FUTURE_SKEW = timedelta(minutes=5)
 MAX_FIELD_ERRORS = 20
+# No metric needs more; sums and means over a window stay far from float overflow.
+MAX_VALUE = 1e15
 
 
 def _workflow(request: HttpRequest, slug: str) -> Workflow:
@@ -62,7 +64,8 @@ class SampleIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     metric: str = Field(pattern=SLUG, max_length=63, description="A registered metric slug, e.g. latency_p95_ms.")
-    value: Finite = Field(description="A finite number: NaN, Infinity and overflowing values are refused.")
+    value: Finite = Field(ge=-MAX_VALUE, le=MAX_VALUE,
+                          description="A finite number within ±1e15: NaN, Infinity and overflowing values are refused.")
     observed_at: AwareDatetime = Field(description="When the sample was measured, with its time zone.")
     segment: str = Field(default="", max_length=120, pattern=SEGMENT,
                          description="`kind:value` of the segment it was measured in, e.g. internal_team:support-ops.")

@@ -187,3 +187,9 @@ def test_containment_through_the_api_only_for_a_token_whose_owner_holds_the_duty
     assert done.status_code == 202 and done.json()["state"] == "scheduled"
     state = api.get(f"/api/v1/rollouts/{live_plan.pk}").json()
     assert [a["kind"] for a in state["open_actions"]] == ["rollback"]
+
+
+def test_values_beyond_1e15_are_refused_naming_the_field(api, live_plan):
+    response = post_samples(api, sample("1e300"))
+    assert response.status_code == 422 and response.json()["errors"][0]["field"] == "samples.0.value"
+    assert not Signal.objects.exists()
