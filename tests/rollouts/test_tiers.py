@@ -64,6 +64,14 @@ def approval_of(action: RolloutAction) -> ApprovalRequest:
     return ApprovalRequest.objects.get(pk=action.approval_request_id)
 
 
+def breached(workflow: Workflow, plan: RolloutPlan, tier: int) -> RolloutAction:
+    """The seeds' latency rise on a workflow at `tier`, evaluated once: the proposal it made."""
+    set_tier(workflow, tier)
+    add(plan, "latency_p95_ms", *SPIKE)
+    services.evaluate_plan(plan.pk)
+    return open_action(plan)
+
+
 def test_tier_1_executes_at_once_and_files_a_post_facto_review(workflow, live_plan):
     set_tier(workflow, 1)
     add(live_plan, "latency_p95_ms", *SPIKE)
@@ -82,10 +90,7 @@ def test_tier_1_executes_at_once_and_files_a_post_facto_review(workflow, live_pl
 
 
 def test_tier_2_opens_an_override_window_that_proceeds_in_silence(workflow, live_plan, frozen):
-    set_tier(workflow, 2)
-    add(live_plan, "latency_p95_ms", *SPIKE)
-    services.evaluate_plan(live_plan.pk)
-    action = open_action(live_plan)
+    action = breached(workflow, live_plan, 2)
     request = approval_of(action)
     assert (action.state, request.mode, request.kind) == ("pending_approval", "override_window", "rollback")
     assert request.subject_type == "rollouts.rolloutaction" and request.subject_id == str(action.pk)
@@ -102,10 +107,7 @@ def test_tier_2_opens_an_override_window_that_proceeds_in_silence(workflow, live
 
 
 def test_tier_2_override_cancels_the_rollback(workflow, live_plan, owner):
-    set_tier(workflow, 2)
-    add(live_plan, "latency_p95_ms", *SPIKE)
-    services.evaluate_plan(live_plan.pk)
-    action = open_action(live_plan)
+    action = breached(workflow, live_plan, 2)
     approval_services.record_decision(action.approval_request_id, actor=owner, verdict="override",
                                       justification="the migration changes query plans", reason="known_change")
     services.handle_approval_outcome(action.approval_request_id)
@@ -121,10 +123,7 @@ def test_tier_2_override_cancels_the_rollback(workflow, live_plan, owner):
 
 
 def test_tier_2_approve_proceeds_at_once(workflow, live_plan, owner):
-    set_tier(workflow, 2)
-    add(live_plan, "latency_p95_ms", *SPIKE)
-    services.evaluate_plan(live_plan.pk)
-    action = open_action(live_plan)
+    action = breached(workflow, live_plan, 2)
     approval_services.record_decision(action.approval_request_id, actor=owner, verdict="approve")
     services.handle_approval_outcome(action.approval_request_id)
     action.refresh_from_db()
@@ -132,10 +131,7 @@ def test_tier_2_approve_proceeds_at_once(workflow, live_plan, owner):
 
 
 def test_tier_3_waits_for_an_approval_in_gate_mode(workflow, live_plan, owner):
-    set_tier(workflow, 3)
-    add(live_plan, "latency_p95_ms", *SPIKE)
-    services.evaluate_plan(live_plan.pk)
-    action = open_action(live_plan)
+    action = breached(workflow, live_plan, 3)
     assert approval_of(action).mode == "gate"
     approval_services.record_decision(action.approval_request_id, actor=owner, verdict="reject",
                                       justification="expected during the migration")
@@ -248,10 +244,7 @@ def test_a_second_evaluation_does_not_ask_twice(workflow, live_plan):
 
 
 def test_a_person_rolling_back_cancels_the_pending_proposal_and_its_request(workflow, live_plan, owner):
-    set_tier(workflow, 3)
-    add(live_plan, "latency_p95_ms", *SPIKE)
-    services.evaluate_plan(live_plan.pk)
-    proposal = open_action(live_plan)
+    proposal = breached(workflow, live_plan, 3)
     services.roll_back(live_plan.pk, actor=owner, reason="confirmed regression")
     proposal.refresh_from_db()
     assert proposal.state == "cancelled"
