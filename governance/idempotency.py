@@ -9,14 +9,15 @@ Use it under the route decorator; the view returns a Schema (or `Status(code, Sc
 - The key is scoped to the caller (service account, or person for session callers).
 - Missing key where required → 400; malformed (empty, over 255 characters, non-ASCII, or a
   comma, which is what two `Idempotency-Key` headers become) → 400.
-- First use: the key is claimed (`in_flight`), the view runs, and its answer is stored in the
-  same transaction as the change it made, so an answer is never stored without its effect.
-  Answers below 500 are stored (refusals too); on a 5xx the claim is released so a retry
-  can succeed once the database or broker is back.
+- First use: the key is claimed, the view runs and its answer is stored, all in the one
+  transaction that makes the change: an answer is never stored without its effect, and a
+  request that dies leaves no claim behind. Answers below 500 are stored (refusals too); a 5xx
+  rolls the claim back so a retry can succeed once the database or broker is back.
 - Same key, same body → the first answer again, with `Idempotent-Replayed: true`.
 - Same key, another body (or endpoint) → 422 `idempotency_key_reused`.
-- Same key while the first request is still running → 409 `request_in_flight` with
-  `Retry-After`. A claim older than IDEMPOTENCY_LEASE_SECONDS (its request died) is taken over.
+- Same key while the first request is still running → the retry waits for it (at most
+  IDEMPOTENCY_WAIT_SECONDS) and answers the first answer; still running then → 409
+  `request_in_flight` with `Retry-After`.
 - Keys are kept IDEMPOTENCY_KEY_TTL_HOURS (default 24 h); expired keys are purged as new ones
   are claimed, and an expired key may be used again.
 """
@@ -28,16 +29,17 @@ import inspect
 import json
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from functools import wraps
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, IntegrityError, transaction
+from django.db import OperationalError, connection, transaction
 from django.http import HttpRequest, HttpResponse
 from ninja import Status
+from psycopg.errors import LockNotAvailable
 from ninja.responses import NinjaJSONEncoder
 from pydantic import BaseModel
 
@@ -91,12 +93,6 @@ def fingerprint(request: HttpRequest) -> str:
     return digest.hexdigest()
 
 
-@dataclass
-class Claim:
-    row: IdempotencyKey
-    replay: bool
-
-
 def _owner(request: HttpRequest) -> dict[str, Any]:
     account = service_account_of(request)
     if account is not None:
@@ -109,55 +105,74 @@ def _fresh(row: IdempotencyKey, request: HttpRequest, digest: str) -> None:
     row.fingerprint, row.method, row.path = digest, request.method, request.path[:255]
     row.state, row.response_status, row.response_content_type, row.response_body = (
         IdempotencyKey.State.IN_FLIGHT, None, "", "")
-    row.created_at, row.locked_until = now, now + timedelta(seconds=settings.IDEMPOTENCY_LEASE_SECONDS)
-    row.expires_at = now + timedelta(hours=settings.IDEMPOTENCY_KEY_TTL_HOURS)
+    row.created_at, row.expires_at = now, now + timedelta(hours=settings.IDEMPOTENCY_KEY_TTL_HOURS)
 
 
-def claim(request: HttpRequest, key: str) -> Claim:
-    """Claim `key` for this request, or say that its first answer is to be replayed."""
-    owner, digest, now = _owner(request), fingerprint(request), clock.now()
-    with transaction.atomic():
-        row = IdempotencyKey.objects.select_for_update().filter(key=key, **owner).first()
-        if row is None:
-            row = IdempotencyKey(key=key, **owner)
-            _fresh(row, request, digest)
-            try:
-                with transaction.atomic():
-                    row.save(force_insert=True)
-                return Claim(row, replay=False)
-            except IntegrityError:  # a concurrent first attempt inserted it and has committed its claim
-                row = IdempotencyKey.objects.select_for_update().get(key=key, **owner)
-        if row.expires_at <= now:
-            _fresh(row, request, digest)
-            row.save()
-            return Claim(row, replay=False)
-        if row.fingerprint != digest:
-            raise Problem(422, "idempotency_key_reused",
-                          "This Idempotency-Key was already used for a different request; use a new key.",
-                          errors=[FieldError(HEADER, "Used before with another body or endpoint.", "header")])
-        if row.state == IdempotencyKey.State.COMPLETED:
-            return Claim(row, replay=True)
-        if row.locked_until > now:
-            raise Problem(409, "request_in_flight",
-                          "A request with this Idempotency-Key is still being processed; retry shortly.",
-                          headers={"Retry-After": "1"})
-        _fresh(row, request, digest)  # the first attempt died before answering: take over
-        row.save()
-        return Claim(row, replay=False)
+@contextmanager
+def _waiting_at_most(seconds: float) -> Iterator[None]:
+    """Within the block, waiting for another transaction's lock fails after `seconds`."""
+    if connection.vendor != "postgresql":
+        yield
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL lock_timeout = %s", [f"{max(1, int(seconds * 1000))}ms"])
+    yield
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL lock_timeout TO DEFAULT")
+
+
+def _insert_if_absent(row: IdempotencyKey) -> bool:
+    """INSERT … ON CONFLICT DO NOTHING: waits while a concurrent first attempt holds the key."""
+    fields = [f for f in IdempotencyKey._meta.concrete_fields if not f.primary_key]
+    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    placeholders = ", ".join(["%s"] * len(fields))
+    values = [f.get_db_prep_save(getattr(row, f.attname), connection) for f in fields]
+    table = connection.ops.quote_name(IdempotencyKey._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(f"INSERT INTO {table} ({columns}) VALUES ({placeholders}) ON CONFLICT DO NOTHING RETURNING id",
+                       values)
+        inserted = cursor.fetchone()
+    if inserted:
+        row.pk = inserted[0]
+    return inserted is not None
+
+
+def claim(request: HttpRequest, key: str) -> tuple[IdempotencyKey, bool]:
+    """Claim `key` inside the caller's transaction; (row, True) when its first answer is to be replayed.
+
+    The claim is a row inserted in the same transaction as the change the request makes: a
+    concurrent retry waits on it (at most IDEMPOTENCY_WAIT_SECONDS, then 409) and then sees the
+    committed answer; a request that fails rolls its claim back with everything else.
+    """
+    owner, digest = _owner(request), fingerprint(request)
+    row = IdempotencyKey(key=key, **owner)
+    _fresh(row, request, digest)
+    try:
+        with transaction.atomic(), _waiting_at_most(settings.IDEMPOTENCY_WAIT_SECONDS):
+            if _insert_if_absent(row):
+                return row, False
+            existing = IdempotencyKey.objects.select_for_update().get(key=key, **owner)
+    except OperationalError as exc:
+        if not isinstance(exc.__cause__, LockNotAvailable):
+            raise
+        raise Problem(409, "request_in_flight",
+                      "A request with this Idempotency-Key is still being processed; retry shortly.",
+                      headers={"Retry-After": "1"}) from None
+    if existing.expires_at <= clock.now():
+        _fresh(existing, request, digest)
+        existing.save()
+        return existing, False
+    if existing.fingerprint != digest:
+        raise Problem(422, "idempotency_key_reused",
+                      "This Idempotency-Key was already used for a different request; use a new key.",
+                      errors=[FieldError(HEADER, "Used before with another body or endpoint.", "header")])
+    return existing, True
 
 
 def replay(row: IdempotencyKey) -> HttpResponse:
     response = HttpResponse(row.response_body, status=row.response_status, content_type=row.response_content_type)
     response[REPLAYED_HEADER] = "true"
     return response
-
-
-def release(row: IdempotencyKey) -> None:
-    """Give the key back after a failure; if even that fails, the claim's lease runs out instead."""
-    try:
-        IdempotencyKey.objects.filter(pk=row.pk, state=IdempotencyKey.State.IN_FLIGHT).delete()
-    except DatabaseError:
-        pass
 
 
 def _complete(row: IdempotencyKey, response: HttpResponse) -> None:
@@ -197,30 +212,25 @@ class _Failed(Exception):
 
 
 def run_once(request: HttpRequest, key: str, call: Callable[[], Any]) -> HttpResponse:
-    """Run `call` at most once per key: claim, run and store the answer atomically, or replay."""
+    """Run `call` at most once per key: claim, run and store the answer in one transaction, or replay."""
     purge_expired()
-    found = claim(request, key)
-    if found.replay:
-        return replay(found.row)
-    committed: list[bool] = []
     try:
         with transaction.atomic():
-            transaction.on_commit(lambda: committed.append(True))  # registered first: runs first
+            row, replaying = claim(request, key)
+            if replaying:
+                return replay(row)
             try:
                 with transaction.atomic():
                     response = render(call())
             except Exception as exc:
                 response = problem_response(request, problem_for(exc))
             if response.status_code >= 500:
-                raise _Failed(response)
-            _complete(found.row, response)
+                raise _Failed(response)  # roll back the claim with the rest: a retry may succeed
+            _complete(row, response)
     except _Failed as failed:
-        release(found.row)
         return failed.response
     except Exception as exc:
-        if not committed:
-            release(found.row)
-        # After commit (e.g. the broker refused a message) the stored answer stands for retries.
+        # Also after the commit (e.g. the broker refused a message): the stored answer stands for retries.
         return handle_exception(request, exc)
     return response
 

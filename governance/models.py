@@ -285,10 +285,10 @@ class IdempotencyKey(models.Model):
     """A caller's Idempotency-Key and the first answer given for it (IETF Idempotency-Key draft).
 
     Scoped per service account (or per person for session callers). `fingerprint` is a digest of
-    the method, path and canonical JSON body: the same key with another body is refused. A claim
-    is `in_flight` until its answer is stored in the transaction that made the change; a claim
-    whose lease ran out (the first attempt died) may be taken over by a retry. Rows are kept
-    until `expires_at` (IDEMPOTENCY_KEY_TTL_HOURS).
+    the method, path and canonical JSON body: the same key with another body is refused. The row
+    is inserted `in_flight` and completed with the answer in the transaction that makes the
+    change, so a committed row always carries its answer. Rows are kept until `expires_at`
+    (IDEMPOTENCY_KEY_TTL_HOURS).
     """
 
     class State(models.TextChoices):
@@ -306,7 +306,6 @@ class IdempotencyKey(models.Model):
     response_content_type = models.CharField(max_length=100, blank=True)
     response_body = models.TextField(blank=True)
     created_at = models.DateTimeField()
-    locked_until = models.DateTimeField()
     expires_at = models.DateTimeField(db_index=True)
 
     class Meta:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections import Counter
 
+import psycopg
 import pytest
 
 from approvals.models import ApprovalRequest
@@ -59,4 +61,28 @@ def test_sixteen_concurrent_retries_with_one_key_create_one_request(live_server,
     assert status == 200 and again["approval_id"] == request_id
     status, refused = post(url, agent.token, {**body, "parameters": {"order": "B-2"}}, "storm-1")
     assert status == 422 and refused["code"] == "idempotency_key_reused"
+    assert ApprovalRequest.objects.count() == 1
+
+
+def test_a_retry_while_the_first_request_runs_waits_then_gets_409_and_later_the_first_answer(
+        live_server, agent, actions, settings):
+    settings.IDEMPOTENCY_WAIT_SECONDS = 0.5
+    url = f"{live_server.url}/api/v1/dispatch"
+    body = {"workflow": "refund-agent", "action": "refund_customer", "parameters": {"order": "A-1"}}
+    db = settings.DATABASES["default"]
+    first: list[tuple[int, dict]] = []
+    # Another session holds the workflow row: the first request claims its key, then waits on it.
+    with psycopg.connect(host=db["HOST"], port=db["PORT"], dbname=db["NAME"], user=db["USER"],
+                         password=db["PASSWORD"]) as holder:
+        holder.execute("SELECT id FROM governance_workflow WHERE slug = 'refund-agent' FOR UPDATE")
+        thread = threading.Thread(target=lambda: first.append(post(url, agent.token, body, "slow-1")))
+        thread.start()
+        time.sleep(1.0)  # the first request is now blocked behind the lock, holding its claim
+        status, retried = post(url, agent.token, body, "slow-1")
+        holder.rollback()
+    thread.join(30)
+    assert status == 409 and retried["code"] == "request_in_flight"
+    assert first[0][0] == 200 and first[0][1]["decision"] == "pending"
+    status, again = post(url, agent.token, body, "slow-1")
+    assert status == 200 and again["approval_id"] == first[0][1]["approval_id"]
     assert ApprovalRequest.objects.count() == 1

@@ -1,0 +1,279 @@
+"""Dispatch throughput and latency beside the machine's own limit, measured in the same run.
+
+    .venv/bin/python bench/dispatch.py [--seconds 8] [--concurrency 8] [--workers 2]
+
+Starts gunicorn (the production server) on a fresh benchmark database, then drives it from a
+separate load process:
+
+1. a bare Django view doing one PostgreSQL query, through the same middleware: the ceiling
+   this machine, server and database allow;
+2. POST /api/v1/dispatch answering `allow` (token check, rate limit, idempotency key, audit);
+3. POST /api/v1/dispatch answering `pending` (plus an approval request, its timer and notice);
+4. both dispatch paths again at half of their measured rate, for latency under normal load.
+
+Prints requests/s, p50 and p99, and the ratios (target: dispatch ≥ 50 % of the bare rate,
+p99 < 25 ms at half load). Configuration: RINGFENCE_BENCH_DATABASE_URL (default
+postgres://ringfence:ringfence@127.0.0.1:5432/ringfence_bench_api, dropped and recreated),
+RINGFENCE_BENCH_REDIS_URL (default redis://127.0.0.1:6379/0).
+
+The module also serves as the benchmark's URL configuration (`bench.dispatch.urlpatterns`) and
+WSGI application (`bench.dispatch:wsgi()`), so the bare view runs in the very same server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import math
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from django.http import HttpRequest, HttpResponse
+from django.urls import include, path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DB = "postgres://ringfence:ringfence@127.0.0.1:5432/ringfence_bench_api"
+DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
+
+
+# -- the server side ---------------------------------------------------------------------------
+
+def bare(request: HttpRequest) -> HttpResponse:
+    """The yardstick: one indexed PostgreSQL query, a small JSON answer."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT id FROM governance_workflow WHERE slug = %s", ["refund-agent"])
+        row = cursor.fetchone()
+    return HttpResponse(json.dumps({"workflow": row[0] if row else None}), content_type="application/json")
+
+
+def __getattr__(name: str) -> list:
+    """`urlpatterns`, built when the server asks (the load process never imports Django's apps)."""
+    if name == "urlpatterns":
+        return [path("bench/bare", bare), path("", include("governance.urls"))]
+    raise AttributeError(name)
+
+
+def wsgi():
+    """gunicorn's application factory: Ringfence's settings with this module's URLs."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "governance.settings")
+    from django.conf import settings
+    from django.core.wsgi import get_wsgi_application
+
+    application = get_wsgi_application()
+    settings.ROOT_URLCONF = "bench.dispatch"
+    return application
+
+
+# -- the load side (runs in its own process) ---------------------------------------------------
+
+def percentile(values: list[float], pct: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
+
+
+def load(spec: dict) -> dict:
+    """Closed loop (`rate` 0: each thread sends as fast as answers come) or open loop at `rate`/s."""
+    host, port = spec["host"], spec["port"]
+    deadline = time.monotonic() + spec["seconds"]
+    latencies: list[float] = []
+    statuses: dict[str, int] = {}
+    decisions: dict[str, int] = {}
+    lock = threading.Lock()
+    interval = spec["concurrency"] / spec["rate"] if spec["rate"] else 0.0
+
+    def worker(index: int) -> None:
+        next_at = time.monotonic() + index * (interval / spec["concurrency"] if interval else 0)
+        while True:
+            if interval:
+                delay = next_at - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                next_at += interval
+            if time.monotonic() >= deadline:
+                return
+            headers = dict(spec["headers"])
+            body = None
+            if spec["body"] is not None:
+                body = json.dumps(spec["body"]).encode()
+                headers["Idempotency-Key"] = uuid.uuid4().hex
+            started = time.perf_counter()
+            conn = http.client.HTTPConnection(host, port, timeout=30)
+            try:
+                conn.request(spec["method"], spec["path"], body=body, headers=headers)
+                response = conn.getresponse()
+                payload = response.read()
+                status = str(response.status)
+            except OSError as error:
+                status, payload = type(error).__name__, b""
+            finally:
+                conn.close()
+            elapsed = time.perf_counter() - started
+            decision = ""
+            if payload.startswith(b"{"):
+                decision = json.loads(payload).get("decision", "")
+            with lock:
+                latencies.append(elapsed)
+                statuses[status] = statuses.get(status, 0) + 1
+                if decision:
+                    decisions[decision] = decisions.get(decision, 0) + 1
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(spec["concurrency"])]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    duration = time.monotonic() - started
+    ok = statuses.get("200", 0)
+    return {"requests": len(latencies), "rps": ok / duration, "p50_ms": percentile(latencies, 50) * 1000,
+            "p99_ms": percentile(latencies, 99) * 1000, "statuses": statuses, "decisions": decisions}
+
+
+def run_load(spec: dict) -> dict:
+    """Drive the server from a separate process, so the load's CPU is not the server's."""
+    result = subprocess.run([sys.executable, __file__, "--load"], input=json.dumps(spec), capture_output=True,
+                            text=True, cwd=ROOT, timeout=spec["seconds"] + 120, check=True)
+    return json.loads(result.stdout)
+
+
+# -- orchestration -----------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def fresh_database(url: str) -> None:
+    import psycopg
+
+    parts = urlsplit(url)
+    name = parts.path.lstrip("/")
+    admin = parts._replace(path="/postgres").geturl()
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def server_env(database_url: str, redis_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RINGFENCE_", "DATABASE_", "CELERY_", "REDIS_"))}
+    env.update(
+        DJANGO_SETTINGS_MODULE="governance.settings", PYTHONPATH=str(ROOT), DATABASE_URL=database_url,
+        REDIS_URL=redis_url, CELERY_BROKER_URL=redis_url, SECRET_KEY=secrets.token_urlsafe(50),
+        AUDIT_CHECKPOINT_KEY=secrets.token_hex(32), RINGFENCE_VAR_DIR=str(ROOT / "var" / "bench"),
+        ALLOWED_HOSTS="127.0.0.1", API_RATE_LIMIT_REQUESTS="1000000000", LOG_LEVEL="WARNING",
+        DATABASE_CONN_MAX_AGE="60",
+    )
+    return env
+
+
+SEED = """
+import django; django.setup()
+from django.contrib.auth.models import Group, User
+from governance import services
+from governance.permissions import Role
+admin = User.objects.create_user("bench-admin", is_staff=True)
+admin.groups.add(Group.objects.get(name=Role.ADMINISTRATOR))
+workflow = services.create_workflow(actor=admin, slug="refund-agent", name="Refund agent", autonomy_tier=2,
+                                    business_days=[0, 1, 2, 3, 4, 5, 6], timezone="UTC")
+services.define_action(workflow.pk, actor=admin, name="send_receipt", risk="low")
+services.define_action(workflow.pk, actor=admin, name="refund_customer", risk="high")
+owner = User.objects.create_user("bench-owner")
+account = services.create_service_account(actor=admin, name="bench-bot", owner=owner, workflows=[workflow])
+print(services.issue_token(account.pk, actor=admin).raw)
+"""
+
+
+def start_server(env: dict[str, str], workers: int) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "bench.dispatch:wsgi()", "--bind", f"127.0.0.1:{port}",
+         "--workers", str(workers), "--log-level", "warning"],
+        cwd=ROOT, env=env, start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/bench/bare")
+            if conn.getresponse().status == 200:
+                return proc, port
+        except OSError:
+            time.sleep(0.2)
+        if proc.poll() is not None:
+            raise SystemExit("gunicorn exited during start-up")
+    raise SystemExit("gunicorn did not answer within 60 s")
+
+
+def report(name: str, result: dict, bare_rps: float | None = None) -> None:
+    ratio = f"  {result['rps'] / bare_rps:6.1%} of bare" if bare_rps else ""
+    print(f"{name:34} {result['rps']:8.1f} req/s  p50 {result['p50_ms']:6.1f} ms  p99 {result['p99_ms']:6.1f} ms"
+          f"{ratio}  {result['statuses']} {result['decisions'] or ''}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
+    args = parser.parse_args()
+    database_url = os.environ.get("RINGFENCE_BENCH_DATABASE_URL", DEFAULT_DB)
+    redis_url = os.environ.get("RINGFENCE_BENCH_REDIS_URL", DEFAULT_REDIS)
+
+    fresh_database(database_url)
+    env = server_env(database_url, redis_url)
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
+    token = subprocess.run([sys.executable, "-c", SEED], cwd=ROOT, env=env, check=True, capture_output=True,
+                           text=True).stdout.strip().splitlines()[-1]
+    proc, port = start_server(env, args.workers)
+    try:
+        base = {"host": "127.0.0.1", "port": port, "seconds": args.seconds, "concurrency": args.concurrency,
+                "rate": 0}
+        api = {**base, "method": "POST", "path": "/api/v1/dispatch",
+               "headers": {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}}
+        allow = {**api, "body": {"workflow": "refund-agent", "action": "send_receipt", "parameters": {"order": "A-1"}}}
+        pending = {**api, "body": {"workflow": "refund-agent", "action": "refund_customer",
+                                   "parameters": {"order": "A-1"}, "evidence": {"summary": "bench"}}}
+        run_load({**base, "method": "GET", "path": "/bench/bare", "headers": {}, "body": None, "seconds": 2})  # warm up
+
+        print(f"gunicorn {args.workers} workers, load from a separate process with {args.concurrency} connections, "
+              f"{args.seconds:g} s per phase, {os.cpu_count()} CPUs")
+        bare_result = run_load({**base, "method": "GET", "path": "/bench/bare", "headers": {}, "body": None})
+        report("bare view, one query", bare_result)
+        allow_result = run_load(allow)
+        report("dispatch → allow", allow_result, bare_result["rps"])
+        pending_result = run_load(pending)
+        report("dispatch → pending", pending_result, bare_result["rps"])
+        for name, spec, result in (("allow", allow, allow_result), ("pending", pending, pending_result)):
+            half = max(1.0, result["rps"] / 2)
+            paced = run_load({**spec, "rate": half})
+            report(f"dispatch → {name} at {half:.0f} req/s (half)", paced)
+            verdict = "meets" if paced["p99_ms"] < 25 else "misses"
+            print(f"{'':34} p99 at half load {paced['p99_ms']:.1f} ms: {verdict} the 25 ms target")
+        for name, result in (("allow", allow_result), ("pending", pending_result)):
+            ratio = result["rps"] / bare_result["rps"]
+            print(f"ratio dispatch {name} / bare: {ratio:.2f} ({'meets' if ratio >= 0.5 else 'misses'} the 0.50 target)")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--load"]:
+        print(json.dumps(load(json.load(sys.stdin))))
+    else:
+        main()
