@@ -98,7 +98,11 @@ def bars(key: str, title: str, labels: Sequence[str], series: dict[str, Sequence
 def timeline(key: str, title: str, series: dict[str, tuple[Sequence[datetime | date], Sequence[float]]], *,
              columns: Sequence[str], rows: list[Sequence[object]], y_title: str = "", modes: dict[str, str] | None = None,
              note: str = "") -> Chart:
-    fig = figure(xaxis={"title": {"text": "UTC"}, "type": "date"}, yaxis={"title": {"text": y_title}})
+    daily = all(not isinstance(t, datetime) for times, _ in series.values() for t in times)
+    xaxis = {"title": {"text": "UTC"}, "type": "date"}
+    if daily:
+        xaxis.update(title={"text": "day (UTC)"}, tickformat="%Y-%m-%d", dtick=86_400_000)
+    fig = figure(xaxis=xaxis, yaxis={"title": {"text": y_title}})
     for (name, (times, values)), color in zip(series.items(), SERIES):
         mode = (modes or {}).get(name, "lines+markers")
         if mode == "bars":
