@@ -16,6 +16,7 @@ from governance import clock
 
 logger = logging.getLogger(__name__)
 SWEEP_LIMIT = 500
+COUNTDOWN_HORIZON_SECONDS = 15 * 60
 
 
 def _publish(task, args: tuple, **options) -> None:
@@ -26,9 +27,12 @@ def _publish(task, args: tuple, **options) -> None:
 
 
 def schedule_timer(request_id: int, level: int, due_at: datetime) -> None:
-    """Publish the precise timer for `due_at` when it is near enough for a countdown message
-    (below half the broker's visibility timeout, so Redis never redelivers it early)."""
-    if (due_at - clock.now()).total_seconds() > settings.CELERY_BROKER_VISIBILITY_TIMEOUT / 2:
+    """Publish the precise timer for `due_at` when it is near enough for a countdown message:
+    within 15 minutes (RELIABILITY 4.3) and half the broker's visibility timeout, so Redis never
+    redelivers it early and workers do not hold thousands of ETA messages. Later deadlines are
+    the sweep's, which is never more than TIMER_SWEEP_SECONDS late."""
+    horizon = min(COUNTDOWN_HORIZON_SECONDS, settings.CELERY_BROKER_VISIBILITY_TIMEOUT / 2)
+    if (due_at - clock.now()).total_seconds() > horizon:
         return
     _publish(fire_due_timer, (request_id, level), eta=due_at)
 
