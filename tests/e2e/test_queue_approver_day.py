@@ -60,6 +60,12 @@ def test_an_approvers_day(page, browser, live_server, office, workflow):
     arriving = ask(office, workflow, "refund_new")
     expect(page.locator(f'tr[data-request="{arriving.pk}"]')).to_be_visible(timeout=10_000)
 
+    page.select_option("#id_kind", "rollback")  # filters apply in place and land in the address
+    expect(page.locator("tr.queue-row")).to_have_count(1)
+    expect(page).to_have_url(re.compile(r"kind=rollback"))
+    page.select_option("#id_kind", "")
+    expect(page.locator("tr.queue-row")).to_have_count(4)
+
     page.click(f'tr[data-request="{first.pk}"] a')
     page.click("#decision-panel button[value=approve]")
     expect(page.locator("#decision-panel")).to_contain_text("Approved by Alice at")
