@@ -1,19 +1,29 @@
-"""Auditors read everything and change nothing: every POST endpoint in the URL configuration is tried."""
+"""Auditors read everything and change nothing: every POST endpoint in the URL configuration is
+tried against real objects (an approval request, a live plan, a review, a context tag)."""
 
 from __future__ import annotations
 
 import re
 
 import pytest
-from django.urls import URLPattern, URLResolver, get_resolver, reverse
-
 from django.db import connection
+from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
 from governance.models import AuditEvent, Workflow
 
 # Signing out would end the auditor's session for the endpoints after it.
 SKIPPED = {"logout", "admin:logout"}
 PARAM = re.compile(r"<(?:(?P<converter>[a-z]+):)?(?P<name>\w+)>")
+KINDS = ["pause", "resume", "narrow", "expand", "fallback", "rollback", "complete"]
+FORM = {"reason": "auditor was here", "verdict": "approve", "justification": "x", "note": "x", "to_ring": "0",
+        "exposure_percent": "10", "mode": "human_review", "kind": "migration_window",
+        "starts_at": "2098-12-31T00:00", "ends_at": "2099-01-01T00:00"}
+# Bodies that pass each form, so the refusal comes from the permission check.
+FORM_FOR = {"approvals:decide": {"verdict": "approve", "reason": "", "justification": "looks right"},
+            "rollouts:review": {"verdict": "correct", "reason": ""},
+            "rollouts:plan_action": {"to_ring": "0", "exposure_percent": ""}}
+JSON = {"reason": "auditor was here", "workflow": "refund-agent", "action": "refund_customer", "kind": "rollback",
+        "confidence": 0.9, "evidence": {}, "ends_at": "2099-01-01T00:00:00Z", "signals": []}
 
 
 def url_patterns(resolver: URLResolver = None, prefix: str = "", namespace: str = ""):
@@ -28,11 +38,22 @@ def url_patterns(resolver: URLResolver = None, prefix: str = "", namespace: str 
 
 
 def concrete(route: str, values: dict[str, str]) -> str | None:
+    """A URL for the route with the given path values (1 or "x" where none is given)."""
     if any(ch in route for ch in "()[]?*+\\"):  # a regex route (the admin's): fill the simple ones only
         route = route.replace("(?P<app_label>auth|governance|guardian)", "governance")
         if any(ch in route for ch in "()[]?*+\\"):
             return None
     return "/" + PARAM.sub(lambda m: values.get(m["name"]) or ("1" if m["converter"] in ("int", None) else "x"), route)
+
+
+def variants(route: str) -> list[dict[str, str]]:
+    """Every containment action and launch step, where the route takes one."""
+    names = {m["name"] for m in PARAM.finditer(route)}
+    if "action" in names:
+        return [{"action": kind} for kind in KINDS]
+    if "step" in names:
+        return [{"step": step} for step in ("ready", "start")]
+    return [{}]
 
 
 def database_fingerprint() -> dict[str, str]:
@@ -46,27 +67,62 @@ def database_fingerprint() -> dict[str, str]:
 
 
 @pytest.fixture
-def sample_values(workflow, decision_log) -> dict[str, str]:
-    return {"slug": workflow.slug, "seq": str(decision_log[0].seq), "fmt": "jsonl", "token": "t", "job": "j",
-            "object_id": str(workflow.pk), "model_name": "workflow"}
+def targets(workflow, other_workflow, admin_user, containment_owner, approver) -> dict[str, dict[str, str]]:
+    """Path values by URL name prefix, so each POST meets the permission check rather than a 404."""
+    from approvals.models import ApprovalRequest
+    from rollouts.models import ContextTag
+    from tests.dashboards.conftest import tell
+
+    story = tell(workflow, other_workflow, admin_user, containment_owner, approver)
+    pending = ApprovalRequest.objects.filter(workflow=workflow, state="pending").latest("created_at")
+    return {
+        "": {"slug": workflow.slug, "seq": "1", "fmt": "jsonl", "token": "t", "job": "j", "key": "exposure",
+             "object_id": str(workflow.pk), "model_name": "workflow", "pk": str(story.other_plan.pk),
+             "plan_id": str(story.other_plan.pk), "id": str(pending.pk)},
+        "approvals": {"pk": str(pending.pk)},
+        "rollouts:review": {"pk": str(story.review.pk)},
+        "rollouts:tag_withdraw": {"pk": str(story.plan.pk), "tag_id": str(ContextTag.objects.get(plan=story.plan).pk)},
+    }
 
 
-def test_every_write_endpoint_refuses_an_auditor(client, auditor, sample_values, workflow):
+def values_for(name: str, targets: dict[str, dict[str, str]]) -> dict[str, str]:
+    values = dict(targets[""])
+    for prefix, extra in targets.items():
+        if prefix and (name == prefix or name.startswith(prefix + ":")):
+            values.update(extra)
+    return values
+
+
+def test_every_write_endpoint_refuses_an_auditor(client, auditor, targets, workflow):
     client.force_login(auditor)
-    tried = []
+    tried = {}
     for route, name in url_patterns():
-        url = concrete(route, sample_values)
-        if url is None or name in SKIPPED:
+        if name in SKIPPED:
             continue
-        before = database_fingerprint()
-        response = client.post(url, {"reason": "auditor was here", "verdict": "approve", "justification": "x",
-                                     "verdict_reason": "other", "category": "false_positive"})
-        tried.append(url)
-        assert response.status_code < 500, f"POST {url} failed with {response.status_code}"
-        changed = [table for table, digest in database_fingerprint().items() if before.get(table) != digest]
-        assert not changed, f"POST {url} by an auditor changed {changed}"
-    assert "/workflows/refund-agent/pause/" in tried and len(tried) >= 8
-    assert not Workflow.objects.get(pk=workflow.pk).paused
+        for variant in variants(route):
+            url = concrete(route, {**values_for(name, targets), **variant})
+            if url is None:
+                continue
+            before = database_fingerprint()
+            if url.startswith("/api/"):
+                body = {"reason": JSON["reason"]} if url.endswith(("/pause", *KINDS)) else JSON
+                response = client.post(url, body, content_type="application/json")
+            else:
+                response = client.post(url, {**FORM, **FORM_FOR.get(name, {})})
+            tried[url] = response.status_code
+            assert response.status_code < 500, f"POST {url} failed with {response.status_code}"
+            changed = [table for table, digest in database_fingerprint().items() if before.get(table) != digest]
+            assert not changed, f"POST {url} by an auditor changed {changed}"
+    # The write endpoints were reached with real objects and refused, not missed.
+    plan, review = targets[""]["pk"], targets["rollouts:review"]["pk"]
+    refused = {url: tried[url] for url in (
+        f"/approvals/{targets['approvals']['pk']}/decide/", f"/rollouts/reviews/{review}/",
+        *(f"/rollouts/{plan}/actions/{kind}/" for kind in KINDS))}
+    assert set(refused.values()) <= {403, 409}, refused  # forbidden, or the state allows no such change
+    assert tried["/workflows/refund-agent/pause/"] == 422  # the kill switch answers its refusals in the form
+    assert tried["/api/v1/workflows/refund-agent/pause"] in (401, 403, 404)
+    assert tried[f"/api/v1/rollouts/{plan}/rollback"] in (401, 403, 404)
+    assert len(tried) >= 40 and not Workflow.objects.get(pk=workflow.pk).paused
 
 
 def test_auditor_cannot_pause_a_workflow_with_a_valid_form(client, auditor, workflow):
