@@ -67,9 +67,8 @@ class DispatchOut(Schema):
 @idempotent(required=True)
 def dispatch(request: HttpRequest, payload: DispatchIn) -> DispatchOut:
     """Answers `allow`, `deny` or `pending` (with the approval to poll). Never `allow` on an error."""
-    workflow = get_object_or_404(workflows_in_scope(request), slug=payload.workflow)
     answer = dispatching.dispatch(
-        account=service_account_of(request), workflow_id=workflow.pk, action=payload.action,
+        account=service_account_of(request), workflow=payload.workflow, action=payload.action,
         parameters=payload.parameters, evidence=payload.evidence, confidence=payload.confidence,
         idempotency_key=header_value(request) or "",
     )

@@ -56,28 +56,30 @@ class Answer:
     approval: ApprovalRequest | None = None
 
 
-def _lock_shared(workflow_id: int) -> Workflow:
-    """Read the workflow under a share lock: a pause (FOR UPDATE) waits for dispatches in flight
-    and every dispatch after a committed pause sees it; dispatches do not block each other."""
-    queryset = Workflow.objects.filter(pk=workflow_id)
-    if connection.vendor == "postgresql":
-        queryset = Workflow.objects.raw("SELECT * FROM governance_workflow WHERE id = %s FOR SHARE", [workflow_id])
-    workflow = next(iter(queryset), None)
+def _lock_shared(account: ServiceAccount, slug: str) -> Workflow:
+    """The account's workflow, read under a share lock in one statement: a pause (FOR UPDATE)
+    waits for dispatches in flight and every dispatch after a committed pause sees it;
+    dispatches do not block each other. Outside the account's scope it does not exist."""
+    workflow = None
+    if account.active:
+        scope = ServiceAccount.workflows.through._meta.db_table
+        lock = " FOR SHARE OF w" if connection.vendor == "postgresql" else ""
+        workflow = next(iter(Workflow.objects.raw(
+            f"SELECT w.* FROM governance_workflow w JOIN {scope} s ON s.workflow_id = w.id "
+            f"WHERE w.slug = %s AND s.serviceaccount_id = %s{lock}", [slug, account.pk])), None)
     if workflow is None:
-        raise TransitionRefused("not_found", "This workflow does not exist.")
+        raise TransitionRefused("not_found", f"No workflow {slug!r} in this token's scope.")
     return workflow
 
 
 @transaction.atomic
-def dispatch(*, account: ServiceAccount, workflow_id: int, action: str, parameters: dict[str, Any],
+def dispatch(*, account: ServiceAccount, workflow: str, action: str, parameters: dict[str, Any],
              evidence: dict[str, Any], confidence: float | None = None, idempotency_key: str = "") -> Answer:
-    """Decide whether `account` may run `action` on the workflow now (rule in the module docstring).
+    """Decide whether `account` may run `action` on the workflow (slug) now; rule in the module docstring.
 
     Audit: `dispatch.allowed` / `dispatch.denied`, or `approval.requested` via create_request.
     """
-    workflow = _lock_shared(workflow_id)
-    if not account.active or not account.workflows.filter(pk=workflow.pk).exists():
-        raise TransitionRefused("not_found", "This workflow does not exist.")
+    workflow = _lock_shared(account, workflow)
     now = clock.now()
     business = workflow.in_business_hours(now)
     tier = workflow.tier_at(now)

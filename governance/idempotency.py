@@ -147,8 +147,9 @@ def claim(request: HttpRequest, key: str) -> tuple[IdempotencyKey, bool]:
     owner, digest = _owner(request), fingerprint(request)
     row = IdempotencyKey(key=key, **owner)
     _fresh(row, request, digest)
+    # The claim is the transaction's first statement: if the wait fails, nothing else is lost.
     try:
-        with transaction.atomic(), _waiting_at_most(settings.IDEMPOTENCY_WAIT_SECONDS):
+        with _waiting_at_most(settings.IDEMPOTENCY_WAIT_SECONDS):
             if _insert_if_absent(row):
                 return row, False
             existing = IdempotencyKey.objects.select_for_update().get(key=key, **owner)
