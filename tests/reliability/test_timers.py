@@ -199,7 +199,7 @@ PUBLISHES_PER_DECISION = 2  # the outcome handlers and the "decided" notice
 def test_tmr05_redis_hang_commits_decisions_fails_the_api_closed_and_loses_no_timer(
         services, private_redis, figures, admin_user, workflow, agent, approver):
     token = api_token(admin_user, workflow, agent)
-    web = services.web(workers=DECISIONS, ready=False)
+    web = services.web(workers=DECISIONS + 1, ready=False)  # one left for the API call
     for process in (services.worker(ready=False), services.beat(ready=False)):
         process.wait_for_ready()
     web.wait_ready()
@@ -219,10 +219,10 @@ def test_tmr05_redis_hang_commits_decisions_fails_the_api_closed_and_loses_no_ti
         except OSError as exc:
             results[req.pk] = exc
 
+    _, api_answer = dispatch(web, token, workflow, ALLOWED)  # the rate limiter cannot reach Redis
     threads = [threading.Thread(target=approve, args=(req,), daemon=True) for req in to_decide]
     for thread in threads:
         thread.start()
-    _, api_answer = dispatch(web, token, workflow, ALLOWED)  # the rate limiter cannot reach Redis
     time.sleep(max(0.0, HANG_S - (time.monotonic() - frozen)))  # the hang's length is the test's input
     private_redis.thaw()
     thawed = time.time()
