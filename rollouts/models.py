@@ -447,7 +447,8 @@ class RolloutAction(models.Model):
     # window, gate, or "direct" for a person acting on their own duty).
     tier = models.PositiveSmallIntegerField(null=True, blank=True)
     handling = models.CharField(max_length=20, blank=True)
-    approval_request_id = models.BigIntegerField(null=True, blank=True)
+    approval_request = models.ForeignKey("approvals.ApprovalRequest", null=True, blank=True, on_delete=models.PROTECT,
+                                         related_name="rollout_actions")
     executor = models.CharField(max_length=10, choices=Executor.choices, default=Executor.NONE)
     idempotency_key = models.CharField(max_length=100, unique=True)
     client_key = models.CharField(max_length=200, blank=True)

@@ -258,12 +258,12 @@ def current_route(workflow: Workflow, segment_kind: str, segment_value: str, key
 
 def open_actions(plan: RolloutPlan) -> QuerySet[RolloutAction]:
     return plan.actions.filter(state__in=RolloutAction.OPEN_STATES).select_related(
-        "requested_by", "requested_by_service", "trigger__metric").order_by("created_at")
+        "requested_by", "requested_by_service", "trigger__metric", "approval_request").order_by("created_at")
 
 
 def recent_actions(plan: RolloutPlan, limit: int = 20) -> QuerySet[RolloutAction]:
-    return plan.actions.select_related("requested_by", "requested_by_service").prefetch_related("attempt_log").order_by(
-        "-created_at", "-id")[:limit]
+    return (plan.actions.select_related("requested_by", "requested_by_service", "approval_request")
+            .prefetch_related("attempt_log").order_by("-created_at", "-id")[:limit])
 
 
 def pending_reviews(user: AbstractBaseUser) -> QuerySet[ActionReview]:

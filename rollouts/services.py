@@ -21,7 +21,6 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
 
 from approvals import services as approval_services
-from approvals.models import ApprovalRequest
 from governance import audit, clock
 from governance.errors import TransitionRefused, require
 from governance.models import ServiceAccount, Workflow
@@ -179,8 +178,8 @@ def _ask_approval(action: RolloutAction, mode: str, requester: object) -> int:
         evidence=action.evidence, requester=requester, mode=mode, idempotency_key=f"rollout-action-{action.pk}",
         confidence=action.confidence, subject=action,
     )
-    action.approval_request_id = request.pk
-    action.save(update_fields=["approval_request_id"])
+    action.approval_request = request
+    action.save(update_fields=["approval_request"])
     return request.pk
 
 
@@ -626,12 +625,11 @@ def schedule_evaluation(plan_id: int) -> None:
 
 def handle_approval_outcome(request_id: int) -> None:
     """Called (possibly more than once) when an approval request about a rollout action closes."""
-    request = ApprovalRequest.objects.filter(pk=request_id).first()
-    if request is None:
-        return
-    action_id = RolloutAction.objects.filter(approval_request_id=request_id).values_list("pk", flat=True).first()
-    if action_id is not None:
-        apply_approval_outcome(action_id, request_state=request.state)
+    found = RolloutAction.objects.filter(approval_request_id=request_id).values_list(
+        "pk", "approval_request__state").first()
+    if found is not None:
+        action_id, request_state = found
+        apply_approval_outcome(action_id, request_state=request_state)
 
 
 APPROVED_STATES = {"approved", "auto_approved"}

@@ -95,10 +95,10 @@ def test_tier_2_silence_proceeds_at_the_deadline(celery, workflow, live_plan, ap
     override_window(workflow, admin_user, 2)
     posted = breach(api)
     action = proposal(live_plan, celery)
-    assert ApprovalRequest.objects.get(pk=action.approval_request_id).mode == "override_window"
+    assert ApprovalRequest.objects.get(rollout_actions=action).mode == "override_window"
     celery.wait_for(lambda: plan_state(live_plan) == "rolled_back", 20, "the window ran out and the plan rolled back")
     elapsed = time.monotonic() - posted
-    assert ApprovalRequest.objects.get(pk=action.approval_request_id).state == "auto_approved"
+    assert ApprovalRequest.objects.get(rollout_actions=action).state == "auto_approved"
     assert ActionReview.objects.filter(action=action).exists()
     with capsys.disabled():
         print(f"\n[tier 2] breaching batch posted → rolled back after a 2 s window: {elapsed:.2f} s")
@@ -132,7 +132,7 @@ def test_tier_3_waits_for_the_approval_then_executes(celery, workflow, live_plan
     set_tier(workflow, 3)
     breach(api)
     action = proposal(live_plan, celery)
-    request = ApprovalRequest.objects.get(pk=action.approval_request_id)
+    request = ApprovalRequest.objects.get(rollout_actions=action)
     assert request.mode == "gate" and request.state == "pending"
     assert plan_state(live_plan) == "active"  # nothing happens without the approval
     approval_services.record_decision(request.pk, actor=owner, verdict="approve")

@@ -5,12 +5,15 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 
+from approvals import services as approval_services
 from governance import clock
 from governance.models import AuditEvent
 from rollouts import services
-from rollouts.models import ContextTag, RolloutPlan
+from rollouts.models import ContextTag, RolloutAction, RolloutPlan
 
 pytestmark = pytest.mark.django_db
 
@@ -150,3 +153,31 @@ def test_the_context_tag_form(live_plan, release_manager):
 def test_the_navigation_links_to_rollouts(release_manager):
     page = client_for(release_manager).get("/rollouts/").content.decode()
     assert 'href="/rollouts/"' in page and "Rollouts" in page
+
+
+def _gated_rollback(plan: RolloutPlan) -> RolloutAction:
+    return services.propose_action(plan.pk, kind="rollback", handling="gate", tier=3, origin="trigger",
+                                   evidence={"metric": "latency_p95_ms"}, reason="p95 above 800 ms").action
+
+
+def _reject(action: RolloutAction, owner) -> None:
+    approval_services.record_decision(action.approval_request_id, actor=owner, verdict="reject",
+                                      justification="noise from a load test")
+    services.handle_approval_outcome(action.approval_request_id)
+
+
+def test_the_plan_page_shows_each_actions_approval_request_and_its_state_without_a_query_each(live_plan, owner):
+    client = client_for(owner)
+    rejected = _gated_rollback(live_plan)
+    _reject(rejected, owner)
+    pending = _gated_rollback(live_plan)
+    client.get(live_plan.get_absolute_url())  # caches warmed (session, content types, permissions)
+    with CaptureQueriesContext(connection) as two:
+        page = client.get(live_plan.get_absolute_url()).content.decode()
+    assert f'Approval request #{pending.approval_request_id}</a> <span class="muted">pending, due' in page
+    assert f'request #{rejected.approval_request_id}</a> <span class="muted">rejected</span>' in page
+    _reject(pending, owner)
+    _gated_rollback(live_plan)
+    with CaptureQueriesContext(connection) as three:
+        client.get(live_plan.get_absolute_url())
+    assert len(three) == len(two)

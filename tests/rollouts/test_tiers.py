@@ -61,7 +61,7 @@ def open_action(plan: RolloutPlan) -> RolloutAction:
 
 
 def approval_of(action: RolloutAction) -> ApprovalRequest:
-    return ApprovalRequest.objects.get(pk=action.approval_request_id)
+    return ApprovalRequest.objects.get(rollout_actions=action)
 
 
 def breached(workflow: Workflow, plan: RolloutPlan, tier: int) -> RolloutAction:
