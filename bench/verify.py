@@ -7,6 +7,10 @@ over the same bytes (prev_hash ‖ canonical JSON, one digest per event) in the 
 Measures the standalone script on a JSON Lines export (what an auditor runs on another machine) and
 the database chain (what the auditors' "verify" page runs). Works in its own scratch database
 (ringfence_bench_verify), created, migrated and dropped here. Target: at least 50 % of bare SHA-256.
+
+A second reference, "SHA-256 per line as read from the file", hashes each line of the export as it
+is read in megabyte chunks and nothing else: the floor for any verifier that reads the file in
+Python, one interpreter loop step per event.
 """
 
 from __future__ import annotations
@@ -50,15 +54,22 @@ def main() -> int:
                     sha256(prev + canonical).hexdigest()
                 return len(pairs)
 
+            def per_line() -> int:
+                with open(path, "rb") as fh:
+                    while chunk := fh.readlines(1 << 20):
+                        for line in chunk:
+                            sha256(line).hexdigest()
+                return len(pairs)
+
             timings = {}
             for _ in range(ROUNDS):  # interleaved, best of each: load on the machine affects all alike
-                for name, run in (("bare SHA-256", bare),
+                for name, run in (("bare SHA-256", bare), ("SHA-256 per line as read from the file", per_line),
                                   ("standalone script on the export", lambda: verify_export(str(path), settings.AUDIT_CHECKPOINT_KEY)),
                                   ("database chain (verify page)", audit.verify_database)):
                     started = time.perf_counter()
                     result = run()
                     seconds = time.perf_counter() - started
-                    if name != "bare SHA-256":
+                    if not name.startswith(("bare", "SHA-256")):
                         assert result.ok and result.events == EVENTS, result.summary()
                     timings[name] = min(timings.get(name, float("inf")), seconds)
         base = EVENTS / timings["bare SHA-256"]
@@ -67,10 +78,11 @@ def main() -> int:
         for name, seconds in timings.items():
             rate = EVENTS / seconds
             share = rate / base * 100
-            if name != "bare SHA-256":
+            verifier = not name.startswith(("bare", "SHA-256"))
+            if verifier:
                 ok &= share >= 50
-            log(f"{name:34} {rate:>12,.0f} events/s ({seconds:.2f} s) = {share:.0f} % of bare SHA-256"
-                + ("" if name == "bare SHA-256" else " (target ≥ 50 %)"))
+            log(f"{name:40} {rate:>12,.0f} events/s ({seconds:.2f} s) = {share:.0f} % of bare SHA-256"
+                + (" (target ≥ 50 %)" if verifier else ""))
         log("\nresult: " + ("target met" if ok else "target missed"))
     return 0
 

@@ -15,13 +15,15 @@ when broken (the first broken event is named), 2 on unusable input.
 from __future__ import annotations
 
 import argparse
+import binascii
 import hashlib
 import hmac
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 FORMAT_VERSION = 1
 GENESIS = "00" * 32
@@ -87,50 +89,67 @@ class Report:
 def verify(events: Iterable[tuple[int, str, str, str] | DamagedLine], checkpoints: Iterable[Checkpoint] = (),
            key: str | None = None, *, stop_at_first: bool = True) -> Report:
     """Check (seq, prev_hash, hash, canonical) tuples in seq order, then the checkpoints."""
-    report = Report()
-    expected_seq, prev = 1, GENESIS
-    hashes: dict[int, str] = {}
     cps = list(checkpoints)
-    wanted = {cp.seq for cp in cps}
+    walk = _Walk(Report(), {cp.seq for cp in cps}, stop_at_first)
     for item in events:
+        if not walk.step(item):
+            break
+    return walk.finish(cps, key)
+
+
+_INNER_SEQ = re.compile(r'"seq":(0|[1-9][0-9]*)[,}]')
+
+
+def _inner_seq(canonical: str) -> int | None:
+    """The seq inside an event's hashed contents: keys are sorted and every string is escaped, so
+    the last unescaped `"seq":` is the top-level one (only "subject", "v" and "workflow" follow)."""
+    match = _INNER_SEQ.match(canonical, max(canonical.rfind('"seq":'), 0))
+    return int(match[1]) if match else None
+
+
+class _Walk:
+    """A walk along the chain: where it stands, and the checks of one event, each broken link named."""
+
+    def __init__(self, report: Report, wanted: set[int], stop_at_first: bool) -> None:
+        self.report, self.wanted, self.stop_at_first = report, wanted, stop_at_first
+        self.expected_seq, self.prev = 1, GENESIS
+        self.hashes: dict[int, str] = {}
+
+    def step(self, item: tuple[int, str, str, str] | DamagedLine) -> bool:
+        """Check one event; False when the walk stops here."""
+        report = self.report
         if isinstance(item, DamagedLine):
-            report.fail(expected_seq, f"line {item.number} of the export is damaged ({item.problem}): event "
-                                      f"#{expected_seq} or a checkpoint there was altered.")
-            if stop_at_first:
-                break
-            continue
+            report.fail(self.expected_seq, f"line {item.number} of the export is damaged ({item.problem}): event "
+                                           f"#{self.expected_seq} or a checkpoint there was altered.")
+            return not self.stop_at_first
         seq, prev_hash, event_hash, canonical = item
         report.events += 1
-        if seq != expected_seq:
-            if seq > expected_seq:
-                report.fail(expected_seq, f"event #{expected_seq} is missing (next event found is #{seq}).")
+        problem = None
+        if seq != self.expected_seq:
+            if seq > self.expected_seq:
+                problem = (self.expected_seq, f"event #{self.expected_seq} is missing (next event found is #{seq}).")
             else:
-                report.fail(seq, f"event #{seq} appears out of order or twice (expected #{expected_seq}).")
-            if stop_at_first:
-                break
-        if prev_hash != prev:
-            report.fail(seq, f"event #{seq} does not link to the event before it (prev_hash differs).")
-            if stop_at_first:
-                break
-        if chain_hash(prev_hash, canonical) != event_hash:
-            report.fail(seq, f"event #{seq}'s contents do not match its hash (the event was altered).")
-            if stop_at_first:
-                break
-        try:
-            inner_seq = json.loads(canonical).get("seq")
-        except (ValueError, AttributeError):
-            inner_seq = None
-        if type(inner_seq) is not int or inner_seq != seq:
-            report.fail(seq, f"event #{seq} carries seq {inner_seq!r} inside its hashed contents.")
-            if stop_at_first:
-                break
-        if seq in wanted:
-            hashes[seq] = event_hash
-        prev, expected_seq = event_hash, seq + 1
+                problem = (seq, f"event #{seq} appears out of order or twice (expected #{self.expected_seq}).")
+        elif prev_hash != self.prev:
+            problem = (seq, f"event #{seq} does not link to the event before it (prev_hash differs).")
+        elif chain_hash(prev_hash, canonical) != event_hash:
+            problem = (seq, f"event #{seq}'s contents do not match its hash (the event was altered).")
+        elif (inner_seq := _inner_seq(canonical)) != seq:
+            problem = (seq, f"event #{seq} carries seq {inner_seq!r} inside its hashed contents.")
+        if problem:
+            report.fail(*problem)
+            if self.stop_at_first:
+                return False
+        if seq in self.wanted:
+            self.hashes[seq] = event_hash
+        self.prev, self.expected_seq = event_hash, seq + 1
         report.head_seq, report.head_hash = seq, event_hash
-    if report.ok or not stop_at_first:
-        _check_checkpoints(report, cps, hashes, key)
-    return report
+        return True
+
+    def finish(self, cps: list[Checkpoint], key: str | None) -> Report:
+        if self.report.ok or not self.stop_at_first:
+            _check_checkpoints(self.report, cps, self.hashes, key)
+        return self.report
 
 
 def _check_checkpoints(report: Report, cps: list[Checkpoint], hashes: dict[int, str], key: str | None) -> None:
@@ -191,20 +210,6 @@ class DamagedLine:
     problem: str
 
 
-def export_checkpoints(lines: Iterable[str], *, skip_damaged: bool = False) -> list[Checkpoint]:
-    checkpoints = []
-    for number, line in enumerate(lines, 1):
-        try:
-            item = parse_line(number, line)
-        except UnusableInput:
-            if skip_damaged:  # reported in order by export_events
-                continue
-            raise
-        if isinstance(item, Checkpoint):
-            checkpoints.append(item)
-    return checkpoints
-
-
 def export_events(lines: Iterable[str]) -> Iterator[tuple[int, str, str, str] | DamagedLine]:
     """Events in file order (a reordered file is a broken chain), one line in memory at a time.
 
@@ -225,11 +230,120 @@ def export_events(lines: Iterable[str]) -> Iterator[tuple[int, str, str, str] | 
             yield item
 
 
+# An event line as the exporter writes it (audit.export_line): a fixed header, then the canonical
+# bytes verbatim. Lines in exactly this layout are checked on their bytes, without parsing JSON;
+# any other line, or one that fails a check, goes through parse_line and _Walk.step, which name
+# the problem, so both paths reach the same verdict.
+EVENT_PREFIX = b'{"type":"event","seq":'
+_EVENT_PREFIX_TEXT = EVENT_PREFIX.decode()
+_EVENT, _SEQ = b'","event":', b'"seq":'
+_HEADER = b'%b%b"prev_hash":"%b","hash":"'  # EVENT_PREFIX, b"<seq>,", the previous event's hash
+
+
+def export_checkpoints(lines: Iterable[str | bytes], *, skip_damaged: bool = False) -> list[Checkpoint]:
+    checkpoints = []
+    for number, line in enumerate(lines, 1):
+        if line[:22] in (EVENT_PREFIX, _EVENT_PREFIX_TEXT):
+            continue
+        try:
+            item = parse_line(number, line)
+        except UnusableInput:
+            if skip_damaged:  # reported in order by the walk over the events
+                continue
+            raise
+        if isinstance(item, Checkpoint):
+            checkpoints.append(item)
+    return checkpoints
+
+
 def verify_export(path: str, key: str | None, extra_checkpoints: list[Checkpoint] = ()) -> Report:
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        checkpoints = export_checkpoints(fh, skip_damaged=True) + list(extra_checkpoints)
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        return verify(export_events(fh), checkpoints, key)
+    """Check an export file in one read. The checkpoints in it name the event they follow (the
+    export's head), or one before; the hash of an earlier event named by a checkpoint met later
+    is looked up in a second read, only then."""
+    extra, found = list(extra_checkpoints), []
+    walk = _Walk(Report(), {cp.seq for cp in extra}, stop_at_first=True)
+    with open(path, "rb") as fh:
+        _walk_export(fh, walk, found)
+    earlier = {cp.seq for cp in found if 0 < cp.seq <= walk.report.head_seq} - walk.hashes.keys()
+    if earlier and walk.report.ok:
+        with open(path, "rb") as fh:
+            walk.hashes.update((item[0], item[2]) for item in export_events(fh)
+                               if isinstance(item, tuple) and item[0] in earlier)
+    return walk.finish(found + extra, key)
+
+
+def _walk_export(fh: BinaryIO, walk: _Walk, checkpoints: list[Checkpoint]) -> None:
+    """The walk over an export file, a megabyte of lines in memory at a time.
+
+    The header a line must start with is known before it is read (its seq, the hash it links to),
+    so one comparison checks it; the chain's digest is carried over, so each event costs one
+    SHA-256 and a few comparisons. The first line that is not exactly as expected is handed to the
+    walk's own checks, and the fast path resumes from where the walk then stands. Checkpoint lines
+    are collected into `checkpoints`.
+    """
+    sha256, unhex, wanted, hashes = hashlib.sha256, binascii.a2b_hex, walk.wanted, walk.hashes
+    expected, readable, number = walk.expected_seq, False, 0
+    prev_digest, prev_hex = bytes.fromhex(walk.prev), walk.prev.encode()
+    seq_comma = b"%d," % expected
+    header = _HEADER % (EVENT_PREFIX, seq_comma, prev_hex)
+    h = len(header)
+    first_expected = expected  # line numbers are counted only when the slow path needs them
+    while chunk := fh.readlines(1 << 20):
+        for line in chunk:
+            canonical = line[h + 74:-2]
+            digest = sha256(prev_digest + canonical).digest()
+            event_hex = line[h:h + 64]
+            try:  # the seq is read from contents only once the hash vouched for them
+                fast = (line.startswith(header) and line.startswith(_EVENT, h + 64) and line.endswith(b"}\n")
+                        and unhex(event_hex) == digest
+                        and canonical.startswith(seq_comma, canonical.rfind(_SEQ) + 6))
+            except ValueError:  # binascii.Error: not hex
+                fast = False
+            if fast:
+                if expected in wanted:
+                    hashes[expected] = event_hex.decode()
+                prev_digest, prev_hex, readable = digest, event_hex, True
+                expected += 1
+                seq_comma = b"%d," % expected
+                header = _HEADER % (EVENT_PREFIX, seq_comma, prev_hex)
+                h = len(header)
+                continue
+            # Bring the walk up to this line, let it parse and judge the line, go on from there.
+            number += expected - first_expected + 1
+            _settle(walk, expected, prev_hex)
+            try:
+                item = parse_line(number, line)
+            except UnusableInput as exc:
+                if not readable:
+                    raise
+                item = DamagedLine(number, exc.problem)
+            readable = readable or item is not None
+            if isinstance(item, Checkpoint):
+                checkpoints.append(item)
+                if item.seq >= walk.expected_seq:
+                    wanted.add(item.seq)
+                elif item.seq == walk.expected_seq - 1:  # the event just before: the usual place
+                    hashes[item.seq] = walk.prev
+            elif item is not None and not walk.step(item):
+                return
+            expected = first_expected = walk.expected_seq
+            prev_hex = walk.prev.encode()
+            try:
+                prev_digest = bytes.fromhex(walk.prev)
+            except ValueError:  # a broken hash, when the walk goes on past problems
+                prev_digest = b""
+            seq_comma = b"%d," % expected
+            header = _HEADER % (EVENT_PREFIX, seq_comma, prev_hex)
+            h = len(header)
+    _settle(walk, expected, prev_hex)
+
+
+def _settle(walk: _Walk, expected: int, prev_hex: bytes) -> None:
+    """Record in the walk the events the fast path accepted since it last stood at walk.expected_seq."""
+    if expected > walk.expected_seq:
+        walk.report.events += expected - walk.expected_seq
+        walk.report.head_seq, walk.report.head_hash = expected - 1, prev_hex.decode()
+        walk.expected_seq, walk.prev = expected, walk.report.head_hash
 
 
 def main(argv: list[str] | None = None) -> int:

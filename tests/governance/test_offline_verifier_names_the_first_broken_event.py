@@ -247,3 +247,22 @@ def test_a_forged_checkpoint_is_reported(export):
 def test_a_file_that_is_not_an_export_is_unusable_input(export):
     result = run_verifier(export.write("garbage", ["this is not json"]), "--key-file", str(export.key_file))
     assert result.returncode == 2 and "not a Ringfence export line" in result.stderr
+
+
+def test_an_export_rewritten_by_another_json_tool_or_reordered_checkpoints_verifies_the_same(export):
+    """The verifier reads the exporter's exact layout fastest, but the verdict does not depend on
+    it: the same export re-serialised by another JSON tool (spaces, other key order, escaped
+    non-ASCII) or with every checkpoint moved to the end gives the same answers."""
+    checkpoints = sum(line.startswith('{"at"') for line in export.lines)
+    reserialised = [json.dumps(json.loads(line), ensure_ascii=True) for line in export.lines]
+    assert reserialised[5] != export.lines[5]
+    at_the_end = ([line for line in export.lines if not line.startswith('{"at"')]
+                  + [line for line in export.lines if line.startswith('{"at"')])
+    for name, lines in (("reserialised", reserialised), ("checkpoints-at-end", at_the_end)):
+        result = _verify(export, lines, name)
+        assert result.returncode == 0, (name, result.stdout)
+        assert f"OK: {EVENTS} events" in result.stdout and f"{checkpoints} checkpoint(s) verified" in result.stdout
+
+    k = 4321
+    flipped = [json.dumps(json.loads(line), ensure_ascii=True) for line in byte_flip(export, k)]
+    assert _named(_verify(export, flipped, "reserialised-flipped")) == k
