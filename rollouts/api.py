@@ -330,7 +330,8 @@ ContainmentAction = Literal["pause", "resume", "narrow", "expand", "complete", "
 def contain(request: HttpRequest, plan_id: Annotated[int, Path(ge=1, le=MAX_ID)], action: ContainmentAction,
             payload: ContainmentIn) -> Status:
     """Only the owner of the action's duty may take it (a token acts for its service account's
-    owner). Fallback and rollback answer 202: the executor runs them, see the action's state."""
+    owner). Fallback and rollback answer 202: the executor runs them, see the action's state. So does
+    resume out of a fallback on a webhook plan: the plan stays in fallback until the receiver answered."""
     plan = get_object_or_404(_plans(request), pk=plan_id)
     kwargs: dict = {"actor": actor_of(request), "reason": payload.reason}
     if action == "fallback":

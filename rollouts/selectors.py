@@ -266,6 +266,18 @@ def recent_actions(plan: RolloutPlan, limit: int = 20) -> QuerySet[RolloutAction
             .prefetch_related("attempt_log").order_by("-created_at", "-id")[:limit])
 
 
+def fallback_exit(plan: RolloutPlan) -> RolloutAction | None:
+    """While a plan is in fallback: the request to leave it, if the executor is still on it or it failed.
+
+    Only a successful exit (or a rollback) ends a fallback, so the latest resume is this fallback's."""
+    if plan.state != Live.FALLBACK:
+        return None
+    last = plan.actions.filter(kind=RolloutAction.Kind.RESUME).order_by("-created_at", "-id").first()
+    if last is not None and (last.is_open or last.state == RolloutAction.State.FAILED):
+        return last
+    return None
+
+
 def pending_reviews(user: AbstractBaseUser) -> QuerySet[ActionReview]:
     return ActionReview.objects.filter(verdict="", workflow__in=workflows_visible_to(user)).select_related(
         "action__plan", "workflow")
@@ -283,8 +295,9 @@ class Available:
     needs: tuple[str, ...] = ()  # which fields of the containment form it uses
 
 
-def available_actions(plan: RolloutPlan, user: AbstractBaseUser) -> list[Available]:
-    """The containment actions this person may take now: they hold the duty and the state allows it."""
+def available_actions(plan: RolloutPlan, user: AbstractBaseUser, exit_running: bool = False) -> list[Available]:
+    """The containment actions this person may take now: they hold the duty and the state allows it
+    (`exit_running`: the executor is already taking the plan out of its fallback)."""
     if not plan.is_live:
         return []
     duties = duties_of(user, plan.workflow)
@@ -299,7 +312,8 @@ def available_actions(plan: RolloutPlan, user: AbstractBaseUser) -> list[Availab
          Available("complete", "Complete the rollout", "primary", ("reason",))),
         (state == Live.ACTIVE, "pause", Available("pause", "Pause", "warn", ("reason",))),
         (state == Live.PAUSED, "resume", Available("resume", "Resume", "primary", ("reason",))),
-        (state == Live.FALLBACK, "fallback_exit", Available("resume", "Leave the fallback mode", "primary", ("reason",))),
+        (state == Live.FALLBACK and not exit_running, "fallback_exit",
+         Available("resume", "Leave the fallback mode", "primary", ("reason",))),
         (plan.current_ring > 0 or exposure > 0, "narrow",
          Available("narrow", "Narrow exposure", "warn", ("reason", "to_ring", "exposure_percent"))),
         (state in (Live.ACTIVE, Live.PAUSED), "fallback",

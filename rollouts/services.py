@@ -340,7 +340,13 @@ def pause_rollout(plan_id: int, *, actor: Any, reason: str) -> RolloutAction:
 def resume_rollout(plan_id: int, *, actor: Any, reason: str = "") -> RolloutAction:
     """Paused → active (pause duty) or fallback → active (fallback duty). The soak clock keeps running.
 
-    Audit: `rollout.resumed` with the state it left.
+    Leaving a fallback goes through the plan's executor, as engaging it did. With `flag` the route
+    API answers from the plan's state, so the plan is active at once. With `webhook` the receiver
+    is told (`rollout.resume` with `from: fallback`) and the plan stays in fallback until the
+    executor succeeds; a failed exit leaves it there. Resuming from a pause is a state change only.
+
+    Audit: `rollout.resumed` with the state it left; for an exit through the executor,
+    `rollout.fallback_exit_requested` now and `rollout.resumed` when the executor succeeds.
     """
     plan = _lock_plan(plan_id)
     require(plan.state in (PlanState.PAUSED, PlanState.FALLBACK), "conflict",
@@ -352,9 +358,18 @@ def resume_rollout(plan_id: int, *, actor: Any, reason: str = "") -> RolloutActi
         _require_duty(actor, plan, Kind.RESUME)
     reason = _clean_reason(reason, required=False)
     left, mode = plan.state, plan.active_fallback_mode
+    parameters = {"from": left, "fallback_mode": mode}
+    if left == PlanState.FALLBACK and plan.executor != RolloutPlan.Executor.FLAG:
+        _require_no_containment_running(plan, Kind.RESUME)
+        action = _new_action(plan, Kind.RESUME, state=ActionState.SCHEDULED, actor=actor, executor=plan.executor,
+                             handling="direct", reason=reason, parameters=parameters)
+        _schedule_execution(action)
+        audit.record(actor, "rollout.fallback_exit_requested", plan,
+                     data=_action_data(action, fallback_mode=mode, executor=plan.executor), reason=reason)
+        return action
     _transition(plan, PlanState.ACTIVE, active_fallback_mode="")
     action = _new_action(plan, Kind.RESUME, state=ActionState.SUCCEEDED, actor=actor, handling="direct",
-                         reason=reason, parameters={"from": left, "fallback_mode": mode})
+                         reason=reason, parameters=parameters)
     audit.record(actor, "rollout.resumed", plan, data=_action_data(action, state_from=left, fallback_mode=mode),
                  reason=reason)
     return action
@@ -443,8 +458,9 @@ def complete_rollout(plan_id: int, *, actor: Any, reason: str = "") -> RolloutAc
 def _require_no_containment_running(plan: RolloutPlan, kind: str) -> None:
     running = plan.actions.filter(kind__in=[Kind.ROLLBACK, kind],
                                   state__in=[ActionState.SCHEDULED, ActionState.EXECUTING]).first()
-    require(running is None, "conflict",
-            f"A {running.kind} of this rollout is already being executed (action {running.pk})." if running else "")
+    if running is not None:
+        what = "Leaving the fallback mode" if running.kind == Kind.RESUME else f"A {running.kind}"
+        raise TransitionRefused("conflict", f"{what} of this rollout is already being executed (action {running.pk}).")
 
 
 @transaction.atomic
@@ -681,6 +697,8 @@ def _stale_reason(action: RolloutAction, plan: RolloutPlan) -> str:
         if plan.state != PlanState.ACTIVE or plan.current_ring != action.parameters.get("from_ring"):
             return f"the rollout moved on (now {plan.get_state_display()} at ring {plan.current_ring})"
         return ""
+    if action.kind == Kind.RESUME:  # leaving a fallback: only from the fallback it was asked in
+        return "" if plan.state == PlanState.FALLBACK else f"the rollout is {plan.get_state_display()}"
     target = PlanState.ROLLED_BACK if action.kind == Kind.ROLLBACK else PlanState.FALLBACK
     if not plan.can_become(target):
         return f"the rollout is {plan.get_state_display()}"
@@ -788,9 +806,10 @@ class AttemptResult:
 def record_action_attempt(attempt_id: int, *, outcome: str, http_status: int | None = None,
                           detail: str = "") -> AttemptResult:
     """Record how an attempt ended and move the action on: success applies the effect (the plan
-    rolls back or enters fallback); a retryable error schedules the next attempt with backoff;
-    otherwise the action fails. A late result for an attempt already closed changes nothing.
-    Audit: `rollout.rolled_back` / `rollout.fallback_engaged`, `rollout.action_retry`, `rollout.action_failed`."""
+    rolls back, enters fallback or leaves it); a retryable error schedules the next attempt with
+    backoff; otherwise the action fails. A late result for an attempt already closed changes nothing.
+    Audit: `rollout.rolled_back` / `rollout.fallback_engaged` / `rollout.resumed`, `rollout.action_retry`,
+    `rollout.action_failed`."""
     plan_id = ActionAttempt.objects.filter(pk=attempt_id).values_list("action__plan_id", flat=True).get()
     plan = _lock_plan(plan_id)
     attempt = ActionAttempt.objects.select_for_update().get(pk=attempt_id)
@@ -829,7 +848,11 @@ def _apply_effect(action: RolloutAction, plan: RolloutPlan) -> None:
     if stale:
         audit.record(SYSTEM, "rollout.action_executed", plan, data=data, reason=stale)
         return
-    if action.kind == Kind.ROLLBACK:
+    if action.kind == Kind.RESUME:
+        _transition(plan, PlanState.ACTIVE, active_fallback_mode="")
+        left = {"state_from": PlanState.FALLBACK, "fallback_mode": action.parameters.get("fallback_mode")}
+        audit.record(SYSTEM, "rollout.resumed", plan, data={**data, **left}, reason=action.reason)
+    elif action.kind == Kind.ROLLBACK:
         _transition(plan, PlanState.ROLLED_BACK, closed_at=clock.now(), exposure_override=None, active_fallback_mode="")
         _cancel_open(plan, {Kind.EXPAND, Kind.FALLBACK}, "the release was rolled back")
         _notify_owners(action)

@@ -153,6 +153,7 @@ def _detail_context(request: HttpRequest, plan: RolloutPlan, **extra: object) ->
     now = clock.now()
     evaluation = selectors.evaluate(plan, now) if plan.state not in (RolloutPlan.State.DRAFT,) else None
     workflow = plan.workflow
+    fallback_exit = selectors.fallback_exit(plan)
     return {
         "plan": plan,
         "workflow": workflow,
@@ -163,7 +164,9 @@ def _detail_context(request: HttpRequest, plan: RolloutPlan, **extra: object) ->
         "tags": selectors.tags_in_force(workflow, plan, now),
         "open_actions": list(selectors.open_actions(plan)),
         "recent_actions": list(selectors.recent_actions(plan, 15)),
-        "available": selectors.available_actions(plan, request.user),
+        "fallback_exit": fallback_exit,
+        "available": selectors.available_actions(plan, request.user,
+                                                 exit_running=bool(fallback_exit and fallback_exit.is_open)),
         "duties": sorted(d.replace("_", " ") for d in selectors.duties_of(request.user, workflow)),
         "may_manage": selectors.may_manage(request.user, workflow),
         "may_tag": selectors.may_tag(request.user, workflow),

@@ -1,7 +1,8 @@
 """End to end with real Celery worker and beat processes: tiers 1, 2 and 3 (signals posted to the
-API, the debounced evaluation, approval timers and outcome handlers, the executor, the route), and
-TMR-03 (the worker is SIGKILLed while its webhook rollback is in flight; a new worker finishes it:
-the receiver sees one effect per idempotency key, and every attempt is recorded)."""
+API, the debounced evaluation, approval timers and outcome handlers, the executor, the route), a
+webhook plan leaving its fallback through the worker, and TMR-03 (the worker is SIGKILLed while
+its webhook rollback is in flight; a new worker finishes it: the receiver sees one effect per
+idempotency key, and every attempt is recorded)."""
 
 from __future__ import annotations
 
@@ -144,6 +145,31 @@ def receiver():
     running = Receiver(secret=settings.ROLLOUT_WEBHOOK_SECRET, hold_first=True).start()
     yield running
     running.stop()
+
+
+@pytest.fixture
+def answering_receiver():
+    running = Receiver(secret=settings.ROLLOUT_WEBHOOK_SECRET).start()
+    yield running
+    running.stop()
+
+
+def test_a_webhook_plan_leaves_its_fallback_in_the_worker_once_the_receiver_answered(
+        celery, make_plan, owner, release_manager, answering_receiver):
+    plan = services.start_rollout(make_plan(executor="webhook", webhook_url=answering_receiver.url).pk,
+                                  actor=release_manager)
+    services.engage_fallback(plan.pk, actor=owner, reason="answers are slow")
+    celery.wait_for(lambda: plan_state(plan) == "fallback", 15, "the worker engaged the fallback")
+    answering_receiver.failures = [503]
+    action = services.resume_rollout(plan.pk, actor=owner, reason="latency back to normal")
+    assert plan_state(plan) == "fallback"
+    celery.wait_for(lambda: plan_state(plan) == "active", 20, "the worker's retry was answered and the plan left")
+    action.refresh_from_db()
+    assert action.state == "succeeded"
+    assert list(action.attempt_log.order_by("number").values_list("outcome", flat=True)) == ["retryable_error", "ok"]
+    assert answering_receiver.effects[action.idempotency_key] == 1
+    assert [r["body"]["event"] for r in answering_receiver.requests] == [
+        "rollout.fallback", "rollout.resume", "rollout.resume"]
 
 
 def start_worker(env: dict[str, str], log) -> subprocess.Popen:

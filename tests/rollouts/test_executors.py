@@ -8,8 +8,10 @@ from datetime import timedelta
 import pytest
 import time_machine
 from django.conf import settings
+from django.test import Client
 
 from governance import clock
+from governance.errors import TransitionRefused
 from governance.models import AuditEvent
 from rollouts import executors, services
 from rollouts.models import RolloutPlan
@@ -96,3 +98,118 @@ def test_the_sweep_resends_an_action_whose_message_was_lost(live_plan, owner, dj
     executors.run(action.pk)
     live_plan.refresh_from_db()
     assert live_plan.state == "rolled_back"
+
+
+# -- leaving a fallback goes through the executor too ----------------------------------------------
+
+def in_fallback(plan: RolloutPlan, owner) -> RolloutPlan:
+    executors.run(services.engage_fallback(plan.pk, actor=owner, reason="answers are slow").pk)
+    plan.refresh_from_db()
+    assert plan.state == "fallback"
+    return plan
+
+
+def route_mode(plan: RolloutPlan) -> str:
+    return services.current_route(plan.workflow, "internal_team", "support-ops")["mode"]
+
+
+def plan_page(plan: RolloutPlan, user) -> str:
+    client = Client()
+    client.force_login(user)
+    return client.get(plan.get_absolute_url()).content.decode()
+
+
+def trail(plan: RolloutPlan) -> list[str]:
+    return list(AuditEvent.objects.filter(subject_type="rollouts.rolloutplan", subject_id=str(plan.pk))
+                .order_by("seq").values_list("action", flat=True))
+
+
+def test_leaving_a_fallback_is_posted_and_the_plan_is_active_only_once_the_receiver_answered(
+        webhook_plan, owner, receiver):
+    plan = in_fallback(webhook_plan, owner)
+    receiver.failures = [503]
+    action = services.resume_rollout(plan.pk, actor=owner, reason="latency back to normal")
+    assert (action.kind, action.state, action.executor) == ("resume", "scheduled", "webhook")
+    plan.refresh_from_db()
+    assert (plan.state, plan.active_fallback_mode, route_mode(plan)) == ("fallback", "human_review", "human_review")
+    page = plan_page(plan, owner)
+    assert "Leaving the fallback mode: the webhook executor is telling the receiver" in page
+    assert "Leave the fallback mode</button>" not in page
+    refusal = pytest.raises(TransitionRefused, services.resume_rollout, plan.pk, actor=owner).value
+    assert (refusal.code, refusal.message) == (
+        "conflict", f"Leaving the fallback mode of this rollout is already being executed (action {action.pk}).")
+
+    with time_machine.travel(clock.now(), tick=False) as traveller:
+        first = executors.run(action.pk)
+        assert first.retry_in == settings.ROLLOUT_EXECUTOR_BACKOFF_SECONDS
+        plan.refresh_from_db()
+        assert plan.state == "fallback"  # the receiver has not applied it yet
+        traveller.shift(timedelta(seconds=first.retry_in))
+        assert executors.run(action.pk).action.state == "succeeded"
+
+    body = receiver.requests[-1]["body"]
+    assert body["event"] == "rollout.resume" and body["action_id"] == action.pk
+    assert body["parameters"] == {"from": "fallback", "fallback_mode": "human_review"}
+    assert all(r["signed"] for r in receiver.requests)
+    assert receiver.keys()[action.idempotency_key] == 2 and receiver.effects[action.idempotency_key] == 1
+    assert list(action.attempt_log.order_by("number").values_list("outcome", "http_status")) == [
+        ("retryable_error", 503), ("ok", 200)]
+    plan.refresh_from_db()
+    assert (plan.state, plan.active_fallback_mode, route_mode(plan)) == ("active", "", "normal")
+    assert trail(plan)[-4:] == ["rollout.fallback_engaged", "rollout.fallback_exit_requested",
+                                "rollout.action_retry", "rollout.resumed"]
+    resumed = AuditEvent.objects.filter(action="rollout.resumed").get()
+    assert resumed.data["state_from"] == "fallback" and resumed.data["idempotency_key"] == action.idempotency_key
+    assert "Leaving the fallback mode" not in plan_page(plan, owner)
+
+
+def test_a_failed_exit_leaves_the_plan_in_fallback_with_the_failure_on_the_page_and_in_the_trail(
+        webhook_plan, owner, receiver):
+    plan = in_fallback(webhook_plan, owner)
+    receiver.secret = "another-secret-" + "x" * 40  # the receiver refuses the signature: 401, not retried
+    action = services.resume_rollout(plan.pk, actor=owner, reason="latency back to normal")
+    assert executors.run(action.pk).action.state == "failed"
+    plan.refresh_from_db()
+    assert (plan.state, route_mode(plan)) == ("fallback", "human_review")
+    failed = AuditEvent.objects.filter(action="rollout.action_failed").get()
+    assert failed.data["kind"] == "resume" and failed.reason.startswith("HTTP 401")
+    page = plan_page(plan, owner)
+    assert "Leaving the fallback mode failed" in page and "after 1 attempt: HTTP 401" in page
+    assert "Leave the fallback mode</button>" in page  # the owner may try again
+
+    receiver.secret = settings.ROLLOUT_WEBHOOK_SECRET
+    again = services.resume_rollout(plan.pk, actor=owner, reason="receiver fixed")
+    executors.run(again.pk)
+    plan.refresh_from_db()
+    assert plan.state == "active" and "Leaving the fallback mode failed" not in plan_page(plan, owner)
+
+
+def test_a_rollback_while_the_exit_is_pending_wins_and_the_exit_is_cancelled(webhook_plan, owner, receiver):
+    plan = in_fallback(webhook_plan, owner)
+    leave = services.resume_rollout(plan.pk, actor=owner, reason="looks fine")
+    executors.run(services.roll_back(plan.pk, actor=owner, reason="it is not fine").pk)
+    assert executors.run(leave.pk) is None
+    leave.refresh_from_db()
+    plan.refresh_from_db()
+    assert plan.state == "rolled_back"
+    assert leave.state == "cancelled" and leave.result == {"cancelled": "the rollout is rolled back"}
+    assert [r["body"]["event"] for r in receiver.requests] == ["rollout.fallback", "rollout.rollback"]
+
+
+def test_with_the_flag_executor_leaving_a_fallback_is_immediate_and_a_pause_is_never_sent(live_plan, owner):
+    plan = in_fallback(live_plan, owner)
+    action = services.resume_rollout(plan.pk, actor=owner)
+    plan.refresh_from_db()
+    assert (action.state, action.executor, plan.state) == ("succeeded", "none", "active")
+    services.pause_rollout(plan.pk, actor=owner, reason="look")
+    assert services.resume_rollout(plan.pk, actor=owner).executor == "none"
+
+
+def test_the_api_answers_202_for_an_exit_the_executor_still_runs(webhook_plan, owner):
+    plan = in_fallback(webhook_plan, owner)
+    client = Client()
+    client.force_login(owner)
+    response = client.post(f"/api/v1/rollouts/{plan.pk}/resume", {"reason": "latency back to normal"},
+                           content_type="application/json")
+    assert response.status_code == 202, response.content
+    assert (response.json()["state"], response.json()["plan_state"]) == ("scheduled", "fallback")
