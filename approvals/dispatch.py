@@ -56,36 +56,47 @@ class Answer:
     approval: ApprovalRequest | None = None
 
 
-def _lock_shared(account: ServiceAccount, slug: str) -> Workflow:
-    """The account's workflow, read under a share lock in one statement: a pause (FOR UPDATE)
-    waits for dispatches in flight and every dispatch after a committed pause sees it;
-    dispatches do not block each other. Outside the account's scope it does not exist."""
+@dataclass(frozen=True)
+class Declared:
+    """What the workflow's GovernedAction of that name says (read with the workflow)."""
+
+    risk: str
+    quorum: int
+
+
+def _lock_shared(account: ServiceAccount, slug: str, action: str) -> tuple[Workflow, Declared | None]:
+    """The account's workflow, read under a share lock, and the action declared for it, in one
+    statement: a pause (FOR UPDATE) waits for dispatches in flight and every dispatch after a
+    committed pause sees it; dispatches do not block each other. Outside the account's scope the
+    workflow does not exist."""
     workflow = None
     if account.active:
         scope = ServiceAccount.workflows.through._meta.db_table
         lock = " FOR SHARE OF w" if connection.vendor == "postgresql" else ""
         workflow = next(iter(Workflow.objects.raw(
-            f"SELECT w.* FROM governance_workflow w JOIN {scope} s ON s.workflow_id = w.id "
-            f"WHERE w.slug = %s AND s.serviceaccount_id = %s{lock}", [slug, account.pk])), None)
+            f"SELECT w.*, a.risk AS action_risk, a.quorum AS action_quorum "
+            f"FROM governance_workflow w JOIN {scope} s ON s.workflow_id = w.id "
+            f"LEFT JOIN governance_governedaction a ON a.workflow_id = w.id AND a.name = %s "
+            f"WHERE w.slug = %s AND s.serviceaccount_id = %s{lock}", [action, slug, account.pk])), None)
     if workflow is None:
         raise TransitionRefused("not_found", f"No workflow {slug!r} in this token's scope.")
-    return workflow
+    declared = Declared(workflow.action_risk, workflow.action_quorum) if workflow.action_risk else None
+    return workflow, declared
 
 
-@transaction.atomic
+@transaction.atomic(savepoint=False)  # a refusal rolls back the caller's transaction (or savepoint) whole
 def dispatch(*, account: ServiceAccount, workflow: str, action: str, parameters: dict[str, Any],
              evidence: dict[str, Any], confidence: float | None = None, idempotency_key: str = "") -> Answer:
     """Decide whether `account` may run `action` on the workflow (slug) now; rule in the module docstring.
 
     Audit: `dispatch.allowed` / `dispatch.denied`, or `approval.requested` via create_request.
     """
-    workflow = _lock_shared(account, workflow)
+    workflow, governed = _lock_shared(account, workflow, action)
     now = clock.now()
     business = workflow.in_business_hours(now)
     tier = workflow.tier_at(now)
     base = {"workflow": workflow, "action": action, "tier": tier, "business_hours": business}
     hours = "business hours" if business else "off hours"
-    governed = GovernedAction.objects.filter(workflow=workflow, name=action).first()
 
     if workflow.paused:
         answer = Answer("deny", "paused", f"{workflow.slug} is paused: {workflow.paused_reason}", **base)

@@ -25,6 +25,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection, models, transaction
 
 from governance import clock
+from governance.db import row_of_batch
 from governance.models import AuditCheckpoint, AuditEvent, ServiceAccount, Workflow
 from governance.verify_audit import (
     FORMAT_VERSION,
@@ -198,9 +199,11 @@ def record(actor: Any, action: str, subject: Any, data: dict | None = None, reas
 _SEQ_PLACEHOLDER = '"seq":0,'
 
 # One statement under the lock: read the head, build the canonical bytes with seq = head + 1,
-# hash them with PostgreSQL's sha256() exactly as verify_audit.chain_hash does, insert. The lock
-# is therefore held for one round trip and the COMMIT.
-_APPEND_SQL = f"""
+# hash them with PostgreSQL's sha256() exactly as verify_audit.chain_hash does, insert. It is sent
+# with the lock in one round trip; being a statement of its own, it reads the head with a snapshot
+# taken once the lock is held. The lock is therefore held for one statement and the COMMIT.
+_LOCK_AND_APPEND_SQL = f"""
+SELECT pg_advisory_xact_lock({AUDIT_LOCK_KEY});
 WITH head AS (
     SELECT top.seq + 1 AS seq, COALESCE(prev.hash, '{GENESIS}') AS prev_hash
     FROM (SELECT COALESCE(max(seq), 0) AS seq FROM governance_auditevent) AS top
@@ -233,9 +236,7 @@ def _append_postgresql(columns: dict, before_seq: str, after_seq: str) -> tuple[
     params = {**columns, "data": json.dumps(columns["data"], ensure_ascii=False, allow_nan=False),
               "before_seq": before_seq, "after_seq": after_seq}
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [AUDIT_LOCK_KEY])
-        cursor.execute(_APPEND_SQL, params)
-        return cursor.fetchone()
+        return row_of_batch(cursor, _LOCK_AND_APPEND_SQL, params, statement=1)
 
 
 def event_payload(event: AuditEvent) -> dict:

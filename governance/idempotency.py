@@ -44,6 +44,7 @@ from ninja.responses import NinjaJSONEncoder
 from pydantic import BaseModel
 
 from governance import clock
+from governance.db import row_of_batch
 from governance.api_auth import service_account_of
 from governance.models import IdempotencyKey
 from governance.problems import FieldError, Problem, handle_exception, problem_for, problem_response
@@ -108,6 +109,10 @@ def _fresh(row: IdempotencyKey, request: HttpRequest, digest: str) -> None:
     row.created_at, row.expires_at = now, now + timedelta(hours=settings.IDEMPOTENCY_KEY_TTL_HOURS)
 
 
+def _milliseconds(seconds: float) -> str:
+    return f"{max(1, int(seconds * 1000))}ms"
+
+
 @contextmanager
 def _waiting_at_most(seconds: float) -> Iterator[None]:
     """Within the block, waiting for another transaction's lock fails after `seconds`."""
@@ -115,23 +120,29 @@ def _waiting_at_most(seconds: float) -> Iterator[None]:
         yield
         return
     with connection.cursor() as cursor:
-        cursor.execute("SET LOCAL lock_timeout = %s", [f"{max(1, int(seconds * 1000))}ms"])
+        cursor.execute("SET LOCAL lock_timeout = %s", [_milliseconds(seconds)])
     yield
     with connection.cursor() as cursor:
         cursor.execute("SET LOCAL lock_timeout TO DEFAULT")
 
 
-def _insert_if_absent(row: IdempotencyKey) -> bool:
-    """INSERT … ON CONFLICT DO NOTHING: waits while a concurrent first attempt holds the key."""
+def _insert_if_absent(row: IdempotencyKey, wait_seconds: float) -> bool:
+    """INSERT … ON CONFLICT DO NOTHING: waits (at most `wait_seconds`) while a concurrent first
+    attempt holds the key. On PostgreSQL the wait limit is set, the row inserted and the limit
+    reset in one round trip."""
     fields = [f for f in IdempotencyKey._meta.concrete_fields if not f.primary_key]
     columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
     placeholders = ", ".join(["%s"] * len(fields))
     values = [f.get_db_prep_save(getattr(row, f.attname), connection) for f in fields]
     table = connection.ops.quote_name(IdempotencyKey._meta.db_table)
+    insert = f"INSERT INTO {table} ({columns}) VALUES ({placeholders}) ON CONFLICT DO NOTHING RETURNING id"
     with connection.cursor() as cursor:
-        cursor.execute(f"INSERT INTO {table} ({columns}) VALUES ({placeholders}) ON CONFLICT DO NOTHING RETURNING id",
-                       values)
-        inserted = cursor.fetchone()
+        if connection.vendor == "postgresql":
+            inserted = row_of_batch(cursor, f"SET LOCAL lock_timeout = '{_milliseconds(wait_seconds)}'; {insert}; "
+                                            "SET LOCAL lock_timeout TO DEFAULT", values, statement=1)
+        else:
+            cursor.execute(insert, values)
+            inserted = cursor.fetchone()
     if inserted:
         row.pk = inserted[0]
     return inserted is not None
@@ -149,9 +160,9 @@ def claim(request: HttpRequest, key: str) -> tuple[IdempotencyKey, bool]:
     _fresh(row, request, digest)
     # The claim is the transaction's first statement: if the wait fails, nothing else is lost.
     try:
+        if _insert_if_absent(row, settings.IDEMPOTENCY_WAIT_SECONDS):
+            return row, False
         with _waiting_at_most(settings.IDEMPOTENCY_WAIT_SECONDS):
-            if _insert_if_absent(row):
-                return row, False
             existing = IdempotencyKey.objects.select_for_update().get(key=key, **owner)
     except OperationalError as exc:
         if not isinstance(exc.__cause__, LockNotAvailable):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import secrets
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser, Group
@@ -296,13 +297,22 @@ def define_action(workflow_id: int, *, actor: AbstractBaseUser, name: str, risk:
     return action
 
 
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
 def authenticate_token(raw: str) -> ApiToken | None:
-    """The usable token for a raw bearer value, or None; last use is recorded on success only."""
+    """The usable token for a raw bearer value, or None; its last use is recorded, to the minute,
+    on success only."""
     if not raw or not raw.startswith("rf_") or len(raw) > 100:
         return None
     digest = ApiToken.digest_of(raw)
     for token in ApiToken.objects.usable().filter(prefix=raw[:TOKEN_PREFIX_LENGTH]).select_related("service_account"):
         if hmac.compare_digest(token.digest, digest):
-            ApiToken.objects.filter(pk=token.pk).update(last_used_at=clock.now())
+            now = clock.now()
+            # Recorded to the minute: a write and a commit on every call would cost each API call more
+            # than the rest of its checks.
+            if token.last_used_at is None or now - token.last_used_at >= LAST_USED_RESOLUTION:
+                ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
+                token.last_used_at = now
             return token
     return None

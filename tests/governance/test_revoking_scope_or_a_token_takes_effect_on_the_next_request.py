@@ -67,3 +67,21 @@ def test_last_use_is_recorded_only_for_accepted_tokens(admin_user, workflow):
     assert ApiToken.objects.get(pk=issued.token.pk).last_used_at is None
     assert services.authenticate_token(issued.raw) is not None
     assert ApiToken.objects.get(pk=issued.token.pk).last_used_at is not None
+
+
+@pytest.mark.django_db
+def test_last_use_is_recorded_to_the_minute(admin_user, workflow, time_machine):
+    account = factories.make_service_account("refund-bot", owner=admin_user, workflows=[workflow])
+    issued = services.issue_token(account.pk, actor=admin_user)
+    time_machine.move_to("2026-11-23 10:00:00+00:00", tick=False)
+    services.authenticate_token(issued.raw)
+    first = ApiToken.objects.get(pk=issued.token.pk).last_used_at
+    assert first.isoformat() == "2026-11-23T10:00:00+00:00"
+
+    time_machine.move_to("2026-11-23 10:00:45+00:00", tick=False)
+    assert services.authenticate_token(issued.raw) is not None
+    assert ApiToken.objects.get(pk=issued.token.pk).last_used_at == first  # within the minute: not rewritten
+
+    time_machine.move_to("2026-11-23 10:01:05+00:00", tick=False)
+    assert services.authenticate_token(issued.raw) is not None
+    assert ApiToken.objects.get(pk=issued.token.pk).last_used_at.isoformat() == "2026-11-23T10:01:05+00:00"
