@@ -3,7 +3,7 @@
 one bulk INSERT … ON CONFLICT DO NOTHING) and through `rollouts.services.ingest_signals` alone,
 beside a raw `COPY` of the same rows into the same table in the same run, and the ratios.
 
-    .venv/bin/python bench/signals_ingest.py          # BENCH_BATCHES=20 batches of BENCH_BATCH=10000
+    .venv/bin/python bench/signals.py          # BENCH_BATCHES=20 batches of BENCH_BATCH=10000
 
 Every variant writes to `rollouts_signal` itself (its unique key, finite-value check and foreign
 keys included), each into a plan of its own so that no sample is a duplicate. The API variant
