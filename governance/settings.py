@@ -230,11 +230,20 @@ CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+# A task running when the broker connection drops finishes; its message may be delivered again
+# later, which every task tolerates (state-guarded). Cancelling instead (Celery 6's default)
+# terminates the pool child by pid, which raced with the child's next job: in 2 of 4 TMR-04 runs
+# the first task delivered after the reconnection never started (0 of 5 runs without it).
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT = 10.0
 CELERY_WORKER_ENABLE_SOFT_SHUTDOWN_ON_IDLE = True
 CELERY_WORKER_ETA_TASK_LIMIT = 1000
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Worker and beat never give up reconnecting after a broker outage, and try at least every
+# BROKER_RECONNECT_MAX_SECONDS (kombu's own backoff grows to 30 s), so the timers due in the outage
+# fire within a sweep interval of the broker's return (TMR-04). One TCP connect per process per try.
+BROKER_RECONNECT_MAX_SECONDS = env_float("BROKER_RECONNECT_MAX_SECONDS", 0.5, minimum=0.1)
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
 CELERY_TASK_TIME_LIMIT = 120
 CELERY_TASK_SOFT_TIME_LIMIT = 100
 CELERY_TASK_IGNORE_RESULT = True
@@ -261,6 +270,10 @@ else:
         "socket_connect_timeout": 5,
         "health_check_interval": 10,
         "retry_on_timeout": True,
+        # Reconnect backoff, for publishing (kombu) and for worker and beat (governance.celery).
+        "interval_start": min(0.5, BROKER_RECONNECT_MAX_SECONDS),
+        "interval_step": 0.5,
+        "interval_max": BROKER_RECONNECT_MAX_SECONDS,
     }
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 TIMER_SWEEP_SECONDS = env_float("TIMER_SWEEP_SECONDS", 5.0, minimum=0.1)

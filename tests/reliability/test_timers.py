@@ -93,12 +93,12 @@ def test_tmr04_timers_due_while_redis_is_down_all_fire_once_after_it_returns(
     figures.report("TMR-04", f"Redis down {back_at - down_at:.0f} s (RELIABILITY.md: 30 s) with {TIMERS} timers due: "
                              f"{len(fired)}/{TIMERS} escalated, doubled {doubled(events)}; {len(during)} fired during "
                              f"the outage, {len(after)} after it with lag max {max(after, default=0):.1f} s / "
-                             f"p99 {p99:.1f} s (target <= sweep 1 s + 1 s); worker restarts {worker.restarts}, "
-                             f"beat restarts {beat.restarts}",
+                             f"p99 {p99:.1f} s (target <= sweep {SWEEP_SECONDS} s + 1 s); "
+                             f"worker restarts {worker.restarts}, beat restarts {beat.restarts}",
                    escalated=len(fired), doubled=doubled(events), lag_max_s=round(max(after, default=0), 2),
                    lag_p99_s=round(p99, 2), worker_restarts=worker.restarts, beat_restarts=beat.restarts)
     assert len(fired) == TIMERS and doubled(events) == 0 and levels == {1}
-    assert max(after, default=0) < 30
+    assert p99 <= SWEEP_SECONDS + 1, "worker and beat reconnect within BROKER_RECONNECT_MAX_SECONDS (RELIABILITY 4.3)"
 
 
 # -- TMR-10 ------------------------------------------------------------------------------------
