@@ -3,10 +3,8 @@ services decide; htmx gets the named partial of the same template, everyone else
 
 from __future__ import annotations
 
-import logging
-
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
 from django.views.decorators.http import require_GET, require_POST
@@ -16,10 +14,9 @@ from django_htmx.middleware import HtmxDetails
 from approvals import eligibility, selectors, services
 from approvals.forms import DecisionForm, QueueFilterForm
 from approvals.models import ApprovalRequest, Decision
-from governance import clock
+from governance import clock, denials
 from governance.errors import TransitionRefused
 
-security_log = logging.getLogger("ringfence.security")
 QUEUE_REFRESH_SECONDS = 5
 SOON_SECONDS = 120
 
@@ -32,8 +29,7 @@ def _request_in_scope(request: HttpRequest, pk: int) -> ApprovalRequest:
     """The request if the person may see its workflow; 404 otherwise, so existence is never confirmed."""
     approval = selectors.request_for(request.user, pk)
     if approval is None:
-        security_log.info("out-of-scope approval request user=%s id=%s path=%s", request.user.pk, pk, request.path)
-        raise Http404("No such approval request.")
+        raise denials.out_of_scope(request, "approval request", pk)
     return approval
 
 
@@ -98,8 +94,7 @@ def decide(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         try:
             approval = services.record_decision(approval.pk, actor=request.user, **form.cleaned_data)
         except TransitionRefused as refusal:
-            if refusal.status == 403:
-                security_log.info("refused %s user=%s approval=%s", refusal.code, request.user.pk, pk)
+            denials.refused(request, refusal, f"approval={pk}")
             form.add_error(refusal.field if refusal.field in form.fields else None, refusal.message)
             status = refusal.status
             approval = selectors.request_for(request.user, pk) or approval

@@ -24,19 +24,18 @@ from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.cache import BaseCache, caches
 from django.core.cache.backends.filebased import FileBasedCache
-from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db import connection, transaction
 from django.db.models import Q, QuerySet, TextField, Value
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Cast
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
-from django.shortcuts import get_object_or_404, redirect, render
+from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
-from governance import audit, selectors
+from governance import audit, denials, selectors
 from governance.models import AuditCheckpoint, AuditEvent, Workflow
 from governance.verify_audit import (
     Checkpoint,
@@ -152,7 +151,7 @@ def search(request: HttpRequest) -> HttpResponse:
 @login_required
 def event_detail(request: HttpRequest, seq: int) -> HttpResponse:
     visible = selectors.audit_events_visible_to(request.user)
-    event = get_object_or_404(visible, seq=seq)
+    event = denials.get_in_scope(request, visible, "audit event", seq=seq)
     previous = visible.filter(seq=seq - 1).first()
     following = visible.filter(seq=seq + 1).first()
     payload = audit.event_payload(event)
@@ -330,7 +329,7 @@ def export_progress(request: HttpRequest, token: str) -> HttpResponse:
 
 def _require_auditor(request: HttpRequest) -> None:
     if not selectors.reads_everything(request.user):
-        raise PermissionDenied("Only auditors verify the whole audit chain.")
+        raise denials.forbidden(request, "Only auditors verify the whole audit chain.")
 
 
 def verify_chain(job: Progress) -> Report:
@@ -482,7 +481,7 @@ def verify_job(request: HttpRequest, job: str) -> HttpResponse:
     _require_auditor(request)
     state = read_progress("verify", job, request.user)
     if state is None:
-        raise Http404("No such verification.")
+        raise denials.out_of_scope(request, "verification", job)
     template = "governance/audit_verify_job.html" + ("#job" if request.htmx else "")
     return render(request, template, {"job": state, "job_id": job})
 
@@ -622,7 +621,7 @@ def _request_in_scope(request: HttpRequest, pk: int):
 
     req = request_for(request.user, pk)
     if req is None:
-        raise Http404("No such approval request.")
+        raise denials.out_of_scope(request, "approval request", pk)
     return req
 
 

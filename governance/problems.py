@@ -24,14 +24,15 @@ from django.db import DatabaseError, DataError, IntegrityError, InterfaceError, 
 from django.http import Http404, HttpRequest, HttpResponse
 from ninja.errors import AuthenticationError, HttpError, Throttled, ValidationError
 
+from governance import denials
 from governance.errors import TransitionRefused
 
 logger = logging.getLogger("ringfence.api")
-security_log = logging.getLogger("ringfence.security")
 
 CONTENT_TYPE = "application/problem+json"
 TYPE_PREFIX = "urn:ringfence:problem:"
 UNAVAILABLE_RETRY_AFTER = 2
+DENIAL_STATUSES = (401, 403, 404)
 
 
 @dataclass
@@ -70,7 +71,10 @@ def _title(status: int) -> str:
         return "Error"
 
 
-def problem_response(request: HttpRequest | None, problem: Problem) -> HttpResponse:
+def problem_response(request: HttpRequest | None, problem: Problem, *, denial: bool = True) -> HttpResponse:
+    """The problem as a response. A 401, 403 or 404 is a denial (a 404 is how the API answers an
+    object outside the caller's scope) and is recorded in the security log, unless `denial` is
+    False (a path that names no endpoint at all)."""
     body = {
         "type": TYPE_PREFIX + problem.code,
         "title": problem.title,
@@ -83,8 +87,8 @@ def problem_response(request: HttpRequest | None, problem: Problem) -> HttpRespo
     response = HttpResponse(json.dumps(body), status=problem.status, content_type=CONTENT_TYPE)
     for name, value in problem.headers.items():
         response[name] = value
-    if problem.status in (401, 403) and request is not None:
-        security_log.info("api denied status=%s code=%s path=%s", problem.status, problem.code, request.path)
+    if denial and problem.status in DENIAL_STATUSES and request is not None:
+        denials.api_denied(request, problem.status, problem.code)
     return response
 
 
@@ -304,7 +308,7 @@ def problem_view(view: Callable[..., HttpResponse]) -> Callable[..., HttpRespons
 
 
 def not_found_view(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-    return problem_response(request, Problem(404, "not_found", f"No API endpoint at {request.path}."))
+    return problem_response(request, Problem(404, "not_found", f"No API endpoint at {request.path}."), denial=False)
 
 
 not_found_view.csrf_exempt = True  # type: ignore[attr-defined]

@@ -1,20 +1,16 @@
 from __future__ import annotations
 
-import logging
-
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 from django_htmx.middleware import HtmxDetails
 
-from governance import selectors, services
+from governance import denials, selectors, services
 from governance.errors import TransitionRefused
 from governance.forms import PauseForm, ResumeForm
 from governance.models import Workflow
 from governance.permissions import CONTAIN, perm
-
-security_log = logging.getLogger("ringfence.security")
 
 
 class HtmxHttpRequest(HttpRequest):
@@ -23,11 +19,7 @@ class HtmxHttpRequest(HttpRequest):
 
 def workflow_in_scope(request: HttpRequest, slug: str) -> Workflow:
     """The workflow if the user may see it; 404 otherwise, so existence is never confirmed."""
-    workflow = selectors.workflows_visible_to(request.user).filter(slug=slug).first()
-    if workflow is None:
-        security_log.info("out-of-scope workflow user=%s slug=%s path=%s", request.user.pk, slug, request.path)
-        raise Http404("No such workflow.")
-    return workflow
+    return denials.get_in_scope(request, selectors.workflows_visible_to(request.user), "workflow", slug=slug)
 
 
 @login_required
@@ -72,8 +64,7 @@ def _kill_switch(request: HtmxHttpRequest, slug: str, *, pausing: bool) -> HttpR
             change = services.pause_workflow if pausing else services.resume_workflow
             workflow = change(workflow.pk, actor=request.user, reason=form.cleaned_data["reason"])
         except TransitionRefused as refusal:
-            if refusal.code == "forbidden":
-                security_log.info("refused %s user=%s workflow=%s", refusal.code, request.user.pk, slug)
+            denials.refused(request, refusal, f"workflow={slug}")
             form.add_error(None, refusal.message)
     if not form.errors and not request.htmx:
         return redirect(workflow)

@@ -23,7 +23,7 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from approvals.models import ApprovalRequest, Decision
-from governance import clock
+from governance import clock, denials
 from governance.models import AuditEvent, Workflow
 from governance.selectors import audit_events_visible_to, workflows_visible_to
 from rollouts import charts, evaluation, selectors
@@ -414,10 +414,9 @@ def plan_charts(plan: RolloutPlan) -> list[charts.Chart]:
 # --- views ---------------------------------------------------------------------------------------
 
 def _plan_in_scope(request: HttpRequest, pk: int | str | None) -> RolloutPlan:
-    plan = _plans(request.user).filter(pk=pk).first() if str(pk).isdigit() else None
-    if plan is None:
-        raise Http404("No such rollout plan.")
-    return plan
+    if not str(pk).isdigit():
+        raise denials.out_of_scope(request, "rollout plan", pk)
+    return denials.get_in_scope(request, _plans(request.user), "rollout plan", pk=pk)
 
 
 @require_GET

@@ -8,11 +8,12 @@ from __future__ import annotations
 from django import forms
 from django.contrib.auth.decorators import login_required
 from django.db.models import QuerySet
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 from django.views.decorators.vary import vary_on_headers
 
+from governance import denials
 from governance.errors import TransitionRefused
 from governance.models import ContainmentAssignment
 from governance.selectors import workflows_visible_to
@@ -60,15 +61,15 @@ def review_list(request: HttpRequest) -> HttpResponse:
 @login_required
 @vary_on_headers("HX-Request")
 def review(request: HttpRequest, pk: int) -> HttpResponse:
-    target = ActionReview.objects.filter(workflow__in=workflows_visible_to(request.user), pk=pk).first()
-    if target is None:
-        raise Http404("No such review.")
+    target = denials.get_in_scope(request, ActionReview.objects.filter(workflow__in=workflows_visible_to(request.user)),
+                                  "review", pk=pk)
     form = review_form(target.pk, request.POST)
     status = 200
     if form.is_valid():
         try:
             target = services.review_action(target.pk, actor=request.user, **form.cleaned_data)
         except TransitionRefused as refusal:
+            denials.refused(request, refusal, f"review={pk}")
             form.add_error(refusal.field if refusal.field in form.fields else None, refusal.message)
             status = refusal.status
     else:

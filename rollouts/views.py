@@ -3,7 +3,6 @@ the context tag form. Thin: selectors read, services decide; htmx gets named par
 
 from __future__ import annotations
 
-import logging
 from datetime import timedelta
 
 from django.conf import settings
@@ -15,7 +14,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django.views.decorators.vary import vary_on_headers
 from django_htmx.middleware import HtmxDetails
 
-from governance import clock
+from governance import clock, denials
 from governance.errors import TransitionRefused
 from rollouts import selectors, services
 from rollouts.forms import (
@@ -31,25 +30,13 @@ from rollouts.forms import (
 )
 from rollouts.models import RolloutPlan
 
-security_log = logging.getLogger("ringfence.security")
-
-
 class HtmxHttpRequest(HttpRequest):
     htmx: HtmxDetails
 
 
 def _plan_in_scope(request: HttpRequest, pk: int) -> RolloutPlan:
     """The plan if the person may see its workflow; 404 otherwise, so existence is never confirmed."""
-    plan = selectors.plans_visible_to(request.user).filter(pk=pk).first()
-    if plan is None:
-        security_log.info("out-of-scope rollout plan user=%s id=%s path=%s", request.user.pk, pk, request.path)
-        raise Http404("No such rollout plan.")
-    return plan
-
-
-def _refused(request: HttpRequest, refusal: TransitionRefused, what: str) -> None:
-    if refusal.status == 403:
-        security_log.info("refused %s user=%s %s", refusal.code, request.user.pk, what)
+    return denials.get_in_scope(request, selectors.plans_visible_to(request.user), "rollout plan", pk=pk)
 
 
 @require_GET
@@ -70,7 +57,7 @@ def plan_list(request: HttpRequest) -> HttpResponse:
 def _editor(request: HttpRequest, plan: RolloutPlan | None) -> HttpResponse:
     workflows = selectors.workflows_user_manages(request.user)
     if plan is not None and not workflows.filter(pk=plan.workflow_id).exists():
-        raise Http404("No such rollout plan.")
+        raise denials.out_of_scope(request, "rollout plan", plan.pk)
     data = request.POST if request.method == "POST" else None
     adding = data.get("add") if data is not None else None
     if adding in ("rings", "criteria", "triggers"):
@@ -100,7 +87,7 @@ def _editor(request: HttpRequest, plan: RolloutPlan | None) -> HttpResponse:
                     plan = services.update_plan(plan.pk, actor=request.user, fields=plan_form.plan_fields(), **children)
                 return redirect(plan)
             except TransitionRefused as refusal:
-                _refused(request, refusal, f"plan edit {plan.pk if plan else 'new'}")
+                denials.refused(request, refusal, f"plan edit {plan.pk if plan else 'new'}")
                 plan_form.add_error(None, refusal.message)
                 status = refusal.status
         else:
@@ -222,7 +209,7 @@ def plan_action(request: HtmxHttpRequest, pk: int, action: str) -> HttpResponse:
             form = ContainmentForm()
             form.done = done
         except TransitionRefused as refusal:
-            _refused(request, refusal, f"{action} plan={pk}")
+            denials.refused(request, refusal, f"{action} plan={pk}")
             form.add_error(refusal.field if refusal.field in form.fields else None, refusal.message)
             status = refusal.status
     plan.refresh_from_db()
@@ -240,7 +227,7 @@ def plan_launch(request: HtmxHttpRequest, pk: int, step: str) -> HttpResponse:
     try:
         plan = change(plan.pk, actor=request.user)
     except TransitionRefused as refusal:
-        _refused(request, refusal, f"{step} plan={pk}")
+        denials.refused(request, refusal, f"{step} plan={pk}")
         plan.refresh_from_db()
         context = _detail_context(request, plan, launch_error=refusal.message)
         return render(request, "rollouts/plan_detail.html", context, status=refusal.status)
@@ -254,8 +241,7 @@ def plan_launch(request: HtmxHttpRequest, pk: int, step: str) -> HttpResponse:
 def tag_create(request: HttpRequest, pk: int) -> HttpResponse:
     plan = _plan_in_scope(request, pk)
     if not selectors.may_tag(request.user, plan.workflow):
-        security_log.info("refused forbidden user=%s tag plan=%s", request.user.pk, pk)
-        raise Http404("No such rollout plan.")
+        raise denials.out_of_scope(request, "rollout plan", pk)
     form = ContextTagForm(request.POST or None)
     status = 200
     if request.method == "POST":
@@ -272,7 +258,7 @@ def tag_create(request: HttpRequest, pk: int) -> HttpResponse:
                 )
                 return redirect(plan)
             except TransitionRefused as refusal:
-                _refused(request, refusal, f"tag plan={pk}")
+                denials.refused(request, refusal, f"tag plan={pk}")
                 form.add_error(refusal.field if refusal.field in form.fields else None, refusal.message)
                 status = refusal.status
     return render(request, "rollouts/tag_form.html", {"plan": plan, "form": form}, status=status)
@@ -282,13 +268,11 @@ def tag_create(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 def tag_withdraw(request: HttpRequest, pk: int, tag_id: int) -> HttpResponse:
     plan = _plan_in_scope(request, pk)
-    tag = plan.workflow.context_tags.filter(pk=tag_id).first()
-    if tag is None:
-        raise Http404("No such tag.")
+    tag = denials.get_in_scope(request, plan.workflow.context_tags.all(), "tag", pk=tag_id)
     try:
         services.withdraw_context_tag(tag.pk, actor=request.user, reason=request.POST.get("reason", ""))
     except TransitionRefused as refusal:
-        _refused(request, refusal, f"withdraw tag={tag_id}")
+        denials.refused(request, refusal, f"withdraw tag={tag_id}")
         return render(request, "rollouts/plan_detail.html",
                       _detail_context(request, plan, launch_error=refusal.message), status=refusal.status)
     return redirect(plan)

@@ -76,15 +76,11 @@ def _security_records(caplog) -> int:
     return len([r for r in caplog.records if r.name == SECURITY_LOGGER])
 
 
-# Denials whose views do not write a security record yet (owners told); anything else unlogged fails.
-KNOWN_UNLOGGED = {"audit/evidence/<int:pk>/", "audit/evidence/<int:pk>.json", "audit/events/<int:seq>/",
-                  "rollouts/dashboards/plans/<int:pk>/"}
-
-
 def test_acl10_every_denied_web_route_is_logged_to_the_security_logger(client: Client, caplog, figures, admin_user,
                                                                       workflow, other_workflow, approver):
     """An approver of one workflow probes every page that takes an object id with another
-    workflow's objects, and the kill switch of their own workflow (which they may not use)."""
+    workflow's objects, the kill switch of their own workflow (which they may not use) and the
+    auditors' chain verification (which their role does not allow)."""
     objects = _out_of_scope_objects(admin_user, other_workflow)
     client.force_login(approver)
     caplog.set_level(logging.INFO, logger=SECURITY_LOGGER)
@@ -92,6 +88,7 @@ def test_acl10_every_denied_web_route_is_logged_to_the_security_logger(client: C
     probes = {route: _fill(route, next(v for prefix, v in objects if route.startswith(prefix))) for route in routes}
     covered = {route: path for route, path in probes.items() if path}
     refused_in_scope = {f"kill switch {verb}": f"/workflows/{workflow.slug}/{verb}/" for verb in ("pause", "resume")}
+    refused_in_scope["chain verification"] = "/audit/verify/chain/"
     events_before = AuditEvent.objects.count()
     denied, unlogged, statuses = 0, [], Counter()
     for route, path in {**covered, **refused_in_scope}.items():
@@ -108,13 +105,12 @@ def test_acl10_every_denied_web_route_is_logged_to_the_security_logger(client: C
             unlogged.append(route)
     figures.report("ACL-10", f"web: {denied - len(unlogged)}/{denied} denials logged to {SECURITY_LOGGER} "
                              f"({len(covered)}/{len(routes)} routes with an object id probed with another workflow's "
-                             f"objects + 2 refused kill switches; statuses {dict(sorted(statuses.items()))})"
+                             f"objects + 2 refused kill switches + the auditors' verification; "
+                             f"statuses {dict(sorted(statuses.items()))})"
                              + (f"; not logged: {', '.join(unlogged)}" if unlogged else ""),
                    denied=denied, logged=denied - len(unlogged), routes=len(routes), covered=len(covered))
-    assert set(unlogged) <= KNOWN_UNLOGGED, sorted(set(unlogged) - KNOWN_UNLOGGED)
+    assert unlogged == [], f"denials without a security record: {', '.join(unlogged)}"
     assert AuditEvent.objects.count() == events_before, "denials go to the security log, not the audit chain"
-    if unlogged:
-        pytest.xfail(f"denials without a security record: {', '.join(unlogged)}")
 
 
 def test_acl10_api_denials_are_logged_to_the_security_logger(client: Client, caplog, figures, admin_user,
@@ -147,8 +143,7 @@ def test_acl10_api_denials_are_logged_to_the_security_logger(client: Client, cap
             unlogged.append(f"{what} {response.status_code}")
     figures.report("ACL-10", f"API: {len(probes) - len(unlogged)}/{len(probes)} denials logged ({'; '.join(results)})",
                    denied=len(probes), logged=len(probes) - len(unlogged))
-    if unlogged:
-        pytest.xfail(f"API denials without a security record: {', '.join(unlogged)}")
+    assert unlogged == [], f"API denials without a security record: {', '.join(unlogged)}"
 
 
 WORKFLOWS, SCOPED, SMALL = 500, 50, 5
