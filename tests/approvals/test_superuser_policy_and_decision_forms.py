@@ -1,10 +1,9 @@
-"""The remaining rows of RELIABILITY.md's test plan: ACL-04 (superuser policy), IN-06 (decision
-forms) and AUD-10 (partition-level tamper, which does not apply while the trail is one table)."""
+"""ACL-04 (superusers pass scope and escalation level, never four-eyes) and IN-06 (decision forms
+refuse bad input with a message and change nothing) of RELIABILITY.md's test plan."""
 
 from __future__ import annotations
 
 import pytest
-from django.db import connection
 from django.test import Client
 
 from approvals import services
@@ -12,8 +11,7 @@ from approvals.models import ApprovalRequest, Decision
 from governance.errors import TransitionRefused
 from governance.models import AuditEvent
 from tests import factories
-
-pytestmark = [pytest.mark.reliability, pytest.mark.timeout(120)]
+from tests.approvals.figures import report
 
 
 def _ask(workflow, requester, key: str, mode: str = "gate") -> ApprovalRequest:
@@ -21,7 +19,7 @@ def _ask(workflow, requester, key: str, mode: str = "gate") -> ApprovalRequest:
                                    parameters={"order": key}, requester=requester, mode=mode, idempotency_key=key)
 
 
-def test_acl04_superusers_pass_scope_and_level_but_never_four_eyes(client: Client, figures, workflow, agent):
+def test_acl04_superusers_pass_scope_and_level_but_never_four_eyes(client: Client, request, workflow, agent):
     root = factories.make_user("root", is_superuser=True, is_staff=True)  # no role, no object permission
     client.force_login(root)
 
@@ -43,14 +41,14 @@ def test_acl04_superusers_pass_scope_and_level_but_never_four_eyes(client: Clien
         client.post("/admin/approvals/approvalrequest/", {"action": "approve_selected", "_selected_action": [req.pk]})
     violations = Decision.objects.filter(decided_by=root, request__in=[own, owned]).count()
     states = set(ApprovalRequest.objects.filter(pk__in=[own.pk, owned.pk]).values_list("state", flat=True))
-    figures.report("ACL-04", f"superuser: decided outside any assignment (allowed by policy); own request and own "
-                             f"service account's request refused by service, page and admin action {refused}; "
-                             f"violations {violations}", violations=violations)
+    report(request, "ACL-04 superuser: decided outside any assignment (allowed by policy); own request and own "
+                    "service account's request refused by service, page and admin action", refused=refused,
+           violations=violations)
     assert refused == ["four_eyes", 403, "four_eyes", 403]
     assert violations == 0 and states == {ApprovalRequest.State.PENDING}
 
 
-def test_in06_decision_forms_refuse_bad_input_with_a_message_and_change_nothing(client: Client, figures, workflow,
+def test_in06_decision_forms_refuse_bad_input_with_a_message_and_change_nothing(client: Client, request, workflow,
                                                                                 agent, approver):
     gate = _ask(workflow, agent, "gate")
     window = _ask(workflow, agent, "window", mode="override_window")
@@ -80,22 +78,8 @@ def test_in06_decision_forms_refuse_bad_input_with_a_message_and_change_nothing(
     assert client.post(f"/approvals/{gate.pk}/decide/", {"verdict": "reject", "justification": script}).status_code == 302
     page = client.get(f"/approvals/{gate.pk}/").content.decode()
     assert Decision.objects.get(request=gate).justification == script  # stored as typed
-    figures.report("IN-06", f"{len(cases)} bad decision forms answered 422 with a message, changed rows {changed}; "
-                            f"markup in a justification stored as typed and escaped on the page",
-                   cases=len(cases), changed=changed)
+    report(request, "IN-06 bad decision forms answered 422 with a message; markup in a justification stored as typed "
+                    "and escaped on the page", cases=len(cases), changed=changed)
     assert changed == 0
     assert script not in page and "&lt;script&gt;" in page
 
-
-def test_aud10_the_audit_trail_is_not_partitioned(figures, db):
-    """Partition-level tamper (TRUNCATE or DETACH of one month) needs partitions; there are none.
-    If the trail is ever partitioned, this fails and AUD-10 must be written."""
-    with connection.cursor() as cursor:
-        cursor.execute("""
-            SELECT c.relname, c.relkind, (SELECT count(*) FROM pg_inherits i WHERE i.inhparent = c.oid)
-            FROM pg_class c WHERE c.relname IN ('governance_auditevent', 'governance_auditcheckpoint')
-            ORDER BY c.relname""")
-        tables = cursor.fetchall()
-    figures.report("AUD-10", "not applicable: " + ", ".join(f"{name} relkind {kind!r}, {children} partitions"
-                                                            for name, kind, children in tables))
-    assert [(kind, children) for _, kind, children in tables] == [("r", 0), ("r", 0)]
