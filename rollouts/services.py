@@ -592,8 +592,10 @@ def evaluate_plan(plan_id: int) -> evaluation.Decision | None:
     """Evaluate a live plan's signals and act on the decision, once.
 
     An open proposal of the same kind, or one rejected or overridden within the cool-down, keeps
-    the same finding from asking twice. Writes only through `propose_action`.
+    the same finding from asking twice. Writes only through `propose_action`. Notes when it
+    started, before reading a sample, for `evaluation_covered`.
     """
+    _note_evaluation_started(plan_id)
     plan = RolloutPlan.objects.select_related("workflow").filter(pk=plan_id).first()
     if plan is None or not plan.is_live:
         return None
@@ -625,16 +627,49 @@ def evaluate_plan(plan_id: int) -> evaluation.Decision | None:
     return decision
 
 
-def schedule_evaluation(plan_id: int) -> None:
-    """Debounced: at most one evaluation per plan per ROLLOUT_EVALUATION_DEBOUNCE_SECONDS; beat is the net."""
+def _debounce() -> tuple[float, int]:
+    """The countdown of a debounced evaluation, and how long (whole seconds, as the cache keeps
+    keys) the first batch holds off scheduling another: the batches of that window are its."""
     debounce = setting("ROLLOUT_EVALUATION_DEBOUNCE_SECONDS")
+    return debounce, max(1, round(debounce))
+
+
+def schedule_evaluation(plan_id: int) -> None:
+    """Debounced: at most one evaluation per plan per ROLLOUT_EVALUATION_DEBOUNCE_SECONDS; beat is the net.
+
+    The message carries when it was queued (after the commit), so a worker that has fallen behind
+    skips the messages an evaluation that started later has already covered (`evaluation_covered`).
+    """
+    countdown, hold = _debounce()
     try:
-        first = cache.add(f"rollouts:evaluate:{plan_id}", 1, timeout=max(1, round(debounce)))
+        first = cache.add(f"rollouts:evaluate:{plan_id}", 1, timeout=hold)
     except Exception:  # a cache outage must not lose signals; beat evaluates anyway
         log.warning("evaluation debounce unavailable for plan %s", plan_id, exc_info=True)
         return
     if first:
-        transaction.on_commit(lambda: tasks.evaluate_plan.apply_async((plan_id,), countdown=debounce))
+        transaction.on_commit(lambda: tasks.evaluate_plan.apply_async(
+            (plan_id, clock.now().timestamp()), countdown=countdown))
+
+
+def _note_evaluation_started(plan_id: int) -> None:
+    try:
+        cache.set(f"rollouts:evaluated:{plan_id}", clock.now().timestamp(), timeout=3600)
+    except Exception:  # without the note, queued evaluations simply all run
+        log.warning("evaluation start of plan %s not noted", plan_id, exc_info=True)
+
+
+def evaluation_covered(plan_id: int, queued_at: float) -> bool:
+    """Whether an evaluation started after the debounce window of a message queued at `queued_at`
+    had closed: it read every sample that message stood for, so running it again adds nothing.
+
+    Without this, a worker that falls behind (more plans posting than it evaluates per second)
+    runs every queued message in turn, the backlog only grows, and rollbacks queue behind it.
+    """
+    try:
+        started = cache.get(f"rollouts:evaluated:{plan_id}")
+    except Exception:
+        return False
+    return started is not None and started >= queued_at + _debounce()[1]
 
 
 # -- approval outcomes ------------------------------------------------------------------------

@@ -25,9 +25,12 @@ def execute_action(self, action_id: int) -> str:
 
 
 @shared_task(acks_late=True)
-def evaluate_plan(plan_id: int) -> str:
+def evaluate_plan(plan_id: int, queued_at: float | None = None) -> str:
+    """The debounced evaluation after a batch of signals (`queued_at`: when it was scheduled)."""
     from rollouts import services
 
+    if queued_at is not None and services.evaluation_covered(plan_id, queued_at):
+        return "covered"
     decision = services.evaluate_plan(plan_id)
     return decision.action if decision else "not live"
 

@@ -11,12 +11,13 @@ from decimal import Decimal
 
 import pytest
 import time_machine
+from django.core.cache import cache
 
 from approvals import services as approval_services
 from approvals.models import ApprovalRequest
 from governance import clock
 from governance.models import AuditEvent, Workflow
-from rollouts import executors, notifications, services
+from rollouts import executors, notifications, services, tasks
 from rollouts.models import ActionReview, Metric, RolloutAction, RolloutPlan
 
 pytestmark = pytest.mark.django_db
@@ -265,3 +266,21 @@ def test_owners_of_the_duty_are_emailed_when_a_rollback_ran_without_them(workflo
     assert mail.to == ["olivia@example.com"]
     assert mail.subject == "[Ringfence] refund-agent: prompt-v2 rolled back automatically"
     assert "latency_p95_ms > 800 sustained for 2 min" in mail.body and f"/rollouts/{live_plan.pk}/" in mail.body
+
+
+def test_a_queued_evaluation_is_skipped_once_a_later_evaluation_read_its_samples(workflow, live_plan, frozen):
+    """A worker that fell behind skips the debounced messages a later evaluation covered, instead of
+    running every one in turn while the backlog (and the rollbacks queued behind it) grows."""
+    set_tier(workflow, 3)
+    cache.delete(f"rollouts:evaluated:{live_plan.pk}")
+    add(live_plan, "latency_p95_ms", *SPIKE)
+    queued_at = clock.now().timestamp()  # the batch's evaluation was scheduled; the worker is behind
+    assert not services.evaluation_covered(live_plan.pk, queued_at)
+    frozen.shift(timedelta(seconds=0.5))
+    services.evaluate_plan(live_plan.pk)  # inside the debounce window: later batches of it unread
+    assert not services.evaluation_covered(live_plan.pk, queued_at)
+    frozen.shift(timedelta(seconds=1))
+    services.evaluate_plan(live_plan.pk)  # after it: every sample the message stands for was read
+    assert tasks.evaluate_plan(live_plan.pk, queued_at) == "covered"
+    assert tasks.evaluate_plan(live_plan.pk, clock.now().timestamp()) == "rollback"  # a newer batch's runs
+    assert RolloutAction.objects.count() == 1
