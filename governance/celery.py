@@ -60,7 +60,20 @@ class SweepAfterReconnect(bootsteps.StartStopStep):
         self.connected_before = True
 
 
-app = Celery("ringfence", amqp=BrokerAMQP)
+class RingfenceCelery(Celery):
+    def connection_for_write(self, url=None, **kwargs):
+        """Connections that publish (pages, beat, tasks) give up on a hung broker after
+        REDIS_SOCKET_TIMEOUT_SECONDS; the worker's consuming connection keeps the broker's
+        transport options and waits a hiccup out (TMR-05)."""
+        from django.conf import settings
+
+        given = kwargs.get("transport_options") or {}
+        kwargs["transport_options"] = {**settings.BROKER_PUBLISH_TRANSPORT_OPTIONS, **given}
+        kwargs.setdefault("connect_timeout", settings.REDIS_SOCKET_TIMEOUT_SECONDS)
+        return super().connection_for_write(url, **kwargs)
+
+
+app = RingfenceCelery("ringfence", amqp=BrokerAMQP)
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.steps["consumer"].add(SweepAfterReconnect)
 app.autodiscover_tasks()

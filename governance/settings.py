@@ -218,9 +218,9 @@ if APPROVALS_WEBHOOK_URL:
 APPROVALS_WEBHOOK_TIMEOUT_SECONDS = env_float("APPROVALS_WEBHOOK_TIMEOUT_SECONDS", 5.0, minimum=0.1)
 APPROVALS_REMINDER_SECONDS = env_int("APPROVALS_REMINDER_SECONDS", 120, minimum=0)
 
-# Redis (broker and cache) must connect and answer within this or count as away: a hung Redis
-# then costs a page one timeout per message it publishes, not minutes (RELIABILITY TMR-05).
-# Redis on the same network answers in milliseconds.
+# The cache and every publish (pages, beat, tasks) give Redis this long to connect and answer,
+# then treat it as away: a hung Redis costs a page one timeout per message, not minutes
+# (RELIABILITY TMR-05). Redis on the same network answers in milliseconds.
 REDIS_SOCKET_TIMEOUT_SECONDS = env_float("REDIS_SOCKET_TIMEOUT_SECONDS", 1.0, minimum=0.05)
 
 # Cache: Redis where configured (shared across web processes), else local memory.
@@ -251,9 +251,10 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # fire within a sweep interval of the broker's return (TMR-04). One TCP connect per process per try.
 BROKER_RECONNECT_MAX_SECONDS = env_float("BROKER_RECONNECT_MAX_SECONDS", 0.5, minimum=0.1)
 CELERY_BROKER_CONNECTION_MAX_RETRIES = None
-# Publishing gives up quickly: one connection attempt, one retry. Messages only add precision;
-# the committed due_at and the sweep are the timer, and the sweep re-sends lost work.
-CELERY_BROKER_CONNECTION_TIMEOUT = REDIS_SOCKET_TIMEOUT_SECONDS
+# Publishing gives up quickly: one connection attempt, one retry, each bounded by
+# REDIS_SOCKET_TIMEOUT_SECONDS (BROKER_PUBLISH_TRANSPORT_OPTIONS below, applied by
+# governance.celery). Messages only add precision: the committed due_at and the sweep are the
+# timer, and the sweep re-sends lost work.
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
 CELERY_TASK_TIME_LIMIT = 120
 CELERY_TASK_SOFT_TIME_LIMIT = 100
@@ -272,19 +273,30 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "control_folder": str(VAR_DIR / "celery" / "control"),
         "store_processed": False,
     }
+    BROKER_PUBLISH_TRANSPORT_OPTIONS = {}
 else:
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "visibility_timeout": CELERY_BROKER_VISIBILITY_TIMEOUT,
         "unacked_restore_interval": 10,
         "unacked_restore_throttle": 1,
-        "socket_timeout": REDIS_SOCKET_TIMEOUT_SECONDS,
-        "socket_connect_timeout": REDIS_SOCKET_TIMEOUT_SECONDS,
+        # Consuming waits a hiccup out: an acknowledgement that fails keeps its prefetch slot until
+        # the worker reconnects (kombu 5.7 QoS.ack). With 1 s and no retry, two failed acks in a
+        # 16 s hang left a worker consuming nothing after Redis came back (TMR-05); a hang long
+        # enough to fail the ack of every slot still would.
+        "socket_timeout": 5,
+        "socket_connect_timeout": 5,
         "health_check_interval": 10,
-        "retry_on_timeout": False,  # a timeout is an answer: the broker is away (redis-py would retry it)
+        "retry_on_timeout": True,
         # Reconnect backoff, for publishing (kombu) and for worker and beat (governance.celery).
         "interval_start": min(0.5, BROKER_RECONNECT_MAX_SECONDS),
         "interval_step": 0.5,
         "interval_max": BROKER_RECONNECT_MAX_SECONDS,
+    }
+    # Connections that publish: a timeout is an answer (the broker is away), not retried.
+    BROKER_PUBLISH_TRANSPORT_OPTIONS = {
+        "socket_timeout": REDIS_SOCKET_TIMEOUT_SECONDS,
+        "socket_connect_timeout": REDIS_SOCKET_TIMEOUT_SECONDS,
+        "retry_on_timeout": False,
     }
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 TIMER_SWEEP_SECONDS = env_float("TIMER_SWEEP_SECONDS", 5.0, minimum=0.1)
