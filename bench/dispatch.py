@@ -198,13 +198,19 @@ print(services.issue_token(account.pk, actor=admin).raw)
 """
 
 
-def start_server(env: dict[str, str], workers: int) -> tuple[subprocess.Popen, int]:
+def start_server(env: dict[str, str], workers: int, log: Path | None = None) -> tuple[subprocess.Popen, int]:
+    """gunicorn on a free port, answering /bench/bare; its output goes to `log` when given."""
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "bench.dispatch:wsgi()", "--bind", f"127.0.0.1:{port}",
-         "--workers", str(workers), "--log-level", "warning"],
-        cwd=ROOT, env=env, start_new_session=True,
-    )
+    out = open(log, "ab") if log is not None else None
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "bench.dispatch:wsgi()", "--bind", f"127.0.0.1:{port}",
+             "--workers", str(workers), "--log-level", "warning"],
+            cwd=ROOT, env=env, start_new_session=True, stdout=out, stderr=subprocess.STDOUT if out else None,
+        )
+    finally:
+        if out is not None:
+            out.close()  # the server has its own copy
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
