@@ -6,24 +6,16 @@ with a warning, and the sweep (beat, every TIMER_SWEEP_SECONDS) finds the work i
 
 from __future__ import annotations
 
-import logging
 from datetime import datetime
 
 from celery import shared_task
 from django.conf import settings
 
 from governance import clock
+from governance.tasks import publish as _publish
 
-logger = logging.getLogger(__name__)
 SWEEP_LIMIT = 500
 COUNTDOWN_HORIZON_SECONDS = 15 * 60
-
-
-def _publish(task, args: tuple, **options) -> None:
-    try:
-        task.apply_async(args, retry=False, **options)
-    except Exception:  # noqa: BLE001 - the database is the truth; the sweep catches up
-        logger.warning("could not publish %s%r; the sweep will pick it up", task.name, args, exc_info=True)
 
 
 def schedule_timer(request_id: int, level: int, due_at: datetime) -> None:

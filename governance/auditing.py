@@ -466,12 +466,14 @@ def verify_page(request: HttpRequest) -> HttpResponse:
 @require_POST
 @login_required
 def verify_start(request: HttpRequest) -> HttpResponse:
-    from governance.tasks import verify_audit_chain
+    from governance.tasks import publish, verify_audit_chain
 
     _require_auditor(request)
     job = Progress("verify", uuid.uuid4().hex, request.user.pk, progress_store())
     job.save(state="queued", done=0, total=audit.head()[0], queued_at=timezone.now().isoformat())
-    verify_audit_chain.delay(job.token, request.user.pk)
+    if not publish(verify_audit_chain, (job.token, request.user.pk)):
+        job.save(state="failed", done=0, total=0,
+                 error="the task queue is unreachable, so nothing was verified. Start it again in a moment.")
     return redirect("governance:audit_verify_job", job=job.token)
 
 

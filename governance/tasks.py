@@ -1,6 +1,22 @@
 from __future__ import annotations
 
+import logging
+
 from celery import shared_task
+
+logger = logging.getLogger(__name__)
+
+
+def publish(task, args: tuple = (), **options) -> bool:
+    """Send `task` after a commit without ever breaking the committed change: if the broker is
+    away the message is dropped with a warning and False returned. Callers whose work must not be
+    lost keep it in the database for a sweep (timers, rollout actions)."""
+    try:
+        task.apply_async(args, retry=False, **options)
+    except Exception:  # the database is the truth
+        logger.warning("could not publish %s%r", task.name, args, exc_info=True)
+        return False
+    return True
 
 
 @shared_task

@@ -24,6 +24,7 @@ from approvals import services as approval_services
 from governance import audit, clock
 from governance.errors import TransitionRefused, require
 from governance.models import ServiceAccount, Workflow
+from governance.tasks import publish
 from rollouts import evaluation, selectors, tasks
 from rollouts.models import (
     DUTY_FOR_ACTION,
@@ -123,7 +124,7 @@ def _new_action(plan: RolloutPlan, kind: str, *, state: str, origin: str | None 
 
 def _enqueue_execution(action: RolloutAction) -> None:
     action_id = action.pk
-    transaction.on_commit(lambda: tasks.execute_action.delay(action_id))
+    transaction.on_commit(lambda: publish(tasks.execute_action, (action_id,)))  # else the sweep re-sends it
 
 
 def _schedule_execution(action: RolloutAction) -> None:
@@ -145,7 +146,7 @@ def _notify_owners(action: RolloutAction) -> None:
     """The owners of the duty hear of an action no person decided, once it has taken effect."""
     if ActionReview.objects.filter(action=action).exists():
         action_id = action.pk
-        transaction.on_commit(lambda: tasks.notify_autonomous_action.delay(action_id))
+        transaction.on_commit(lambda: publish(tasks.notify_autonomous_action, (action_id,)))
 
 
 def _cancel_open(plan: RolloutPlan, kinds: set[str], reason: str) -> list[int]:
@@ -647,8 +648,8 @@ def schedule_evaluation(plan_id: int) -> None:
         log.warning("evaluation debounce unavailable for plan %s", plan_id, exc_info=True)
         return
     if first:
-        transaction.on_commit(lambda: tasks.evaluate_plan.apply_async(
-            (plan_id, clock.now().timestamp()), countdown=countdown))
+        transaction.on_commit(lambda: publish(
+            tasks.evaluate_plan, (plan_id, clock.now().timestamp()), countdown=countdown))
 
 
 def _note_evaluation_started(plan_id: int) -> None:

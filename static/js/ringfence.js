@@ -33,3 +33,40 @@
     }
   });
 })();
+
+// A request htmx could not complete (a server error, the server unreachable, a refusal no panel
+// shows in place) is said at the top of the page, never dropped silently; the next request that
+// succeeds clears it.
+(function () {
+  "use strict";
+  function say(text) {
+    const box = document.getElementById("request-failed");
+    if (!box) return;
+    box.textContent = text;
+    box.hidden = false;
+  }
+  document.addEventListener("htmx:responseError", function (evt) {
+    const status = evt.detail.xhr.status;
+    if (status === 503) {
+      say("Ringfence cannot reach its database or task queue right now. What you sent may not have been saved: " +
+          "reload the page in a moment and check it before you try again.");
+    } else if (status >= 500) {
+      say("Something went wrong on our side (" + status + "). Reload the page to see what was saved before you try again.");
+    } else if (status === 403) {
+      say("You may not do this.");
+    } else if (status === 404) {
+      say("This no longer exists, or is not in your scope.");
+    } else if (status === 429) {
+      say("Too many requests: wait a moment, then try again.");
+    } else {
+      say("The request was refused (" + status + "). Reload the page and try again.");
+    }
+  });
+  document.addEventListener("htmx:sendError", function () {
+    say("Ringfence could not be reached. Check your connection, then reload the page.");
+  });
+  document.addEventListener("htmx:afterRequest", function (evt) {
+    const box = document.getElementById("request-failed");
+    if (box && evt.detail.successful) box.hidden = true;
+  });
+})();

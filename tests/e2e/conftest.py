@@ -15,6 +15,8 @@ Use them like this::
 Fixtures
 - ``browser``: one headless Chromium per test module (launched on first use, closed after the
   module).
+- ``office``: Alice and Bob (approvers), Sam (senior approver), Rhea (release manager) scoped to
+  ``workflow``, and refund-bot, Rhea's service account, asking.
 - ``page``: a fresh browser context per test (its own cookies and storage) whose ``base_url`` is
   ``live_server.url``; requesting it makes the test a live-server, transactional test.
   ``page.context`` opens more pages in the same session; call ``browser.new_context(base_url=...)``
@@ -37,6 +39,8 @@ import pytest
 from django.db import connections
 
 from governance.demo import DEMO_PASSWORD
+from governance.permissions import Role
+from tests import factories
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -72,6 +76,18 @@ def page(browser, live_server):
     finally:
         context.close()
         connections.close_all()
+
+
+@pytest.fixture
+def office(admin_user, workflow):
+    """Alice and Bob approve, Sam is the senior approver, refund-bot (owned by Rhea) asks."""
+    people = {}
+    for name, role in (("alice", Role.APPROVER), ("bob", Role.APPROVER), ("sam", Role.SENIOR_APPROVER),
+                       ("rhea", Role.RELEASE_MANAGER)):
+        people[name] = factories.make_user(name, role=role, first_name=name.capitalize())
+        factories.scope(people[name], workflow)
+    people["agent"] = factories.make_service_account("refund-bot", owner=people["rhea"], workflows=[workflow])
+    return people
 
 
 def login(page, username: str, password: str = DEMO_PASSWORD) -> None:

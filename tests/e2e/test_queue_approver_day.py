@@ -11,25 +11,11 @@ from playwright.sync_api import expect
 
 from approvals import services
 from approvals.models import ApprovalRequest, Decision
-from governance.permissions import Role
-from tests import factories
 from tests.approvals.figures import report
 from tests.e2e.conftest import FACTORY_PASSWORD, login
 
 pytestmark = pytest.mark.browser
 State = ApprovalRequest.State
-
-
-@pytest.fixture
-def office(admin_user, workflow):
-    """Alice and Bob approve, Sam is the senior approver, refund-bot (owned by Rhea) asks."""
-    people = {}
-    for name, role in (("alice", Role.APPROVER), ("bob", Role.APPROVER), ("sam", Role.SENIOR_APPROVER),
-                       ("rhea", Role.RELEASE_MANAGER)):
-        people[name] = factories.make_user(name, role=role, first_name=name.capitalize())
-        factories.scope(people[name], workflow)
-    people["agent"] = factories.make_service_account("refund-bot", owner=people["rhea"], workflows=[workflow])
-    return people
 
 
 def ask(office, workflow, action: str, **fields) -> ApprovalRequest:
