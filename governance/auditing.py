@@ -46,7 +46,6 @@ from governance.verify_audit import (
     export_checkpoints,
     export_events,
     sign_checkpoint,
-    verify,
     verify_export,
 )
 
@@ -336,14 +335,15 @@ def verify_chain(job: Progress) -> Report:
     """The standalone verifier over the database chain and its signed checkpoints, reporting progress."""
     total = audit.head()[0]
     job.save(state="running", done=0, total=total)
+    saved = 0
 
-    def counted(events: Iterable[tuple]) -> Iterator[tuple]:
-        for done, event in enumerate(events, 1):
-            if done % PROGRESS_EVERY == 0:
-                job.save(state="running", done=done, total=total)
-            yield event
+    def progress(done: int) -> None:
+        nonlocal saved
+        if done - saved >= PROGRESS_EVERY or done < saved:  # done < saved: the exact walk started over
+            saved = done
+            job.save(state="running", done=done, total=total)
 
-    report = verify(counted(audit._db_events()), audit.db_checkpoints(), settings.AUDIT_CHECKPOINT_KEY)
+    report = audit.verify_database(progress=progress)
     job.save(state="done", done=report.events, total=total, **_report_state(report))
     return report
 
