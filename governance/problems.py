@@ -118,11 +118,6 @@ class _NonFinite:
         self.literal = literal
 
 
-def _parse_float(literal: str) -> float | _NonFinite:
-    value = float(literal)
-    return value if math.isfinite(value) else _NonFinite(literal)
-
-
 def _non_finite_paths(data: Any, limit: int = 20) -> list[str]:
     """Field paths (dotted, list indices as numbers) of every non-finite number, iteratively."""
     found: list[str] = []
@@ -143,9 +138,19 @@ def parse_json_body(request: HttpRequest) -> Any:
     media_type = request.content_type or ""
     if request.body and not (media_type == "application/json" or media_type.endswith("+json")):
         raise UnsupportedMediaType(media_type)
-    data = json.loads(request.body, parse_constant=_NonFinite, parse_float=_parse_float)
-    if paths := _non_finite_paths(data):
-        raise NonFiniteNumbers(paths)
+    seen: list[_NonFinite] = []  # the tree is searched for their paths only when there are any
+
+    def non_finite(literal: str) -> _NonFinite:
+        seen.append(stand_in := _NonFinite(literal))
+        return stand_in
+
+    def parse_float(literal: str) -> float | _NonFinite:
+        value = float(literal)
+        return value if math.isfinite(value) else non_finite(literal)
+
+    data = json.loads(request.body, parse_constant=non_finite, parse_float=parse_float)
+    if seen:
+        raise NonFiniteNumbers(_non_finite_paths(data))
     return data
 
 

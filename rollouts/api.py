@@ -72,7 +72,11 @@ class SampleIn(BaseModel):
     ring: int | None = Field(default=None, ge=0, le=100, description="Ring order; derived from the segment when absent.")
 
 
-class SignalsIn(Command):
+class SignalsIn(BaseModel):
+    """Plain pydantic too: ninja's Schema validates a model that forbids extra fields twice."""
+
+    model_config = ConfigDict(extra="forbid")
+
     workflow: str = Field(pattern=SLUG)
     plan: int | None = Field(default=None, ge=1, le=MAX_ID, description="Defaults to the workflow's live rollout.")
     samples: list[SampleIn] = Field(min_length=1, max_length=10_000, description="At most 10,000 samples per batch.")
@@ -87,10 +91,12 @@ class SignalsOut(Schema):
     evaluation: Literal["scheduled"]
 
 
-def _ring_of(rings: list, sample: SampleIn) -> int | None:
-    if sample.ring is not None or not sample.segment:
-        return sample.ring
-    kind, _, value = sample.segment.partition(":")
+SEGMENT_KINDS = frozenset(SegmentKind.values)  # Choices.values builds a new list on every read
+
+
+def _ring_of(rings: list, segment: str) -> int | None:
+    """The ring a segment belongs to: the most specific match, the earliest of equals."""
+    kind, _, value = segment.partition(":")
     matching = [r for r in rings if r.matches(kind, value)]
     best = max(matching, key=lambda r: (r.segment_kind != SegmentKind.TRAFFIC_SLICE, -r.order), default=None)
     return best.order if best else None
@@ -115,11 +121,12 @@ def post_signals(request: HttpRequest, payload: SignalsIn) -> SignalsOut:
     orders = {r.order for r in rings}
     horizon = clock.now() + FUTURE_SKEW
     errors, rows = [], []
+    ring_of_segment: dict[str, int | None] = {}  # a batch repeats a few segments many times
     for index, sample in enumerate(payload.samples):
         problem = None
         if sample.metric not in metrics:
             problem = ("metric", f"Unknown metric {sample.metric!r}; register it before sending it.")
-        elif sample.segment and sample.segment.partition(":")[0] not in SegmentKind.values:
+        elif sample.segment and sample.segment.partition(":")[0] not in SEGMENT_KINDS:
             problem = ("segment", f"Segment kinds are {', '.join(SegmentKind.values)}.")
         elif sample.observed_at > horizon:
             problem = ("observed_at", "More than 5 minutes in the future; check the sender's clock.")
@@ -130,7 +137,11 @@ def post_signals(request: HttpRequest, payload: SignalsIn) -> SignalsOut:
             if len(errors) >= MAX_FIELD_ERRORS:
                 break
             continue
-        rows.append((metrics[sample.metric], _ring_of(rings, sample), sample.segment, sample.observed_at, sample.value))
+        if sample.ring is not None or not sample.segment:
+            ring = sample.ring
+        elif (ring := ring_of_segment.get(sample.segment, -1)) == -1:
+            ring = ring_of_segment[sample.segment] = _ring_of(rings, sample.segment)
+        rows.append((metrics[sample.metric], ring, sample.segment, sample.observed_at, sample.value))
     if errors:
         raise Problem(422, "invalid_samples", "Some samples were refused; nothing was stored. See errors.", errors=errors)
     result = services.ingest_signals(plan, rows)
