@@ -12,7 +12,7 @@ from celery import shared_task
 from django.conf import settings
 
 from governance import clock
-from governance.tasks import publish as _publish
+from governance.tasks import publish
 
 SWEEP_LIMIT = 500
 COUNTDOWN_HORIZON_SECONDS = 15 * 60
@@ -26,15 +26,15 @@ def schedule_timer(request_id: int, level: int, due_at: datetime) -> None:
     horizon = min(COUNTDOWN_HORIZON_SECONDS, settings.CELERY_BROKER_VISIBILITY_TIMEOUT / 2)
     if (due_at - clock.now()).total_seconds() > horizon:
         return
-    _publish(fire_due_timer, (request_id, level), eta=due_at)
+    publish(fire_due_timer, (request_id, level), eta=due_at)
 
 
 def publish_outcome(request_id: int) -> None:
-    _publish(run_outcome_handlers, (request_id,))
+    publish(run_outcome_handlers, (request_id,))
 
 
 def publish_delivery(notice_id: int) -> None:
-    _publish(deliver_notice, (notice_id,))
+    publish(deliver_notice, (notice_id,))
 
 
 @shared_task(acks_late=True)

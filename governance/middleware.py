@@ -10,11 +10,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse
 from django.template.loader import render_to_string
 
-from governance.problems import BROKER_ERRORS, UNAVAILABLE_RETRY_AFTER
+from governance.problems import UNAVAILABLE_RETRY_AFTER, unreachable
 
 logger = logging.getLogger(__name__)
 
@@ -27,11 +26,8 @@ class UnavailableMiddleware:
         return self.get_response(request)
 
     def process_exception(self, request: HttpRequest, exc: Exception) -> HttpResponse | None:
-        if isinstance(exc, (OperationalError, InterfaceError)):
-            what = "database"
-        elif BROKER_ERRORS and isinstance(exc, BROKER_ERRORS):
-            what = "task queue"
-        else:
+        what = unreachable(exc)
+        if what is None:
             return None
         logger.warning("%s unavailable answering %s %s: %s", what, request.method, request.path, type(exc).__name__)
         html = render_to_string("503.html", {"what": what, "changing": request.method not in ("GET", "HEAD")})

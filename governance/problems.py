@@ -198,6 +198,16 @@ def _broker_errors() -> tuple[type[BaseException], ...]:
 BROKER_ERRORS = _broker_errors()
 
 
+def unreachable(exc: BaseException) -> str | None:
+    """The dependency an exception says cannot be reached ("database", "message broker or cache"),
+    or None. The API answers these 503 problem JSON, pages a 503 page (governance.middleware)."""
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        return "database"
+    if BROKER_ERRORS and isinstance(exc, BROKER_ERRORS):
+        return "message broker or cache"
+    return None
+
+
 def _validation_errors(raw: Iterable[dict[str, Any]]) -> list[FieldError]:
     errors = []
     for item in raw:
@@ -262,12 +272,9 @@ def problem_for(exc: BaseException) -> Problem:
         return Problem(404, "not_found", "Nothing here, or not in your scope.")
     if isinstance(exc, PermissionDenied):
         return Problem(403, "forbidden", "You may not do this.")
-    if isinstance(exc, (OperationalError, InterfaceError)):
-        logger.warning("database unavailable: %s", type(exc).__name__)
-        return _unavailable("database")
-    if BROKER_ERRORS and isinstance(exc, BROKER_ERRORS):
-        logger.warning("broker unavailable: %s", type(exc).__name__)
-        return _unavailable("message broker or cache")
+    if what := unreachable(exc):
+        logger.warning("%s unavailable: %s", what, type(exc).__name__)
+        return _unavailable(what)
     if isinstance(exc, DataError):
         return Problem(422, "invalid", "A value is out of the range the database stores.")
     if isinstance(exc, IntegrityError):

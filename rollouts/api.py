@@ -5,6 +5,7 @@ Mounted by governance/api.py under /api/v1. Errors are problem+json; rules live 
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Literal
@@ -121,7 +122,7 @@ def post_signals(request: HttpRequest, payload: SignalsIn) -> SignalsOut:
     orders = {r.order for r in rings}
     horizon = clock.now() + FUTURE_SKEW
     errors, rows = [], []
-    ring_of_segment: dict[str, int | None] = {}  # a batch repeats a few segments many times
+    ring_of_segment = functools.cache(functools.partial(_ring_of, rings))  # a batch repeats a few segments
     for index, sample in enumerate(payload.samples):
         problem = None
         if sample.metric not in metrics:
@@ -137,10 +138,7 @@ def post_signals(request: HttpRequest, payload: SignalsIn) -> SignalsOut:
             if len(errors) >= MAX_FIELD_ERRORS:
                 break
             continue
-        if sample.ring is not None or not sample.segment:
-            ring = sample.ring
-        elif (ring := ring_of_segment.get(sample.segment, -1)) == -1:
-            ring = ring_of_segment[sample.segment] = _ring_of(rings, sample.segment)
+        ring = sample.ring if sample.ring is not None or not sample.segment else ring_of_segment(sample.segment)
         rows.append((metrics[sample.metric], ring, sample.segment, sample.observed_at, sample.value))
     if errors:
         raise Problem(422, "invalid_samples", "Some samples were refused; nothing was stored. See errors.", errors=errors)

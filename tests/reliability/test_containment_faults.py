@@ -18,7 +18,7 @@ from tests import factories
 from tests.reliability.waiting import wait_until
 from tests.reliability.web import session_headers
 from tests.rollouts.conftest import DUTIES, plan_spec
-from tests.rollouts.receiver import Receiver
+from tests.rollouts.receiver import running_receiver
 
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(180)]
 
@@ -28,9 +28,8 @@ DOWN_S = 6
 
 @pytest.fixture
 def receiver():
-    running = Receiver(secret=settings.ROLLOUT_WEBHOOK_SECRET).start()
-    yield running
-    running.stop()
+    with running_receiver() as running:
+        yield running
 
 
 def test_a_rollback_asked_while_redis_is_down_commits_at_once_and_is_executed_once_it_returns(

@@ -8,8 +8,12 @@ from __future__ import annotations
 import json
 import threading
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from django.conf import settings
 
 from rollouts.executors import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
 
@@ -83,3 +87,13 @@ class Receiver:
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()
+
+
+@contextmanager
+def running_receiver(**options: object) -> Iterator[Receiver]:
+    """A receiver checking this run's ROLLOUT_WEBHOOK_SECRET, stopped when the block ends."""
+    receiver = Receiver(secret=settings.ROLLOUT_WEBHOOK_SECRET, **options).start()
+    try:
+        yield receiver
+    finally:
+        receiver.stop()

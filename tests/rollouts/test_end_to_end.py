@@ -25,7 +25,7 @@ from governance import clock
 from rollouts import services
 from rollouts.models import ActionAttempt, ActionReview, RolloutAction, RolloutPlan
 from tests.rollouts.conftest import WORKER_ENV
-from tests.rollouts.receiver import Receiver
+from tests.rollouts.receiver import running_receiver
 from tests.support.celery_processes import ROOT, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -142,16 +142,14 @@ def test_tier_3_waits_for_the_approval_then_executes(celery, workflow, live_plan
 
 @pytest.fixture
 def receiver():
-    running = Receiver(secret=settings.ROLLOUT_WEBHOOK_SECRET, hold_first=True).start()
-    yield running
-    running.stop()
+    with running_receiver(hold_first=True) as running:
+        yield running
 
 
 @pytest.fixture
 def answering_receiver():
-    running = Receiver(secret=settings.ROLLOUT_WEBHOOK_SECRET).start()
-    yield running
-    running.stop()
+    with running_receiver() as running:
+        yield running
 
 
 def test_a_webhook_plan_leaves_its_fallback_in_the_worker_once_the_receiver_answered(

@@ -15,16 +15,15 @@ from governance.errors import TransitionRefused
 from governance.models import AuditEvent
 from rollouts import executors, services
 from rollouts.models import RolloutPlan
-from tests.rollouts.receiver import Receiver
+from tests.rollouts.receiver import running_receiver
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
 def receiver():
-    running = Receiver(secret=settings.ROLLOUT_WEBHOOK_SECRET).start()
-    yield running
-    running.stop()
+    with running_receiver() as running:
+        yield running
 
 
 @pytest.fixture
