@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Verify a Ringfence audit export offline. Standard library only: copy this one file anywhere.
 
-    python3 verify_audit.py export.jsonl [--key-file KEYFILE | --key KEY] [--checkpoints FILE]
+    python3 verify_audit.py export.jsonl [--key-file KEYFILE | --key KEY] [--checkpoints FILE] [--workers N]
 
 An export is JSON Lines: one {"type": "event", "seq", "prev_hash", "hash", "event": {...}} per
 event and {"type": "checkpoint", "seq", "hash", "at", "signature"} lines for the signed chain
@@ -14,15 +14,26 @@ when broken (the first broken event is named), 2 on unusable input.
 
 from __future__ import annotations
 
+import os
+import sys
+
+if __name__ == "__main__" and sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+    del sys.path[0]  # run from inside the project: its modules (selectors.py) must not shadow the standard library
+
 import argparse
 import binascii
 import hashlib
 import hmac
 import json
-import os
+import mmap
+import multiprocessing
 import re
-import sys
+import stat
+import threading
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from itertools import chain, repeat
 from typing import BinaryIO, Iterable, Iterator
 
 FORMAT_VERSION = 1
@@ -236,8 +247,11 @@ def export_events(lines: Iterable[str]) -> Iterator[tuple[int, str, str, str] | 
 # the problem, so both paths reach the same verdict.
 EVENT_PREFIX = b'{"type":"event","seq":'
 _EVENT_PREFIX_TEXT = EVENT_PREFIX.decode()
-_EVENT, _SEQ = b'","event":', b'"seq":'
-_HEADER = b'%b%b"prev_hash":"%b","hash":"'  # EVENT_PREFIX, b"<seq>,", the previous event's hash
+# EVENT_PREFIX, then b"<seq>,", the previous event's hash and this event's hash
+_HEADER = EVENT_PREFIX + b'%b"prev_hash":"%b","hash":"%b","event":'
+_SEQ, _END = b'"seq":', b"}\n"
+PARALLEL_MIN_BYTES = 16 << 20  # the least a process is given: below it, starting one costs more
+_FIRST_HEADER = re.compile(rb'\{"type":"event","seq":([1-9][0-9]{0,18}),"prev_hash":"([0-9a-f]{64})",')
 
 
 def export_checkpoints(lines: Iterable[str | bytes], *, skip_damaged: bool = False) -> list[Checkpoint]:
@@ -256,14 +270,25 @@ def export_checkpoints(lines: Iterable[str | bytes], *, skip_damaged: bool = Fal
     return checkpoints
 
 
-def verify_export(path: str, key: str | None, extra_checkpoints: list[Checkpoint] = ()) -> Report:
+def default_workers() -> int:
+    return min(os.cpu_count() or 1, 8)
+
+
+def verify_export(path: str, key: str | None, extra_checkpoints: list[Checkpoint] = (), *,
+                  workers: int = 1, min_stretch: int = PARALLEL_MIN_BYTES) -> Report:
     """Check an export file in one read. The checkpoints in it name the event they follow (the
     export's head), or one before; the hash of an earlier event named by a checkpoint met later
-    is looked up in a second read, only then."""
+    is looked up in a second read, only then.
+
+    With `workers` > 1 and a large file, processes first check stretches of the file side by side
+    (every line carries the hash it links to, so each stretch can be checked on its own) and the
+    stretches are joined end to start; the walk goes on alone from the first stretch that was not
+    perfect, so its verdict and the event it names are those of a walk from the first line."""
     extra, found = list(extra_checkpoints), []
     walk = _Walk(Report(), {cp.seq for cp in extra}, stop_at_first=True)
+    offset, lines_before = _parallel_prefix(path, walk, found, workers, min_stretch) if workers > 1 else (0, 0)
     with open(path, "rb") as fh:
-        _walk_export(fh, walk, found)
+        _walk_export(fh, walk, found, offset, lines_before)
     earlier = {cp.seq for cp in found if 0 < cp.seq <= walk.report.head_seq} - walk.hashes.keys()
     if earlier and walk.report.ok:
         with open(path, "rb") as fh:
@@ -272,78 +297,168 @@ def verify_export(path: str, key: str | None, extra_checkpoints: list[Checkpoint
     return walk.finish(found + extra, key)
 
 
-def _walk_export(fh: BinaryIO, walk: _Walk, checkpoints: list[Checkpoint]) -> None:
-    """The walk over an export file, a megabyte of lines in memory at a time.
+def _exact_events(lines: Iterator[bytes], expected: int, prev_hex: bytes, wanted: set[int],
+                  hashes: dict[int, str]) -> tuple[int, bytes, bytes | None]:
+    """Accept lines while each is event #expected exactly as the exporter writes it, linked to
+    `prev_hex`; answer where the walk then stands and the first line not accepted (None at the end).
 
-    The header a line must start with is known before it is read (its seq, the hash it links to),
-    so one comparison checks it; the chain's digest is carried over, so each event costs one
-    SHA-256 and a few comparisons. The first line that is not exactly as expected is handed to the
-    walk's own checks, and the fast path resumes from where the walk then stands. Checkpoint lines
-    are collected into `checkpoints`.
+    The header a line must start with is known once its contents are hashed (its seq, the hash it
+    links to, its own hash), so one comparison checks it; each event costs one SHA-256 and a few
+    byte comparisons. The seq inside the contents is read only once the hash vouched for them.
     """
-    sha256, unhex, wanted, hashes = hashlib.sha256, binascii.a2b_hex, walk.wanted, walk.hashes
-    expected, readable, number = walk.expected_seq, False, 0
-    prev_digest, prev_hex = bytes.fromhex(walk.prev), walk.prev.encode()
-    seq_comma = b"%d," % expected
-    header = _HEADER % (EVENT_PREFIX, seq_comma, prev_hex)
-    h = len(header)
-    first_expected = expected  # line numbers are counted only when the slow path needs them
-    while chunk := fh.readlines(1 << 20):
-        for line in chunk:
-            canonical = line[h + 74:-2]
-            digest = sha256(prev_digest + canonical).digest()
-            event_hex = line[h:h + 64]
-            try:  # the seq is read from contents only once the hash vouched for them
-                fast = (line.startswith(header) and line.startswith(_EVENT, h + 64) and line.endswith(b"}\n")
-                        and unhex(event_hex) == digest
-                        and canonical.startswith(seq_comma, canonical.rfind(_SEQ) + 6))
-            except ValueError:  # binascii.Error: not hex
-                fast = False
-            if fast:
-                if expected in wanted:
-                    hashes[expected] = event_hex.decode()
-                prev_digest, prev_hex, readable = digest, event_hex, True
-                expected += 1
-                seq_comma = b"%d," % expected
-                header = _HEADER % (EVENT_PREFIX, seq_comma, prev_hex)
-                h = len(header)
-                continue
-            # Bring the walk up to this line, let it parse and judge the line, go on from there.
-            number += expected - first_expected + 1
-            _settle(walk, expected, prev_hex)
-            try:
-                item = parse_line(number, line)
-            except UnusableInput as exc:
-                if not readable:
-                    raise
-                item = DamagedLine(number, exc.problem)
-            readable = readable or item is not None
-            if isinstance(item, Checkpoint):
-                checkpoints.append(item)
-                if item.seq >= walk.expected_seq:
-                    wanted.add(item.seq)
-                elif item.seq == walk.expected_seq - 1:  # the event just before: the usual place
-                    hashes[item.seq] = walk.prev
-            elif item is not None and not walk.step(item):
-                return
-            expected = first_expected = walk.expected_seq
-            prev_hex = walk.prev.encode()
-            try:
-                prev_digest = bytes.fromhex(walk.prev)
-            except ValueError:  # a broken hash, when the walk goes on past problems
-                prev_digest = b""
-            seq_comma = b"%d," % expected
-            header = _HEADER % (EVENT_PREFIX, seq_comma, prev_hex)
-            h = len(header)
-    _settle(walk, expected, prev_hex)
+    sha256, hexlify, header = hashlib.sha256, binascii.b2a_hex, _HEADER
+    try:
+        prev_digest = binascii.a2b_hex(prev_hex)
+    except ValueError:  # a broken hash, when a walk goes on past problems
+        return expected, prev_hex, next(lines, None)
+    start = len(header % (b"%d," % expected, prev_hex, prev_hex))  # where the contents start
+    longer = 10 ** len(str(expected))  # the first seq with one more digit
+    for line in lines:
+        digest = sha256(prev_digest + line[start:-2]).digest()
+        event_hex = hexlify(digest)
+        seq_comma = b"%d," % expected
+        if not (line.startswith(header % (seq_comma, prev_hex, event_hex)) and line[-2:] == _END
+                and line.startswith(seq_comma, line.rfind(_SEQ, start) + 6)):
+            return expected, prev_hex, line
+        if expected in wanted:
+            hashes[expected] = event_hex.decode()
+        prev_digest, prev_hex = digest, event_hex
+        expected += 1
+        if expected == longer:
+            start, longer = start + 1, longer * 10
+    return expected, prev_hex, None
 
 
-def _settle(walk: _Walk, expected: int, prev_hex: bytes) -> None:
-    """Record in the walk the events the fast path accepted since it last stood at walk.expected_seq."""
+def _lines(fh: BinaryIO, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+    """The file's lines from byte `start` up to byte `end` (line starts; None: the end of the file),
+    read from a memory map: the cheapest way to have them as bytes, one at a time."""
+    size = os.fstat(fh.fileno())
+    if not stat.S_ISREG(size.st_mode):  # a pipe: read on from where it stands
+        return chain.from_iterable(iter(lambda: fh.readlines(1 << 20), []))
+    end = size.st_size if end is None else end
+    if end <= start:
+        return iter(())
+    base = start - start % mmap.ALLOCATIONGRANULARITY
+    mapped = mmap.mmap(fh.fileno(), end - base, offset=base, access=mmap.ACCESS_READ)
+    if hasattr(mapped, "madvise") and hasattr(mmap, "MADV_SEQUENTIAL"):
+        mapped.madvise(mmap.MADV_SEQUENTIAL)
+    mapped.seek(start - base)
+    return iter(mapped.readline, b"")
+
+
+def _walk_export(fh: BinaryIO, walk: _Walk, checkpoints: list[Checkpoint], offset: int = 0, lines_before: int = 0) -> None:
+    """The walk over an export file from byte `offset` (after `lines_before` lines, all events the
+    walk accepted). Lines in the exporter's layout are checked on their bytes; the first that
+    is not exactly as expected is handed to the walk's own checks, and the byte checks resume from
+    where the walk then stands. Checkpoint lines are collected into `checkpoints`."""
+    lines = _lines(fh, offset)
+    number, readable = lines_before, lines_before > 0
+    while True:
+        first = walk.expected_seq
+        expected, prev_hex, line = _exact_events(lines, first, walk.prev.encode(), walk.wanted, walk.hashes)
+        _settle(walk, expected, prev_hex.decode())
+        number += expected - first
+        readable = readable or expected > first
+        if line is None:
+            return
+        number += 1
+        try:
+            item = parse_line(number, line)
+        except UnusableInput as exc:
+            if not readable:
+                raise
+            item = DamagedLine(number, exc.problem)
+        readable = readable or item is not None
+        if isinstance(item, Checkpoint):
+            checkpoints.append(item)
+            if item.seq >= walk.expected_seq:
+                walk.wanted.add(item.seq)
+            elif item.seq == walk.expected_seq - 1:  # the event just before: the usual place
+                walk.hashes[item.seq] = walk.prev
+        elif item is not None and not walk.step(item):
+            return
+
+
+def _settle(walk: _Walk, expected: int, prev_hex: str) -> None:
+    """Record in the walk the events accepted on their bytes since it last stood at walk.expected_seq."""
     if expected > walk.expected_seq:
         walk.report.events += expected - walk.expected_seq
-        walk.report.head_seq, walk.report.head_hash = expected - 1, prev_hex.decode()
-        walk.expected_seq, walk.prev = expected, walk.report.head_hash
+        walk.report.head_seq, walk.report.head_hash = expected - 1, prev_hex
+        walk.expected_seq, walk.prev = expected, prev_hex
+
+
+def _check_stretch(path: str, start: int, end: int, wanted: set[int]) -> tuple:
+    """One stretch of an export checked on its own, from the seq and link its first line names.
+
+    Answers (first seq, the hash it links to, the seq after the last event accepted, that event's
+    hash, lines read, the checkpoints met as (checkpoint, seq after, hash before), whether every
+    line up to `end` was accepted, hashes of wanted seqs). Checking stops at the first line that is
+    neither an event exactly as expected nor a checkpoint: the walk alone judges it.
+    """
+    with open(path, "rb") as fh:
+        lines = _lines(fh, start, end)
+        first = next(lines, b"")
+        match = _FIRST_HEADER.match(first)
+        if match is None:
+            return 0, "", 0, "", 0, [], False, {}
+        seq, first_prev = int(match[1]), match[2]
+        expected, prev_hex, count, met, hashes, lines = seq, first_prev, 0, [], {}, chain((first,), lines)
+        while True:
+            after, prev_hex, line = _exact_events(lines, expected, prev_hex, wanted, hashes)
+            count, expected = count + after - expected, after
+            whole = line is None
+            if not whole:
+                count += 1
+                try:
+                    item = parse_line(count, line)
+                except UnusableInput:
+                    item = False
+                if item is None:  # a blank line
+                    continue
+                if isinstance(item, Checkpoint):
+                    met.append((item, expected, prev_hex.decode()))
+                    continue
+            return seq, first_prev.decode(), expected, prev_hex.decode(), count, met, whole, hashes
+
+
+def _parallel_prefix(path: str, walk: _Walk, checkpoints: list[Checkpoint], workers: int,
+                     min_bytes: int) -> tuple[int, int]:
+    """Check stretches of the file in `workers` processes (each at least `min_bytes`) and settle the
+    walk over the run of whole stretches that join from the start; answer the byte offset and the
+    number of lines the walk goes on from (0, 0 when nothing was settled). Checkpoints met are
+    collected into `checkpoints`; the hash of one that names an event other than the one just
+    before it is left to verify_export's second read."""
+    size = os.path.getsize(path)
+    workers = min(workers, size // max(min_bytes, 1))
+    if workers < 2:
+        return 0, 0
+    with open(path, "rb") as fh:
+        cuts = [0]
+        for i in range(1, workers):
+            fh.seek(size * i // workers)
+            fh.readline()
+            cuts.append(fh.tell())
+    stretches = [(a, b) for a, b in zip(cuts, [*cuts[1:], size]) if a < b]
+    # fork is cheap and the stretches need nothing from the parent, but forking a threaded process
+    # is unsafe: then each process starts afresh
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1 else "spawn"
+    offset = lines = 0
+    try:
+        with ProcessPoolExecutor(len(stretches), mp_context=multiprocessing.get_context(method)) as pool:
+            results = pool.map(_check_stretch, repeat(path), *zip(*stretches), repeat(walk.wanted))
+            for (_, end), (seq, prev_hex, expected, last_hex, count, met, whole, hashes) in zip(stretches, results):
+                if not whole or seq != walk.expected_seq or prev_hex != walk.prev:
+                    break
+                walk.hashes.update(hashes)
+                for cp, after, before in met:
+                    checkpoints.append(cp)
+                    if cp.seq == after - 1:
+                        walk.hashes[cp.seq] = before
+                _settle(walk, expected, last_hex)
+                offset, lines = end, lines + count
+    except (OSError, BrokenProcessPool):  # no processes to be had: the walk does it all alone
+        pass
+    return offset, lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -352,6 +467,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--key", help="checkpoint HMAC key (or AUDIT_CHECKPOINT_KEY in the environment)")
     parser.add_argument("--key-file", help="file holding the checkpoint key")
     parser.add_argument("--checkpoints", help="extra checkpoint file (JSON Lines) shipped outside the database")
+    parser.add_argument("--workers", type=int, default=default_workers(),
+                        help="processes that check a large export side by side (default: one per core, at most 8)")
     args = parser.parse_args(argv)
     key = args.key or os.environ.get("AUDIT_CHECKPOINT_KEY")
     if args.key_file:
@@ -362,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.checkpoints:
             with open(args.checkpoints, encoding="utf-8") as fh:
                 extra = export_checkpoints(fh)
-        report = verify_export(args.export, key, extra)
+        report = verify_export(args.export, key, extra, workers=max(args.workers, 1))
     except OSError as exc:
         print(f"cannot read input: {exc}", file=sys.stderr)
         return 2

@@ -21,7 +21,15 @@ from django.db import transaction
 
 from governance import audit, clock, services
 from governance.models import AuditEvent
-from governance.verify_audit import FORMAT_VERSION, canonical_json, chain_hash
+from governance.verify_audit import (
+    FORMAT_VERSION,
+    Report,
+    _parallel_prefix,
+    _Walk,
+    canonical_json,
+    chain_hash,
+    verify_export,
+)
 from tests import factories
 from tests.governance.support import export_lines, run_verifier
 
@@ -165,6 +173,24 @@ def suffix_rewrite(export: Export, k: int) -> list[str]:
     return lines
 
 
+def splice(export: Export, k: int) -> list[str]:
+    """Events k… relinked as if event k-1 had never been written: each correctly hashed and linked
+    to the one before it, except event k, which links to event k-2."""
+    lines = list(export.lines)
+    prev = None
+    for i, line in enumerate(lines):
+        obj = json.loads(line)
+        if obj["type"] != "event" or obj["seq"] < k - 2:
+            continue
+        if obj["seq"] == k - 2:
+            prev = obj["hash"]
+        elif obj["seq"] >= k:
+            canonical = canonical_json(obj["event"])
+            lines[i] = audit.export_line((obj["seq"], prev, chain_hash(prev, canonical), canonical))
+            prev = chain_hash(prev, canonical)
+    return lines
+
+
 def tail_truncation(export: Export, k: int) -> list[str]:
     """Remove events k…head (the newest ones)."""
     return [line for line in export.lines
@@ -266,3 +292,48 @@ def test_an_export_rewritten_by_another_json_tool_or_reordered_checkpoints_verif
     k = 4321
     flipped = [json.dumps(json.loads(line), ensure_ascii=True) for line in byte_flip(export, k)]
     assert _named(_verify(export, flipped, "reserialised-flipped")) == k
+
+
+def _stretch_starts(path: Path, workers: int) -> list[int]:
+    """The seq of the first event of each stretch after the first, cut as verify_export cuts them."""
+    size, starts = path.stat().st_size, []
+    with open(path, "rb") as fh:
+        for i in range(1, workers):
+            fh.seek(size * i // workers)
+            fh.readline()
+            starts.append(json.loads(fh.readline())["seq"])
+    return starts
+
+
+def test_processes_checking_stretches_side_by_side_reach_the_verdict_of_one_walk(export, figures):
+    """Large exports are checked by several processes, a stretch each, joined end to start. The
+    verdict and the event it names are those of one walk from the first line, wherever the damage
+    lies: in the first stretch, the last, or on either side of where two stretches meet."""
+    key, workers = settings.AUDIT_CHECKPOINT_KEY, 3
+    intact = export.write("intact-stretches", export.lines)
+
+    def both(path: Path) -> tuple[str, str]:
+        return (verify_export(str(path), key, workers=workers, min_stretch=1).summary(),
+                verify_export(str(path), key).summary())
+
+    # The intact file is settled by the processes up to its last stretch's end, checkpoints and all.
+    found: list = []
+    walk = _Walk(Report(), set(), True)
+    offset, lines = _parallel_prefix(str(intact), walk, found, workers, 1)
+    assert (offset, lines, walk.report.events) == (intact.stat().st_size, len(export.lines), EVENTS)
+    assert len(found) == sum(line.startswith('{"at"') for line in export.lines)
+    in_processes, alone = both(intact)
+    assert in_processes == alone and in_processes.startswith(f"OK: {EVENTS} events")
+
+    meet = _stretch_starts(intact, workers)
+    trials = {(tamper, k) for tamper in (byte_flip, delete, swap, forged_insert)
+              for k in (1, 4321, EVENTS - 7, *(s - 1 for s in meet), *meet)}
+    trials |= {(suffix_rewrite, meet[0]), (tail_truncation, meet[-1]), *((splice, k) for k in meet)}
+    agree = 0
+    for tamper, k in sorted(trials, key=lambda t: (t[0].__name__, t[1])):
+        in_processes, alone = both(export.write(f"stretches-{tamper.__name__}-{k}", tamper(export, k)))
+        assert in_processes == alone, (tamper.__name__, k)
+        assert in_processes.startswith("BROKEN"), (tamper.__name__, k)
+        agree += 1
+    figures(f"AUD-05 in {workers} processes: {agree}/{len(trials)} tampered exports get one walk's verdict "
+            f"(stretches meet at {meet})")

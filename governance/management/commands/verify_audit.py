@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand, CommandError
 
 from governance import audit
-from governance.verify_audit import UnusableInput, export_checkpoints, verify_export
+from governance.verify_audit import UnusableInput, default_workers, export_checkpoints, verify_export
 
 
 class Command(BaseCommand):
@@ -22,7 +22,7 @@ class Command(BaseCommand):
                 with open(checkpoints, encoding="utf-8") as fh:
                     extra = export_checkpoints(fh)
             if export:
-                report = verify_export(export, settings.AUDIT_CHECKPOINT_KEY, extra)
+                report = verify_export(export, settings.AUDIT_CHECKPOINT_KEY, extra, workers=default_workers())
             else:
                 report = audit.verify_database(extra)
         except (OSError, UnusableInput) as exc:
