@@ -19,11 +19,13 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import psycopg
 from export import log, scratch_database  # noqa: E402  (bench/ is the script's directory)
 
 BATCH = int(os.environ.get("BENCH_BATCH", "10000"))
@@ -86,57 +88,62 @@ def batches(seed: int) -> list[list[tuple[str, str, dt.datetime, float]]]:
     return out
 
 
-def run_api(plan, token: str, data) -> float:
+def api_variant(plan, token: str) -> Callable[[list], float]:
     from django.test import Client
 
     client = Client(headers={"Authorization": f"Bearer {token}"})
-    bodies = [json.dumps({"workflow": plan.workflow.slug, "samples": [
-        {"metric": m, "segment": s, "observed_at": t.isoformat(), "value": v} for m, s, t, v in batch]})
-        for batch in data]
-    began = time.perf_counter()
-    for body in bodies:
+
+    def run(batch) -> float:
+        body = json.dumps({"workflow": plan.workflow.slug, "samples": [
+            {"metric": m, "segment": s, "observed_at": t.isoformat(), "value": v} for m, s, t, v in batch]})
+        began = time.perf_counter()
         response = client.post("/api/v1/signals", body, content_type="application/json")
+        seconds = time.perf_counter() - began
         assert response.status_code == 200 and response.json()["stored"] == BATCH, response.content[:300]
-    return time.perf_counter() - began
+        return seconds
+    return run
 
 
-def run_service(plan, metric_ids: dict, data) -> float:
+def service_variant(plan, metric_ids: dict) -> Callable[[list], float]:
     from rollouts import services
 
-    began = time.perf_counter()
-    for batch in data:
+    def run(batch) -> float:
+        began = time.perf_counter()
         rows = [(metric_ids[m], 0, s, t, v) for m, s, t, v in batch]
         assert services.ingest_signals(plan, rows).stored == BATCH
-    return time.perf_counter() - began
-
-
-def run_copy(url: str, plan, metric_ids: dict, data) -> float:
-    """The reference: psycopg's binary-free text COPY of the same rows into the same table."""
-    import psycopg
-
-    now = dt.datetime.now(dt.UTC)
-    with psycopg.connect(url) as conn:
-        began = time.perf_counter()
-        for batch in data:
-            with conn.transaction(), conn.cursor() as cur, cur.copy(
-                    "COPY rollouts_signal (plan_id, metric_id, ring, segment, observed_at, value, received_at) "
-                    "FROM STDIN") as copy:
-                for m, s, t, v in batch:
-                    copy.write_row((plan.pk, metric_ids[m], 0, s, t, v, now))
         return time.perf_counter() - began
+    return run
+
+
+def copy_variant(conn, plan, metric_ids: dict) -> Callable[[list], float]:
+    """The reference: psycopg's text COPY of the same rows into the same table, a transaction a batch."""
+    def run(batch) -> float:
+        now = dt.datetime.now(dt.UTC)
+        began = time.perf_counter()
+        with conn.transaction(), conn.cursor() as cur, cur.copy(
+                "COPY rollouts_signal (plan_id, metric_id, ring, segment, observed_at, value, received_at) "
+                "FROM STDIN") as copy:
+            for m, s, t, v in batch:
+                copy.write_row((plan.pk, metric_ids[m], 0, s, t, v, now))
+        return time.perf_counter() - began
+    return run
 
 
 def main() -> int:
     total = BATCH * BATCHES
     log(f"signal ingest: {BATCHES} batches of {BATCH:,} samples per variant ({total:,} each)")
-    with scratch_database("ringfence_bench_signals") as url:
+    with scratch_database("ringfence_bench_signals") as url, psycopg.connect(url) as conn:
         context = setup()
         plans, ids = context["plans"], context["metric_ids"]
-        results = {
-            "COPY (baseline)": run_copy(url, plans["copy"], ids, batches(1)),
-            "services.ingest_signals": run_service(plans["service"], ids, batches(2)),
-            "POST /api/v1/signals": run_api(plans["api"], context["token"], batches(3)),
+        variants = {
+            "COPY (baseline)": (copy_variant(conn, plans["copy"], ids), batches(1)),
+            "services.ingest_signals": (service_variant(plans["service"], ids), batches(2)),
+            "POST /api/v1/signals": (api_variant(plans["api"], context["token"]), batches(3)),
         }
+        results = dict.fromkeys(variants, 0.0)
+        for i in range(BATCHES):  # interleaved, batch by batch: load on the machine affects all alike
+            for name, (run, data) in variants.items():
+                results[name] += run(data[i])
         from rollouts.models import Signal
 
         assert Signal.objects.count() == 3 * total

@@ -5,10 +5,9 @@ Mounted by governance/api.py under /api/v1. Errors are problem+json; rules live 
 
 from __future__ import annotations
 
-import functools
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NoReturn
 
 from django.conf import settings
 from django.http import HttpRequest
@@ -103,6 +102,27 @@ def _ring_of(rings: list, segment: str) -> int | None:
     return best.order if best else None
 
 
+def _refuse_samples(samples: list[SampleIn], metrics: dict[str, int], orders: set[int], horizon: datetime,
+                    plan: RolloutPlan) -> NoReturn:
+    """422 naming each refused sample's field (at most MAX_FIELD_ERRORS)."""
+    errors = []
+    for index, sample in enumerate(samples):
+        problem = None
+        if sample.metric not in metrics:
+            problem = ("metric", f"Unknown metric {sample.metric!r}; register it before sending it.")
+        elif sample.segment and sample.segment.partition(":")[0] not in SEGMENT_KINDS:
+            problem = ("segment", f"Segment kinds are {', '.join(SegmentKind.values)}.")
+        elif sample.observed_at > horizon:
+            problem = ("observed_at", "More than 5 minutes in the future; check the sender's clock.")
+        elif sample.ring is not None and sample.ring not in orders:
+            problem = ("ring", f"Plan {plan.pk} has rings {', '.join(map(str, sorted(orders)))}.")
+        if problem:
+            errors.append(FieldError(f"samples.{index}.{problem[0]}", problem[1]))
+            if len(errors) >= MAX_FIELD_ERRORS:
+                break
+    raise Problem(422, "invalid_samples", "Some samples were refused; nothing was stored. See errors.", errors=errors)
+
+
 @router.post("/signals", response=SignalsOut, summary="Post a batch of metric samples of a rollout")
 def post_signals(request: HttpRequest, payload: SignalsIn) -> SignalsOut:
     """Stores the batch in one statement and schedules a (debounced) evaluation of the plan.
@@ -117,31 +137,25 @@ def post_signals(request: HttpRequest, payload: SignalsIn) -> SignalsOut:
                       errors=[FieldError("samples", "Too many samples.")])
     workflow = _workflow(request, payload.workflow)
     plan = _plan_for(request, workflow, payload.plan)
-    metrics = selectors.metric_ids({s.metric for s in payload.samples})
+    samples = payload.samples
+    metric_col, segment_col = [s.metric for s in samples], [s.segment for s in samples]
+    observed_col, ring_col = [s.observed_at for s in samples], [s.ring for s in samples]
+    metrics = selectors.metric_ids(slugs := set(metric_col))
     rings = list(plan.rings.all())
     orders = {r.order for r in rings}
     horizon = clock.now() + FUTURE_SKEW
-    errors, rows = [], []
-    ring_of_segment = functools.cache(functools.partial(_ring_of, rings))  # a batch repeats a few segments
-    for index, sample in enumerate(payload.samples):
-        problem = None
-        if sample.metric not in metrics:
-            problem = ("metric", f"Unknown metric {sample.metric!r}; register it before sending it.")
-        elif sample.segment and sample.segment.partition(":")[0] not in SEGMENT_KINDS:
-            problem = ("segment", f"Segment kinds are {', '.join(SegmentKind.values)}.")
-        elif sample.observed_at > horizon:
-            problem = ("observed_at", "More than 5 minutes in the future; check the sender's clock.")
-        elif sample.ring is not None and sample.ring not in orders:
-            problem = ("ring", f"Plan {plan.pk} has rings {', '.join(map(str, sorted(orders)))}.")
-        if problem:
-            errors.append(FieldError(f"samples.{index}.{problem[0]}", problem[1]))
-            if len(errors) >= MAX_FIELD_ERRORS:
-                break
-            continue
-        ring = sample.ring if sample.ring is not None or not sample.segment else ring_of_segment(sample.segment)
-        rows.append((metrics[sample.metric], ring, sample.segment, sample.observed_at, sample.value))
-    if errors:
-        raise Problem(422, "invalid_samples", "Some samples were refused; nothing was stored. See errors.", errors=errors)
+    segments, given_rings = set(segment_col), set(ring_col) - {None}
+    # Checked column by column over the distinct values (a batch repeats a few metrics and
+    # segments); only a refused batch is walked sample by sample, to name each refused field.
+    if not (metrics.keys() >= slugs and max(observed_col) <= horizon and given_rings <= orders
+            and all(not seg or seg.partition(":")[0] in SEGMENT_KINDS for seg in segments)):
+        _refuse_samples(samples, metrics, orders, horizon, plan)
+    ring_of_segment = {seg: _ring_of(rings, seg) if seg else None for seg in segments}
+    derived = map(ring_of_segment.__getitem__, segment_col)
+    ring_values = derived if not given_rings else (  # a sample's own ring comes first
+        ring if ring is not None else of_segment for ring, of_segment in zip(ring_col, derived))
+    rows = list(zip(map(metrics.__getitem__, metric_col), ring_values, segment_col, observed_col,
+                    [s.value for s in samples]))
     result = services.ingest_signals(plan, rows)
     return SignalsOut(plan=plan.pk, received=result.received, stored=result.stored, duplicates=result.duplicates,
                       evaluation="scheduled")

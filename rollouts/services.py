@@ -1050,6 +1050,9 @@ def ingest_signals(plan: RolloutPlan, rows: list[tuple[int, int | None, str, dat
     return IngestResult(len(rows), stored)
 
 
+_STAGE_TYPES = ("int8", "int2", "text", "timestamptz", "float8")
+
+
 def _insert_signals(plan_id: int, rows: list[tuple], now: datetime) -> int:
     if connection.vendor == "postgresql":
         # COPY into a transaction-scoped staging table, then one INSERT … SELECT that skips duplicates:
@@ -1058,7 +1061,8 @@ def _insert_signals(plan_id: int, rows: list[tuple], now: datetime) -> int:
             cursor.execute(
                 "CREATE TEMP TABLE IF NOT EXISTS rollouts_signal_stage (metric_id bigint, ring smallint, "
                 "segment text, observed_at timestamptz, value float8) ON COMMIT DELETE ROWS")
-            with cursor.cursor.copy("COPY rollouts_signal_stage FROM STDIN") as copy:
+            with cursor.cursor.copy("COPY rollouts_signal_stage FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(_STAGE_TYPES)  # binary: no text to format and parse for each value
                 for row in rows:
                     copy.write_row(row)
             cursor.execute(

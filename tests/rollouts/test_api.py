@@ -94,6 +94,23 @@ def test_future_samples_and_unknown_segments_are_refused(api, live_plan):
     assert [e["field"] for e in response.json()["errors"]] == ["samples.0.observed_at", "samples.1.segment"]
 
 
+def test_each_sample_is_stored_under_its_own_ring_or_the_ring_of_its_segment(api, live_plan):
+    """Rings 0 internal_team:support-ops, 1 customer_group:partners, 2 traffic_slice:all."""
+    with_ring = sample(segment="customer_group:partners", seconds_ago=40)[:-1] + ', "ring": 2}'
+    response = post_samples(api, sample(segment="internal_team:support-ops", seconds_ago=10), with_ring,
+                            sample(segment="customer_group:partners", seconds_ago=30),
+                            sample(segment="customer_group:acme", seconds_ago=20), sample(segment="", seconds_ago=50))
+    assert response.status_code == 200, response.content
+    assert sorted(Signal.objects.values_list("segment", "ring"), key=str) == sorted([
+        ("internal_team:support-ops", 0), ("customer_group:partners", 2), ("customer_group:partners", 1),
+        ("customer_group:acme", 2), ("", None)], key=str)
+
+    unknown_ring = sample(segment="customer_group:partners", seconds_ago=60)[:-1] + ', "ring": 7}'
+    refused = post_samples(api, sample(seconds_ago=70), unknown_ring)
+    assert refused.status_code == 422 and [e["field"] for e in refused.json()["errors"]] == ["samples.1.ring"]
+    assert Signal.objects.count() == 5
+
+
 def test_signals_need_a_live_rollout(api, workflow):
     response = post_samples(api, sample())
     assert response.status_code == 409 and response.json()["code"] == "no_live_rollout"
