@@ -7,14 +7,15 @@ over the same bytes (prev_hash ‖ canonical JSON, one digest per event) in the 
 Measures the standalone script on a JSON Lines export (what an auditor runs on another machine: by
 default one process per core, each checking a stretch of the file; also shown in one process) and
 the database chain (what the auditors' "verify" page runs: one streamed pass, PostgreSQL checking
-links and columns while Python hashes; its ceiling is PostgreSQL parsing each event's contents as
-jsonb to compare them with the columns, about 6 µs an event). Works in its own scratch database
+links and columns while Python hashes; PostgreSQL's checks, each event's contents parsed as jsonb
+and compared with its columns, cost about 6 µs an event). Works in its own scratch database
 (ringfence_bench_verify), created, migrated and dropped here. Target: at least 50 % of bare SHA-256.
 
-Two more references: "SHA-256 per line as read from the file" hashes each line of the export as it
-is read in megabyte chunks and nothing else, the floor for any verifier that reads the file in
-Python one event at a time; "bare SHA-256 in N processes" is the machine's hashing limit when every
-core hashes its share, against which the script's N processes are also compared.
+More references: "SHA-256 per line as read from the file" hashes each line of the export as it is
+read in megabyte chunks and nothing else, the floor for any verifier that reads the file in Python
+one event at a time; "bare SHA-256 in N processes" is the machine's hashing limit when every core
+hashes its share, against which the script's N processes are also compared; "database rows alone"
+streams the four hashed columns out of PostgreSQL and checks nothing, the floor under the page.
 """
 
 from __future__ import annotations
