@@ -35,6 +35,7 @@ from governance.verify_audit import (
     Checkpoint,
     Report,
     _inner_seq,
+    _settle,
     _Walk,
     canonical_json,
     chain_hash,
@@ -387,7 +388,7 @@ def _verify_database_fast(checkpoints: list[Checkpoint], progress: Callable[[int
                         progress(seq)  # seqs run from 1 without a gap (checked above), so seq events are done
     except (DatabaseError, psycopg.Error, ValueError):  # e.g. contents that are not JSON
         return None
-    walk.report.events, walk.report.head_seq, walk.report.head_hash = seq, seq, event_hash
+    _settle(walk, seq + 1, event_hash)
     return walk.finish(checkpoints, settings.AUDIT_CHECKPOINT_KEY)
 
 

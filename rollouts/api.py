@@ -5,9 +5,10 @@ Mounted by governance/api.py under /api/v1. Errors are problem+json; rules live 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Annotated, Literal, NoReturn
+from typing import Annotated, Any, Literal, NoReturn
 
 from django.conf import settings
 from django.http import HttpRequest
@@ -102,25 +103,39 @@ def _ring_of(rings: list, segment: str) -> int | None:
     return best.order if best else None
 
 
-def _refuse_samples(samples: list[SampleIn], metrics: dict[str, int], orders: set[int], horizon: datetime,
-                    plan: RolloutPlan) -> NoReturn:
-    """422 naming each refused sample's field (at most MAX_FIELD_ERRORS)."""
-    errors = []
-    for index, sample in enumerate(samples):
-        problem = None
-        if sample.metric not in metrics:
-            problem = ("metric", f"Unknown metric {sample.metric!r}; register it before sending it.")
-        elif sample.segment and sample.segment.partition(":")[0] not in SEGMENT_KINDS:
-            problem = ("segment", f"Segment kinds are {', '.join(SegmentKind.values)}.")
-        elif sample.observed_at > horizon:
-            problem = ("observed_at", "More than 5 minutes in the future; check the sender's clock.")
-        elif sample.ring is not None and sample.ring not in orders:
-            problem = ("ring", f"Plan {plan.pk} has rings {', '.join(map(str, sorted(orders)))}.")
-        if problem:
-            errors.append(FieldError(f"samples.{index}.{problem[0]}", problem[1]))
+@dataclass(frozen=True)
+class _SampleRules:
+    """What a batch's samples are held to: known metrics, segment kinds, the clock, the plan's rings."""
+
+    metrics: dict[str, int]
+    orders: set[int]
+    horizon: datetime
+    plan: RolloutPlan
+
+    def problem(self, field: str, value: Any) -> str | None:
+        """Why one field's value is refused, or None."""
+        if field == "metric" and value not in self.metrics:
+            return f"Unknown metric {value!r}; register it before sending it."
+        if field == "segment" and value and value.partition(":")[0] not in SEGMENT_KINDS:
+            return f"Segment kinds are {', '.join(SegmentKind.values)}."
+        if field == "observed_at" and value > self.horizon:
+            return "More than 5 minutes in the future; check the sender's clock."
+        if field == "ring" and value is not None and value not in self.orders:
+            return f"Plan {self.plan.pk} has rings {', '.join(map(str, sorted(self.orders)))}."
+        return None
+
+    def refuse(self, samples: list[SampleIn]) -> NoReturn:
+        """422 naming each refused sample's first refused field (at most MAX_FIELD_ERRORS)."""
+        errors = []
+        for index, sample in enumerate(samples):
+            for field in ("metric", "segment", "observed_at", "ring"):
+                if message := self.problem(field, getattr(sample, field)):
+                    errors.append(FieldError(f"samples.{index}.{field}", message))
+                    break
             if len(errors) >= MAX_FIELD_ERRORS:
                 break
-    raise Problem(422, "invalid_samples", "Some samples were refused; nothing was stored. See errors.", errors=errors)
+        raise Problem(422, "invalid_samples", "Some samples were refused; nothing was stored. See errors.",
+                      errors=errors)
 
 
 @router.post("/signals", response=SignalsOut, summary="Post a batch of metric samples of a rollout")
@@ -142,14 +157,13 @@ def post_signals(request: HttpRequest, payload: SignalsIn) -> SignalsOut:
     observed_col, ring_col = [s.observed_at for s in samples], [s.ring for s in samples]
     metrics = selectors.metric_ids(slugs := set(metric_col))
     rings = list(plan.rings.all())
-    orders = {r.order for r in rings}
-    horizon = clock.now() + FUTURE_SKEW
+    rules = _SampleRules(metrics, {r.order for r in rings}, clock.now() + FUTURE_SKEW, plan)
     segments, given_rings = set(segment_col), set(ring_col) - {None}
-    # Checked column by column over the distinct values (a batch repeats a few metrics and
+    # The rules are applied to the distinct values of each field (a batch repeats a few metrics and
     # segments); only a refused batch is walked sample by sample, to name each refused field.
-    if not (metrics.keys() >= slugs and max(observed_col) <= horizon and given_rings <= orders
-            and all(not seg or seg.partition(":")[0] in SEGMENT_KINDS for seg in segments)):
-        _refuse_samples(samples, metrics, orders, horizon, plan)
+    distinct = {"metric": slugs, "segment": segments, "observed_at": [max(observed_col)], "ring": given_rings}
+    if any(rules.problem(field, value) for field, values in distinct.items() for value in values):
+        rules.refuse(samples)
     ring_of_segment = {seg: _ring_of(rings, seg) if seg else None for seg in segments}
     derived = map(ring_of_segment.__getitem__, segment_col)
     ring_values = derived if not given_rings else (  # a sample's own ring comes first

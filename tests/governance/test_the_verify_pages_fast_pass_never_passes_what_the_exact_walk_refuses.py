@@ -5,6 +5,7 @@ fast pass must not pass it, and the page must name the same first broken event a
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 
 import pytest
 from django.conf import settings
@@ -39,7 +40,7 @@ def exact_walk():
     return verify(audit._db_events(), audit.db_checkpoints(), settings.AUDIT_CHECKPOINT_KEY)
 
 
-def tamper(*statements: tuple[str, list]) -> None:
+def tamper(*statements: tuple[str, list | dict]) -> None:
     with connection.cursor() as cursor:
         cursor.execute(f"ALTER TABLE {TABLE} DISABLE TRIGGER {TABLE}_no_mod")
         for sql, params in statements:
@@ -74,30 +75,35 @@ def test_progress_is_reported_as_the_scan_goes(chain):
     assert report.ok and seen and seen[-1] == report.events
 
 
+def change(assignment: str, *, rehashed: bool = False) -> Callable[[int], None]:
+    """Tampering with one event: `assignment` set on it (`%(seq)s` is its seq); with `rehashed`,
+    every hash from there on recomputed."""
+    def apply(seq: int) -> None:
+        tamper((f"UPDATE {TABLE} SET {assignment} WHERE seq = %(seq)s", {"seq": seq}))
+        if rehashed:
+            rehash_from(seq)
+    return apply
+
+
 TAMPERING = {
-    "a column": lambda s: tamper((f"UPDATE {TABLE} SET reason = 'rewritten' WHERE seq = %s", [s])),
-    "the time by a microsecond": lambda s: tamper(
-        (f"UPDATE {TABLE} SET occurred_at = occurred_at + interval '1 microsecond' WHERE seq = %s", [s])),
-    "the actor": lambda s: tamper((f"UPDATE {TABLE} SET actor_label = 'someone else' WHERE seq = %s", [s])),
-    "the subject": lambda s: tamper((f"UPDATE {TABLE} SET subject_id = '424242' WHERE seq = %s", [s])),
-    "the workflow": lambda s: tamper((f"UPDATE {TABLE} SET workflow_slug = 'elsewhere' WHERE seq = %s", [s])),
-    "the action": lambda s: tamper((f"UPDATE {TABLE} SET action = 'test.other' WHERE seq = %s", [s])),
-    "the hashed contents": lambda s: tamper(
-        (f"UPDATE {TABLE} SET canonical = replace(canonical, '\"n\":', '\"m\":') WHERE seq = %s", [s])),
-    "contents that are not JSON": lambda s: tamper(
-        (f"UPDATE {TABLE} SET canonical = canonical || '}}' WHERE seq = %s", [s])),
-    "the hash's case": lambda s: tamper((f"UPDATE {TABLE} SET hash = upper(hash) WHERE seq = %s", [s])),
-    "a hash that is not hex": lambda s: tamper((f"UPDATE {TABLE} SET hash = 'zz' || substr(hash, 3) WHERE seq = %s", [s])),
-    "the link": lambda s: tamper((f"UPDATE {TABLE} SET prev_hash = repeat('ab', 32) WHERE seq = %s", [s])),
+    "a column": change("reason = 'rewritten'"),
+    "the time by a microsecond": change("occurred_at = occurred_at + interval '1 microsecond'"),
+    "the actor": change("actor_label = 'someone else'"),
+    "the subject": change("subject_id = '424242'"),
+    "the workflow": change("workflow_slug = 'elsewhere'"),
+    "the action": change("action = 'test.other'"),
+    "the hashed contents": change("""canonical = replace(canonical, '"n":', '"m":')"""),
+    "contents that are not JSON": change("canonical = canonical || '}'"),
+    "the hash's case": change("hash = upper(hash)"),
+    "a hash that is not hex": change("hash = 'zz' || substr(hash, 3)"),
+    "the link": change("prev_hash = repeat('ab', 32)"),
     "a deleted event": lambda s: tamper((f"DELETE FROM {TABLE} WHERE seq = %s", [s])),
-    "the seq inside the contents, rehashed": lambda s: (
-        tamper(((f"UPDATE {TABLE} SET canonical = regexp_replace(canonical, '\"seq\":{s},\"subject\"', '"
-                 f"\"seq\":{s + 1000},\"subject\"') WHERE seq = %s"), [s])),
-        rehash_from(s)),
-    "a reason, rehashed from there on": lambda s: (
-        tamper(((f"UPDATE {TABLE} SET canonical = replace(canonical, 'line two', 'line 2'), "
-                 "reason = replace(reason, 'line two', 'line 2') WHERE seq = %s"), [s])),
-        rehash_from(s)),
+    "the seq inside the contents, rehashed": change(
+        """canonical = replace(canonical, '"seq":' || %(seq)s || ',"subject"', '"seq":' || (%(seq)s + 1000) || ',"subject"')""",
+        rehashed=True),
+    "a reason, rehashed from there on": change(
+        "canonical = replace(canonical, 'line two', 'line 2'), reason = replace(reason, 'line two', 'line 2')",
+        rehashed=True),
 }
 
 
