@@ -10,7 +10,7 @@ from datetime import datetime
 
 from django.contrib.auth.models import Group
 from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db.models import OuterRef, Q, Subquery
 
 from approvals.models import EscalationLevel, EscalationPolicy, Mode
 from governance.models import Workflow
@@ -48,16 +48,16 @@ def ensure_default_policies(using: str = "default") -> list[EscalationPolicy]:
 
 def policy_for(workflow: Workflow, at: datetime, mode: str) -> EscalationPolicy:
     """The policy in force for `workflow` at `at`: the workflow's own before the default, and one
-    for the current business or off hours before one for any time."""
+    for the current business or off hours before one for any time.
+
+    Read with `first_timeout_seconds`, the timeout of its first level (None when it has no
+    levels), in the same query."""
     hours = Hours.BUSINESS if workflow.in_business_hours(at) else Hours.OFF_HOURS
+    first = EscalationLevel.objects.filter(policy=OuterRef("pk")).order_by("position").values("timeout_seconds")[:1]
     matching = EscalationPolicy.objects.filter(mode=mode, hours__in=[hours, Hours.ANY]).filter(
-        Q(workflow=workflow) | Q(workflow__isnull=True))
+        Q(workflow=workflow) | Q(workflow__isnull=True)).annotate(first_timeout_seconds=Subquery(first))
     candidates = list(matching)
     if not candidates:
         ensure_default_policies()
         candidates = list(matching.all())
     return min(candidates, key=lambda p: (p.workflow_id is None, p.hours == Hours.ANY))
-
-
-def levels_of(policy: EscalationPolicy) -> list[EscalationLevel]:
-    return list(policy.levels.order_by("position"))

@@ -36,7 +36,7 @@ from approvals.models import (
     Mode,
     Notice,
 )
-from approvals.policies import levels_of, policy_for
+from approvals.policies import policy_for
 from governance import audit, clock
 from governance.errors import TransitionRefused, require
 from governance.models import GovernedAction, ServiceAccount, Workflow
@@ -164,24 +164,24 @@ def create_request(*, workflow: Workflow, kind: str, action: str, parameters: di
             field="quorum")
     subject_type, subject_id = audit.describe_subject(subject) if subject is not None else ("", "")
     asked = {"workflow_id": workflow.pk, "kind": kind, "action": action, "parameters": parameters, "mode": mode}
-    if key and (existing := _existing_for_key(owner, key)) is not None:
-        return _replay(existing, asked)
-
     now = clock.now()
     policy = policy_for(workflow, now, mode)
-    first = levels_of(policy)[0]
-    due_at = now + timedelta(seconds=first.timeout_seconds)
+    timeout = policy.first_timeout_seconds
+    require(timeout is not None, "misconfigured",
+            f"The escalation policy {policy} has no levels; an administrator must add one before requests can wait on it.")
+    due_at = now + timedelta(seconds=timeout)
     req = ApprovalRequest(
         workflow=workflow, kind=kind, action=action, parameters=parameters, evidence=evidence,
         confidence=confidence, idempotency_key=key, mode=mode, policy=policy, due_at=due_at,
-        remind_at=_reminder_time(due_at, first.timeout_seconds), level=0, quorum=quorum,
+        remind_at=_reminder_time(due_at, timeout), level=0, quorum=quorum,
         state=State.PENDING, created_at=now, subject_type=subject_type, subject_id=subject_id, **owner,
     )
     try:
         with transaction.atomic():
             req.save()
     except IntegrityError:
-        # The same key arrived at the same moment; the first one wins and this caller gets it.
+        # The key was used before, or at the same moment: the first request stands and this caller
+        # gets it. The unique constraint decides; no lookup precedes the insert.
         existing = _existing_for_key(owner, key) if key else None
         if existing is None:
             raise
