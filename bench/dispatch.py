@@ -7,31 +7,43 @@ separate load process:
 
 1. a bare Django view doing one PostgreSQL query, through the same middleware: the ceiling
    this machine, server and database allow;
-2. POST /api/v1/dispatch answering `allow` (token check, rate limit, idempotency key, audit);
-3. POST /api/v1/dispatch answering `pending` (plus an approval request, its timer and notice);
-4. both dispatch paths again at half of their measured rate, for latency under normal load.
+2. the floor (`/bench/floor`): the least a dispatch answering `allow` must do, in raw SQL with
+   no ORM, ninja or pydantic: one read (token, account, scope, action), the Redis rate-limit
+   script, one durable write in one round trip (workflow share lock, idempotency record, audit
+   append under the chain lock, commit);
+3. POST /api/v1/dispatch answering `allow` (token check, rate limit, idempotency key, audit);
+4. POST /api/v1/dispatch answering `pending` (plus an approval request, its timer and notice);
+5. the database alone: the floor's read and write driven by pgbench (when it is installed) from
+   as many connections as the server has workers, with no web server at all;
+6. both dispatch paths again at half of their measured rate, for latency under normal load.
 
-Prints requests/s, p50 and p99, and the ratios (target: dispatch ≥ 50 % of the bare rate,
-p99 < 25 ms at half load). Configuration: RINGFENCE_BENCH_DATABASE_URL (default
+Prints requests/s, p50 and p99, the CPU the server side (gunicorn, PostgreSQL, Redis) spent per
+answer, and the ratios (target: dispatch ≥ 50 % of the bare rate, p99 < 25 ms at half load).
+Configuration: RINGFENCE_BENCH_DATABASE_URL (default
 postgres://ringfence:ringfence@127.0.0.1:5432/ringfence_bench_api, dropped and recreated),
 RINGFENCE_BENCH_REDIS_URL (default redis://127.0.0.1:6379/0).
 
 The module also serves as the benchmark's URL configuration (`bench.dispatch.urlpatterns`) and
-WSGI application (`bench.dispatch:wsgi()`), so the bare view runs in the very same server.
+WSGI application (`bench.dispatch:wsgi()`), so the bare view and the floor run in the very same
+server.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
+import hashlib
 import http.client
 import json
 import math
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -40,6 +52,7 @@ from urllib.parse import urlsplit
 
 from django.http import HttpRequest, HttpResponse
 from django.urls import include, path
+from django.views.decorators.csrf import csrf_exempt
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DB = "postgres://ringfence:ringfence@127.0.0.1:5432/ringfence_bench_api"
@@ -58,10 +71,85 @@ def bare(request: HttpRequest) -> HttpResponse:
     return HttpResponse(json.dumps({"workflow": row[0] if row else None}), content_type="application/json")
 
 
+# -- the floor: the least a dispatch answering `allow` must do ----------------------------------
+# Check the token and the account, find the workflow in the account's scope and the action's risk
+# (one read); count the request in Redis; then one durable write: share-lock the workflow (a pause
+# waits for it), store the answer under the idempotency key, append the audit event to the hash
+# chain under its lock, commit. Raw SQL in one round trip per step: no ORM, no ninja, no pydantic.
+
+FLOOR_READ = """
+SELECT t.id, sa.id, sa.name, w.id, w.slug, w.paused, a.risk
+FROM governance_apitoken t
+JOIN governance_serviceaccount sa ON sa.id = t.service_account_id AND sa.active
+JOIN governance_serviceaccount_workflows s ON s.serviceaccount_id = sa.id
+JOIN governance_workflow w ON w.id = s.workflow_id AND w.slug = %(workflow)s
+LEFT JOIN governance_governedaction a ON a.workflow_id = w.id AND a.name = %(action)s
+WHERE t.digest = %(digest)s AND t.revoked_at IS NULL
+"""
+
+FLOOR_WRITE = """
+BEGIN;
+SELECT 1 FROM governance_workflow WHERE id = %(workflow_id)s FOR SHARE;
+INSERT INTO governance_idempotencykey (service_account_id, key, fingerprint, method, path, state, response_status,
+                                       response_content_type, response_body, created_at, expires_at)
+VALUES (%(account_id)s, %(key)s, %(fingerprint)s, 'POST', '/api/v1/dispatch', 'completed', 200,
+        'application/json', %(answer)s, %(occurred_at)s, %(occurred_at)s + interval '24 hours');
+{append};
+COMMIT
+"""
+
+
+def floor_write(params: dict) -> tuple[str, dict]:
+    """The floor's write transaction (one round trip) and its parameters."""
+    from governance import audit
+
+    return FLOOR_WRITE.format(append=audit._LOCK_AND_APPEND_SQL.strip()), params
+
+
+def floor_params(body: dict, key: str, digest: str, row: tuple) -> dict:
+    """Everything the write needs: the answer, the idempotency record and the audit event."""
+    from governance import audit, clock
+
+    _token, account_id, account_name, workflow_id, slug, _paused, risk = row
+    now = clock.now()
+    answer = json.dumps({"decision": "allow", "code": "within_autonomy", "workflow": slug, "action": body["action"],
+                         "reason": f"{risk} risk runs without approval."})
+    data = {"action": body["action"], "parameters": body.get("parameters", {}), "idempotency_key": key}
+    actor, subject = {"kind": "service", "id": str(account_id), "label": account_name}, str(workflow_id)
+    before, after = audit._canonical_around_seq({
+        "v": audit.FORMAT_VERSION, "seq": 0, "at": audit.format_time(now), "actor": actor, "action": "dispatch.allowed",
+        "subject": {"type": "governance.workflow", "id": subject}, "workflow": slug, "data": data, "reason": "",
+    })
+    return {"occurred_at": now, "actor_kind": "service", "actor_id": actor["id"], "actor_label": account_name,
+            "action": "dispatch.allowed", "subject_type": "governance.workflow", "subject_id": subject,
+            "workflow_slug": slug, "reason": "", "data": json.dumps(data), "before_seq": before, "after_seq": after,
+            "workflow_id": workflow_id, "account_id": account_id, "key": key, "fingerprint": digest,
+            "answer": answer}
+
+
+@csrf_exempt
+def floor(request: HttpRequest) -> HttpResponse:
+    """The floor as a view, in the same server as the bare view and the real dispatch."""
+    from django.db import connection
+
+    from governance import ratelimit
+
+    body = json.loads(request.body)
+    key = request.headers["Idempotency-Key"]
+    digest = hashlib.sha256(request.headers["Authorization"].removeprefix("Bearer ").strip().encode()).hexdigest()
+    with connection.cursor() as cursor:
+        cursor.execute(FLOOR_READ, {"workflow": body["workflow"], "action": body["action"], "digest": digest})
+        row = cursor.fetchone()
+        ratelimit.enforce(f"token:{row[0]}")
+        params = floor_params(body, key, digest, row)
+        cursor.execute(*floor_write(params))
+    return HttpResponse(params["answer"], content_type="application/json")
+
+
 def __getattr__(name: str) -> list:
     """`urlpatterns`, built when the server asks (the load process never imports Django's apps)."""
     if name == "urlpatterns":
-        return [path("bench/bare", bare), path("", include("governance.urls"))]
+        return [path("bench/bare", bare), path("bench/floor", floor), path("", include("governance.urls"))]
     raise AttributeError(name)
 
 
@@ -225,10 +313,88 @@ def start_server(env: dict[str, str], workers: int, log: Path | None = None) -> 
     raise SystemExit("gunicorn did not answer within 60 s")
 
 
+def cpu_seconds() -> dict[str, float]:
+    """CPU time used so far by the web server, PostgreSQL and Redis (all their processes; Linux /proc)."""
+    totals = {"web": 0.0, "postgres": 0.0, "redis": 0.0}
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                command = fh.read().replace(b"\0", b" ")
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        name = ("web" if b"gunicorn" in command else "postgres" if b"postgres" in command
+                else "redis" if b"redis-server" in command else None)
+        if name:
+            totals[name] += (int(fields[11]) + int(fields[12])) / tick
+    return totals
+
+
+def measured(spec: dict) -> dict:
+    """run_load, plus the CPU the server side spent per answered request."""
+    before = cpu_seconds()
+    result = run_load(spec)
+    after = cpu_seconds()
+    answered = max(1, result["requests"])
+    result["cpu_ms"] = {name: (after[name] - before[name]) / answered * 1000 for name in after}
+    return result
+
+
 def report(name: str, result: dict, bare_rps: float | None = None) -> None:
     ratio = f"  {result['rps'] / bare_rps:6.1%} of bare" if bare_rps else ""
+    cpu = "  CPU/req " + " ".join(f"{k} {v:.2f}" for k, v in result["cpu_ms"].items()) + " ms" if "cpu_ms" in result else ""
     print(f"{name:34} {result['rps']:8.1f} req/s  p50 {result['p50_ms']:6.1f} ms  p99 {result['p99_ms']:6.1f} ms"
-          f"{ratio}  {result['statuses']} {result['decisions'] or ''}")
+          f"{ratio}{cpu}  {result['statuses']} {result['decisions'] or ''}")
+
+
+def pgbench() -> str | None:
+    found = shutil.which("pgbench")
+    return found or next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/pgbench"), reverse=True)), None)
+
+
+def database_alone(database_url: str, env: dict[str, str], token: str, body: dict, clients: int,
+                   seconds: float) -> float | None:
+    """The floor's read and write driven straight at PostgreSQL by pgbench (C, no web server, no
+    Python) from `clients` connections: what the database alone allows. None without pgbench."""
+    program = pgbench()
+    if program is None:
+        return None
+    script = subprocess.run(
+        [sys.executable, __file__, "--pgbench-script"], input=json.dumps({"token": token, "body": body}),
+        cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout
+    parts = urlsplit(database_url)
+    with tempfile.NamedTemporaryFile("w", suffix=".sql") as fh:
+        fh.write(script)
+        fh.flush()
+        run = subprocess.run(
+            [program, "-n", "-c", str(clients), "-j", str(clients), "-T", str(max(1, round(seconds))), "-f", fh.name,
+             "-h", parts.hostname or "127.0.0.1", "-p", str(parts.port or 5432), "-U", parts.username or "postgres",
+             parts.path.lstrip("/")],
+            env={**os.environ, "PGPASSWORD": parts.password or ""}, capture_output=True, text=True, check=True)
+    tps = [line for line in run.stdout.splitlines() if line.startswith("tps = ")]
+    return float(tps[0].split()[2]) if tps else None
+
+
+def pgbench_script(spec: dict) -> str:
+    """The floor's two statements with its parameters written in (runs in the server's environment)."""
+    import django
+
+    django.setup()
+    import psycopg
+    from django.db import connection
+
+    body = spec["body"]
+    digest = hashlib.sha256(spec["token"].encode()).hexdigest()
+    connection.ensure_connection()
+    cursor = psycopg.ClientCursor(connection.connection)
+    read = cursor.mogrify(FLOOR_READ, {"workflow": body["workflow"], "action": body["action"], "digest": digest})
+    row = cursor.execute(read).fetchone()
+    write = cursor.mogrify(*floor_write(floor_params(body, "KEY", digest, row)))
+    # Every transaction a key of its own, as every dispatch has.
+    write = write.replace("'KEY'", "gen_random_uuid()::text", 1)
+    return "\n".join(" ".join(statement.split()) + ";" for statement in f"{read};{write}".split(";\n") if statement.strip())
 
 
 def main() -> None:
@@ -254,25 +420,34 @@ def main() -> None:
         allow = {**api, "body": {"workflow": "refund-agent", "action": "send_receipt", "parameters": {"order": "A-1"}}}
         pending = {**api, "body": {"workflow": "refund-agent", "action": "refund_customer",
                                    "parameters": {"order": "A-1"}, "evidence": {"summary": "bench"}}}
+        floor_spec = {**allow, "path": "/bench/floor"}
         run_load({**base, "method": "GET", "path": "/bench/bare", "headers": {}, "body": None, "seconds": 2})  # warm up
 
         print(f"gunicorn {args.workers} workers, load from a separate process with {args.concurrency} connections, "
               f"{args.seconds:g} s per phase, {os.cpu_count()} CPUs")
-        bare_result = run_load({**base, "method": "GET", "path": "/bench/bare", "headers": {}, "body": None})
+        bare_result = measured({**base, "method": "GET", "path": "/bench/bare", "headers": {}, "body": None})
         report("bare view, one query", bare_result)
-        allow_result = run_load(allow)
+        floor_result = measured(floor_spec)
+        report("floor: least an allow must do", floor_result, bare_result["rps"])
+        allow_result = measured(allow)
         report("dispatch → allow", allow_result, bare_result["rps"])
-        pending_result = run_load(pending)
+        pending_result = measured(pending)
         report("dispatch → pending", pending_result, bare_result["rps"])
+        alone = database_alone(database_url, env, token, allow["body"], args.workers, args.seconds)
+        if alone is None:
+            print("database alone: pgbench not found, skipped")
+        else:
+            print(f"{'database alone: the floor via pgbench':34} {alone:8.1f} tx/s  ({args.workers} connections, no web "
+                  f"server)  {alone / bare_result['rps']:6.1%} of bare")
         for name, spec, result in (("allow", allow, allow_result), ("pending", pending, pending_result)):
             half = max(1.0, result["rps"] / 2)
             paced = run_load({**spec, "rate": half})
             report(f"dispatch → {name} at {half:.0f} req/s (half)", paced)
             verdict = "meets" if paced["p99_ms"] < 25 else "misses"
             print(f"{'':34} p99 at half load {paced['p99_ms']:.1f} ms: {verdict} the 25 ms target")
-        for name, result in (("allow", allow_result), ("pending", pending_result)):
+        for name, result in (("floor", floor_result), ("allow", allow_result), ("pending", pending_result)):
             ratio = result["rps"] / bare_result["rps"]
-            print(f"ratio dispatch {name} / bare: {ratio:.2f} ({'meets' if ratio >= 0.5 else 'misses'} the 0.50 target)")
+            print(f"ratio {name} / bare: {ratio:.2f} ({'meets' if ratio >= 0.5 else 'misses'} the 0.50 target)")
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
@@ -281,5 +456,7 @@ def main() -> None:
 if __name__ == "__main__":
     if sys.argv[1:] == ["--load"]:
         print(json.dumps(load(json.load(sys.stdin))))
+    elif sys.argv[1:] == ["--pgbench-script"]:
+        print(pgbench_script(json.load(sys.stdin)))
     else:
         main()
