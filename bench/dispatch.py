@@ -106,7 +106,7 @@ def floor_write(params: dict) -> tuple[str, dict]:
     return FLOOR_WRITE.format(append=audit._LOCK_AND_APPEND_SQL.strip()), params
 
 
-def floor_params(body: dict, key: str, digest: str, row: tuple) -> dict:
+def floor_params(body: dict, key: str, fingerprint: str, row: tuple) -> dict:
     """Everything the write needs: the answer, the idempotency record and the audit event."""
     from governance import audit, clock
 
@@ -123,7 +123,7 @@ def floor_params(body: dict, key: str, digest: str, row: tuple) -> dict:
     return {"occurred_at": now, "actor_kind": "service", "actor_id": actor["id"], "actor_label": account_name,
             "action": "dispatch.allowed", "subject_type": "governance.workflow", "subject_id": subject,
             "workflow_slug": slug, "reason": "", "data": json.dumps(data), "before_seq": before, "after_seq": after,
-            "workflow_id": workflow_id, "account_id": account_id, "key": key, "fingerprint": digest,
+            "workflow_id": workflow_id, "account_id": account_id, "key": key, "fingerprint": fingerprint,
             "answer": answer}
 
 
@@ -141,7 +141,7 @@ def floor(request: HttpRequest) -> HttpResponse:
         cursor.execute(FLOOR_READ, {"workflow": body["workflow"], "action": body["action"], "digest": digest})
         row = cursor.fetchone()
         ratelimit.enforce(f"token:{row[0]}")
-        params = floor_params(body, key, digest, row)
+        params = floor_params(body, key, hashlib.sha256(request.body).hexdigest(), row)
         cursor.execute(*floor_write(params))
     return HttpResponse(params["answer"], content_type="application/json")
 
