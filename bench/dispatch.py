@@ -99,11 +99,11 @@ COMMIT
 """
 
 
-def floor_write(params: dict) -> tuple[str, dict]:
-    """The floor's write transaction (one round trip) and its parameters."""
+def floor_write_sql() -> str:
+    """The floor's write transaction, sent in one round trip."""
     from governance import audit
 
-    return FLOOR_WRITE.format(append=audit._LOCK_AND_APPEND_SQL.strip()), params
+    return FLOOR_WRITE.format(append=audit._LOCK_AND_APPEND_SQL.strip())
 
 
 def floor_params(body: dict, key: str, fingerprint: str, row: tuple) -> dict:
@@ -111,19 +111,15 @@ def floor_params(body: dict, key: str, fingerprint: str, row: tuple) -> dict:
     from governance import audit, clock
 
     _token, account_id, account_name, workflow_id, slug, _paused, risk = row
-    now = clock.now()
     answer = json.dumps({"decision": "allow", "code": "within_autonomy", "workflow": slug, "action": body["action"],
                          "reason": f"{risk} risk runs without approval."})
-    data = {"action": body["action"], "parameters": body.get("parameters", {}), "idempotency_key": key}
-    actor, subject = {"kind": "service", "id": str(account_id), "label": account_name}, str(workflow_id)
-    before, after = audit._canonical_around_seq({
-        "v": audit.FORMAT_VERSION, "seq": 0, "at": audit.format_time(now), "actor": actor, "action": "dispatch.allowed",
-        "subject": {"type": "governance.workflow", "id": subject}, "workflow": slug, "data": data, "reason": "",
+    event = audit.append_params({
+        "occurred_at": clock.now(), "actor_kind": "service", "actor_id": str(account_id), "actor_label": account_name,
+        "action": "dispatch.allowed", "subject_type": "governance.workflow", "subject_id": str(workflow_id),
+        "workflow_slug": slug, "reason": "",
+        "data": {"action": body["action"], "parameters": body.get("parameters", {}), "idempotency_key": key},
     })
-    return {"occurred_at": now, "actor_kind": "service", "actor_id": actor["id"], "actor_label": account_name,
-            "action": "dispatch.allowed", "subject_type": "governance.workflow", "subject_id": subject,
-            "workflow_slug": slug, "reason": "", "data": json.dumps(data), "before_seq": before, "after_seq": after,
-            "workflow_id": workflow_id, "account_id": account_id, "key": key, "fingerprint": fingerprint,
+    return {**event, "workflow_id": workflow_id, "account_id": account_id, "key": key, "fingerprint": fingerprint,
             "answer": answer}
 
 
@@ -142,7 +138,7 @@ def floor(request: HttpRequest) -> HttpResponse:
         row = cursor.fetchone()
         ratelimit.enforce(f"token:{row[0]}")
         params = floor_params(body, key, hashlib.sha256(request.body).hexdigest(), row)
-        cursor.execute(*floor_write(params))
+        cursor.execute(floor_write_sql(), params)
     return HttpResponse(params["answer"], content_type="application/json")
 
 
@@ -391,7 +387,7 @@ def pgbench_script(spec: dict) -> str:
     cursor = psycopg.ClientCursor(connection.connection)
     read = cursor.mogrify(FLOOR_READ, {"workflow": body["workflow"], "action": body["action"], "digest": digest})
     row = cursor.execute(read).fetchone()
-    write = cursor.mogrify(*floor_write(floor_params(body, "KEY", digest, row)))
+    write = cursor.mogrify(floor_write_sql(), floor_params(body, "KEY", digest, row))
     # Every transaction a key of its own, as every dispatch has.
     write = write.replace("'KEY'", "gen_random_uuid()::text", 1)
     return "\n".join(" ".join(statement.split()) + ";" for statement in f"{read};{write}".split(";\n") if statement.strip())

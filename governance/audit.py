@@ -173,26 +173,16 @@ def record(actor: Any, action: str, subject: Any, data: dict | None = None, reas
         "reason": reason, "data": payload_data,
     }
     # Everything but the position in the chain is prepared before the chain lock is taken.
-    before_seq, after_seq = _canonical_around_seq({
-        "v": FORMAT_VERSION,
-        "seq": 0,
-        "at": format_time(occurred_at),
-        "actor": {"kind": actor_kind, "id": actor_id, "label": actor_label},
-        "action": action,
-        "subject": {"type": subject_type, "id": subject_id},
-        "workflow": workflow_slug,
-        "data": payload_data,
-        "reason": reason,
-    })
+    params = append_params(columns)
     if connection.vendor == "postgresql":
-        seq, prev_hash, event_hash = _append_postgresql(columns, before_seq, after_seq)
-        canonical = f"{before_seq}{seq}{after_seq}"
+        seq, prev_hash, event_hash = _append_postgresql(params)
+        canonical = f"{params['before_seq']}{seq}{params['after_seq']}"
     else:  # SQLite: writers are serialised by BEGIN IMMEDIATE
         with connection.cursor() as cursor:
             cursor.execute("SELECT seq, hash FROM governance_auditevent ORDER BY seq DESC LIMIT 1")
             head = cursor.fetchone()
         seq, prev_hash = (head[0] + 1, head[1]) if head else (1, GENESIS)
-        canonical = f"{before_seq}{seq}{after_seq}"
+        canonical = f"{params['before_seq']}{seq}{params['after_seq']}"
         event_hash = chain_hash(prev_hash, canonical)
         return AuditEvent.objects.create(seq=seq, canonical=canonical, prev_hash=prev_hash, hash=event_hash,
                                          **columns)
@@ -237,9 +227,25 @@ def _canonical_around_seq(payload: dict) -> tuple[str, str]:
     return canonical[:at], canonical[at + 1:]
 
 
-def _append_postgresql(columns: dict, before_seq: str, after_seq: str) -> tuple[int, str, str]:
-    params = {**columns, "data": json.dumps(columns["data"], ensure_ascii=False, allow_nan=False),
-              "before_seq": before_seq, "after_seq": after_seq}
+def append_params(columns: dict) -> dict:
+    """The parameters of _LOCK_AND_APPEND_SQL for an event's columns: its canonical JSON split around
+    the seq it is given under the lock, and its data as JSON text."""
+    before_seq, after_seq = _canonical_around_seq({
+        "v": FORMAT_VERSION,
+        "seq": 0,
+        "at": format_time(columns["occurred_at"]),
+        "actor": {"kind": columns["actor_kind"], "id": columns["actor_id"], "label": columns["actor_label"]},
+        "action": columns["action"],
+        "subject": {"type": columns["subject_type"], "id": columns["subject_id"]},
+        "workflow": columns["workflow_slug"],
+        "data": columns["data"],
+        "reason": columns["reason"],
+    })
+    return {**columns, "data": json.dumps(columns["data"], ensure_ascii=False, allow_nan=False),
+            "before_seq": before_seq, "after_seq": after_seq}
+
+
+def _append_postgresql(params: dict) -> tuple[int, str, str]:
     with connection.cursor() as cursor:
         return row_of_batch(cursor, _LOCK_AND_APPEND_SQL, params, statement=1)
 
