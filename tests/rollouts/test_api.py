@@ -23,9 +23,21 @@ def api(agent_token) -> Client:
     return Client(headers={"Authorization": f"Bearer {agent_token}"})
 
 
+_minute = {}
+
+
+@pytest.fixture(autouse=True)
+def _one_minute_per_test():
+    """Every sample of a test is timed from one whole minute, read once: a test that runs across a
+    minute's turn must still send the same observed_at for the same seconds_ago."""
+    _minute["start"] = clock.now().replace(second=0, microsecond=0)
+    yield
+    _minute.clear()
+
+
 def sample(value="812.5", metric="latency_p95_ms", seconds_ago=10, segment="internal_team:support-ops") -> str:
     """One sample as raw JSON text, so that NaN and 1e309 reach the server as sent."""
-    at = (clock.now().replace(second=0, microsecond=0) - timedelta(seconds=seconds_ago)).isoformat()
+    at = (_minute["start"] - timedelta(seconds=seconds_ago)).isoformat()
     return f'{{"metric": "{metric}", "value": {value}, "observed_at": "{at}", "segment": "{segment}"}}'
 
 
