@@ -146,6 +146,7 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "staticfiles"
+STATIC_ROOT.mkdir(exist_ok=True)  # whitenoise warns on every start while collectstatic has not filled it
 STATICFILES_DIRS = [
     BASE_DIR / "static",
     # plotly.js ships inside the pinned plotly package: served from there, never from a CDN.
