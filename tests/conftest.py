@@ -5,6 +5,9 @@ from django.db import connection
 
 from governance.permissions import Role
 from tests import factories
+from tests.support.flush import retry_flush_on_deadlock
+
+retry_flush_on_deadlock()  # Celery workers kept across tests can deadlock a test's closing flush
 
 AUDIT_TABLES = ("governance_auditevent", "governance_auditcheckpoint")
 
