@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import hashlib
 import http.client
 import json
 import math
@@ -128,16 +127,17 @@ def floor(request: HttpRequest) -> HttpResponse:
     """The floor as a view, in the same server as the bare view and the real dispatch."""
     from django.db import connection
 
-    from governance import ratelimit
+    from governance import idempotency, ratelimit
+    from governance.models import ApiToken
 
     body = json.loads(request.body)
     key = request.headers["Idempotency-Key"]
-    digest = hashlib.sha256(request.headers["Authorization"].removeprefix("Bearer ").strip().encode()).hexdigest()
+    digest = ApiToken.digest_of(request.headers["Authorization"].removeprefix("Bearer ").strip())
     with connection.cursor() as cursor:
         cursor.execute(FLOOR_READ, {"workflow": body["workflow"], "action": body["action"], "digest": digest})
         row = cursor.fetchone()
         ratelimit.enforce(f"token:{row[0]}")
-        params = floor_params(body, key, hashlib.sha256(request.body).hexdigest(), row)
+        params = floor_params(body, key, idempotency.fingerprint(request), row)
         cursor.execute(floor_write_sql(), params)
     return HttpResponse(params["answer"], content_type="application/json")
 
@@ -382,7 +382,9 @@ def pgbench_script(spec: dict) -> str:
     from django.db import connection
 
     body = spec["body"]
-    digest = hashlib.sha256(spec["token"].encode()).hexdigest()
+    from governance.models import ApiToken
+
+    digest = ApiToken.digest_of(spec["token"])
     connection.ensure_connection()
     cursor = psycopg.ClientCursor(connection.connection)
     read = cursor.mogrify(FLOOR_READ, {"workflow": body["workflow"], "action": body["action"], "digest": digest})

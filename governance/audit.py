@@ -176,13 +176,13 @@ def record(actor: Any, action: str, subject: Any, data: dict | None = None, reas
     params = append_params(columns)
     if connection.vendor == "postgresql":
         seq, prev_hash, event_hash = _append_postgresql(params)
-        canonical = f"{params['before_seq']}{seq}{params['after_seq']}"
+        canonical = canonical_at(params, seq)
     else:  # SQLite: writers are serialised by BEGIN IMMEDIATE
         with connection.cursor() as cursor:
             cursor.execute("SELECT seq, hash FROM governance_auditevent ORDER BY seq DESC LIMIT 1")
             head = cursor.fetchone()
         seq, prev_hash = (head[0] + 1, head[1]) if head else (1, GENESIS)
-        canonical = f"{params['before_seq']}{seq}{params['after_seq']}"
+        canonical = canonical_at(params, seq)
         event_hash = chain_hash(prev_hash, canonical)
         return AuditEvent.objects.create(seq=seq, canonical=canonical, prev_hash=prev_hash, hash=event_hash,
                                          **columns)
@@ -243,6 +243,11 @@ def append_params(columns: dict) -> dict:
     })
     return {**columns, "data": json.dumps(columns["data"], ensure_ascii=False, allow_nan=False),
             "before_seq": before_seq, "after_seq": after_seq}
+
+
+def canonical_at(params: dict, seq: int) -> str:
+    """The event's canonical JSON from append_params once its seq is known (as the append SQL builds it)."""
+    return f"{params['before_seq']}{seq}{params['after_seq']}"
 
 
 def _append_postgresql(params: dict) -> tuple[int, str, str]:

@@ -32,8 +32,6 @@ def _is_deadlock(error: BaseException) -> bool:
 def retry_flush_on_deadlock() -> None:
     """Make every transactional test's flush try again (up to ATTEMPTS times) after a deadlock."""
     flush_once = TransactionTestCase._fixture_teardown
-    if getattr(flush_once, "retries_deadlocks", False):
-        return
 
     def flush(self: TransactionTestCase) -> None:
         for attempt in range(1, ATTEMPTS + 1):
@@ -43,5 +41,4 @@ def retry_flush_on_deadlock() -> None:
                 if attempt == ATTEMPTS or not _is_deadlock(error):
                     raise
 
-    flush.retries_deadlocks = True
     TransactionTestCase._fixture_teardown = flush
