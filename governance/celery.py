@@ -7,6 +7,8 @@ from celery import Celery, bootsteps
 from celery.app.amqp import AMQP
 from kombu import Connection
 
+from governance.worker_watchdog import StallWatchdog
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "governance.settings")
 logger = logging.getLogger(__name__)
 
@@ -76,4 +78,5 @@ class RingfenceCelery(Celery):
 app = RingfenceCelery("ringfence", amqp=BrokerAMQP)
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.steps["consumer"].add(SweepAfterReconnect)
+app.steps["worker"].add(StallWatchdog)
 app.autodiscover_tasks()

@@ -300,6 +300,10 @@ else:
         "socket_connect_timeout": REDIS_SOCKET_TIMEOUT_SECONDS,
         "retry_on_timeout": False,
     }
+# A worker that holds no task while messages wait in its queues, and receives none, for this long
+# exits so its supervisor starts a fresh one (governance.worker_watchdog); 0 turns the watch off.
+# The watch goes on through a warm shutdown, so keep it above the soft shutdown timeout.
+WORKER_STALL_SECONDS = env_float("WORKER_STALL_SECONDS", 60.0, minimum=0)
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 TIMER_SWEEP_SECONDS = env_float("TIMER_SWEEP_SECONDS", 5.0, minimum=0.1)
 

@@ -25,6 +25,15 @@ PY = sys.executable
 SWEEP_SECONDS = 1  # TIMER_SWEEP_SECONDS of the processes (production: 5)
 
 
+def answers_ping(hostname: str) -> bool:
+    """Whether the worker `hostname` answers a ping, asked on a connection of its own: one from this
+    process's pool may predate a Redis restart an earlier test made, and fail instead."""
+    from governance.celery import app
+
+    with app.connection_for_write() as conn:
+        return bool(app.control.ping(destination=[hostname], timeout=1.0, connection=conn))
+
+
 class ServiceProcess:
     def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path) -> None:
         self.name, self.argv, self.env, self.log = name, argv, env, log
@@ -142,12 +151,13 @@ class Services:
         return process.start()
 
     def worker(self, name: str = "worker", *, concurrency: int = 2, ready: bool = True,
-               **env: object) -> ServiceProcess:
-        """`celery -A governance worker` as production runs it, plus the task-run record (celery_probe)."""
+               include: tuple[str, ...] = (), **env: object) -> ServiceProcess:
+        """`celery -A governance worker` as production runs it, plus the task-run record (celery_probe)
+        and any fault module in `include`."""
         process = self._spawn(name, [
             PY, "-m", "celery", "-A", "governance", "worker", "--loglevel", "INFO", "--pool", "prefork",
             "--concurrency", str(concurrency), "--hostname", f"{name}@reliability", "--without-gossip",
-            "--without-mingle", "--include", "tests.reliability.celery_probe",
+            "--without-mingle", "--include", ",".join(("tests.reliability.celery_probe", *include)),
         ], env)
         if ready:
             process.wait_for_ready()
