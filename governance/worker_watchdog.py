@@ -31,6 +31,13 @@ from celery.worker import state
 logger = logging.getLogger(__name__)
 
 
+def grace_seconds() -> float:
+    """How long a stalled worker has to finish its warm shutdown before it is killed."""
+    from django.conf import settings
+
+    return settings.CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT + 10
+
+
 class Stall:
     """The stall rule over observations at monotonic times; no I/O, so tests can drive it."""
 
@@ -66,7 +73,7 @@ class StallWatchdog(bootsteps.StartStopStep):
 
         super().__init__(worker, **kwargs)
         self.limit = settings.WORKER_STALL_SECONDS
-        self.grace = settings.CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT + 10
+        self.grace = grace_seconds()
         self.interval = max(0.2, min(5.0, self.limit / 5))
         self.stall = Stall(self.limit)
 

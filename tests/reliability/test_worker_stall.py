@@ -12,9 +12,9 @@ from __future__ import annotations
 import time
 
 import pytest
-from django.conf import settings
 
 from governance.celery import app as celery_app
+from governance.worker_watchdog import grace_seconds
 from tests.reliability.approval_timers import ask, doubled, short_policy, timer_events
 from tests.reliability.processes import answers_ping
 from tests.reliability.proctree import descendants
@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.reliability, pytest.mark.timeout(180)]
 
 STALL_S, HEALTHY_S, TIMERS, DUE_S = 4, 12, 5, 2
 HOSTNAME = "worker@reliability"
-GRACE_S = settings.CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT + 10  # governance.worker_watchdog
+GRACE_S = grace_seconds()
 
 
 def _running(pid: int) -> bool:
