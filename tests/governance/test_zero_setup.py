@@ -11,14 +11,12 @@ import os
 import queue
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
 import pytest
 from django.apps import apps
@@ -26,6 +24,8 @@ from django.core.management import call_command
 
 from governance import audit, demo
 from tests.governance.support import ROOT, database_state
+from tests.reliability.proctree import descendants, running
+from tests.reliability.waiting import free_port
 
 # Everything the test harness configures; the zero-setup run must see none of it.
 CONFIGURATION = ("DATABASE_URL", "CELERY_BROKER_URL", "REDIS_URL", "AUDIT_CHECKPOINT_KEY", "SECRET_KEY", "DEBUG",
@@ -33,45 +33,6 @@ CONFIGURATION = ("DATABASE_URL", "CELERY_BROKER_URL", "REDIS_URL", "AUDIT_CHECKP
                  "DJANGO_SETTINGS_MODULE", "PYTEST_CURRENT_TEST", "HOST", "PORT")
 STARTUP_SECONDS = 180  # migrate a fresh SQLite database and hash nine demo passwords on a busy machine
 URL_LINE = re.compile(r"Ringfence is running at (http://\S+)")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
-def _running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
-def _command(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        return "?"
 
 
 class Output:
@@ -117,7 +78,7 @@ def _get_until_up(opener, url: str, seconds: float = 30):
 @pytest.mark.timeout(STARTUP_SECONDS + 120)
 def test_make_run_serves_the_app_with_no_configuration_and_ctrl_c_stops_every_process(tmp_path, figures):
     env = {k: v for k, v in os.environ.items() if k not in CONFIGURATION}
-    env.update(RINGFENCE_VAR_DIR=str(tmp_path / "var"), PORT=str(_free_port()), PYTHONUNBUFFERED="1")
+    env.update(RINGFENCE_VAR_DIR=str(tmp_path / "var"), PORT=str(free_port()), PYTHONUNBUFFERED="1")
     started = time.monotonic()
     proc = subprocess.Popen([sys.executable, "scripts/devserver.py"], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -145,8 +106,8 @@ def test_make_run_serves_the_app_with_no_configuration_and_ctrl_c_stops_every_pr
         assert "alice" in landing and "refund-agent" in (landing + opener.open(
             urllib.parse.urljoin(base, "/workflows/"), timeout=30).read().decode())
 
-        tree = _descendants(proc.pid)
-        commands = [_command(pid) for pid in tree]
+        tree = descendants(proc.pid)
+        commands = list(tree.values())
         assert any("runserver" in c for c in commands), commands
         assert any("celery" in c and " worker" in c for c in commands), commands
         assert any("celery" in c and " beat" in c for c in commands), commands
@@ -161,7 +122,7 @@ def test_make_run_serves_the_app_with_no_configuration_and_ctrl_c_stops_every_pr
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-        leftovers = [pid for pid in tree if _running(pid)]
+        leftovers = [pid for pid in tree if running(pid)]
         for pid in leftovers:  # never leave our own children behind, even when the test fails
             os.kill(pid, signal.SIGKILL)
 
@@ -169,7 +130,7 @@ def test_make_run_serves_the_app_with_no_configuration_and_ctrl_c_stops_every_pr
             f"Ctrl-C stopped everything in {stopped_in:.1f}s; left running: {len(leftovers)}")
     assert code == 0, output.text[-3000:]
     assert "stopped" in output.text
-    assert leftovers == [], [_command(pid) for pid in leftovers]
+    assert leftovers == [], [tree[pid] for pid in leftovers]
     # The demo's audit trail on SQLite is a valid chain too.
     verified = subprocess.run([sys.executable, "manage.py", "verify_audit"], cwd=ROOT, env=env, capture_output=True,
                               text=True, timeout=120)

@@ -25,13 +25,17 @@ PY = sys.executable
 SWEEP_SECONDS = 1  # TIMER_SWEEP_SECONDS of the processes (production: 5)
 
 
-def answers_ping(hostname: str) -> bool:
-    """Whether the worker `hostname` answers a ping, asked on a connection of its own: one from this
-    process's pool may predate a Redis restart an earlier test made, and fail instead."""
+def control(command: str, hostname: str, *args: object, **kwargs: object) -> object:
+    """Celery's remote `command` to the worker `hostname`, sent on a connection of its own: one from
+    this process's pool may predate a Redis restart an earlier test made, and fail instead."""
     from governance.celery import app
 
     with app.connection_for_write() as conn:
-        return bool(app.control.ping(destination=[hostname], timeout=1.0, connection=conn))
+        return getattr(app.control, command)(*args, destination=[hostname], connection=conn, **kwargs)
+
+
+def answers_ping(hostname: str) -> bool:
+    return bool(control("ping", hostname, timeout=1.0))
 
 
 class ServiceProcess:

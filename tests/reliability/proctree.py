@@ -34,3 +34,12 @@ def descendants(pid: int) -> dict[int, str]:
                 found[child] = cmdline
                 frontier.append(child)
     return found
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` has not ended (a zombie waiting for its parent to reap it has ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False

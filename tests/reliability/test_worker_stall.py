@@ -13,11 +13,10 @@ import time
 
 import pytest
 
-from governance.celery import app as celery_app
 from governance.worker_watchdog import grace_seconds
 from tests.reliability.approval_timers import ask, doubled, short_policy, timer_events
-from tests.reliability.processes import answers_ping
-from tests.reliability.proctree import descendants
+from tests.reliability.processes import answers_ping, control
+from tests.reliability.proctree import descendants, running
 from tests.reliability.waiting import wait_until
 
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(180)]
@@ -27,20 +26,9 @@ HOSTNAME = "worker@reliability"
 GRACE_S = grace_seconds()
 
 
-def _running(pid: int) -> bool:
-    """Not ended (a zombie waiting for its parent to reap it has ended)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _stall(admin_user, workflow, agent) -> tuple[float, list]:
     """The worker stops consuming but keeps running and answering; timers fall due behind it."""
-    with celery_app.connection_for_write() as conn:
-        replies = celery_app.control.cancel_consumer("celery", destination=[HOSTNAME], reply=True, timeout=5,
-                                                     connection=conn)
+    replies = control("cancel_consumer", HOSTNAME, "celery", reply=True, timeout=5)
     assert replies, "the worker acknowledged cancel_consumer"
     stalled_at = time.monotonic()
     short_policy(admin_user, workflow, DUE_S, 600)
@@ -96,7 +84,7 @@ def test_sup03_a_stalled_worker_deaf_to_sigterm_is_ended_with_its_pool(
     worker.wait_for_output("worker stalled", STALL_S + 20)
     code = worker.wait_exit(GRACE_S + 15)
     ended = time.monotonic() - stalled_at
-    wait_until(lambda: not any(_running(pid) for pid in pool), 5, "the pool children are gone")
+    wait_until(lambda: not any(running(pid) for pid in pool), 5, "the pool children are gone")
     worker.start().wait_for_ready()
     events = _all_fired(requests)
     fired = time.monotonic() - stalled_at
