@@ -22,3 +22,8 @@ class ApprovalsConfig(AppConfig):
 
     def ready(self) -> None:
         post_migrate.connect(create_default_policies, sender=self, dispatch_uid="approvals.default_policies")
+        from approvals import services
+        from governance import services as governance_services
+
+        governance_services.on_pause(services.hold_requests)
+        governance_services.on_resume(services.release_requests)

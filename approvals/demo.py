@@ -17,7 +17,7 @@ from django.db import transaction
 
 from approvals import services
 from approvals.models import ApprovalRequest, EscalationPolicy
-from governance.models import ServiceAccount, Workflow
+from governance.models import GovernedAction, ServiceAccount, Workflow
 
 KEY = "demo-queue-r{round}-{name}"
 KEY_PATTERN = re.compile(r"^demo-queue-r(\d+)-")
@@ -76,6 +76,22 @@ class DemoResult:
     created: list[str] = field(default_factory=list)
 
 
+# "Refunds up to €50 run; up to €5,000 need one approver; above that two people, one of them a
+# senior approver". Amounts may come as numbers or decimal strings: double() reads both.
+RULES = [
+    ("refund-agent", "refund_customer", [
+        {"condition": "double(params.amount) <= 50.0", "outcome": "allow"},
+        {"condition": "double(params.amount) <= 5000.0", "outcome": "approve", "quorum": 1},
+        {"condition": "true", "outcome": "approve", "quorum": 2, "approver_roles": ["senior_approver"],
+         "reason": "Large refunds need two people, one of them a senior approver."},
+    ]),
+    ("refund-agent", "issue_voucher", [
+        {"condition": "!has(evidence.confidence) || evidence.confidence < 0.6", "outcome": "deny",
+         "reason": "Vouchers are issued only with a confidence of at least 0.6; hand the case to a person."},
+    ]),
+]
+
+
 def _current_round(agent: ServiceAccount) -> int:
     keys = ApprovalRequest.objects.filter(requested_by_service=agent, idempotency_key__startswith="demo-queue-r")
     rounds = [int(m.group(1)) for key in keys.values_list("idempotency_key", flat=True) if (m := KEY_PATTERN.match(key))]
@@ -108,6 +124,12 @@ def seed() -> DemoResult:
             services.define_policy(actor=people["ada"], workflow=workflows[slug], mode=mode, hours=hours,
                                    levels=[{"groups": groups, "timeout_seconds": t} for groups, t in levels])
             result.created.append(f"escalation policy {slug} {mode} ({hours})")
+
+    for slug, action, rule_list in RULES:
+        governed = GovernedAction.objects.filter(workflow=workflows[slug], name=action).first()
+        if governed is not None and not governed.rules.exists():
+            services.set_action_rules(governed.pk, actor=people["ada"], rules=rule_list)
+            result.created.append(f"rules of {slug} {action}")
 
     number = _current_round(agent)
     if number and _round_still_open(agent, number):

@@ -5,6 +5,8 @@ the same functions only to show or hide buttons.
   rollback and fallback requests the contain permission also qualifies.
 - Level: the person is named (by role group or by name) by the request's current escalation
   level or an earlier one; escalation adds people, it never takes the first approvers away.
+  A role the request needs among its approvers (`approver_roles`, from a dispatch rule) is
+  asked from the first level.
 - Four-eyes: neither the person who asked nor the owner of the service account that asked.
 - Superusers pass scope and level (documented superuser policy) but never four-eyes.
 """
@@ -42,6 +44,8 @@ def asked_by(user: AbstractBaseUser, req: ApprovalRequest) -> bool:
 def named_by_level(user: AbstractBaseUser, req: ApprovalRequest) -> bool:
     if user.is_superuser:
         return True
+    if req.approver_roles and user.groups.filter(name__in=req.approver_roles).exists():
+        return True  # a role the request needs among its approvers is asked from the first level
     return EscalationLevel.objects.filter(policy_id=req.policy_id, position__lte=req.level).filter(
         Q(groups__user=user) | Q(people=user)
     ).exists()

@@ -21,7 +21,7 @@ from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
 
-from governance.models import ServiceAccount, Workflow
+from governance.models import GovernedAction, ServiceAccount, Workflow
 
 MAX_JUSTIFICATION = 5000
 
@@ -124,7 +124,12 @@ class ApprovalRequestQuerySet(models.QuerySet):
         return self.filter(state=ApprovalRequest.State.PENDING)
 
     def overdue(self, now: datetime) -> ApprovalRequestQuerySet:
-        return self.pending().filter(due_at__lte=now)
+        """Pending requests whose level ran out; held ones (kill switch) wait for the resume."""
+        return self.pending().filter(due_at__lte=now, held_at__isnull=True)
+
+    def unclaimed(self, now: datetime) -> ApprovalRequestQuerySet:
+        """Approved agent actions nobody claimed by their claim deadline."""
+        return self.filter(claim_by__lte=now, claimed_at__isnull=True, claim_expired_at__isnull=True)
 
 
 class ApprovalRequest(models.Model):
@@ -186,6 +191,16 @@ class ApprovalRequest(models.Model):
     # Bookkeeping of the outcome handlers other apps registered (approvals.outcomes).
     outcome_attempted_at = models.DateTimeField(null=True, blank=True)
     outcomes_done_at = models.DateTimeField(null=True, blank=True)
+    # The dispatch rule that asked for this request: its id, text, outcome and the values it read.
+    rule = models.JSONField(default=dict, blank=True)
+    # Roles that must be among the approvers (each at least once), eligible from the first level.
+    approver_roles = models.JSONField(default=list, blank=True)
+    # Set while the workflow's kill switch holds the request: no decision, no timer.
+    held_at = models.DateTimeField(null=True, blank=True)
+    # An approved agent action is claimed (executed) once, by `claim_by`, or expires unclaimed.
+    claim_by = models.DateTimeField(null=True, blank=True)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    claim_expired_at = models.DateTimeField(null=True, blank=True)
 
     objects = ApprovalRequestQuerySet.as_manager()
 
@@ -198,6 +213,8 @@ class ApprovalRequest(models.Model):
             models.Index(fields=["subject_type", "subject_id"], name="approval_subject_idx"),
             models.Index(fields=["closed_at"], condition=Q(outcomes_done_at__isnull=True) & ~Q(state="pending"),
                          name="approval_outcomes_open_idx"),
+            models.Index(fields=["claim_by"], condition=Q(claimed_at__isnull=True) & Q(claim_expired_at__isnull=True)
+                         & Q(claim_by__isnull=False), name="approval_unclaimed_idx"),
         ]
         constraints = [
             models.CheckConstraint(condition=Q(state__in=State.values), name="approval_state_valid"),
@@ -270,13 +287,32 @@ class ApprovalRequest(models.Model):
     def allowed_verdicts(self) -> tuple[str, ...]:
         return self.VERDICTS[self.Mode(self.mode)]
 
-    def state_after(self, verdict: str, approvals: int) -> str:
-        """The state a verdict leads to, given the number of distinct approvals recorded so far."""
+    def state_after(self, verdict: str, approvals: int, missing_roles: tuple[str, ...] = ()) -> str:
+        """The state a verdict leads to, given the number of distinct approvals recorded so far and
+        the approver roles none of them holds yet."""
         if verdict == "reject":
             return self.State.REJECTED
         if verdict == "override":
             return self.State.OVERRIDDEN
-        return self.State.APPROVED if approvals >= self.quorum else self.State.PENDING
+        return self.State.APPROVED if approvals >= self.quorum and not missing_roles else self.State.PENDING
+
+    @property
+    def is_held(self) -> bool:
+        return self.held_at is not None
+
+    def hold_summary(self) -> str:
+        """Who stopped the workflow, when and why: "Paused by Olivia at 10:02: incident 42"."""
+        workflow = self.workflow
+        by = workflow.paused_by.get_username() if workflow.paused_by_id else "its agent or a system"
+        at = timezone.localtime(workflow.paused_at).strftime("%H:%M") if workflow.paused_at else "?"
+        return f"{workflow.slug} was paused by {by} at {at}: {workflow.paused_reason}"
+
+    def quorum_summary(self) -> str:
+        """"2 approvals" or "2 approvals incl. a senior_approver"."""
+        text = f"{self.quorum} approval{'s' if self.quorum != 1 else ''}"
+        if self.approver_roles:
+            text += " incl. " + " and ".join(f"a {role}" for role in self.approver_roles)
+        return text
 
     def outcome_summary(self) -> str:
         """How the request ended, e.g. "Approved by Alice at 10:02."."""
@@ -337,7 +373,7 @@ class ApprovalRequest(models.Model):
     def confidence_percent(self) -> str:
         if self.confidence is None:
             return ""
-        return f"{(self.confidence * 100).quantize(Decimal('1'))} %"
+        return f"{(self.confidence * 100).quantize(Decimal(1))} %"
 
 
 class Decision(models.Model):
@@ -449,3 +485,138 @@ class Delivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.channel} → {self.recipient}: {self.status}"
+
+
+class RuleOutcome(models.TextChoices):
+    ALLOW = "allow"
+    DENY = "deny"
+    APPROVE = "approve"
+    TIER = "tier", "use the tier"
+
+
+class ActionRule(models.Model):
+    """One rule of a governed action: when `condition` (CEL over the call, see approvals.rules)
+    holds, `outcome` decides. Live rules are tried in `position` order and the first that holds
+    decides; shadow rules run beside them, change nothing and only report where they differ."""
+
+    Outcome = RuleOutcome
+
+    action = models.ForeignKey(GovernedAction, on_delete=models.CASCADE, related_name="rules")
+    shadow = models.BooleanField(default=False)
+    position = models.PositiveSmallIntegerField()
+    condition = models.TextField()
+    outcome = models.CharField(max_length=10, choices=RuleOutcome.choices)
+    # Shown to the agent when the rule denies; a note for people otherwise.
+    reason = models.CharField(max_length=500, blank=True)
+    # approve: how many distinct people, which roles must be among them, which escalation policy
+    # (none: the workflow's gate policy in force).
+    quorum = models.PositiveSmallIntegerField(null=True, blank=True)
+    approver_roles = models.JSONField(default=list, blank=True)
+    policy = models.ForeignKey(EscalationPolicy, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["action", "shadow", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["action", "shadow", "position"], name="action_rule_unique_position"),
+            models.CheckConstraint(condition=Q(outcome__in=RuleOutcome.values), name="action_rule_outcome_valid"),
+            models.CheckConstraint(condition=~Q(outcome="deny") | ~Q(reason=""), name="action_rule_deny_has_reason"),
+            models.CheckConstraint(
+                condition=(Q(outcome="approve") & Q(quorum__gte=1) & Q(quorum__lte=9))
+                | (~Q(outcome="approve") & Q(quorum__isnull=True) & Q(policy__isnull=True)),
+                name="action_rule_quorum_iff_approve",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{'shadow ' if self.shadow else ''}rule {self.position + 1}: {self.condition} → {self.outcome}"
+
+    @property
+    def number(self) -> int:
+        return self.position + 1
+
+    def summary(self) -> str:
+        """The rule as one line: `params.amount <= 50 → allow`, `… → approve by 2 incl. senior_approver`."""
+        outcome = self.get_outcome_display()
+        if self.outcome == RuleOutcome.APPROVE:
+            outcome = f"approve by {self.quorum}"
+            if self.approver_roles:
+                outcome += f" incl. {' and '.join(self.approver_roles)}"
+            if self.policy_id:
+                outcome += f" ({self.policy})"
+        elif self.outcome == RuleOutcome.DENY:
+            outcome = f"deny: {self.reason}"
+        return f"{self.condition} → {outcome}"
+
+    def as_data(self) -> dict:
+        """What the audit trail and the answer keep of the rule."""
+        data = {"id": self.pk, "position": self.position, "shadow": self.shadow, "condition": self.condition,
+                "outcome": self.outcome, "reason": self.reason}
+        if self.outcome == RuleOutcome.APPROVE:
+            data.update(quorum=self.quorum, approver_roles=list(self.approver_roles), policy=self.policy_id)
+        return data
+
+
+class ShadowDifference(models.Model):
+    """A dispatch where the shadow rules would have answered otherwise than the live ones."""
+
+    action = models.ForeignKey(GovernedAction, on_delete=models.CASCADE, related_name="shadow_differences")
+    created_at = models.DateTimeField()
+    agent = models.CharField(max_length=150)
+    parameters = models.JSONField(default=dict)
+    live = models.JSONField()  # {"decision", "rule": rule number or null, "quorum"}
+    shadow = models.JSONField()
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        indexes = [models.Index(fields=["action", "-created_at"], name="shadow_difference_recent_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.action}: live {self.live.get('decision')} / shadow {self.shadow.get('decision')}"
+
+
+class ExecutionState(models.TextChoices):
+    GRANTED = "granted"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class Execution(models.Model):
+    """One execution of exactly one call (workflow, action, parameter digest), granted by an
+    `allow` or claimed once on an approved request; the agent reports its outcome once."""
+
+    State = ExecutionState
+
+    workflow = models.ForeignKey(Workflow, on_delete=models.PROTECT, related_name="executions")
+    action = models.CharField(max_length=100)
+    parameters_digest = models.CharField(max_length=64)
+    # The approval it was claimed on; none when dispatch allowed the call directly. Unique: one
+    # approval, one execution, whatever the race.
+    request = models.OneToOneField(ApprovalRequest, null=True, blank=True, on_delete=models.PROTECT,
+                                   related_name="execution")
+    service_account = models.ForeignKey(ServiceAccount, on_delete=models.PROTECT, related_name="executions")
+    state = models.CharField(max_length=10, choices=ExecutionState.choices, default=ExecutionState.GRANTED)
+    granted_at = models.DateTimeField()
+    # The outcome is expected by then; a later report is still taken (the action may have run).
+    expires_at = models.DateTimeField()
+    reported_at = models.DateTimeField(null=True, blank=True)
+    detail = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-granted_at", "-pk"]
+        indexes = [models.Index(fields=["workflow", "granted_at"], name="execution_workflow_idx")]
+        constraints = [
+            models.CheckConstraint(condition=Q(state__in=ExecutionState.values), name="execution_state_valid"),
+            models.CheckConstraint(
+                condition=(Q(state="granted") & Q(reported_at__isnull=True))
+                | (~Q(state="granted") & Q(reported_at__isnull=False)),
+                name="execution_reported_iff_outcome",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"execution {self.pk} of {self.action} ({self.state})"
+
+    @property
+    def is_granted(self) -> bool:
+        return self.state == ExecutionState.GRANTED

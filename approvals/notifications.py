@@ -70,7 +70,7 @@ def open_due_reminders(limit: int = 200) -> int:
     """Open the reminder notice of each pending request whose reminder time has come (one per level)."""
     now = clock.now()
     reminded = Notice.objects.filter(request=OuterRef("pk"), event=Event.REMINDER, level=OuterRef("level"))
-    due = (ApprovalRequest.objects.pending().filter(remind_at__lte=now, due_at__gt=now)
+    due = (ApprovalRequest.objects.pending().filter(remind_at__lte=now, due_at__gt=now, held_at__isnull=True)
            .exclude(Exists(reminded)).order_by("remind_at")[:limit])
     opened = 0
     for req in due:

@@ -11,6 +11,11 @@ Audit actions (never renamed or reused):
     approval.auto_approved  auto_approve_request (override window ran out, terminal action proceed)
     approval.cancelled      cancel_request
     approval.policy_defined define_policy
+    approval.held           hold_requests (the workflow was paused: no decision, no timer)
+    approval.released       release_requests (resumed: the remaining time is given back)
+    action.rules_set        set_action_rules (a governed action's live or shadow rule list)
+
+Executions (claims, outcomes, unclaimed approvals expiring) are in approvals.executions.
 """
 
 from __future__ import annotations
@@ -26,15 +31,17 @@ from django.contrib.auth.models import AbstractBaseUser, Group
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from approvals import eligibility, notifications, tasks
+from approvals import eligibility, executions, notifications, rules, tasks
 from approvals.models import (
     MAX_JUSTIFICATION,
+    ActionRule,
     ApprovalRequest,
     Decision,
     EscalationLevel,
     EscalationPolicy,
     Mode,
     Notice,
+    RuleOutcome,
 )
 from approvals.policies import policy_for
 from governance import audit, clock
@@ -49,7 +56,7 @@ State = ApprovalRequest.State
 AUDIT_ACTIONS = (
     "approval.requested", "approval.decided", "approval.approved", "approval.rejected", "approval.overridden",
     "approval.escalated", "approval.expired", "approval.auto_approved", "approval.cancelled",
-    "approval.policy_defined",
+    "approval.policy_defined", "approval.held", "approval.released", "action.rules_set",
 )
 Verdict = Decision.Verdict
 TIMER_ACTOR = "system:timer"
@@ -139,8 +146,12 @@ def _replay(existing: ApprovalRequest, asked: dict) -> ApprovalRequest:
 @transaction.atomic
 def create_request(*, workflow: Workflow, kind: str, action: str, parameters: dict | None = None,
                    evidence: dict | None = None, requester: Any, mode: str = Mode.GATE, quorum: int | None = None,
-                   idempotency_key: str = "", confidence: Any = None, subject: Any = None) -> ApprovalRequest:
-    """Open a request, timed by the workflow's escalation policy for the current business or off hours.
+                   idempotency_key: str = "", confidence: Any = None, subject: Any = None,
+                   approver_roles: list[str] | None = None, policy: EscalationPolicy | None = None,
+                   rule: dict | None = None) -> ApprovalRequest:
+    """Open a request, timed by `policy` or else the workflow's escalation policy for the current
+    business or off hours. `approver_roles` must each be among the approvers (and may decide from
+    the first level); `rule` is the dispatch rule that asked for it, kept with the request.
 
     The same requester and idempotency key return the first request (a different request under
     the same key is refused). Audit: `approval.requested`. On commit: the timer for `due_at` and
@@ -162,11 +173,20 @@ def create_request(*, workflow: Workflow, kind: str, action: str, parameters: di
         quorum = governed or 1
     require(isinstance(quorum, int) and 1 <= quorum <= 9, "invalid", "Quorum is between 1 and 9 people.",
             field="quorum")
+    approver_roles = sorted(set(approver_roles or []))
+    unknown = sorted(set(approver_roles) - set(Group.objects.filter(name__in=approver_roles)
+                                               .values_list("name", flat=True)))
+    require(not unknown, "invalid", f"Unknown approver role {', '.join(unknown)}.", field="approver_roles")
     subject_type, subject_id = audit.describe_subject(subject) if subject is not None else ("", "")
     asked = {"workflow_id": workflow.pk, "kind": kind, "action": action, "parameters": parameters, "mode": mode}
     now = clock.now()
-    policy = policy_for(workflow, now, mode)
-    timeout = policy.first_timeout_seconds
+    if policy is None:
+        policy = policy_for(workflow, now, mode)
+        timeout = policy.first_timeout_seconds
+    else:
+        require(policy.mode == mode and policy.workflow_id in (None, workflow.pk), "invalid",
+                f"The escalation policy {policy} does not time {mode} requests of {workflow.slug}.", field="policy")
+        timeout = policy.levels.order_by("position").values_list("timeout_seconds", flat=True).first()
     require(timeout is not None, "misconfigured",
             f"The escalation policy {policy} has no levels; an administrator must add one before requests can wait on it.")
     due_at = now + timedelta(seconds=timeout)
@@ -174,7 +194,8 @@ def create_request(*, workflow: Workflow, kind: str, action: str, parameters: di
         workflow=workflow, kind=kind, action=action, parameters=parameters, evidence=evidence,
         confidence=confidence, idempotency_key=key, mode=mode, policy=policy, due_at=due_at,
         remind_at=_reminder_time(due_at, timeout), level=0, quorum=quorum,
-        state=State.PENDING, created_at=now, subject_type=subject_type, subject_id=subject_id, **owner,
+        state=State.PENDING, created_at=now, subject_type=subject_type, subject_id=subject_id,
+        approver_roles=approver_roles, rule=rule or {}, **owner,
     )
     try:
         with transaction.atomic():
@@ -193,6 +214,8 @@ def create_request(*, workflow: Workflow, kind: str, action: str, parameters: di
         "confidence": confidence, "mode": mode, "quorum": quorum, "level": 0, "due_at": due_at,
         "policy": policy.pk, "idempotency_key": key,
         "subject": {"type": subject_type, "id": subject_id} if subject_type else None,
+        **({"approver_roles": approver_roles} if approver_roles else {}),
+        **({"rule": rule} if rule else {}),
     })
     _after_commit(req, notice)
     return req
@@ -211,7 +234,8 @@ def _after_commit(req: ApprovalRequest, notice: Notice | None) -> None:
 def _close(req: ApprovalRequest, state: str, *, by: str, now: datetime) -> Notice | None:
     require(req.can_become(state), "not_pending", req.closed_summary())
     req.state, req.closed_at, req.closed_by_label = state, now, by[:300]
-    req.save(update_fields=["state", "closed_at", "closed_by_label"])
+    req.claim_by, req.held_at = executions.claim_deadline(req, now), None
+    req.save(update_fields=["state", "closed_at", "closed_by_label", "claim_by", "held_at"])
     return notifications.open_notice(req, Notice.Event.DECIDED)
 
 
@@ -232,6 +256,7 @@ def record_decision(request_id: int, *, actor: AbstractBaseUser, verdict: str, j
         raise refused
     # Someone in scope who arrives late learns who decided, before any other refusal.
     require(req.is_pending, "not_pending", req.closed_summary())
+    require(not req.is_held, "paused", f"On hold: {req.hold_summary()}. Nothing can be decided until it is resumed.")
     if (refused := eligibility.decider_refusal(actor, req)) is not None:
         raise refused
     require(verdict in req.allowed_verdicts(), "invalid",
@@ -262,19 +287,29 @@ def record_decision(request_id: int, *, actor: AbstractBaseUser, verdict: str, j
         raise TransitionRefused("already_decided", "You already decided this request.") from None
     approvers = list(req.decisions.filter(verdict=Verdict.APPROVE).select_related("decided_by")
                      .order_by("decided_at", "pk"))
-    new_state = req.state_after(verdict, approvals=len(approvers))
+    missing = _missing_roles(req, approvers)
+    new_state = req.state_after(verdict, approvals=len(approvers), missing_roles=missing)
     notice = None
     if new_state != State.PENDING:
         deciders = [d.decided_by for d in approvers] if new_state == State.APPROVED else [actor]
         notice = _close(req, new_state, by=" and ".join(_label(p) for p in deciders), now=now)
     audit.record(actor, "approval.decided", req, reason=justification, data={
         "decision": decision.pk, "verdict": verdict, "reason": reason, "level": req.level,
-        "approvals": len(approvers), "quorum": req.quorum,
+        "approvals": len(approvers), "quorum": req.quorum, **({"missing_roles": list(missing)} if missing else {}),
     })
     if new_state != State.PENDING:
         audit.record(actor, f"approval.{new_state}", req, data={"decisions": [d.pk for d in req.decisions.all()]})
         _after_commit(req, notice)
     return req
+
+
+def _missing_roles(req: ApprovalRequest, approvals: list[Decision]) -> tuple[str, ...]:
+    """The approver roles the request needs that none of its approvers holds yet."""
+    if not req.approver_roles:
+        return ()
+    held = set(Group.objects.filter(name__in=req.approver_roles, user__in=[d.decided_by_id for d in approvals])
+               .values_list("name", flat=True))
+    return tuple(role for role in req.approver_roles if role not in held)
 
 
 def _next_level(req: ApprovalRequest) -> EscalationLevel | None:
@@ -304,6 +339,7 @@ def escalate_request(request_id: int, *, actor: AbstractBaseUser | None = None, 
     duplicate timer. Audit: `approval.escalated`. On commit: the next timer and the notice.
     """
     req = _lock_pending(request_id, level)
+    require(not req.is_held, "paused", f"On hold: {req.hold_summary()}.")
     nxt = _next_level(req)
     require(nxt is not None, "conflict", "This request is already at its last escalation level.")
     if actor is None:
@@ -339,6 +375,7 @@ def _run_out(req: ApprovalRequest, state: str) -> ApprovalRequest:
 
 def _lock_run_out(request_id: int, level: int | None, terminal: str) -> ApprovalRequest:
     req = _lock_pending(request_id, level)
+    require(not req.is_held, "paused", f"On hold: {req.hold_summary()}.")
     _require_due(req)
     require(_next_level(req) is None, "conflict", "This request escalates before it runs out.")
     require(req.policy.terminal_action == terminal, "conflict",
@@ -386,6 +423,8 @@ def _fire(req: ApprovalRequest, level: int | None) -> str:
     """The timer transition on a locked row: escalate, expire or auto-approve, whichever is due."""
     if not req.is_pending or (level is not None and req.level != level):
         return "unchanged"
+    if req.is_held:
+        return "held"
     if req.due_at > clock.now():
         return "not_due"
     nxt = _next_level(req)
@@ -492,3 +531,124 @@ def define_policy(*, actor: AbstractBaseUser, workflow: Workflow | None, mode: s
                     "timeout_seconds": timeout} for groups, people, timeout in described],
     })
     return policy
+
+
+def hold_requests(workflow: Workflow, actor: Any, now: datetime) -> int:
+    """The kill switch was engaged (inside pause_workflow's transaction): every pending request of
+    the workflow is held, so nobody decides it and no timer escalates, expires or auto-approves
+    it. Audit: `approval.held`, one per request."""
+    held = 0
+    for req in (ApprovalRequest.objects.pending().filter(workflow=workflow, held_at__isnull=True)
+                .select_for_update(of=("self",)).order_by("pk")):
+        req.held_at = now
+        req.save(update_fields=["held_at"])
+        audit.record(actor, "approval.held", req, reason=workflow.paused_reason,
+                     data={"level": req.level, "due_at": req.due_at, "remaining_seconds": _remaining(req, now)})
+        held += 1
+    return held
+
+
+def _remaining(req: ApprovalRequest, at: datetime) -> float:
+    return max(0.0, (req.due_at - at).total_seconds())
+
+
+def release_requests(workflow: Workflow, actor: Any, now: datetime) -> int:
+    """The workflow was resumed: held requests get back the time they had left when it was paused.
+    Audit: `approval.released`, one per request. On commit: their timers."""
+    released = 0
+    for req in (ApprovalRequest.objects.pending().filter(workflow=workflow, held_at__isnull=False)
+                .select_for_update(of=("self",)).order_by("pk")):
+        shift = now - req.held_at
+        remaining = _remaining(req, req.held_at)
+        req.due_at += shift
+        if req.remind_at is not None:
+            req.remind_at += shift
+        req.held_at = None
+        req.save(update_fields=["held_at", "due_at", "remind_at"])
+        audit.record(actor, "approval.released", req,
+                     data={"level": req.level, "due_at": req.due_at, "remaining_seconds": remaining})
+        _after_commit(req, None)
+        released += 1
+    return released
+
+
+RULE_FIELDS = {"condition", "outcome", "reason", "quorum", "approver_roles", "policy"}
+MAX_RULES = 50
+
+
+def _rule(workflow: Workflow, spec: dict, where: str) -> dict:
+    """One rule of a list, checked and normalised; refused naming the field and the error."""
+    require(isinstance(spec, dict), "invalid", f"{where}: a rule is an object with a condition and an outcome.",
+            field=where)
+    unknown = sorted(set(spec) - RULE_FIELDS)
+    require(not unknown, "invalid", f"{where}: unknown field {', '.join(unknown)}.", field=f"{where}.{unknown[0]}"
+            if unknown else where)
+    condition = spec.get("condition")
+    require(isinstance(condition, str), "invalid", f"{where}: write the condition as CEL text.",
+            field=f"{where}.condition")
+    condition = condition.strip()
+    error = rules.check(condition)
+    require(error is None, "invalid", f"{where}.condition: {error}", field=f"{where}.condition")
+    outcome = spec.get("outcome")
+    require(outcome in RuleOutcome.values, "invalid",
+            f"{where}: the outcome is one of {', '.join(RuleOutcome.values)}.", field=f"{where}.outcome")
+    reason = (spec.get("reason") or "").strip()
+    require(isinstance(reason, str) and len(reason) <= 500, "invalid", f"{where}: keep the reason under 500 characters.",
+            field=f"{where}.reason")
+    require(outcome != RuleOutcome.DENY or reason, "invalid",
+            f"{where}: a deny says why; the agent is shown the reason.", field=f"{where}.reason")
+    rule = {"condition": condition, "outcome": outcome, "reason": reason, "quorum": None, "approver_roles": [],
+            "policy": None}
+    if outcome != RuleOutcome.APPROVE:
+        stray = [f for f in ("quorum", "approver_roles", "policy") if spec.get(f) not in (None, [], "")]
+        require(not stray, "invalid", f"{where}: {stray[0] if stray else ''} only goes with an approve outcome.",
+                field=f"{where}.{stray[0]}" if stray else where)
+        return rule
+    quorum = spec.get("quorum", 1)
+    require(isinstance(quorum, int) and not isinstance(quorum, bool) and 1 <= quorum <= 9, "invalid",
+            f"{where}: the quorum is between 1 and 9 people.", field=f"{where}.quorum")
+    roles = spec.get("approver_roles") or []
+    require(isinstance(roles, list) and all(isinstance(r, str) for r in roles), "invalid",
+            f"{where}: approver roles are a list of role names.", field=f"{where}.approver_roles")
+    roles = sorted(set(roles))
+    unknown_roles = sorted(set(roles) - set(Group.objects.filter(name__in=roles).values_list("name", flat=True)))
+    require(not unknown_roles, "invalid", f"{where}: unknown role {', '.join(unknown_roles)}.",
+            field=f"{where}.approver_roles")
+    require(len(roles) <= quorum, "invalid", f"{where}: {len(roles)} required roles need a quorum of at least "
+            f"{len(roles)}.", field=f"{where}.quorum")
+    policy = spec.get("policy")
+    if policy is not None:
+        policy = policy if isinstance(policy, EscalationPolicy) else EscalationPolicy.objects.filter(pk=policy).first()
+        require(policy is not None and policy.mode == Mode.GATE and policy.workflow_id in (None, workflow.pk),
+                "invalid", f"{where}: the policy must be a gate policy of {workflow.slug} or a default one.",
+                field=f"{where}.policy")
+    rule.update(quorum=quorum, approver_roles=roles, policy=policy)
+    return rule
+
+
+@transaction.atomic
+def set_action_rules(action_id: int, *, actor: AbstractBaseUser, rules: list[dict],
+                     shadow: bool = False) -> list[ActionRule]:
+    """Replace a governed action's live (or shadow) rule list, in order. Every condition is compiled
+    first; one error refuses the whole list, naming the rule, the position in the condition and the
+    message. Release managers of the workflow and administrators. Audit: `action.rules_set` with
+    the old and the new list."""
+    action = GovernedAction.objects.select_for_update().select_related("workflow").filter(pk=action_id).first()
+    require(action is not None, "not_found", "This governed action does not exist.")
+    workflow = action.workflow
+    require(is_administrator(actor) or actor.has_perm(perm("manage_rollouts"), workflow), "forbidden",
+            f"You may not change the rules of {workflow.slug}.")
+    require(isinstance(rules, list) and len(rules) <= MAX_RULES, "invalid",
+            f"A rule list has at most {MAX_RULES} rules.", field="rules")
+    checked = [_rule(workflow, spec, f"rules[{i}]") for i, spec in enumerate(rules)]
+    existing = action.rules.filter(shadow=shadow)
+    before = [r.as_data() for r in existing.order_by("position")]
+    existing.delete()
+    created = [ActionRule.objects.create(action=action, shadow=shadow, position=i, **spec)
+               for i, spec in enumerate(checked)]
+    audit.record(actor, "action.rules_set", action, workflow=workflow, data={
+        "action": action.name, "shadow": shadow,
+        "before": [{k: v for k, v in r.items() if k != "id"} for r in before],
+        "rules": [{k: v for k, v in r.as_data().items() if k != "id"} for r in created],
+    })
+    return created

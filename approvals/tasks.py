@@ -58,9 +58,10 @@ def sweep_due() -> dict:
     Fires every overdue timer, opens due reminders, and republishes deliveries and outcome
     handlers whose messages were lost.
     """
-    from approvals import notifications, outcomes, services
+    from approvals import executions, notifications, outcomes, services
 
     handled = services.handle_all_due(limit=SWEEP_LIMIT)
+    unclaimed = executions.expire_unclaimed(limit=SWEEP_LIMIT)
     reminders = notifications.open_due_reminders()
     notices = notifications.stale_notice_ids()
     for notice_id in notices:
@@ -68,7 +69,8 @@ def sweep_due() -> dict:
     requests = outcomes.stale_request_ids()
     for request_id in requests:
         publish_outcome(request_id)
-    return {"timers": handled, "reminders": reminders, "deliveries": len(notices), "outcomes": len(requests)}
+    return {"timers": handled, "reminders": reminders, "deliveries": len(notices), "outcomes": len(requests),
+            "unclaimed_expired": unclaimed}
 
 
 @shared_task(acks_late=True)

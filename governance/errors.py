@@ -18,6 +18,11 @@ class TransitionRefused(Exception):
         "already_decided": 409,
         "already_paused": 409,
         "not_paused": 409,
+        "paused": 409,
+        "not_approved": 409,
+        "already_executed": 409,
+        "approval_expired": 409,
+        "outcome_reported": 409,
         "invalid": 422,
         "justification_required": 422,
     }

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hmac
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser, Group
@@ -24,6 +25,24 @@ from governance.models import (
     Workflow,
 )
 from governance.permissions import CONTAIN, MANAGE_ROLLOUTS, SCOPED_PERMISSIONS, VIEW, Role, perm
+
+# What a kill switch reaches beyond the workflow row: apps register a call made inside
+# pause_workflow / resume_workflow's transaction with (workflow, actor, now), e.g. approvals holds
+# the workflow's pending requests and gives them their time back (AppConfig.ready).
+KillSwitchHook = Callable[[Workflow, Any, datetime], Any]
+_on_pause: list[KillSwitchHook] = []
+_on_resume: list[KillSwitchHook] = []
+
+
+def on_pause(hook: KillSwitchHook) -> None:
+    if hook not in _on_pause:
+        _on_pause.append(hook)
+
+
+def on_resume(hook: KillSwitchHook) -> None:
+    if hook not in _on_resume:
+        _on_resume.append(hook)
+
 
 WORKFLOW_FIELDS = (
     "name", "description", "environment", "owning_team", "autonomy_tier", "off_hours_tier",
@@ -105,7 +124,8 @@ def _may_pause(actor: Any, workflow: Workflow) -> bool:
 
 @transaction.atomic
 def pause_workflow(workflow_id: int, *, actor: Any, reason: str) -> Workflow:
-    """Engage the kill switch: every dispatch is denied until resumed. Audit: `workflow.paused`."""
+    """Engage the kill switch: every dispatch is denied until resumed, and what the registered
+    hooks hold (pending approval requests) waits too. Audit: `workflow.paused`."""
     workflow = _lock_workflow(workflow_id)
     require(_may_pause(actor, workflow), "forbidden", "You may not pause this workflow.")
     reason = (reason or "").strip()
@@ -117,6 +137,8 @@ def pause_workflow(workflow_id: int, *, actor: Any, reason: str) -> Workflow:
     workflow.paused_by = actor if isinstance(actor, AbstractBaseUser) else None
     workflow.save(update_fields=["paused", "paused_reason", "paused_at", "paused_by", "updated_at"])
     audit.record(actor, "workflow.paused", workflow, reason=reason)
+    for hook in _on_pause:
+        hook(workflow, actor, workflow.paused_at)
     return workflow
 
 
@@ -130,6 +152,9 @@ def resume_workflow(workflow_id: int, *, actor: AbstractBaseUser, reason: str = 
     workflow.paused, workflow.paused_reason, workflow.paused_at, workflow.paused_by = False, "", None, None
     workflow.save(update_fields=["paused", "paused_reason", "paused_at", "paused_by", "updated_at"])
     audit.record(actor, "workflow.resumed", workflow, reason=reason)
+    now = clock.now()
+    for hook in _on_resume:
+        hook(workflow, actor, now)
     return workflow
 
 

@@ -219,6 +219,9 @@ if APPROVALS_WEBHOOK_URL:
         raise ImproperlyConfigured("APPROVALS_WEBHOOK_SECRET must be set (at least 32 characters) with APPROVALS_WEBHOOK_URL.")
 APPROVALS_WEBHOOK_TIMEOUT_SECONDS = env_float("APPROVALS_WEBHOOK_TIMEOUT_SECONDS", 5.0, minimum=0.1)
 APPROVALS_REMINDER_SECONDS = env_int("APPROVALS_REMINDER_SECONDS", 120, minimum=0)
+# An approved agent action is claimed within this long or expires; an execution's outcome is
+# expected within this long of its grant.
+APPROVAL_EXECUTION_WINDOW_SECONDS = env_int("APPROVAL_EXECUTION_WINDOW_SECONDS", 900, minimum=1)
 
 # The cache and every publish (pages, beat, tasks) give Redis this long to connect and answer,
 # then treat it as away: a hung Redis costs a page one timeout per message, not minutes

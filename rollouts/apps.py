@@ -19,9 +19,11 @@ class RolloutsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from approvals import outcomes
-        from rollouts import services
+        from approvals import dispatch, outcomes
+        from rollouts import dispatching, services
 
         post_migrate.connect(create_builtin_metrics, sender=self, dispatch_uid="rollouts.builtin_metrics")
         for kind in ("rollback", "fallback", "expansion"):
             outcomes.register(kind, services.handle_approval_outcome)
+        dispatch.provide_situation(dispatching.situation)
+        dispatch.on_unattended_allow(dispatching.file_review)

@@ -558,7 +558,11 @@ class ActionReview(models.Model):
     Verdict = ReviewVerdict
     Reason = ReviewReason
 
-    action = models.OneToOneField(RolloutAction, on_delete=models.CASCADE, related_name="review")
+    # What ran: a rollout action, or an agent action dispatch allowed at tier 1 (its execution).
+    action = models.OneToOneField(RolloutAction, null=True, blank=True, on_delete=models.CASCADE,
+                                  related_name="review")
+    execution = models.OneToOneField("approvals.Execution", null=True, blank=True, on_delete=models.PROTECT,
+                                     related_name="review")
     workflow = models.ForeignKey(Workflow, on_delete=models.PROTECT, related_name="+")
     created_at = models.DateTimeField()
     verdict = models.CharField(max_length=20, choices=Verdict.choices, blank=True, default="")
@@ -575,6 +579,8 @@ class ActionReview(models.Model):
             _choices_check("reason", ReviewReason, "review_reason_valid"),
             models.CheckConstraint(condition=~Q(verdict="false_positive") | ~Q(reason=""),
                                    name="review_false_positive_has_reason"),
+            models.CheckConstraint(condition=Q(action__isnull=True) ^ Q(execution__isnull=True),
+                                   name="review_of_one_action_or_execution"),
             models.CheckConstraint(
                 condition=(Q(verdict="") & Q(reviewed_at__isnull=True) & Q(reviewed_by__isnull=True))
                 | (~Q(verdict="") & Q(reviewed_at__isnull=False) & Q(reviewed_by__isnull=False)),
@@ -584,7 +590,8 @@ class ActionReview(models.Model):
         indexes = [models.Index(fields=["workflow", "created_at"], name="review_pending_idx", condition=Q(verdict=""))]
 
     def __str__(self) -> str:
-        return f"review of action {self.action_id}: {self.verdict or 'pending'}"
+        what = f"action {self.action_id}" if self.action_id else f"execution {self.execution_id}"
+        return f"review of {what}: {self.verdict or 'pending'}"
 
     @property
     def is_pending(self) -> bool:

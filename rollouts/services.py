@@ -924,7 +924,7 @@ def review_action(review_id: int, *, actor: AbstractBaseUser, verdict: str, reas
                   note: str = "") -> ActionReview:
     """A containment owner judges an autonomous action: correct, or a false positive with a
     reason category. Audit: `rollout.action_reviewed`."""
-    review = ActionReview.objects.select_for_update(of=("self",)).select_related("workflow", "action").filter(
+    review = ActionReview.objects.select_for_update(of=("self",)).select_related("workflow", "action", "execution").filter(
         pk=review_id).first()
     require(review is not None, "not_found", "This review does not exist.")
     require(_is_user(actor) and bool(selectors.duties_of(actor, review.workflow)), "forbidden",
@@ -943,9 +943,12 @@ def review_action(review_id: int, *, actor: AbstractBaseUser, verdict: str, reas
     review.verdict, review.reason, review.note = verdict, reason, note
     review.reviewed_by, review.reviewed_at = actor, clock.now()
     review.save(update_fields=["verdict", "reason", "note", "reviewed_by", "reviewed_at"])
-    audit.record(actor, "rollout.action_reviewed", review.action.plan,
-                 data={"review": review.pk, "action": review.action_id, "kind": review.action.kind, "verdict": verdict,
-                       "reason_category": reason}, reason=note)
+    if review.action_id is not None:
+        subject, what = review.action.plan, {"action": review.action_id, "kind": review.action.kind}
+    else:
+        subject, what = review.execution, {"execution": review.execution_id, "kind": "agent_action"}
+    audit.record(actor, "rollout.action_reviewed", subject, workflow=review.workflow,
+                 data={"review": review.pk, **what, "verdict": verdict, "reason_category": reason}, reason=note)
     return review
 
 

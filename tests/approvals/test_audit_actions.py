@@ -11,10 +11,12 @@ import datetime as dt
 
 import pytest
 import time_machine
+from django.conf import settings
 
-from approvals import services
+from approvals import executions, services
 from approvals.models import ApprovalRequest, EscalationPolicy
 from governance import audit
+from governance import services as governance_services
 from governance.models import AuditEvent
 
 T0 = dt.datetime(2026, 3, 2, 10, 0, tzinfo=dt.UTC)
@@ -36,7 +38,7 @@ class Walk:
 
 
 @pytest.fixture
-def walk(make_request, approver, second_approver, senior_approver):
+def walk(make_request, approver, second_approver, senior_approver, containment_owner):
     with time_machine.travel(T0, tick=False) as traveller:
         w = Walk()
         w.traveller = traveller
@@ -44,6 +46,7 @@ def walk(make_request, approver, second_approver, senior_approver):
 
 
 def test_every_transition_writes_its_audit_events(walk, make_request, admin_user, workflow, agent, approver,
+                                                  containment_owner,
                                                   second_approver, senior_approver):
     req = make_request(idempotency_key="approve")
     assert walk.new_actions(req) == ["approval.requested"]
@@ -103,7 +106,39 @@ def test_every_transition_writes_its_audit_events(walk, make_request, admin_user
     assert walk.new_actions(policy) == ["approval.policy_defined"]
     assert isinstance(policy, EscalationPolicy)
 
-    assert walk.seen == set(services.AUDIT_ACTIONS)
+    # The kill switch holds what is pending and gives the time back on resume, each audited.
+    held = make_request(idempotency_key="held")
+    walk.new_actions()
+    pending = ApprovalRequest.objects.filter(workflow=workflow, state="pending").count()
+    governance_services.pause_workflow(workflow.pk, actor=agent, reason="incident 42")
+    assert walk.new_actions() == ["workflow.paused"] + ["approval.held"] * pending
+    governance_services.resume_workflow(workflow.pk, actor=containment_owner, reason="fixed")
+    assert walk.new_actions() == ["workflow.resumed"] + ["approval.released"] * pending
+
+    # One approval, one execution: the claim and the outcome; an unclaimed approval expires.
+    services.record_decision(held.pk, actor=approver, verdict="approve")
+    walk.new_actions()
+    execution = executions.claim(held.pk, account=agent)
+    assert walk.new_actions(held) == ["execution.claimed"]
+    executions.report_outcome(execution.pk, account=agent, status="succeeded", detail="refunded")
+    assert walk.new_actions(held) == ["execution.succeeded"]
+    failed = make_request(idempotency_key="failed")
+    services.record_decision(failed.pk, actor=approver, verdict="approve")
+    walk.new_actions()
+    execution = executions.claim(failed.pk, account=agent)
+    executions.report_outcome(execution.pk, account=agent, status="failed", detail="gateway down")
+    assert walk.new_actions(failed) == ["execution.claimed", "execution.failed"]
+    unclaimed = make_request(idempotency_key="unclaimed")
+    services.record_decision(unclaimed.pk, actor=approver, verdict="approve")
+    walk.new_actions()
+    walk.traveller.shift(dt.timedelta(seconds=settings.APPROVAL_EXECUTION_WINDOW_SECONDS + 1))
+    approved_unclaimed = ApprovalRequest.objects.filter(state__in=["approved", "auto_approved"],
+                                                       claimed_at__isnull=True, kind="agent_action").count()
+    assert executions.expire_unclaimed() == approved_unclaimed
+    assert walk.new_actions() == ["approval.claim_expired"] * approved_unclaimed
+    assert ApprovalRequest.objects.get(pk=unclaimed.pk).claim_expired_at is not None
+
+    assert walk.seen >= set(services.AUDIT_ACTIONS) | set(executions.AUDIT_ACTIONS)
     assert audit.verify_database().ok
 
 
