@@ -275,7 +275,7 @@ def dispatch(*, account: ServiceAccount, workflow: str, action: str, parameters:
             workflow=workflow, kind=ApprovalRequest.Kind.AGENT_ACTION, action=action, parameters=parameters,
             evidence=evidence, requester=account, mode=ApprovalRequest.Mode.GATE, quorum=verdict.quorum,
             idempotency_key=idempotency_key, confidence=confidence, approver_roles=list(verdict.approver_roles),
-            policy=policy, rule=verdict.rule_data() or {},
+            policy=policy, rule=verdict.rule_data() or {}, workflow_locked=True,
         )
         return Answer("pending", verdict.code, verdict.reason, approval=request, **base)
 

@@ -537,7 +537,7 @@ class ActionRule(models.Model):
 
     def summary(self) -> str:
         """The rule as one line: `params.amount <= 50 → allow`, `… → approve by 2 incl. senior_approver`."""
-        outcome = self.get_outcome_display()
+        outcome = "use the tier" if self.outcome == RuleOutcome.TIER else self.outcome
         if self.outcome == RuleOutcome.APPROVE:
             outcome = f"approve by {self.quorum}"
             if self.approver_roles:

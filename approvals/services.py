@@ -28,7 +28,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, Group
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from approvals import eligibility, executions, notifications, rules, tasks
@@ -148,10 +148,12 @@ def create_request(*, workflow: Workflow, kind: str, action: str, parameters: di
                    evidence: dict | None = None, requester: Any, mode: str = Mode.GATE, quorum: int | None = None,
                    idempotency_key: str = "", confidence: Any = None, subject: Any = None,
                    approver_roles: list[str] | None = None, policy: EscalationPolicy | None = None,
-                   rule: dict | None = None) -> ApprovalRequest:
+                   rule: dict | None = None, workflow_locked: bool = False) -> ApprovalRequest:
     """Open a request, timed by `policy` or else the workflow's escalation policy for the current
     business or off hours. `approver_roles` must each be among the approvers (and may decide from
-    the first level); `rule` is the dispatch rule that asked for it, kept with the request.
+    the first level); `rule` is the dispatch rule that asked for it, kept with the request. A request
+    of a paused workflow is held from the start (the workflow row is share-locked, so a pause in
+    flight either sees it or is seen by it; `workflow_locked` when the caller holds that lock).
 
     The same requester and idempotency key return the first request (a different request under
     the same key is refused). Audit: `approval.requested`. On commit: the timer for `due_at` and
@@ -190,12 +192,13 @@ def create_request(*, workflow: Workflow, kind: str, action: str, parameters: di
     require(timeout is not None, "misconfigured",
             f"The escalation policy {policy} has no levels; an administrator must add one before requests can wait on it.")
     due_at = now + timedelta(seconds=timeout)
+    paused = workflow.paused if workflow_locked else _paused_under_share_lock(workflow)
     req = ApprovalRequest(
         workflow=workflow, kind=kind, action=action, parameters=parameters, evidence=evidence,
         confidence=confidence, idempotency_key=key, mode=mode, policy=policy, due_at=due_at,
         remind_at=_reminder_time(due_at, timeout), level=0, quorum=quorum,
         state=State.PENDING, created_at=now, subject_type=subject_type, subject_id=subject_id,
-        approver_roles=approver_roles, rule=rule or {}, **owner,
+        approver_roles=approver_roles, rule=rule or {}, held_at=now if paused else None, **owner,
     )
     try:
         with transaction.atomic():
@@ -217,8 +220,19 @@ def create_request(*, workflow: Workflow, kind: str, action: str, parameters: di
         **({"approver_roles": approver_roles} if approver_roles else {}),
         **({"rule": rule} if rule else {}),
     })
+    if paused:
+        audit.record(requester, "approval.held", req, reason="the workflow was paused when it was asked",
+                     data={"level": 0, "due_at": due_at, "remaining_seconds": float(timeout)})
     _after_commit(req, notice)
     return req
+
+
+def _paused_under_share_lock(workflow: Workflow) -> bool:
+    lock = " FOR SHARE" if connection.vendor == "postgresql" else ""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT paused FROM governance_workflow WHERE id = %s{lock}", [workflow.pk])
+        row = cursor.fetchone()
+    return bool(row and row[0])
 
 
 def _after_commit(req: ApprovalRequest, notice: Notice | None) -> None:
