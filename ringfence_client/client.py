@@ -5,7 +5,13 @@
     rf = RingfenceClient("https://ringfence.example.com", token="rf_…")
     answer = rf.dispatch("refund-agent", "refund_customer", parameters={"order": "A-1001"})
     if answer.decision == "pending":
-        answer = rf.wait_for_decision(answer.approval_id, timeout=600)
+        approval = rf.wait_for_decision(answer.approval_id, timeout=600)
+        execution = rf.execute(approval.id) if approval.outcome == "allow" else None   # claim it, once
+    else:
+        execution = answer.execution                 # an allow grants one; a deny none
+    if execution:
+        ...                                          # act, then say what happened:
+        rf.report_outcome(execution.id, "succeeded")
 
 Every call that changes something carries an Idempotency-Key; retries (connection failures,
 429, 503, a 409 while the first attempt is still in flight) reuse the same key, so the server
@@ -34,6 +40,8 @@ JSON = dict[str, Any]
 
 USER_AGENT = "ringfence-client/1"
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
+# 409 codes of a refused claim: the approval grants nothing (more) to run.
+CLAIM_REFUSALS = frozenset({"already_executed", "approval_expired", "paused", "not_approved"})
 
 
 class RingfenceError(Exception):
@@ -63,18 +71,30 @@ class TransportError(RingfenceError):
     """The server could not be reached (or kept failing) within the retry budget."""
 
 
+class NotExecuted(ApiError):
+    """The server refused to claim an approval's execution (409): `code` is `already_executed`,
+    `approval_expired`, `paused` or `not_approved`. Nothing may run under this approval now."""
+
+    def __init__(self, error: ApiError, approval_id: int) -> None:
+        super().__init__(error.status, error.code, error.title, error.detail, error.errors, error.retry_after)
+        self.approval_id = approval_id
+
+
 class DecisionTimeout(RingfenceError):
     def __init__(self, approval: Approval) -> None:
         super().__init__(f"approval {approval.id} is still pending")
         self.approval = approval
+        self.approval_id = approval.id
 
 
 class Denied(RingfenceError):
     """Dispatch answered deny, or the approval closed without permission."""
 
-    def __init__(self, reason: str, *, dispatch: DispatchResult | None = None, approval: Approval | None = None) -> None:
+    def __init__(self, reason: str, *, dispatch: DispatchResult | None = None,
+                 approval: Approval | None = None) -> None:
         super().__init__(reason)
         self.reason, self.dispatch, self.approval = reason, dispatch, approval
+        self.approval_id = approval.id if approval else (dispatch.approval_id if dispatch else None)
 
 
 class PendingApproval(RingfenceError):
@@ -98,6 +118,41 @@ class _FromJson:
         return cls(**_pick(cls, data))
 
 
+def _optional(cls: Any, data: Any) -> Any:
+    return cls.from_json(data) if isinstance(data, Mapping) else None
+
+
+@dataclass
+class Execution(_FromJson):
+    """The one run of an action that an allow, or a claimed approval, grants; report its outcome
+    (`succeeded` or `failed`) by `expires_at`."""
+
+    id: int
+    state: Literal["granted", "succeeded", "failed"]
+    action: str
+    approval_id: int | None
+    granted_at: str
+    expires_at: str
+    reported_at: str | None = None
+    detail: str = ""
+    outcome_url: str = ""
+
+
+@dataclass
+class Rule(_FromJson):
+    """The rule that decided a dispatch, with the values of the call its condition read."""
+
+    id: int
+    position: int
+    shadow: bool
+    condition: str
+    outcome: str
+    reason: str = ""
+    quorum: int | None = None
+    approver_roles: list[str] = field(default_factory=list)
+    values: JSON = field(default_factory=dict)
+
+
 @dataclass
 class DispatchResult:
     decision: Decision
@@ -111,11 +166,18 @@ class DispatchResult:
     approval_id: int | None = None
     poll_url: str | None = None
     due_at: str | None = None
+    quorum: int | None = None
+    approver_roles: list[str] = field(default_factory=list)
+    rule: Rule | None = None
+    execution: Execution | None = None
     replayed: bool = False
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], replayed: bool = False) -> DispatchResult:
-        return cls(**_pick(cls, data), replayed=replayed)
+        fields = _pick(cls, data)
+        fields["rule"] = _optional(Rule, data.get("rule"))
+        fields["execution"] = _optional(Execution, data.get("execution"))
+        return cls(**fields, replayed=replayed)
 
 
 @dataclass
@@ -145,12 +207,21 @@ class Approval:
     closed_by: str = ""
     parameters: JSON = field(default_factory=dict)
     decisions: list[ApprovalDecision] = field(default_factory=list)
+    approver_roles: list[str] = field(default_factory=list)
+    held: bool = False
+    claim_by: str | None = None
+    claim_expired: bool = False
+    execution: Execution | None = None
+    rule: Rule | None = None
     poll_url: str = ""
+    execute_url: str = ""
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Approval:
         fields = _pick(cls, data)
         fields["decisions"] = [ApprovalDecision(**_pick(ApprovalDecision, d)) for d in data.get("decisions", [])]
+        fields["execution"] = _optional(Execution, data.get("execution"))
+        fields["rule"] = _optional(Rule, data.get("rule"))
         return cls(**fields)
 
     @property
@@ -196,6 +267,32 @@ class Route(_FromJson):
 
 
 @dataclass
+class Workflow(_FromJson):
+    """A workflow the token may ask for, as it stands now."""
+
+    slug: str
+    name: str
+    environment: str
+    tier: int
+    business_hours: bool
+    paused: bool
+    paused_reason: str = ""
+    actions_url: str = ""
+
+
+@dataclass
+class Action(_FromJson):
+    """An action declared for a workflow, with its rules (one line each: condition → outcome)."""
+
+    name: str
+    description: str
+    risk: str
+    quorum: int
+    rules: list[str] = field(default_factory=list)
+    shadow_rules: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Response:
     status: int
     body: Any
@@ -234,8 +331,9 @@ class RingfenceClient:
                  idempotency_key: str | None = None) -> DispatchResult:
         """Ask whether `action` may run now: allow, deny, or pending with an approval to wait for.
 
-        Pass the same `idempotency_key` when asking again for the same intended action (e.g.
-        after a restart) to get the same answer and the same approval request.
+        Pass the same `idempotency_key` only when asking again for the same intent (the same job
+        or ticket, e.g. after a restart) to get the same answer and the same approval request; an
+        allow answered again carries the same execution, which the first run may have used.
         """
         body: JSON = {"workflow": workflow, "action": action, "parameters": dict(parameters or {}),
                       "evidence": dict(evidence or {})}
@@ -248,7 +346,8 @@ class RingfenceClient:
         """The request's state now, or within `wait` seconds if it closes (server-capped long-poll)."""
         query = {"wait": f"{wait:g}"} if wait else None
         timeout = self.timeout + wait
-        return Approval.from_json(self._call("GET", f"/approvals/{int(approval_id)}", query=query, timeout=timeout).body)
+        response = self._call("GET", f"/approvals/{int(approval_id)}", query=query, timeout=timeout)
+        return Approval.from_json(response.body)
 
     def wait_for_decision(self, approval_id: int, *, timeout: float = 600.0, poll: float = 25.0) -> Approval:
         """Long-poll until the request closes; raises DecisionTimeout after `timeout` seconds."""
@@ -261,7 +360,46 @@ class RingfenceClient:
             if deadline - time.monotonic() <= 0:
                 raise DecisionTimeout(approval)
 
-    def send_signals(self, workflow: str, samples: Iterable[Mapping[str, Any]], *, plan: int | None = None) -> SignalsResult:
+    def execute(self, approval_id: int, *, idempotency_key: str | None = None) -> Execution:
+        """Claim the one execution an approved request grants; call it right before acting.
+
+        Raises NotExecuted when there is nothing to run: already claimed (`already_executed`),
+        not claimed in time (`approval_expired`), the workflow is paused (`paused`) or the request
+        was not approved (`not_approved`). A retry of this call (same key) gets the same execution.
+        """
+        try:
+            response = self._call("POST", f"/approvals/{int(approval_id)}/execute",
+                                  idempotency_key=idempotency_key or _new_key())
+        except ApiError as error:
+            if error.status == 409 and error.code in CLAIM_REFUSALS:
+                raise NotExecuted(error, int(approval_id)) from None
+            raise
+        return Execution.from_json(response.body["execution"])
+
+    def report_outcome(self, execution_id: int, status: Literal["succeeded", "failed"], detail: str = "", *,
+                       idempotency_key: str | None = None) -> Execution:
+        """Say what happened to an execution, once. The same report again answers as the first
+        did; a different one raises ApiError 409 `outcome_reported`."""
+        body: JSON = {"status": status, "detail": detail}
+        return Execution.from_json(self._call("POST", f"/executions/{int(execution_id)}/outcome", body=body,
+                                              idempotency_key=idempotency_key or _new_key()).body)
+
+    def cancel(self, approval_id: int, reason: str, *, idempotency_key: str | None = None) -> Approval:
+        """Withdraw a pending request this token asked for; ApiError 409 `not_pending` once decided."""
+        return Approval.from_json(self._call("POST", f"/approvals/{int(approval_id)}/cancel", body={"reason": reason},
+                                             idempotency_key=idempotency_key or _new_key()).body)
+
+    def workflows(self) -> list[Workflow]:
+        """The workflows this token may ask for: tier in force now, business hours, paused or not."""
+        return [Workflow.from_json(w) for w in self._call("GET", "/workflows").body]
+
+    def actions(self, workflow: str) -> list[Action]:
+        """The actions declared for a workflow, with their risk, quorum and rules."""
+        path = f"/workflows/{urllib.parse.quote(workflow, safe='')}/actions"
+        return [Action.from_json(a) for a in self._call("GET", path).body]
+
+    def send_signals(self, workflow: str, samples: Iterable[Mapping[str, Any]], *,
+                     plan: int | None = None) -> SignalsResult:
         """Post a batch of metric samples (at most 10,000): each has `metric`, `value`,
         `observed_at` (an aware datetime or ISO-8601 string), optional `segment` ("kind:value")
         and `ring`. Safe to retry: samples already stored (same metric, time, segment) are skipped.
@@ -312,7 +450,8 @@ class RingfenceClient:
                           idempotency_key=idempotency_key or _new_key()).body
 
     def guard(self, workflow: str, action: str, **options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        """Decorator: run the function only when Ringfence allows it (see `ringfence_client.guarded`)."""
+        """Decorator: run the function only under an execution Ringfence grants, and report its
+        outcome (see `ringfence_client.guarded`)."""
         from ringfence_client.guard import guarded
 
         return guarded(self, workflow, action, **options)
@@ -340,7 +479,8 @@ class RingfenceClient:
                                   timeout or self.timeout)
             except ApiError as error:
                 in_flight = error.status == 409 and error.code == "request_in_flight"
-                if not retryable or attempt >= self.max_retries or not (error.status in RETRYABLE_STATUSES or in_flight):
+                transient = error.status in RETRYABLE_STATUSES or in_flight
+                if not retryable or attempt >= self.max_retries or not transient:
                     raise
                 self._sleep(self._delay(attempt, error.retry_after))
             except TransportError:

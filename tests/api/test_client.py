@@ -40,7 +40,9 @@ def decide_later(request_id: int, actor, verdict: str, delay: float = 0.3) -> th
 def test_dispatch_answers_are_typed(rf):
     allowed = rf.dispatch("refund-agent", "send_receipt", {"order": "A-1"})
     assert allowed.decision == "allow" and allowed.tier == 2 and allowed.approval_id is None
-    pending = rf.dispatch("refund-agent", "refund_customer", {"order": "A-1"}, evidence={"summary": "x"}, confidence=0.7)
+    assert allowed.execution.state == "granted" and allowed.rule is None
+    pending = rf.dispatch("refund-agent", "refund_customer", {"order": "A-1"}, evidence={"summary": "x"},
+                          confidence=0.7)
     assert pending.decision == "pending" and pending.approval_id and pending.poll_url.endswith(str(pending.approval_id))
     assert rf.dispatch("refund-agent", "wire_money").decision == "deny"
 
@@ -85,8 +87,7 @@ def test_guard_runs_the_function_only_when_allowed(rf, approver):
 def test_guard_waits_for_approval_or_raises_as_chosen(rf, approver):
     calls: list[str] = []
 
-    @rf.guard("refund-agent", "refund_customer", parameters=lambda order: {"order": order},
-              key=lambda order: f"refund-{order}", timeout=20)
+    @rf.guard("refund-agent", "refund_customer", parameters=lambda order: {"order": order}, timeout=20)
     def refund(order: str) -> str:
         calls.append(order)
         return "refunded"
@@ -95,23 +96,36 @@ def test_guard_waits_for_approval_or_raises_as_chosen(rf, approver):
     def refund_later() -> None:
         calls.append("later")
 
-    request_id = rf.dispatch("refund-agent", "refund_customer", {"order": "A-1"}, idempotency_key="refund-A-1").approval_id
-    thread = decide_later(request_id, approver, "approve")
-    assert refund("A-1") == "refunded"  # the same key finds the same request, then waits for it
-    thread.join()
-
-    request_id = rf.dispatch("refund-agent", "refund_customer", {"order": "B-2"}, idempotency_key="refund-B-2").approval_id
-    thread = decide_later(request_id, approver, "reject")
+    threads = []
+    for order, verdict in (("A-1", "approve"), ("B-2", "reject")):
+        # The person decides once the guard's request exists, while the guard long-polls.
+        threads.append(threading.Thread(target=decide_when_asked, args=(order, approver, verdict)))
+        threads[-1].start()
+    assert refund("A-1") == "refunded"
     with pytest.raises(Denied) as denied:
         refund("B-2")
-    thread.join()
-    assert denied.value.approval.state == "rejected"
+    for thread in threads:
+        thread.join()
+    assert denied.value.approval.state == "rejected" and denied.value.approval_id == denied.value.approval.id
 
     with pytest.raises(PendingApproval) as pending:
         refund_later()
-    assert pending.value.approval_id
+    assert ApprovalRequest.objects.get(pk=pending.value.approval_id).state == "pending"
     assert calls == ["A-1"]
     assert ApprovalRequest.objects.count() == 3
+
+
+def decide_when_asked(order: str, actor, verdict: str, within: float = 15.0) -> None:
+    """Decide the request for `order` as soon as it is opened (polled against a deadline)."""
+    deadline = time.monotonic() + within
+    try:
+        while (req := ApprovalRequest.objects.filter(parameters__order=order).first()) is None:
+            assert time.monotonic() < deadline, f"no request for {order} within {within} s"
+            time.sleep(0.02)
+        approval_services.record_decision(req.pk, actor=actor, verdict=verdict,
+                                          justification="" if verdict == "approve" else "not now")
+    finally:
+        connection.close()
 
 
 def test_a_lost_answer_is_retried_with_the_same_key_and_acts_once(live_server, agent, actions):
