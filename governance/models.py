@@ -192,7 +192,11 @@ class ServiceAccount(models.Model):
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="service_accounts")
     workflows = models.ManyToManyField(Workflow, related_name="service_accounts", blank=True)
     active = models.BooleanField(default=True)
+    # What the account may do beyond its workflows: "config" plans and applies configuration.
+    permissions = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+
+    PERMISSIONS = ("config",)
 
     class Meta:
         ordering = ["name"]

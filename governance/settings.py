@@ -62,6 +62,7 @@ INSTALLED_APPS = [
     "governance",
     "approvals",
     "rollouts",
+    "configuration",
 ]
 
 MIDDLEWARE = [

@@ -1,6 +1,16 @@
-"""The built-in metric slugs (DESIGN "Metric names"); custom slugs are registered in the admin."""
+"""The built-in metric slugs (DESIGN "Metric names"); custom slugs are registered by
+`define_metric` (the configuration file or a page)."""
 
 from __future__ import annotations
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
+from django.db import transaction
+
+from governance import audit
+from governance.errors import TransitionRefused, require
+from governance.permissions import Role
+from governance.services import is_administrator
 
 # slug, label, unit, direction
 BUILTIN = [
@@ -25,3 +35,30 @@ def ensure_builtin_metrics(using: str = "default") -> int:
                for slug, label, unit, direction in BUILTIN if slug not in existing]
     Metric.objects.using(using).bulk_create(missing, ignore_conflicts=True)
     return len(missing)
+
+
+@transaction.atomic
+def define_metric(*, actor: AbstractBaseUser, slug: str, label: str, unit: str = "",
+                  direction: str = "lower_is_better") -> Metric:
+    """Register (or change) a custom metric signals may carry. Administrators and release managers.
+    Built-in metrics cannot be changed. Audit: `metric.defined` with what changed."""
+    from rollouts.models import Metric
+
+    require(is_administrator(actor) or actor.groups.filter(name=Role.RELEASE_MANAGER).exists(), "forbidden",
+            "Only administrators and release managers register metrics.")
+    metric = Metric.objects.select_for_update().filter(slug=slug).first()
+    require(metric is None or not metric.builtin, "conflict", f"{slug} is a built-in metric; it cannot be changed.",
+            field="slug")
+    before = {} if metric is None else {"label": metric.label, "unit": metric.unit, "direction": metric.direction}
+    metric = metric or Metric(slug=slug, builtin=False)
+    metric.label, metric.unit, metric.direction = label, unit, direction
+    try:
+        metric.full_clean()
+    except ValidationError as exc:
+        name, messages = next(iter(exc.message_dict.items()))
+        raise TransitionRefused("invalid", f"{name}: {' '.join(messages)}", field=name) from None
+    metric.save()
+    after = {"label": label, "unit": unit, "direction": direction}
+    audit.record(actor, "metric.defined", metric, data={"slug": slug, "created": not before, **after,
+                                                       **({"before": before} if before else {})})
+    return metric

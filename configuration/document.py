@@ -1,0 +1,141 @@
+"""The shape of ringfence.yaml, as pydantic models: they validate a file and publish its JSON Schema.
+
+    version: 1
+    metrics: [{slug, label, unit, direction}]
+    service_accounts: [{name, owner, workflows, description, active}]
+    workflows:
+      - slug: refund-agent
+        name: Refund agent
+        environment: production          # staging | production
+        tier: 2                          # 1 autonomous, 2 supervised, 3 gated
+        off_hours_tier: 3
+        business_hours: {timezone: Europe/Berlin, days: [0, 1, 2, 3, 4], start: "09:00", end: "17:00"}
+        actions:
+          - name: refund_customer
+            risk: high
+            rules:
+              - {when: "double(params.amount) <= 50.0", then: allow}
+              - {when: "true", then: approve, quorum: 2, approver_roles: [senior_approver]}
+        escalation_policies:
+          - {mode: gate, hours: any, levels: [{roles: [approver], timeout_seconds: 600}]}
+        containment: {pause: {primary: olivia, backup: [oscar]}, ...}
+        scope: {alice: [view, approve], rhea: [view, manage_rollouts]}
+
+Names of people are usernames; roles are Ringfence's role groups. Tokens are never in the file.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+Slug = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+Username = Annotated[str, StringConstraints(min_length=1, max_length=150)]
+Duty = Literal["pause", "narrow", "fallback", "rollback", "escalate", "approve_expansion"]
+Permission = Literal["view", "approve", "contain", "manage_rollouts"]
+RoleName = Literal["approver", "senior_approver", "containment_owner", "release_manager", "manager", "auditor",
+                   "administrator", "agent"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Rule(Strict):
+    """One rule of an action: when the CEL condition holds, `then` decides."""
+
+    when: str = Field(min_length=1, max_length=2000, description="A CEL condition over params, evidence, agent, "
+                                                                  "workflow, now, business_hours, tags.")
+    then: Literal["allow", "deny", "approve", "tier"]
+    reason: str = Field("", max_length=500, description="Shown to the agent on deny.")
+    quorum: int | None = Field(None, ge=1, le=9, description="approve: distinct approvals needed (default 1).")
+    approver_roles: list[RoleName] = Field(default_factory=list,
+                                           description="approve: roles that must be among the approvers.")
+
+
+class Action(Strict):
+    name: Slug
+    description: str = Field("", max_length=300)
+    risk: Literal["low", "medium", "high", "critical"] = "high"
+    quorum: int = Field(1, ge=1, le=9, description="Approvals the tier rule asks for.")
+    rules: list[Rule] = Field(default_factory=list)
+    shadow_rules: list[Rule] = Field(default_factory=list, description="Evaluated beside the rules; change nothing.")
+
+
+class Level(Strict):
+    roles: list[RoleName] = Field(default_factory=list)
+    people: list[Username] = Field(default_factory=list)
+    timeout_seconds: int = Field(ge=1, le=7 * 24 * 3600)
+
+
+class Policy(Strict):
+    mode: Literal["gate", "override_window"]
+    hours: Literal["any", "business", "off_hours"] = "any"
+    terminal_action: Literal["reject", "proceed"] | None = Field(
+        None, description="When the last level runs out; default: reject for a gate, proceed for an override window.")
+    levels: list[Level] = Field(min_length=1, max_length=10)
+
+
+class BusinessHours(Strict):
+    timezone: str = "UTC"
+    days: list[Annotated[int, Field(ge=0, le=6)]] = Field(default_factory=lambda: [0, 1, 2, 3, 4],
+                                                          description="Monday = 0 … Sunday = 6.")
+    start: dt.time = dt.time(9, 0)
+    end: dt.time = dt.time(17, 0)
+
+
+class Owners(Strict):
+    primary: Username | None = None
+    backup: list[Username] = Field(default_factory=list)
+
+
+class Workflow(Strict):
+    slug: Slug
+    name: str = Field(min_length=1, max_length=200)
+    description: str = ""
+    environment: Literal["staging", "production"] = "staging"
+    owning_team: str = Field("", max_length=100)
+    tier: Literal[1, 2, 3] = 3
+    off_hours_tier: Literal[1, 2, 3] | None = None
+    business_hours: BusinessHours = Field(default_factory=BusinessHours)
+    actions: list[Action] = Field(default_factory=list)
+    escalation_policies: list[Policy] = Field(default_factory=list)
+    containment: dict[Duty, Owners] = Field(default_factory=dict)
+    scope: dict[Username, list[Permission]] = Field(default_factory=dict,
+                                                    description="Object permissions per person on this workflow.")
+
+
+class ServiceAccount(Strict):
+    name: Slug
+    owner: Username
+    workflows: list[Slug] = Field(default_factory=list)
+    description: str = Field("", max_length=300)
+    active: bool = True
+    permissions: list[Literal["config"]] = Field(default_factory=list,
+                                                 description="config: may plan and apply configuration over the API.")
+
+
+class Metric(Strict):
+    slug: Slug
+    label: str = Field(min_length=1, max_length=100)
+    unit: str = Field("", max_length=20)
+    direction: Literal["higher_is_better", "lower_is_better"] = "lower_is_better"
+
+
+class Document(Strict):
+    """A Ringfence configuration: what `manage.py config plan|apply` compares with the live one."""
+
+    version: Literal[1] = 1
+    metrics: list[Metric] = Field(default_factory=list)
+    service_accounts: list[ServiceAccount] = Field(default_factory=list)
+    workflows: list[Workflow] = Field(default_factory=list)
+
+
+def json_schema() -> dict:
+    schema = Document.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "urn:ringfence:config:v1"
+    schema["title"] = "ringfence.yaml"
+    return schema

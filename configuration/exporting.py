@@ -1,0 +1,84 @@
+"""The live configuration as a ringfence.yaml document: `config export | config plan -` shows no change."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from configuration.planning import live
+
+
+def _time(value: str) -> str:
+    return value[:5] if value.endswith(":00") else value
+
+
+def _rules(rules: list[dict]) -> list[dict]:
+    out = []
+    for rule in rules:
+        entry: dict[str, Any] = {"when": rule["when"], "then": rule["then"]}
+        if rule["reason"]:
+            entry["reason"] = rule["reason"]
+        if rule["then"] == "approve":
+            entry["quorum"] = rule["quorum"]
+            if rule["approver_roles"]:
+                entry["approver_roles"] = rule["approver_roles"]
+        out.append(entry)
+    return out
+
+
+def document() -> dict:
+    state = live()
+    by_kind: dict[str, dict[str, dict]] = {}
+    for (kind, key), fields in sorted(state.items()):
+        by_kind.setdefault(kind, {})[key] = fields
+    workflows = []
+    for slug, wf in by_kind.get("workflow", {}).items():
+        entry: dict[str, Any] = {"slug": slug, "name": wf["name"]}
+        for name in ("description", "owning_team"):
+            if wf[name]:
+                entry[name] = wf[name]
+        entry.update(environment=wf["environment"], tier=wf["tier"])
+        if wf["off_hours_tier"] is not None:
+            entry["off_hours_tier"] = wf["off_hours_tier"]
+        entry["business_hours"] = {"timezone": wf["timezone"], "days": wf["days"], "start": _time(wf["start"]),
+                                   "end": _time(wf["end"])}
+        actions = []
+        for key, action in by_kind.get("action", {}).items():
+            if key.split("/")[0] != slug:
+                continue
+            item: dict[str, Any] = {"name": key.split("/")[1], "risk": action["risk"], "quorum": action["quorum"]}
+            if action["description"]:
+                item["description"] = action["description"]
+            for listname, kind in (("rules", "rules"), ("shadow_rules", "shadow_rules")):
+                rules = by_kind.get(kind, {}).get(key, {}).get("rules", [])
+                if rules:
+                    item[listname] = _rules(rules)
+            actions.append(item)
+        if actions:
+            entry["actions"] = actions
+        policies = [{"mode": key.split("/")[1], "hours": key.split("/")[2], **policy}
+                    for key, policy in by_kind.get("policy", {}).items() if key.split("/")[0] == slug]
+        if policies:
+            entry["escalation_policies"] = policies
+        containment = {key.split("/")[1]: {k: v for k, v in owners.items() if v}
+                       for key, owners in by_kind.get("containment", {}).items() if key.split("/")[0] == slug}
+        if containment:
+            entry["containment"] = containment
+        scope = {key.split("/", 1)[1]: grant["permissions"]
+                 for key, grant in by_kind.get("scope", {}).items() if key.split("/")[0] == slug}
+        if scope:
+            entry["scope"] = scope
+        workflows.append(entry)
+    return {
+        "version": 1,
+        "metrics": [{"slug": slug, **m} for slug, m in by_kind.get("metric", {}).items()],
+        "service_accounts": [{"name": name, **{k: v for k, v in a.items() if k != "permissions" or v}}
+                             for name, a in by_kind.get("service_account", {}).items()],
+        "workflows": workflows,
+    }
+
+
+def export_yaml() -> str:
+    header = "# Ringfence configuration, exported from the live installation (tokens are never exported).\n"
+    return header + yaml.safe_dump(document(), sort_keys=False, allow_unicode=True, width=110)
