@@ -12,14 +12,15 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Count, Exists, F, IntegerField, OuterRef, Q, QuerySet, Subquery, Value
 from django.db.models.functions import Coalesce
 
-from approvals.models import ApprovalRequest, Decision, EscalationLevel
-from governance.models import AuditEvent, ServiceAccount, Workflow
+from approvals.models import ActionRule, ApprovalRequest, Decision, EscalationLevel, Execution, ShadowDifference
+from governance.models import AuditEvent, GovernedAction, ServiceAccount, Workflow
 from governance.permissions import APPROVE, CONTAIN
 from governance.selectors import workflows_visible_to, workflows_with_perm
 
 State = ApprovalRequest.State
 QUEUE_LIMIT = 50
 RECENT_LIMIT = 10
+DIFFERENCES_SHOWN = 20
 
 
 def requests_visible_to(user: AbstractBaseUser) -> QuerySet[ApprovalRequest]:
@@ -104,8 +105,36 @@ def recently_closed(user: AbstractBaseUser, limit: int = RECENT_LIMIT) -> list[A
 
 def history_of(req: ApprovalRequest) -> QuerySet[AuditEvent]:
     """The request's audit events, oldest first: its history as the trail recorded it."""
-    return AuditEvent.objects.filter(subject_type=ApprovalRequest._meta.label_lower, subject_id=str(req.pk)).order_by("seq")
+    return (AuditEvent.objects.filter(subject_type=ApprovalRequest._meta.label_lower, subject_id=str(req.pk))
+            .order_by("seq"))
 
 
 def decisions_of(req: ApprovalRequest) -> QuerySet[Decision]:
     return req.decisions.select_related("decided_by").order_by("decided_at", "pk")
+
+
+def execution_of(req: ApprovalRequest) -> Execution | None:
+    """The execution claimed on an approved request, if any."""
+    return Execution.objects.filter(request=req).first()
+
+
+def actions_visible_to(user: AbstractBaseUser) -> QuerySet[GovernedAction]:
+    """Governed actions of the workflows the person may see; anything else is a 404."""
+    return GovernedAction.objects.filter(workflow__in=workflows_visible_to(user)).select_related("workflow")
+
+
+def rules_of(action: GovernedAction) -> tuple[list[ActionRule], list[ActionRule]]:
+    """The action's live rules and its shadow rules, each in the order they are tried."""
+    rules = list(action.rules.select_related("policy__workflow").order_by("shadow", "position"))
+    return [r for r in rules if not r.shadow], [r for r in rules if r.shadow]
+
+
+def rules_last_set(action: GovernedAction, *, shadow: bool) -> AuditEvent | None:
+    """The audit event that last set the action's live (or shadow) rule list."""
+    return (AuditEvent.objects.filter(subject_type=GovernedAction._meta.label_lower, subject_id=str(action.pk),
+                                      action="action.rules_set", data__shadow=shadow).order_by("-seq").first())
+
+
+def shadow_differences_of(action: GovernedAction) -> QuerySet[ShadowDifference]:
+    """Dispatches where the shadow rules would have answered otherwise, newest first."""
+    return ShadowDifference.objects.filter(action=action).order_by("-created_at", "-pk")

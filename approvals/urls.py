@@ -9,4 +9,5 @@ urlpatterns = [
     path("", views.queue, name="queue"),
     path("<int:pk>/", views.detail, name="detail"),
     path("<int:pk>/decide/", views.decide, name="decide"),
+    path("actions/<slug:slug>/<slug:name>/", views.action_detail, name="action"),
 ]

@@ -1,7 +1,10 @@
-"""The approver's pages: the queue and a request with its decision panel. Thin: selectors read,
-services decide; htmx gets the named partial of the same template, everyone else the page."""
+"""The approver's pages: the queue, a request with its decision panel, and a governed action's
+rules. Thin: selectors read, services decide; htmx gets the named partial of the same template,
+everyone else the page."""
 
 from __future__ import annotations
+
+import json
 
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
@@ -11,7 +14,7 @@ from django.views.decorators.http import require_GET, require_POST
 from django.views.decorators.vary import vary_on_headers
 from django_htmx.middleware import HtmxDetails
 
-from approvals import eligibility, selectors, services
+from approvals import eligibility, explain, selectors, services
 from approvals.forms import DecisionForm, QueueFilterForm
 from approvals.models import ApprovalRequest, Decision
 from governance import clock, denials
@@ -64,10 +67,14 @@ def _detail_context(request: HttpRequest, approval: ApprovalRequest, form: Decis
     return {
         "approval": approval,
         "form": form or DecisionForm(approval=approval),
-        "may_decide": approval.is_pending and refusal is None and mine is None,
+        # A held request cannot be decided (the service refuses it): no form is offered.
+        "may_decide": approval.is_pending and not approval.is_held and refusal is None and mine is None,
         "refusal": refusal,
         "mine": mine,
         "approvals": approval.decisions.filter(verdict=Decision.Verdict.APPROVE).count(),
+        "rule_line": explain.rule_line(approval.rule) if approval.rule else "",
+        "rule_values": explain.values_read(approval.rule) if approval.rule else [],
+        "execution": explain.execution_status(approval, selectors.execution_of(approval), clock.now()),
         "history": selectors.history_of(approval),
         "reasons": Decision.Reason.choices,
     }
@@ -107,3 +114,30 @@ def decide(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     html = render_to_string("approvals/request_detail.html#decision-panel", context, request=request)
     html += render_to_string("approvals/request_detail.html#history", {**context, "oob": True}, request=request)
     return HttpResponse(html, status=status)
+
+
+@require_GET
+@login_required
+def action_detail(request: HttpRequest, slug: str, name: str) -> HttpResponse:
+    """A governed action's live and shadow rules, and where the shadow rules would have answered
+    otherwise. Outside the person's workflows: a recorded 404."""
+    action = denials.get_in_scope(request, selectors.actions_visible_to(request.user), "governed action",
+                                  workflow__slug=slug, name=name)
+    live, shadow = selectors.rules_of(action)
+    differences = selectors.shadow_differences_of(action)
+    recent = list(differences[: selectors.DIFFERENCES_SHOWN])
+    context = {
+        "action": action,
+        "workflow": action.workflow,
+        "tier_now": action.workflow.tier_at(clock.now()),
+        "tier_line": explain.tier_line(action),
+        "live": [(rule, explain.rule_line(rule)) for rule in live],
+        "shadow": [(rule, explain.rule_line(rule)) for rule in shadow],
+        "live_set": selectors.rules_last_set(action, shadow=False),
+        "shadow_set": selectors.rules_last_set(action, shadow=True),
+        "differences_total": differences.count() if len(recent) == selectors.DIFFERENCES_SHOWN else len(recent),
+        "differences": [(d, json.dumps(d.parameters, ensure_ascii=False, sort_keys=True), explain.answer_line(d.live),
+                         explain.answer_line(d.shadow)) for d in recent],
+        "differences_shown": selectors.DIFFERENCES_SHOWN,
+    }
+    return render(request, "approvals/action_detail.html", context)

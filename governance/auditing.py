@@ -100,7 +100,10 @@ def search_events(user, criteria: dict) -> QuerySet[AuditEvent]:
     if action := criteria.get("action", "").strip():
         events = events.filter(action__startswith=action)
     if subject := criteria.get("subject", "").strip():
-        kind, _, pk = subject.rpartition(":") if ":" in subject else ((subject, "", "") if "." in subject else ("", "", subject))
+        if ":" in subject:
+            kind, _, pk = subject.rpartition(":")
+        else:
+            kind, pk = (subject, "") if "." in subject else ("", subject)
         if kind:
             events = events.filter(subject_type=kind.lower())
         if pk:
@@ -567,8 +570,37 @@ def signals_at_decisions(req, decisions: list) -> list[dict]:
     return rows
 
 
+def rule_that_asked(req) -> dict | None:
+    """The dispatch rule that asked for the request, as kept with it: its text and the values it read."""
+    if not req.rule:
+        return None
+    from approvals import explain
+
+    rule = req.rule
+    return {"id": rule.get("id"), "number": (rule.get("position") or 0) + 1, "text": explain.rule_line(rule),
+            "condition": rule.get("condition"), "outcome": rule.get("outcome"), "reason": rule.get("reason", ""),
+            "quorum": rule.get("quorum"), "approver_roles": rule.get("approver_roles", []),
+            "values": rule.get("values", {}), "values_read": explain.values_read(rule)}
+
+
+def execution_record(req, execution) -> dict | None:
+    """The execution an approved agent action granted: claimed, reported, or expired unclaimed."""
+    if execution is None and req.claim_by is None and req.claim_expired_at is None:
+        return None
+    entry = {"claim_by": req.claim_by, "claim_expired_at": req.claim_expired_at, "id": None, "state": None,
+             "claimed_at": None, "expires_at": None, "reported_at": None, "detail": ""}
+    if execution is not None:
+        entry.update(id=execution.pk, state=execution.state, claimed_at=execution.granted_at,
+                     expires_at=execution.expires_at, reported_at=execution.reported_at, detail=execution.detail)
+    return entry
+
+
 def evidence_bundle(req) -> dict:
-    """Everything an auditor needs to show what was decided on one request, by whom, on what evidence."""
+    """Everything an auditor needs to show what was decided on one request, by whom, on what evidence,
+    and what was then executed."""
+    from approvals import explain
+    from approvals.selectors import execution_of
+
     events = list(AuditEvent.objects.filter(subject_type=REQUEST_SUBJECT, subject_id=str(req.pk)).order_by("seq"))
     requested = next((e for e in events if e.action == "approval.requested"), None)
     anchor = requested.seq if requested else (events[0].seq if events else audit.head()[0] + 1)
@@ -580,13 +612,15 @@ def evidence_bundle(req) -> dict:
     checkpoint = (AuditCheckpoint.objects.filter(head_seq__gte=events[-1].seq).order_by("head_seq", "id").first()
                   if events else None)
     first_decision = decisions[0].decided_at if decisions else None
+    execution = execution_of(req)
     return {
-        "bundle": "ringfence-evidence", "version": 1,
+        "bundle": "ringfence-evidence", "version": 2,
         "request": {
             "id": req.pk, "workflow": req.workflow.slug, "workflow_name": req.workflow.name,
             "kind": req.kind, "action": req.action, "parameters": req.parameters, "mode": req.mode,
-            "quorum": req.quorum, "requested_by": req.requester_label,
-            "requested_by_kind": "service" if req.requested_by_service_id else ("user" if req.requested_by_id else "system"),
+            "quorum": req.quorum, "approver_roles": req.approver_roles, "requested_by": req.requester_label,
+            "requested_by_kind": ("service" if req.requested_by_service_id
+                                  else "user" if req.requested_by_id else "system"),
             "idempotency_key": req.idempotency_key, "confidence": req.confidence,
             "subject": {"type": req.subject_type, "id": req.subject_id} if req.subject_type else None,
             "created_at": req.created_at,
@@ -597,6 +631,7 @@ def evidence_bundle(req) -> dict:
             "workflow_settings": workflow_settings, "settings_from_event": settings_event,
             "policy": policy_in_force(req, anchor),
         },
+        "rule": rule_that_asked(req),
         "evidence": {"summary": (req.evidence or {}).get("summary", ""), "metrics": req.evidence_metrics(),
                      "links": req.evidence_links(), "other": req.evidence_extra()},
         "signals": signals_at_decisions(req, decisions),
@@ -612,7 +647,8 @@ def evidence_bundle(req) -> dict:
             "seconds_to_close": (req.closed_at - req.created_at).total_seconds() if req.closed_at else None,
         },
         "outcome": {"state": req.state, "closed_at": req.closed_at, "closed_by": req.closed_by_label,
-                    "summary": req.closed_summary()},
+                    "summary": req.closed_summary(), "timeline": explain.execution_timeline(req, execution, dt.UTC)},
+        "execution": execution_record(req, execution),
         "audit": {"events": _chain_entries(events),
                   "checkpoint": json.loads(audit.checkpoint_line(checkpoint)) if checkpoint else None},
     }

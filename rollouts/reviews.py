@@ -1,9 +1,14 @@
 """Review of autonomous actions: containment owners judge each action that ran with no person
-before it (tier 1, or an override window that ran out) as correct or a false positive with a
-reason category. The judgement goes through `services.review_action` (audited as
-`rollout.action_reviewed`) and feeds the dashboards' false-positive figures."""
+before it (a rollout action at tier 1 or after an override window ran out, or an agent action
+dispatch allowed at tier 1) as correct or a false positive with a reason category. The judgement
+goes through `services.review_action` (audited as `rollout.action_reviewed`) and feeds the
+dashboards' false-positive figures."""
 
 from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 from django import forms
 from django.contrib.auth.decorators import login_required
@@ -13,9 +18,10 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 from django.views.decorators.vary import vary_on_headers
 
+from approvals import explain
 from governance import denials
 from governance.errors import TransitionRefused
-from governance.models import ContainmentAssignment
+from governance.models import AuditEvent, ContainmentAssignment
 from governance.selectors import workflows_visible_to
 from rollouts import services
 from rollouts.models import ActionReview
@@ -39,11 +45,42 @@ def reviews_for(user) -> QuerySet[ActionReview]:
     """Reviews of the workflows in the person's scope where they hold a containment duty."""
     owned = ContainmentAssignment.objects.filter(user=user).values("workflow_id")
     return (ActionReview.objects.filter(workflow__in=workflows_visible_to(user), workflow_id__in=owned)
-            .select_related("workflow", "action__plan", "action__trigger__metric", "reviewed_by"))
+            .select_related("workflow", "action__plan", "action__trigger__metric", "reviewed_by",
+                            "execution__service_account"))
+
+
+@dataclass(frozen=True)
+class Allowed:
+    """What the dispatch that allowed an agent action said: why, at which tier, for which call."""
+
+    reason: str
+    tier: int | None
+    parameters: str
+    rule: str
+
+
+def with_dispatch(reviews: Iterable[ActionReview]) -> list[ActionReview]:
+    """Sets `allowed` on each review of an agent action, from its `dispatch.allowed` event (one query)."""
+    reviews = list(reviews)
+    executions = [r.execution for r in reviews if r.execution_id is not None]
+    events = {}
+    if executions:
+        # The event is written after the grant, in its transaction: the time bound keeps the scan short.
+        found = AuditEvent.objects.filter(action="dispatch.allowed", data__execution__in=[x.pk for x in executions],
+                                          occurred_at__gte=min(x.granted_at for x in executions))
+        events = {e.data.get("execution"): e for e in found}
+    for review in reviews:
+        event = events.get(review.execution_id)
+        review.allowed = None if event is None else Allowed(
+            # "Rule 1 allows it: …" would only repeat the rule line
+            reason="" if event.data.get("code") == "allowed_by_rule" else event.reason, tier=event.data.get("tier"),
+            parameters=json.dumps(event.data.get("parameters") or {}, ensure_ascii=False, sort_keys=True),
+            rule=explain.rule_line(event.data["rule"]) if event.data.get("rule") else "")
+    return reviews
 
 
 def _context(user, forms_by_review: dict | None = None) -> dict:
-    pending = list(reviews_for(user).filter(verdict="").order_by("created_at", "pk"))
+    pending = with_dispatch(reviews_for(user).filter(verdict="").order_by("created_at", "pk"))
     forms_by_review = forms_by_review or {}
     return {
         "pending": [(r, forms_by_review.get(r.pk) or review_form(r.pk)) for r in pending],
@@ -79,4 +116,5 @@ def review(request: HttpRequest, pk: int) -> HttpResponse:
     if not request.htmx:
         return render(request, "rollouts/reviews.html", _context(request.user, {target.pk: form}), status=status)
     target.refresh_from_db()
+    with_dispatch([target])
     return render(request, "rollouts/reviews.html#review-card", {"review": target, "form": form}, status=status)

@@ -106,6 +106,13 @@ def test_every_transition_writes_its_audit_events(walk, make_request, admin_user
     assert walk.new_actions(policy) == ["approval.policy_defined"]
     assert isinstance(policy, EscalationPolicy)
 
+    action = governance_services.define_action(workflow.pk, actor=admin_user, name="refund_customer", risk="high")
+    walk.new_actions()
+    services.set_action_rules(action.pk, actor=admin_user, rules=[{"condition": "true", "outcome": "tier"}])
+    assert walk.new_actions(action) == ["action.rules_set"]
+    services.set_action_rules(action.pk, actor=admin_user, rules=[])  # removing every rule is audited too
+    assert walk.new_actions(action) == ["action.rules_set"]
+
     # The kill switch holds what is pending and gives the time back on resume, each audited.
     held = make_request(idempotency_key="held")
     walk.new_actions()
