@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, Group
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
@@ -253,6 +254,70 @@ def set_role(*, actor: AbstractBaseUser, user: AbstractBaseUser, role: Role, mem
     audit.record(actor, "role.granted" if member else "role.revoked", user, data={"role": str(role)})
 
 
+USER_FLAGS = ("is_active", "is_staff", "is_superuser")
+
+
+def _lock_user(user_id: int) -> AbstractBaseUser:
+    user = get_user_model().objects.select_for_update().filter(pk=user_id).first()
+    require(user is not None, "not_found", "This user does not exist.")
+    return user
+
+
+@transaction.atomic
+def set_user_flags(user_id: int, *, actor: AbstractBaseUser, is_active: bool | None = None,
+                   is_staff: bool | None = None, is_superuser: bool | None = None) -> AbstractBaseUser:
+    """Change a person's active / staff / superuser flags; only the flags given, only if they differ.
+
+    Administrators only; only a superuser grants or removes superuser status or changes a
+    superuser's account; nobody removes their own superuser status or deactivates themselves.
+    Audit: `user.flags_changed` with from/to of each changed flag.
+    """
+    require(is_administrator(actor), "forbidden", "Only administrators change users' flags.")
+    user = _lock_user(user_id)
+    wanted = {"is_active": is_active, "is_staff": is_staff, "is_superuser": is_superuser}
+    diff = {flag: {"from": getattr(user, flag), "to": bool(value)}
+            for flag, value in wanted.items() if value is not None and bool(value) != getattr(user, flag)}
+    if not diff:
+        return user
+    require(actor.is_superuser or ("is_superuser" not in diff and not user.is_superuser), "forbidden",
+            "Only a superuser grants or removes superuser status or changes a superuser's account.")
+    itself = user.pk == actor.pk
+    require(not (itself and "is_superuser" in diff), "forbidden", "You cannot remove your own superuser status.")
+    require(not (itself and "is_active" in diff), "forbidden", "You cannot deactivate yourself.")
+    for flag, change in diff.items():
+        setattr(user, flag, change["to"])
+    user.save(update_fields=list(diff))
+    audit.record(actor, "user.flags_changed", user, data={"user": user.get_username(), "changes": diff})
+    return user
+
+
+@transaction.atomic
+def set_user_groups(user_id: int, *, actor: AbstractBaseUser, groups: list[str]) -> AbstractBaseUser:
+    """Make a person's role groups exactly `groups` (role names); other groups are left alone.
+
+    Administrators only. Audit: `user.roles_changed` with the roles added and removed.
+    """
+    require(is_administrator(actor), "forbidden", "Only administrators change roles.")
+    roles = {str(role) for role in Role}
+    wanted = {str(name) for name in groups}
+    unknown = wanted - roles
+    require(not unknown, "invalid", f"Unknown roles: {', '.join(sorted(unknown))}.", field="groups")
+    user = _lock_user(user_id)
+    held = set(user.groups.filter(name__in=roles).values_list("name", flat=True))
+    added, removed = sorted(wanted - held), sorted(held - wanted)
+    if not added and not removed:
+        return user
+    if added:
+        user.groups.add(*Group.objects.filter(name__in=added))
+    if removed:
+        user.groups.remove(*Group.objects.filter(name__in=removed))
+    if hasattr(user, "_ringfence_roles"):
+        del user._ringfence_roles
+    audit.record(actor, "user.roles_changed", user,
+                 data={"user": user.get_username(), "added": added, "removed": removed})
+    return user
+
+
 @transaction.atomic
 def create_service_account(*, actor: AbstractBaseUser, name: str, owner: AbstractBaseUser,
                            workflows: list[Workflow], description: str = "") -> ServiceAccount:
@@ -264,6 +329,57 @@ def create_service_account(*, actor: AbstractBaseUser, name: str, owner: Abstrac
     account.workflows.set(workflows)
     audit.record(actor, "service_account.created", account,
                  data={"name": name, "owner": owner.get_username(), "workflows": sorted(w.slug for w in workflows)})
+    return account
+
+
+@transaction.atomic
+def update_service_account(account_id: int, *, actor: AbstractBaseUser, owner: AbstractBaseUser | None = None,
+                           workflows: list[Workflow] | None = None, active: bool | None = None,
+                           description: str | None = None, permissions: list[str] | None = None) -> ServiceAccount:
+    """Change a service account's owner (whom four-eyes checks against), workflow scope, active flag,
+    description or permissions (`config`: may plan and apply configuration); only what is given.
+    Administrators only.
+
+    Audit: `service_account.updated` with from/to of each changed field (owner as username,
+    workflows as sorted slugs).
+    """
+    require(is_administrator(actor), "forbidden", "Only administrators change service accounts.")
+    account = ServiceAccount.objects.select_for_update().select_related("owner").filter(pk=account_id).first()
+    require(account is not None, "not_found", "This service account does not exist.")
+    diff: dict[str, dict[str, Any]] = {}
+    if owner is not None and owner.pk != account.owner_id:
+        require(owner.is_active, "invalid", f"{owner.get_username()} is not an active user.", field="owner")
+        diff["owner"] = {"from": account.owner.get_username(), "to": owner.get_username()}
+        account.owner = owner
+    if active is not None and bool(active) != account.active:
+        diff["active"] = {"from": account.active, "to": bool(active)}
+        account.active = bool(active)
+    if description is not None and description != account.description:
+        diff["description"] = {"from": account.description, "to": description}
+        account.description = description
+    if permissions is not None:
+        unknown = sorted(set(permissions) - set(ServiceAccount.PERMISSIONS))
+        require(not unknown, "invalid", f"Unknown permission {', '.join(unknown)}; an account may hold "
+                f"{', '.join(ServiceAccount.PERMISSIONS)}.", field="permissions")
+        if sorted(set(permissions)) != sorted(account.permissions or []):
+            diff["permissions"] = {"from": sorted(account.permissions or []), "to": sorted(set(permissions))}
+            account.permissions = sorted(set(permissions))
+    _validated(account, exclude=["name"])
+    new_workflows = None
+    if workflows is not None:
+        new_workflows = list(workflows)
+        before = sorted(account.workflows.values_list("slug", flat=True))
+        after = sorted({w.slug for w in new_workflows})
+        if before != after:
+            diff["workflows"] = {"from": before, "to": after}
+    if not diff:
+        return account
+    fields = [field for field in ("owner", "active", "description", "permissions") if field in diff]
+    if fields:
+        account.save(update_fields=fields)
+    if "workflows" in diff:
+        account.workflows.set(new_workflows)
+    audit.record(actor, "service_account.updated", account, data={"name": account.name, "changes": diff})
     return account
 
 
@@ -341,3 +457,21 @@ def authenticate_token(raw: str) -> ApiToken | None:
                 token.last_used_at = now
             return token
     return None
+
+
+@transaction.atomic
+def remove_action(action_id: int, *, actor: AbstractBaseUser) -> None:
+    """Stop governing an action: its dispatches are then denied as unknown. Its rules go with it;
+    requests already asked keep their record. Audit: `workflow.action_removed` with what it was."""
+    workflow_id = GovernedAction.objects.filter(pk=action_id).values_list("workflow_id", flat=True).first()
+    require(workflow_id is not None, "not_found", "This governed action does not exist.")
+    workflow = _lock_workflow(workflow_id)
+    require(is_administrator(actor) or actor.has_perm(perm(MANAGE_ROLLOUTS), workflow), "forbidden",
+            "You may not change the governed actions of this workflow.")
+    action = GovernedAction.objects.filter(pk=action_id).first()
+    require(action is not None, "not_found", "This governed action no longer exists.")
+    data = {"name": action.name, "risk": action.risk, "quorum": action.quorum,
+            "rules": [rule.condition for rule in action.rules.order_by("shadow", "position")]}
+    subject = (action._meta.label_lower, str(action.pk))
+    action.delete()
+    audit.record(actor, "workflow.action_removed", subject, workflow=workflow, data=data)
