@@ -16,18 +16,11 @@ from django.contrib.auth.models import User
 from django.db import transaction
 
 from approvals import services
-from approvals.models import ApprovalRequest, EscalationPolicy
-from governance.models import GovernedAction, ServiceAccount, Workflow
+from approvals.models import ApprovalRequest
+from governance.models import ServiceAccount, Workflow
 
 KEY = "demo-queue-r{round}-{name}"
 KEY_PATTERN = re.compile(r"^demo-queue-r(\d+)-")
-
-# Refunds are time-critical (a customer is waiting): a short first level, then the senior.
-# Disabling accounts after hours goes to the senior approver sooner.
-POLICIES = [
-    ("refund-agent", "gate", "any", [(["approver"], 180), (["senior_approver"], 600)]),
-    ("account-disable-agent", "gate", "off_hours", [(["approver"], 300), (["senior_approver"], 1800)]),
-]
 
 # name, workflow, action, mode, quorum, parameters, evidence, confidence
 PENDING = [
@@ -76,22 +69,6 @@ class DemoResult:
     created: list[str] = field(default_factory=list)
 
 
-# "Refunds up to €50 run; up to €5,000 need one approver; above that two people, one of them a
-# senior approver". Amounts may come as numbers or decimal strings: double() reads both.
-RULES = [
-    ("refund-agent", "refund_customer", [
-        {"condition": "double(params.amount) <= 50.0", "outcome": "allow"},
-        {"condition": "double(params.amount) <= 5000.0", "outcome": "approve", "quorum": 1},
-        {"condition": "true", "outcome": "approve", "quorum": 2, "approver_roles": ["senior_approver"],
-         "reason": "Large refunds need two people, one of them a senior approver."},
-    ]),
-    ("refund-agent", "issue_voucher", [
-        {"condition": "!has(evidence.confidence) || evidence.confidence < 0.6", "outcome": "deny",
-         "reason": "Vouchers are issued only with a confidence of at least 0.6; hand the case to a person."},
-    ]),
-]
-
-
 def _current_round(agent: ServiceAccount) -> int:
     keys = ApprovalRequest.objects.filter(requested_by_service=agent, idempotency_key__startswith="demo-queue-r")
     rounds = [int(m.group(1)) for key in keys.values_list("idempotency_key", flat=True) if (m := KEY_PATTERN.match(key))]
@@ -118,18 +95,6 @@ def seed() -> DemoResult:
     workflows = {w.slug: w for w in Workflow.objects.filter(slug__in=["refund-agent", "account-disable-agent"])}
     if agent is None or len(people) < 4 or len(workflows) < 2:
         return result  # the governance part of the demo is not there
-
-    for slug, mode, hours, levels in POLICIES:
-        if not EscalationPolicy.objects.filter(workflow=workflows[slug], mode=mode, hours=hours).exists():
-            services.define_policy(actor=people["ada"], workflow=workflows[slug], mode=mode, hours=hours,
-                                   levels=[{"groups": groups, "timeout_seconds": t} for groups, t in levels])
-            result.created.append(f"escalation policy {slug} {mode} ({hours})")
-
-    for slug, action, rule_list in RULES:
-        governed = GovernedAction.objects.filter(workflow=workflows[slug], name=action).first()
-        if governed is not None and not governed.rules.exists():
-            services.set_action_rules(governed.pk, actor=people["ada"], rules=rule_list)
-            result.created.append(f"rules of {slug} {action}")
 
     number = _current_round(agent)
     if number and _round_still_open(agent, number):

@@ -15,6 +15,7 @@ from ninja import Router, Schema
 from pydantic import Field
 
 from configuration import document, loading, planning
+from governance import services as governance_services
 from governance.api_auth import service_account_of
 from governance.idempotency import idempotent
 from governance.problems import FieldError, Problem
@@ -108,6 +109,9 @@ def apply(request: HttpRequest, prune: bool = False) -> PlanOut:
     """One transaction: every change through its audited service, then `config.applied`. Acts as the
     service account's owner, who must be an administrator."""
     account = _account_with_config(request)
+    if not governance_services.is_administrator(account.owner):
+        raise Problem(403, "forbidden", f"Applying acts as the account's owner, {account.owner.get_username()}, "
+                      "who is not an administrator.")
     doc, source, raw = _body(request)
     digest = planning.sha256(raw)
     try:

@@ -16,8 +16,8 @@ from django.conf import settings
 
 from approvals import executions
 from approvals import services as approval_services
-from approvals.demo import RULES
 from approvals.models import ApprovalRequest, Execution, ShadowDifference
+from configuration import demo as configuration_demo
 from governance import services
 from governance.errors import TransitionRefused
 from governance.models import AuditEvent, GovernedAction
@@ -38,9 +38,13 @@ def clock():
 
 
 def demo_rules(admin_user, workflow, name: str) -> GovernedAction:
+    """The rules examples/ringfence.yaml gives the demo's refund agent."""
     action = GovernedAction.objects.get(workflow=workflow, name=name)
-    rule_list = next(r for slug, a, r in RULES if a == name)
-    approval_services.set_action_rules(action.pk, actor=admin_user, rules=rule_list)
+    declared = next(a for wf in configuration_demo.document().workflows if wf.slug == "refund-agent"
+                    for a in wf.actions if a.name == name)
+    approval_services.set_action_rules(action.pk, actor=admin_user, rules=[
+        {"condition": r.when, "outcome": r.then, "reason": r.reason, "quorum": r.quorum,
+         "approver_roles": r.approver_roles} for r in declared.rules])
     return action
 
 

@@ -7,6 +7,7 @@ from django.contrib.auth.models import User
 
 from approvals import demo, selectors, services
 from approvals.models import ApprovalRequest
+from configuration import demo as configuration_demo
 from governance import audit
 from governance import demo as governance_demo
 
@@ -15,6 +16,7 @@ State = ApprovalRequest.State
 
 def test_the_demo_tells_the_queue_story_once_and_again_when_it_played_out(db):
     governance_demo.seed()
+    configuration_demo.seed()
     first = demo.seed()
     assert first.created
     pending = ApprovalRequest.objects.pending()

@@ -122,7 +122,7 @@ def test_export_then_plan_shows_no_change_on_the_demo(tmp_path, settings):
     from importlib import import_module
 
     settings.VAR_DIR = tmp_path
-    for name in ("governance.demo", "approvals.demo", "rollouts.demo"):
+    for name in ("governance.demo", "configuration.demo", "approvals.demo", "rollouts.demo"):
         import_module(name).seed()
     code, exported, _ = run("export")
     assert code == 0 and "refund-agent" in exported and "double(params.amount) <= 50.0" in exported
@@ -131,6 +131,7 @@ def test_export_then_plan_shows_no_change_on_the_demo(tmp_path, settings):
     code, out, err = run("plan", path)
     assert (code, out.strip(), err) == (0, "No changes: the live configuration matches the file.", "")
     assert run("plan", path, "--prune")[0] == 0
+    assert run("plan", "examples/ringfence.yaml", "--prune")[0] == 0  # the demo is the example file
 
 
 def test_plan_names_updates_field_by_field_and_prune_deletes(tmp_path, people):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from django.urls import NoReverseMatch, reverse
 
+from configuration import demo as configuration_demo
 from governance import demo
 from governance.permissions import Role
 from tests.e2e.conftest import login
@@ -28,7 +29,8 @@ MENU = {
     Role.MANAGER: {"Rollouts", "Dashboards", "Workflows"},
     Role.AUDITOR: {"Workflows", "Audit trail"},
 }
-ALL_WORKFLOWS = {spec["slug"] for spec in demo.WORKFLOWS}
+DOCUMENT = configuration_demo.document()
+ALL_WORKFLOWS = {wf.slug for wf in DOCUMENT.workflows}
 
 
 def _installed(label: str) -> bool:
@@ -44,8 +46,8 @@ def _scope(username: str, role: Role) -> set[str]:
     sees the workflows they were given scope on or own a containment duty of."""
     if role == Role.AUDITOR:
         return ALL_WORKFLOWS
-    owned = {slug for slug, owners in demo.CONTAINMENT.items() if username in owners}
-    return set(demo.SCOPE.get(username, [])) | owned
+    return {wf.slug for wf in DOCUMENT.workflows if username in wf.scope
+            or any(username in (o.primary, *o.backup) for o in wf.containment.values())}
 
 
 def _listed_workflows(page) -> set[str]:
@@ -56,6 +58,7 @@ def _listed_workflows(page) -> set[str]:
 
 def test_each_demo_role_sees_its_navigation_and_only_its_workflows(page):
     demo.seed()
+    configuration_demo.seed()
     seen = {}
     for username, _, role in demo.PEOPLE:
         page.context.clear_cookies()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from configuration import demo as configuration_demo
 from governance import clock
 from governance import demo as governance_demo
 from rollouts import demo, selectors
@@ -14,6 +15,7 @@ pytestmark = pytest.mark.django_db
 
 def test_the_demo_tells_the_2am_story_twice_and_seeding_again_changes_nothing():
     governance_demo.seed()
+    configuration_demo.seed()
     first = demo.seed()
     assert len(first.created) == 5
     plans = {p.release_version: p for p in RolloutPlan.objects.select_related("workflow")}

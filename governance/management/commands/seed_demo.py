@@ -8,7 +8,7 @@ from django.core.management.base import BaseCommand
 from governance.demo import DEMO_PASSWORD, PEOPLE
 
 # Each app may add its part of the demo story in <app>/demo.py with a seed() function.
-DEMO_MODULES = ("governance.demo", "approvals.demo", "rollouts.demo")
+DEMO_MODULES = ("governance.demo", "configuration.demo", "approvals.demo", "rollouts.demo")
 
 
 class Command(BaseCommand):
