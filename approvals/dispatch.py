@@ -32,9 +32,11 @@ is only returned once that is committed; a failure on the way is an error (503),
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from django.db import connection, transaction
@@ -89,7 +91,8 @@ def on_unattended_allow(listener: UnattendedListener) -> None:
         _unattended_listeners.append(listener)
 
 
-def _situation(workflow: Workflow, at: datetime) -> Situation:
+def situation_of(workflow: Workflow, at: datetime) -> Situation:
+    """What the registered apps know of the workflow at `at` (tags, lowered tier, fallback)."""
     situation = Situation()
     for provider in _situation_providers:
         found = provider(workflow, at)
@@ -146,27 +149,49 @@ class Declared:
     id: int
     risk: str
     quorum: int
+    rules: tuple[ActionRule, ...] = ()
+
+
+RULE_COLUMNS = ("id", "position", "shadow", "condition", "outcome", "reason", "quorum", "approver_roles",
+                "policy_id")
+# On PostgreSQL the action's rules come with the workflow, as one JSON column of the same statement.
+_RULES_JSON = ("(SELECT json_agg(json_build_object(" + ", ".join(f"'{c}', r.{c}" for c in RULE_COLUMNS)
+               + ") ORDER BY r.shadow, r.position) FROM approvals_actionrule r WHERE r.action_id = a.id)::text")
+
+
+@lru_cache(maxsize=1024)
+def _parsed_rules(action_id: int, text: str | None) -> tuple[ActionRule, ...]:
+    """An action's rules from their JSON text, kept per text: a list that has not changed is not
+    parsed again (the rules are only read, never changed, on the way)."""
+    return tuple(ActionRule(action_id=action_id, **row) for row in json.loads(text or "[]"))
 
 
 def _lock_shared(account: ServiceAccount, slug: str, action: str) -> tuple[Workflow, Declared | None]:
-    """The account's workflow, read under a share lock, and the action declared for it, in one
-    statement: a pause (FOR UPDATE) waits for dispatches in flight and every dispatch after a
-    committed pause sees it; dispatches do not block each other. Outside the account's scope the
-    workflow does not exist."""
+    """The account's workflow, read under a share lock, the action declared for it and the action's
+    rules, in one statement: a pause (FOR UPDATE) waits for dispatches in flight and every dispatch
+    after a committed pause sees it; dispatches do not block each other. Outside the account's scope
+    the workflow does not exist."""
     workflow = None
+    postgresql = connection.vendor == "postgresql"
     if account.active:
         scope = ServiceAccount.workflows.through._meta.db_table
-        lock = " FOR SHARE OF w" if connection.vendor == "postgresql" else ""
+        lock = " FOR SHARE OF w" if postgresql else ""
+        rules_column = _RULES_JSON if postgresql else "NULL"
         workflow = next(iter(Workflow.objects.raw(
-            f"SELECT w.*, a.id AS action_id, a.risk AS action_risk, a.quorum AS action_quorum "
+            f"SELECT w.*, a.id AS action_id, a.risk AS action_risk, a.quorum AS action_quorum, "
+            f"{rules_column} AS action_rules "
             f"FROM governance_workflow w JOIN {scope} s ON s.workflow_id = w.id "
             f"LEFT JOIN governance_governedaction a ON a.workflow_id = w.id AND a.name = %s "
             f"WHERE w.slug = %s AND s.serviceaccount_id = %s{lock}", [action, slug, account.pk])), None)
     if workflow is None:
         raise TransitionRefused("not_found", f"No workflow {slug!r} in this token's scope.")
-    declared = (Declared(workflow.action_id, workflow.action_risk, workflow.action_quorum)
-                if workflow.action_risk else None)
-    return workflow, declared
+    if not workflow.action_risk:
+        return workflow, None
+    if postgresql:
+        rule_list = _parsed_rules(workflow.action_id, workflow.action_rules)
+    else:
+        rule_list = tuple(ActionRule.objects.filter(action_id=workflow.action_id).order_by("shadow", "position"))
+    return workflow, Declared(workflow.action_id, workflow.action_risk, workflow.action_quorum, rule_list)
 
 
 def _by_tier(governed: Declared, tier: int, hours: str, lowered_by: str) -> Verdict:
@@ -207,9 +232,9 @@ def decide(rule_list: list[ActionRule], evaluator: rules.Evaluator, governed: De
     return _by_tier(governed, tier, hours, lowered_by)
 
 
-def _rules_of(action_id: int) -> tuple[list[ActionRule], list[ActionRule]]:
+def _split(rule_list: tuple[ActionRule, ...]) -> tuple[list[ActionRule], list[ActionRule]]:
     live, shadow = [], []
-    for rule in ActionRule.objects.filter(action_id=action_id).order_by("shadow", "position"):
+    for rule in rule_list:
         (shadow if rule.shadow else live).append(rule)
     return live, shadow
 
@@ -236,7 +261,7 @@ def dispatch(*, account: ServiceAccount, workflow: str, action: str, parameters:
     workflow, governed = _lock_shared(account, workflow, action)
     now = clock.now()
     business = workflow.in_business_hours(now)
-    situation = _situation(workflow, now)
+    situation = situation_of(workflow, now)
     tier = workflow.tier_at(now)
     lowered_by = ""
     if situation.lowered_tier is not None and situation.lowered_tier > tier:
@@ -256,7 +281,7 @@ def dispatch(*, account: ServiceAccount, workflow: str, action: str, parameters:
     else:
         evaluator = rules.Evaluator(_call(account, workflow, parameters, evidence, confidence, tier, now, business,
                                           situation.tags))
-        live, shadow = _rules_of(governed.id)
+        live, shadow = _split(governed.rules)
         verdict = decide(live, evaluator, governed, tier, hours, lowered_by)
         if shadow:
             _compare_shadow(governed, verdict, decide(shadow, evaluator, governed, tier, hours, lowered_by),

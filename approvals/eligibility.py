@@ -4,7 +4,8 @@ the same functions only to show or hide buttons.
 - Scope: the approve permission on the workflow (guardian object permission); for expansion,
   rollback and fallback requests the contain permission also qualifies.
 - Level: the person is named (by role group or by name) by the request's current escalation
-  level or an earlier one; escalation adds people, it never takes the first approvers away.
+  level or an earlier one; escalation adds people and keeps the first approvers, unless a level
+  is marked `replaces_previous`: from it on, only it and the levels after it count.
   A role the request needs among its approvers (`approver_roles`, from a dispatch rule) is
   asked from the first level.
 - Four-eyes: neither the person who asked nor the owner of the service account that asked.
@@ -46,9 +47,9 @@ def named_by_level(user: AbstractBaseUser, req: ApprovalRequest) -> bool:
         return True
     if req.approver_roles and user.groups.filter(name__in=req.approver_roles).exists():
         return True  # a role the request needs among its approvers is asked from the first level
-    return EscalationLevel.objects.filter(policy_id=req.policy_id, position__lte=req.level).filter(
-        Q(groups__user=user) | Q(people=user)
-    ).exists()
+    levels = EscalationLevel.objects.filter(policy_id=req.policy_id, position__lte=req.level)
+    start = levels.filter(replaces_previous=True).order_by("-position").values_list("position", flat=True).first()
+    return levels.filter(position__gte=start or 0).filter(Q(groups__user=user) | Q(people=user)).exists()
 
 
 def assigned_to(user: AbstractBaseUser, req: ApprovalRequest) -> bool:

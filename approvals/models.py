@@ -106,6 +106,8 @@ class EscalationLevel(models.Model):
     groups = models.ManyToManyField(Group, blank=True, related_name="+")
     people = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="+")
     timeout_seconds = models.PositiveIntegerField()
+    # A level adds its people to those of the earlier levels, or replaces them from then on.
+    replaces_previous = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["policy", "position"]

@@ -9,10 +9,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import Count, Exists, F, IntegerField, OuterRef, Q, QuerySet, Subquery, Value
+from django.db import connection
+from django.db.models import Count, Exists, F, IntegerField, OuterRef, Prefetch, Q, QuerySet, Subquery, Value
 from django.db.models.functions import Coalesce
 
-from approvals.models import ActionRule, ApprovalRequest, Decision, EscalationLevel, Execution, ShadowDifference
+from approvals.models import (
+    ActionRule,
+    ApprovalRequest,
+    Decision,
+    EscalationLevel,
+    EscalationPolicy,
+    Execution,
+    Mode,
+    ShadowDifference,
+)
 from governance.models import AuditEvent, GovernedAction, ServiceAccount, Workflow
 from governance.permissions import APPROVE, CONTAIN
 from governance.selectors import workflows_visible_to, workflows_with_perm
@@ -43,6 +53,17 @@ def _levels_naming(user: AbstractBaseUser) -> QuerySet[EscalationLevel]:
     return EscalationLevel.objects.filter(policy_id=OuterRef("policy_id")).filter(Q(groups__user=user) | Q(people=user))
 
 
+def _needs_a_role_of(user: AbstractBaseUser) -> Q:
+    """Requests whose approvers must include one of the person's roles (a dispatch rule's
+    approver_roles): they are asked from the first level."""
+    needs = Q(pk__in=[])
+    for role in user.groups.values_list("name", flat=True):
+        # JSON containment on PostgreSQL; SQLite (zero-setup) has none, so its JSON text is searched.
+        needs |= (Q(approver_roles__contains=[role]) if connection.vendor == "postgresql"
+                  else Q(approver_roles__icontains=f'"{role}"'))
+    return needs
+
+
 def decidable_by(user: AbstractBaseUser) -> QuerySet[ApprovalRequest]:
     """Pending requests the person may decide now: in scope, named by the current or an earlier
     level, and not asked by them or by a service account they own (four-eyes)."""
@@ -52,7 +73,13 @@ def decidable_by(user: AbstractBaseUser) -> QuerySet[ApprovalRequest]:
         kind__in=ApprovalRequest.CONTAINMENT_KINDS, workflow__in=workflows_with_perm(user, CONTAIN))
     pending = ApprovalRequest.objects.pending().filter(scope)
     if not user.is_superuser:
-        pending = pending.filter(Exists(_levels_naming(user).filter(position__lte=OuterRef("level"))))
+        replaced_up_to = (EscalationLevel.objects.filter(policy_id=OuterRef(OuterRef("policy_id")), replaces_previous=True,
+                                                         position__lte=OuterRef(OuterRef("level")))
+                          .order_by("-position").values("position")[:1])
+        named = Exists(_levels_naming(user).filter(
+            position__lte=OuterRef("level"),
+            position__gte=Coalesce(Subquery(replaced_up_to, output_field=IntegerField()), Value(0))))
+        pending = pending.filter(named | _needs_a_role_of(user))
     return (pending.exclude(requested_by=user).exclude(on_behalf_of=user)
             .exclude(requested_by_service__owner=user))
 
@@ -138,3 +165,19 @@ def rules_last_set(action: GovernedAction, *, shadow: bool) -> AuditEvent | None
 def shadow_differences_of(action: GovernedAction) -> QuerySet[ShadowDifference]:
     """Dispatches where the shadow rules would have answered otherwise, newest first."""
     return ShadowDifference.objects.filter(action=action).order_by("-created_at", "-pk")
+
+
+def policies_of(workflow: Workflow) -> tuple[list[EscalationPolicy], list[EscalationPolicy]]:
+    """The workflow's own escalation policies and the defaults (for what it has none of), each
+    with its levels, their groups and people read in a fixed number of queries."""
+    levels = Prefetch("levels", queryset=EscalationLevel.objects.order_by("position")
+                      .prefetch_related("groups", "people"))
+    policies = list(EscalationPolicy.objects.filter(Q(workflow=workflow) | Q(workflow__isnull=True))
+                    .select_related("workflow").prefetch_related(levels).order_by("mode", "hours"))
+    return [p for p in policies if p.workflow_id], [p for p in policies if not p.workflow_id]
+
+
+def gate_policies_for(workflow: Workflow) -> list[tuple[int, str]]:
+    """The policies an approve rule of the workflow may name: its own gate policies, then the defaults."""
+    policies = EscalationPolicy.objects.filter(Q(workflow=workflow) | Q(workflow__isnull=True), mode=Mode.GATE)
+    return [(p.pk, str(p)) for p in policies.select_related("workflow").order_by("workflow_id", "hours")]

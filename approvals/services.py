@@ -498,7 +498,8 @@ def define_policy(*, actor: AbstractBaseUser, workflow: Workflow | None, mode: s
                   levels: list[dict]) -> EscalationPolicy:
     """Set the escalation levels of a workflow (or the default, workflow=None) for a mode and hours.
 
-    `levels`: [{"groups": ["approver"], "people": [user, ...], "timeout_seconds": 600}, ...].
+    `levels`: [{"groups": ["approver"], "people": [user, ...], "timeout_seconds": 600, "replaces": False}, ...]
+    (`replaces`: from this level on, the earlier levels' people no longer decide).
     Requests already open keep their policy row, so they follow the new levels from their next
     escalation on. Administrators only (and release managers of the workflow). Audit:
     `approval.policy_defined`.
@@ -522,7 +523,10 @@ def define_policy(*, actor: AbstractBaseUser, workflow: Workflow | None, mode: s
                 field=f"levels[{i}].groups")
         people = list(spec.get("people", []))
         require(groups or people, "invalid", f"Level {i + 1}: name a role group or people.", field=f"levels[{i}]")
-        described.append((groups, people, timeout))
+        replaces = bool(spec.get("replaces", False))
+        require(not replaces or i > 0, "invalid", "The first level has no previous level to replace.",
+                field=f"levels[{i}].replaces")
+        described.append((groups, people, timeout, replaces))
 
     lookup = {"workflow": workflow, "hours": hours, "mode": mode}
     policy = EscalationPolicy.objects.select_for_update().filter(**lookup).first()
@@ -534,15 +538,17 @@ def define_policy(*, actor: AbstractBaseUser, workflow: Workflow | None, mode: s
         # Levels beyond the new last one go; earlier ones are rewritten in place, so open
         # requests pointing at this policy keep a consistent ladder.
         policy.levels.filter(position__gte=len(described)).delete()
-    for position, (groups, people, timeout) in enumerate(described):
+    for position, (groups, people, timeout, replaces) in enumerate(described):
         level, _ = EscalationLevel.objects.update_or_create(policy=policy, position=position,
-                                                            defaults={"timeout_seconds": timeout})
+                                                            defaults={"timeout_seconds": timeout,
+                                                                      "replaces_previous": replaces})
         level.groups.set(groups)
         level.people.set(people)
     audit.record(actor, "approval.policy_defined", policy, workflow=workflow or "", data={
         "mode": mode, "hours": hours, "terminal_action": terminal_action,
         "levels": [{"groups": sorted(g.name for g in groups), "people": sorted(p.get_username() for p in people),
-                    "timeout_seconds": timeout} for groups, people, timeout in described],
+                    "timeout_seconds": timeout, **({"replaces": True} if replaces else {})}
+                   for groups, people, timeout, replaces in described],
     })
     return policy
 

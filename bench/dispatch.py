@@ -1,6 +1,7 @@
 """Dispatch throughput and latency beside the machine's own limit, measured in the same run.
 
-    .venv/bin/python bench/dispatch.py [--seconds 8] [--concurrency 8] [--workers 2]
+    .venv/bin/python bench/dispatch.py [--seconds 8] [--concurrency 8] [--workers 2] [--pairs 3]
+                                       [--iterations 1000]
 
 Starts gunicorn (the production server) on a fresh benchmark database, then drives it from a
 separate load process:
@@ -15,7 +16,17 @@ separate load process:
 4. POST /api/v1/dispatch answering `pending` (plus an approval request, its timer and notice);
 5. the database alone: the floor's read and write driven by pgbench (when it is installed) from
    as many connections as the server has workers, with no web server at all;
-6. both dispatch paths again at half of their measured rate, for latency under normal load.
+6. both dispatch paths again at half of their measured rate, for latency under normal load;
+7. what the action's rules cost. The allowed action (`send_receipt`) carries a policy of 20 rules
+   whose deciding rule is the last, so every allow evaluates all 20; `send_invoice`, of the same
+   risk, has none. Both are dispatched with the same body: in alternating closed-loop phases of
+   the same length (their rates), then in turn on one connection per worker (their latencies, met
+   under the same load at the same moments); the difference per dispatch is printed as a share of
+   the ruled dispatch. Then, in a process of its own against the same database, what dispatch does
+   for rules (build the call and its `rules.Evaluator`, read the action's rules (a JSON column of the
+   workflow's locked read: timed as that read less the same read for the action without rules), evaluate the 20
+   conditions, read the deciding rule's values) is timed beside the whole `dispatch()` service call
+   of the same allow, and printed as a share of it and of the served dispatch (target: ≤ 5 %).
 
 Prints requests/s, p50 and p99, the CPU the server side (gunicorn, PostgreSQL, Redis) spent per
 answer, and the ratios (target: dispatch ≥ 50 % of the bare rate, p99 < 25 ms at half load).
@@ -56,6 +67,25 @@ from django.views.decorators.csrf import csrf_exempt
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DB = "postgres://ringfence:ringfence@127.0.0.1:5432/ringfence_bench_api"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
+RULED, UNRULED = "send_receipt", "send_invoice"  # the same risk; only the first has rules
+RULES = 20
+PARAMETERS = {"order": "A-1", "amount": 20.0}
+
+
+def policy(size: int = RULES) -> list[dict]:
+    """The rules of the allowed action: `size - 1` that do not hold for the benchmark's call, then
+    the one that allows it, so an allow evaluates every rule. Each of the first reads two variables
+    and both halves are evaluated (the name differs; the amount is below the band)."""
+    rules: list[dict] = []
+    for i in range(1, size):
+        condition = f"agent.name != 'x{i}' && params.amount > 100000.0 + {i}.0"
+        if i % 2:
+            rules.append({"condition": condition, "outcome": "approve", "quorum": 2, "reason": f"Band {i} refunds."})
+        else:
+            rules.append({"condition": condition, "outcome": "deny", "reason": f"Above the band {i} ceiling."})
+    rules.append({"condition": "double(params.amount) <= 50.0", "outcome": "allow",
+                  "reason": "Small amounts run unattended."})
+    return rules
 
 
 # -- the server side ---------------------------------------------------------------------------
@@ -170,10 +200,14 @@ def percentile(values: list[float], pct: float) -> float:
 
 
 def load(spec: dict) -> dict:
-    """Closed loop (`rate` 0: each thread sends as fast as answers come) or open loop at `rate`/s."""
+    """Closed loop (`rate` 0: each thread sends as fast as answers come) or open loop at `rate`/s.
+    With `bodies` instead of `body`, each thread sends them in turn and the answer also gives the
+    latencies of each (by action): both kinds are served at the same moments, under the same load."""
     host, port = spec["host"], spec["port"]
     deadline = time.monotonic() + spec["seconds"]
+    bodies = spec.get("bodies") or [spec["body"]]
     latencies: list[float] = []
+    by_body: dict[str, list[float]] = {}
     statuses: dict[str, int] = {}
     decisions: dict[str, int] = {}
     lock = threading.Lock()
@@ -181,6 +215,7 @@ def load(spec: dict) -> dict:
 
     def worker(index: int) -> None:
         next_at = time.monotonic() + index * (interval / spec["concurrency"] if interval else 0)
+        sent = index
         while True:
             if interval:
                 delay = next_at - time.monotonic()
@@ -190,9 +225,10 @@ def load(spec: dict) -> dict:
             if time.monotonic() >= deadline:
                 return
             headers = dict(spec["headers"])
-            body = None
-            if spec["body"] is not None:
-                body = json.dumps(spec["body"]).encode()
+            body, sending = None, bodies[sent % len(bodies)]
+            sent += 1
+            if sending is not None:
+                body = json.dumps(sending).encode()
                 headers["Idempotency-Key"] = uuid.uuid4().hex
             started = time.perf_counter()
             conn = http.client.HTTPConnection(host, port, timeout=30)
@@ -211,6 +247,8 @@ def load(spec: dict) -> dict:
                 decision = json.loads(payload).get("decision", "")
             with lock:
                 latencies.append(elapsed)
+                if len(bodies) > 1 and status == "200":
+                    by_body.setdefault(sending["action"], []).append(elapsed)
                 statuses[status] = statuses.get(status, 0) + 1
                 if decision:
                     decisions[decision] = decisions.get(decision, 0) + 1
@@ -224,7 +262,9 @@ def load(spec: dict) -> dict:
     duration = time.monotonic() - started
     ok = statuses.get("200", 0)
     return {"requests": len(latencies), "rps": ok / duration, "p50_ms": percentile(latencies, 50) * 1000,
-            "p99_ms": percentile(latencies, 99) * 1000, "statuses": statuses, "decisions": decisions}
+            "p99_ms": percentile(latencies, 99) * 1000, "statuses": statuses, "decisions": decisions,
+            "by_body": {name: {"p50_ms": percentile(values, 50) * 1000, "mean_ms": sum(values) / len(values) * 1000,
+                               "n": len(values)} for name, values in by_body.items()}}
 
 
 def run_load(spec: dict) -> dict:
@@ -274,7 +314,11 @@ admin = User.objects.create_user("bench-admin", is_staff=True)
 admin.groups.add(Group.objects.get(name=Role.ADMINISTRATOR))
 workflow = services.create_workflow(actor=admin, slug="refund-agent", name="Refund agent", autonomy_tier=2,
                                     business_days=[0, 1, 2, 3, 4, 5, 6], timezone="UTC")
-services.define_action(workflow.pk, actor=admin, name="send_receipt", risk="low")
+from approvals.services import set_action_rules
+from bench.dispatch import RULED, UNRULED, policy
+ruled = services.define_action(workflow.pk, actor=admin, name=RULED, risk="low")
+set_action_rules(ruled.pk, actor=admin, rules=policy())
+services.define_action(workflow.pk, actor=admin, name=UNRULED, risk="low")
 services.define_action(workflow.pk, actor=admin, name="refund_customer", risk="high")
 owner = User.objects.create_user("bench-owner")
 account = services.create_service_account(actor=admin, name="bench-bot", owner=owner, workflows=[workflow])
@@ -395,12 +439,128 @@ def pgbench_script(spec: dict) -> str:
     return "\n".join(" ".join(statement.split()) + ";" for statement in f"{read};{write}".split(";\n") if statement.strip())
 
 
+def rules_cost(spec: dict) -> dict:
+    """In this process (the server's environment): each step dispatch takes for the action's rules,
+    timed beside the whole `dispatch()` call of the same allow, interleaved; medians in µs."""
+    import django
+
+    django.setup()
+    from approvals import dispatch as dispatching
+    from approvals import rules
+    from governance import clock, services
+
+    account = services.authenticate_token(spec["token"]).service_account
+    body = spec["body"]
+    workflow, governed = dispatching._lock_shared(account, body["workflow"], body["action"])
+    now = clock.now()
+    business = workflow.in_business_hours(now)
+    situation = dispatching.situation_of(workflow, now)
+    tier = workflow.tier_at(now)
+    hours = "business hours" if business else "off hours"
+    parameters, evidence = body["parameters"], body.get("evidence", {})
+    steps = ("call", "evaluator", "load", "decide", "conditions", "values", "dispatch")
+    times: dict[str, list[float]] = {step: [] for step in steps}
+    tick = time.perf_counter
+
+    def as_served() -> None:
+        """A served request authenticates its token, which reads the account and its owner in one join."""
+
+    for i in range(spec["warmup"] + spec["iterations"]):
+        as_served()
+        t0 = tick()
+        call = dispatching._call(account, workflow, parameters, evidence, None, tier, now, business, situation.tags)
+        t1 = tick()
+        evaluator = rules.Evaluator(call)
+        # The rules come with the workflow's locked read: their cost is that read for the ruled
+        # action less the same read for the action without rules.
+        t2 = tick()
+        _, governed = dispatching._lock_shared(account, body["workflow"], body["action"])
+        t_ruled = tick()
+        dispatching._lock_shared(account, body["workflow"], UNRULED)
+        t_bare = tick()
+        live, _shadow = dispatching._split(governed.rules)
+        t3 = tick()
+        load = max(0.0, (t_ruled - t2) - (t_bare - t_ruled)) + (t3 - t_bare)
+        verdict = dispatching.decide(live, evaluator, governed, tier, hours)
+        t4 = tick()
+        for rule in live:
+            evaluator.holds(rule.condition)
+        t5 = tick()
+        evaluator.values_read(live[-1].condition)
+        t6 = tick()
+        as_served()
+        answer = dispatching.dispatch(account=account, workflow=body["workflow"], action=body["action"],
+                                      parameters=parameters, evidence=evidence, idempotency_key=uuid.uuid4().hex)
+        t7 = tick()
+        assert verdict.code == answer.code == "allowed_by_rule" and verdict.rule.number == len(live) == RULES
+        if i >= spec["warmup"]:
+            for step, took in zip(steps, (t1 - t0, t2 - t1, load, t4 - t3, t5 - t4, t6 - t5, t7 - t6)):
+                times[step].append(took * 1e6)
+    return {step: percentile(values, 50) for step, values in times.items()}
+
+
+def report_rules(args: argparse.Namespace, ruled: list[dict], unruled: list[dict], mixed: dict, cost: dict) -> None:
+    """The share of a dispatch its rules take, measured both ways, each with its reference."""
+    def mean(values: list[float]) -> float:
+        return sum(values) / len(values)
+
+    def cpu(result: dict) -> float:
+        return sum(result["cpu_ms"].values())
+
+    r, n = mean([x["rps"] for x in ruled]), mean([x["rps"] for x in unruled])
+    print(f"\nrules: {RULES} on {RULED} (the deciding rule is the last: every allow evaluates all {RULES}), none on "
+          f"{UNRULED}; same body, alternating {args.seconds:g} s phases")
+    for name, runs in ((f"dispatch → allow, {RULES} rules", ruled), ("dispatch → allow, no rules", unruled)):
+        rates = ", ".join(f"{x['rps']:.1f}" for x in runs)
+        print(f"{name:34} {mean([x['rps'] for x in runs]):8.1f} req/s  (runs {rates})  server CPU/req "
+              f"{mean([cpu(x) for x in runs]):.2f} ms")
+    worker_us = args.workers / r * 1e6
+    pairs = ", ".join(f"{1 - a['rps'] / b['rps']:+.1%}" for a, b in zip(ruled, unruled))
+    ruled_cpu, unruled_cpu = mean([cpu(x) for x in ruled]), mean([cpu(x) for x in unruled])
+    print(f"{'':34} the {RULES} rules cost {worker_us - args.workers / n * 1e6:+.0f} µs of worker time per dispatch, "
+          f"{1 - r / n:+.1%} of a dispatch with them (pairs {pairs}); server CPU {ruled_cpu:.2f} vs "
+          f"{unruled_cpu:.2f} ms, {(ruled_cpu - unruled_cpu) / ruled_cpu:+.1%}. Reference: the same allow on an action "
+          "without rules, same run (it builds the Evaluator too and its locked read finds no rules)")
+    with_rules, without = mixed["by_body"][RULED], mixed["by_body"][UNRULED]
+    served_us = with_rules["p50_ms"] * 1000
+    label = f"interleaved, {args.workers} connections"
+    print(f"{label:34} {RULES} rules: median {with_rules['p50_ms']:.2f} ms "
+          f"(mean {with_rules['mean_ms']:.2f}, {with_rules['n']}); no rules: median {without['p50_ms']:.2f} ms (mean "
+          f"{without['mean_ms']:.2f}, {without['n']})  {mixed['statuses']}")
+    print(f"{'':34} the {RULES} rules cost {served_us - without['p50_ms'] * 1000:+.0f} µs per dispatch, "
+          f"{1 - without['p50_ms'] / with_rules['p50_ms']:+.1%} of a dispatch with them (means "
+          f"{1 - without['mean_ms'] / with_rules['mean_ms']:+.1%}). Reference: the same allow without rules, sent in "
+          "turn with it on each connection (one per worker: nothing waits for a worker)")
+    spent = cost["call"] + cost["evaluator"] + cost["load"] + cost["decide"]
+    print(f"in-process, medians of {args.iterations} (µs): what dispatch does for rules {spent:.0f} = the call "
+          f"{cost['call']:.0f} + Evaluator {cost['evaluator']:.0f} + the rules' share of the locked read "
+          f"{cost['load']:.0f} + decide {cost['decide']:.0f} ({RULES} conditions {cost['conditions']:.0f}, values "
+          f"read {cost['values']:.0f}); the whole dispatch() call {cost['dispatch']:.0f}")
+    references = (
+        (("the whole dispatch() service call of the same allow, same process, interleaved (no HTTP, auth, "
+          "idempotency)"), cost["dispatch"]),
+        (f"the served allow: its median latency interleaved above ({served_us / 1000:.2f} ms)", served_us),
+    )
+    for reference, per in references:
+        share = spent / per
+        verdict = "meets" if share <= 0.05 else "misses"
+        print(f"share of rules: {share:6.1%} of {reference}: {verdict} the ≤ 5 % target")
+    evaluated = cost["evaluator"] + cost["decide"]
+    print(f"{'':16}{evaluated / cost['dispatch']:6.1%} without the two queries (Evaluator + decide: "
+          f"{evaluated:.0f} µs), of the same dispatch() call")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
+    parser.add_argument("--pairs", type=int, default=3,
+                        help="pairs of allow phases without and with the rules, in alternating order")
+    parser.add_argument("--iterations", type=int, default=1000, help="in-process timings of the rules")
     args = parser.parse_args()
+    if args.pairs < 1 or args.iterations < 1:
+        parser.error("--pairs and --iterations are at least 1")
     database_url = os.environ.get("RINGFENCE_BENCH_DATABASE_URL", DEFAULT_DB)
     redis_url = os.environ.get("RINGFENCE_BENCH_REDIS_URL", DEFAULT_REDIS)
 
@@ -415,9 +575,10 @@ def main() -> None:
                 "rate": 0}
         api = {**base, "method": "POST", "path": "/api/v1/dispatch",
                "headers": {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}}
-        allow = {**api, "body": {"workflow": "refund-agent", "action": "send_receipt", "parameters": {"order": "A-1"}}}
+        allow = {**api, "body": {"workflow": "refund-agent", "action": RULED, "parameters": PARAMETERS}}
+        unruled = {**api, "body": {**allow["body"], "action": UNRULED}}
         pending = {**api, "body": {"workflow": "refund-agent", "action": "refund_customer",
-                                   "parameters": {"order": "A-1"}, "evidence": {"summary": "bench"}}}
+                                   "parameters": PARAMETERS, "evidence": {"summary": "bench"}}}
         floor_spec = {**allow, "path": "/bench/floor"}
         run_load({**base, "method": "GET", "path": "/bench/bare", "headers": {}, "body": None, "seconds": 2})  # warm up
 
@@ -428,7 +589,7 @@ def main() -> None:
         floor_result = measured(floor_spec)
         report("floor: least an allow must do", floor_result, bare_result["rps"])
         allow_result = measured(allow)
-        report("dispatch → allow", allow_result, bare_result["rps"])
+        report(f"dispatch → allow ({RULES} rules)", allow_result, bare_result["rps"])
         pending_result = measured(pending)
         report("dispatch → pending", pending_result, bare_result["rps"])
         alone = database_alone(database_url, env, token, allow["body"], args.workers, args.seconds)
@@ -446,6 +607,19 @@ def main() -> None:
         for name, result in (("floor", floor_result), ("allow", allow_result), ("pending", pending_result)):
             ratio = result["rps"] / bare_result["rps"]
             print(f"ratio {name} / bare: {ratio:.2f} ({'meets' if ratio >= 0.5 else 'misses'} the 0.50 target)")
+        ruled_runs, unruled_runs = [], []
+        for index in range(args.pairs):  # in turn without then with, with then without: drift falls on both
+            for spec in ((unruled, allow) if index % 2 == 0 else (allow, unruled)):
+                (ruled_runs if spec is allow else unruled_runs).append(measured(spec))
+        # One connection per worker, each sending the two in turn: no request waits for a worker, and
+        # both kinds meet the same load at the same moments, so their latencies differ by their work.
+        mixed = run_load({**allow, "body": None, "bodies": [allow["body"], unruled["body"]],
+                          "concurrency": args.workers, "seconds": args.pairs * args.seconds})
+        cost = json.loads(subprocess.run(
+            [sys.executable, __file__, "--rules-cost"], cwd=ROOT, env=env, capture_output=True, text=True, check=True,
+            input=json.dumps({"token": token, "body": allow["body"], "iterations": args.iterations,
+                              "warmup": max(20, args.iterations // 10)})).stdout.strip().splitlines()[-1])
+        report_rules(args, ruled_runs, unruled_runs, mixed, cost)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
@@ -456,5 +630,7 @@ if __name__ == "__main__":
         print(json.dumps(load(json.load(sys.stdin))))
     elif sys.argv[1:] == ["--pgbench-script"]:
         print(pgbench_script(json.load(sys.stdin)))
+    elif sys.argv[1:] == ["--rules-cost"]:
+        print(json.dumps(rules_cost(json.load(sys.stdin))))
     else:
         main()

@@ -30,14 +30,14 @@ def schema(request: HttpRequest) -> JsonResponse:
     return JsonResponse(document.json_schema(), json_dumps_params={"indent": 2})
 
 
-class ChangeOut(Schema):
+class ConfigChangeOut(Schema):
     op: str = Field(description="create, update or delete")
     object: str = Field(description="kind/key, e.g. workflow/refund-agent")
     fields: dict = Field(description="create: the values; update: {field: {from, to}}; delete: what goes")
 
 
-class PlanOut(Schema):
-    changes: list[ChangeOut]
+class ConfigPlanOut(Schema):
+    changes: list[ConfigChangeOut]
     summary: dict[str, int]
     text: str = Field(description="The plan as `manage.py config plan` prints it.")
     sha256: str = Field(description="SHA-256 of the body that was planned.")
@@ -86,13 +86,13 @@ def _account_with_config(request: HttpRequest):
     return account
 
 
-def _out(plan: planning.Plan, digest: str, applied: bool) -> PlanOut:
-    return PlanOut(changes=[ChangeOut(**c.as_dict()) for c in plan.changes], summary=plan.summary(),
+def _out(plan: planning.Plan, digest: str, applied: bool) -> ConfigPlanOut:
+    return ConfigPlanOut(changes=[ConfigChangeOut(**c.as_dict()) for c in plan.changes], summary=plan.summary(),
                    text=plan.text(), sha256=digest, applied=applied)
 
 
-@router.post("/config/plan", response=PlanOut, summary="What applying this configuration would change")
-def plan(request: HttpRequest, prune: bool = False) -> PlanOut:
+@router.post("/config/plan", response=ConfigPlanOut, summary="What applying this configuration would change")
+def plan(request: HttpRequest, prune: bool = False) -> ConfigPlanOut:
     """Changes nothing. 422 `invalid_configuration` names each problem's field and line."""
     _account_with_config(request)
     doc, source, raw = _body(request)
@@ -103,9 +103,9 @@ def plan(request: HttpRequest, prune: bool = False) -> PlanOut:
     return _out(planned, planning.sha256(raw), applied=False)
 
 
-@router.post("/config/apply", response=PlanOut, summary="Apply this configuration, all of it or nothing")
+@router.post("/config/apply", response=ConfigPlanOut, summary="Apply this configuration, all of it or nothing")
 @idempotent(required=True)
-def apply(request: HttpRequest, prune: bool = False) -> PlanOut:
+def apply(request: HttpRequest, prune: bool = False) -> ConfigPlanOut:
     """One transaction: every change through its audited service, then `config.applied`. Acts as the
     service account's owner, who must be an administrator."""
     account = _account_with_config(request)

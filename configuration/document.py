@@ -68,6 +68,8 @@ class Level(Strict):
     roles: list[RoleName] = Field(default_factory=list)
     people: list[Username] = Field(default_factory=list)
     timeout_seconds: int = Field(ge=1, le=7 * 24 * 3600)
+    replaces: bool = Field(False, description="From this level on, the earlier levels' people no longer decide "
+                                              "(default: the level adds its people).")
 
 
 class Policy(Strict):
@@ -84,6 +86,7 @@ class BusinessHours(Strict):
                                                           description="Monday = 0 … Sunday = 6.")
     start: dt.time = dt.time(9, 0)
     end: dt.time = dt.time(17, 0)
+    holidays: list[dt.date] = Field(default_factory=list, description="Whole days off hours (local dates).")
 
 
 class Owners(Strict):

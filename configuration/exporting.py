@@ -43,6 +43,8 @@ def document() -> dict:
             entry["off_hours_tier"] = wf["off_hours_tier"]
         entry["business_hours"] = {"timezone": wf["timezone"], "days": wf["days"], "start": _time(wf["start"]),
                                    "end": _time(wf["end"])}
+        if wf["holidays"]:
+            entry["business_hours"]["holidays"] = wf["holidays"]
         actions = []
         for key, action in by_kind.get("action", {}).items():
             if key.split("/")[0] != slug:
@@ -57,7 +59,9 @@ def document() -> dict:
             actions.append(item)
         if actions:
             entry["actions"] = actions
-        policies = [{"mode": key.split("/")[1], "hours": key.split("/")[2], **policy}
+        policies = [{"mode": key.split("/")[1], "hours": key.split("/")[2], "terminal_action": policy["terminal_action"],
+                     "levels": [{k: v for k, v in level.items() if v or k == "timeout_seconds"}
+                                for level in policy["levels"]]}
                     for key, policy in by_kind.get("policy", {}).items() if key.split("/")[0] == slug]
         if policies:
             entry["escalation_policies"] = policies

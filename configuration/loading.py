@@ -89,7 +89,11 @@ def _plain(node: yaml.Node, path: tuple, name: str, lines: dict[tuple, Location]
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_plain(item, (*path, i), name, lines, loader) for i, item in enumerate(node.value)]
-    return loader.construct_object(node, deep=True)
+    try:
+        return loader.construct_object(node, deep=True)
+    except (ValueError, yaml.YAMLError) as exc:  # e.g. 2030-13-25 read as a date
+        raise ConfigError([Problem(name, node.start_mark.line + 1, _dotted(path),
+                                   f"cannot read {node.value!r}: {exc}")]) from None
 
 
 def parse_text(text: str, name: str) -> Source:

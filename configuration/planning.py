@@ -137,7 +137,7 @@ def desired(doc: Document) -> dict[tuple[str, str], tuple[dict, tuple]]:
             "name": wf.name, "description": wf.description, "environment": wf.environment,
             "owning_team": wf.owning_team, "tier": wf.tier, "off_hours_tier": wf.off_hours_tier,
             "timezone": hours.timezone, "days": sorted(set(hours.days)), "start": hours.start.strftime("%H:%M:%S"),
-            "end": hours.end.strftime("%H:%M:%S")}, at)
+            "end": hours.end.strftime("%H:%M:%S"), "holidays": sorted({d.isoformat() for d in hours.holidays})}, at)
         for j, action in enumerate(wf.actions):
             where = (*at, "actions", j)
             out[("action", f"{wf.slug}/{action.name}")] = ({
@@ -151,7 +151,7 @@ def desired(doc: Document) -> dict[tuple[str, str], tuple[dict, tuple]]:
             out[("policy", f"{wf.slug}/{policy.mode}/{policy.hours}")] = ({
                 "terminal_action": terminal,
                 "levels": [{"roles": sorted(set(lv.roles)), "people": sorted(set(lv.people)),
-                            "timeout_seconds": lv.timeout_seconds} for lv in policy.levels]},
+                            "timeout_seconds": lv.timeout_seconds, "replaces": lv.replaces} for lv in policy.levels]},
                 (*at, "escalation_policies", j))
         owners_of_duties = set()
         for duty, owners in wf.containment.items():
@@ -185,7 +185,7 @@ def live(slugs: set[str] | None = None) -> dict[tuple[str, str], dict]:
             "name": wf.name, "description": wf.description, "environment": wf.environment,
             "owning_team": wf.owning_team, "tier": wf.autonomy_tier, "off_hours_tier": wf.off_hours_tier,
             "timezone": wf.timezone, "days": sorted(wf.business_days), "start": wf.business_start.strftime("%H:%M:%S"),
-            "end": wf.business_end.strftime("%H:%M:%S")}
+            "end": wf.business_end.strftime("%H:%M:%S"), "holidays": sorted(wf.holidays or [])}
         for action in GovernedAction.objects.filter(workflow=wf).prefetch_related("rules"):
             key = f"{wf.slug}/{action.name}"
             out[("action", key)] = {"description": action.description, "risk": action.risk, "quorum": action.quorum}
@@ -197,7 +197,7 @@ def live(slugs: set[str] | None = None) -> dict[tuple[str, str], dict]:
                 "terminal_action": policy.terminal_action,
                 "levels": [{"roles": sorted(g.name for g in lv.groups.all()),
                             "people": sorted(p.get_username() for p in lv.people.all()),
-                            "timeout_seconds": lv.timeout_seconds}
+                            "timeout_seconds": lv.timeout_seconds, "replaces": lv.replaces_previous}
                            for lv in sorted(policy.levels.all(), key=lambda lv: lv.position)]}
         duties: dict[str, dict] = {}
         for a in ContainmentAssignment.objects.filter(workflow=wf).select_related("user"):
@@ -302,6 +302,8 @@ def _check(doc: Document, wanted: dict, source: Source | None) -> None:
             for k, level in enumerate(policy.levels):
                 path = (*at, "escalation_policies", j, "levels", k)
                 label = f"workflows[{i}].escalation_policies[{j}].levels[{k}]"
+                if k == 0 and level.replaces:
+                    problem((*path, "replaces"), f"{label}.replaces", "the first level has no previous level to replace")
                 if not level.roles and not level.people:
                     problem(path, label, "a level names nobody: give roles or people")
                 for m, person in enumerate(level.people):
@@ -347,7 +349,8 @@ def _apply_one(change: Change, actor: AbstractBaseUser) -> None:
                   "environment": new.get("environment"), "owning_team": new.get("owning_team"),
                   "autonomy_tier": new.get("tier"), "off_hours_tier": new.get("off_hours_tier", _MISSING),
                   "timezone": new.get("timezone"), "business_days": new.get("days"),
-                  "business_start": new.get("start"), "business_end": new.get("end")}
+                  "business_start": new.get("start"), "business_end": new.get("end"),
+                  "holidays": new.get("holidays")}
         fields = {k: v for k, v in fields.items() if v is not None and v is not _MISSING
                   or (k == "off_hours_tier" and v is None and "off_hours_tier" in new)}
         if op == "create":
@@ -393,8 +396,8 @@ def _apply_one(change: Change, actor: AbstractBaseUser) -> None:
         full = _full("policy", change, new)
         approval_services.define_policy(
             actor=actor, workflow=_workflow(slug), mode=mode, hours=hours, terminal_action=full["terminal_action"],
-            levels=[{"groups": lv["roles"], "people": _users(lv["people"]), "timeout_seconds": lv["timeout_seconds"]}
-                    for lv in full["levels"]])
+            levels=[{"groups": lv["roles"], "people": _users(lv["people"]), "timeout_seconds": lv["timeout_seconds"],
+                     "replaces": lv["replaces"]} for lv in full["levels"]])
     elif kind == "scope":
         slug, username = change.key.split("/", 1)
         workflow, user = _workflow(slug), _users([username])[0]

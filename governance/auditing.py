@@ -524,6 +524,7 @@ def tier_in_force(workflow, settings_: dict, at) -> int:
         business_days=settings_.get("business_days", workflow.business_days),
         business_start=dt.time.fromisoformat(str(settings_.get("business_start", workflow.business_start))),
         business_end=dt.time.fromisoformat(str(settings_.get("business_end", workflow.business_end))),
+        holidays=settings_.get("holidays", []),  # none before holidays were recorded
     )
     return then.tier_at(at)
 

@@ -14,6 +14,8 @@ NAVIGATION = [
     ("Reviews", "rollouts:reviews", {Role.CONTAINMENT_OWNER}),
     ("Dashboards", "rollouts:dashboard", {Role.MANAGER, Role.RELEASE_MANAGER}),
     ("Workflows", "governance:workflow_list", set()),
+    ("Metrics", "rollouts:metrics", {Role.RELEASE_MANAGER, Role.ADMINISTRATOR}),
+    ("People", "governance:people", {Role.ADMINISTRATOR}),
     ("Audit trail", "governance:audit_log", {Role.AUDITOR}),
     ("Admin", "admin:index", {Role.ADMINISTRATOR}),
 ]

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import hashlib
 import zoneinfo
-from datetime import datetime, time
+from datetime import date, datetime, time
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -27,6 +27,18 @@ def validate_weekdays(value: object) -> None:
         raise ValidationError("Business days are a non-empty list of weekday numbers, Monday = 0 to Sunday = 6.")
     if len(set(value)) != len(value):
         raise ValidationError("Business days list a weekday twice.")
+
+
+def validate_holidays(value: object) -> None:
+    if not isinstance(value, list) or any(not isinstance(d, str) for d in value):
+        raise ValidationError("Holidays are a list of dates, e.g. 2026-12-25.")
+    for day in value:
+        try:
+            date.fromisoformat(day)
+        except ValueError:
+            raise ValidationError(f"{day!r} is not a date; write it as 2026-12-25.") from None
+    if len(set(value)) != len(value):
+        raise ValidationError("Holidays list a date twice.")
 
 
 def default_weekdays() -> list[int]:
@@ -56,6 +68,8 @@ class Workflow(models.Model):
     business_days = models.JSONField(default=default_weekdays, validators=[validate_weekdays])
     business_start = models.TimeField(default=time(9, 0))
     business_end = models.TimeField(default=time(17, 0))
+    # Dates (in the workflow's time zone) that are off hours all day, e.g. ["2026-12-25"].
+    holidays = models.JSONField(default=list, blank=True, validators=[validate_holidays])
     paused = models.BooleanField(default=False)
     paused_reason = models.TextField(blank=True)
     paused_by = models.ForeignKey(
@@ -95,7 +109,8 @@ class Workflow(models.Model):
 
     def in_business_hours(self, at: datetime) -> bool:
         local = at.astimezone(zoneinfo.ZoneInfo(self.timezone))
-        return local.weekday() in self.business_days and self.business_start <= local.time() < self.business_end
+        return (local.weekday() in self.business_days and self.business_start <= local.time() < self.business_end
+                and local.date().isoformat() not in (self.holidays or ()))
 
     def tier_at(self, at: datetime) -> int:
         """The autonomy tier in force at `at`: the off-hours tier outside business hours, if set."""

@@ -23,8 +23,8 @@ CONTAIN = "contain_workflow"
 MANAGE_ROLLOUTS = "manage_rollouts"
 SCOPED_PERMISSIONS = (VIEW, APPROVE, CONTAIN, MANAGE_ROLLOUTS)
 
-# What being in scope of a workflow means for each role. Auditors read every workflow
-# without object permissions; administrators work through the Django admin.
+# What being in scope of a workflow means for each role. Auditors read every workflow and
+# administrators set every workflow up, both without object permissions (governance.selectors).
 ROLE_SCOPE = {
     Role.APPROVER: (VIEW, APPROVE),
     Role.SENIOR_APPROVER: (VIEW, APPROVE),

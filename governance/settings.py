@@ -366,6 +366,12 @@ ROLLOUT_EXECUTOR_LEASE_SECONDS = env_float("ROLLOUT_EXECUTOR_LEASE_SECONDS", ROL
                                            minimum=ROLLOUT_WEBHOOK_TIMEOUT_SECONDS)
 ROLLOUT_EXECUTOR_STALL_SECONDS = env_float("ROLLOUT_EXECUTOR_STALL_SECONDS", 15.0, minimum=0.1)
 ROLLOUT_REPROPOSE_COOLDOWN_SECONDS = env_int("ROLLOUT_REPROPOSE_COOLDOWN_SECONDS", 900, minimum=0)
+# A rollout proposal's deadline message is due this long before its override window or gate runs
+# out; the worker waits out the rest, so a busy queue in front of it does not delay the action.
+ROLLOUT_DEADLINE_LEAD_SECONDS = env_float("ROLLOUT_DEADLINE_LEAD_SECONDS", 1.0, minimum=0)
+if ROLLOUT_DEADLINE_LEAD_SECONDS > 30:
+    raise ImproperlyConfigured(f"ROLLOUT_DEADLINE_LEAD_SECONDS={ROLLOUT_DEADLINE_LEAD_SECONDS} is above the maximum "
+                               "of 30: a worker process waits it out.")
 ROLLOUT_TAG_MAX_HOURS = env_int("ROLLOUT_TAG_MAX_HOURS", 72, minimum=1)
 ROLLOUT_SIGNALS_MAX_BATCH = env_int("ROLLOUT_SIGNALS_MAX_BATCH", 10_000, minimum=1)
 ROLLOUT_WEBHOOK_SECRET = env_str("ROLLOUT_WEBHOOK_SECRET")

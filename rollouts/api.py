@@ -89,6 +89,8 @@ class SignalsOut(Schema):
     stored: int
     duplicates: int = Field(description="Samples already stored (or repeated in the batch) under the same "
                                         "(metric, observed_at, segment); the first value is kept.")
+    late: int = Field(default=0, description="Stored samples received more than their metric's allowed lateness "
+                                             "after they were measured: recorded, never counted.")
     evaluation: Literal["scheduled"]
 
 
@@ -172,7 +174,7 @@ def post_signals(request: HttpRequest, payload: SignalsIn) -> SignalsOut:
                     [s.value for s in samples]))
     result = services.ingest_signals(plan, rows)
     return SignalsOut(plan=plan.pk, received=result.received, stored=result.stored, duplicates=result.duplicates,
-                      evaluation="scheduled")
+                      late=result.late, evaluation="scheduled")
 
 
 # -- proposals -------------------------------------------------------------------------------
@@ -225,7 +227,8 @@ def _action_out(action: RolloutAction, schema: type[ActionOut] = ActionOut, **ex
 def propose(request: HttpRequest, payload: ProposalIn) -> Status:
     """Handled as the workflow's autonomy tier says now: tier 1 executes at once (and files a
     review), tier 2 opens an override window, tier 3 waits for an approval. A context tag in
-    force on `metric` (or a migration window) makes it wait for an approval at any tier."""
+    force on `metric` makes it wait for an approval at any tier; a migration or maintenance
+    window turns tier 1's execution into an override window."""
     workflow = _workflow(request, payload.workflow)
     plan = _plan_for(request, workflow, payload.plan)
     now = clock.now()
@@ -310,8 +313,9 @@ def _tag_out(tag: ContextTag) -> ContextTagOut:
              summary="Tag a deployment with what it is expected to change")
 @idempotent(required=False)
 def add_context_tag(request: HttpRequest, payload: ContextTagIn) -> Status:
-    """`expected_latency_increase` with 15 (%) widens latency triggers by 15 % for the window;
-    `migration_window` turns automatic rollbacks into requests for a person."""
+    """`expected_latency_increase` with 15 (%) widens latency triggers by 15 % for the window (a
+    breach beyond that is handled as if untagged); `migration_window` turns automatic rollbacks
+    into override windows: a person can stop them, silence proceeds."""
     workflow = _workflow(request, payload.workflow)
     plan = get_object_or_404(_plans(request), pk=payload.plan, workflow=workflow) if payload.plan else None
     percent = payload.expected_change_percent

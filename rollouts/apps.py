@@ -20,10 +20,10 @@ class RolloutsConfig(AppConfig):
 
     def ready(self) -> None:
         from approvals import dispatch, outcomes
-        from rollouts import dispatching, services
+        from rollouts import dispatching, tasks
 
         post_migrate.connect(create_builtin_metrics, sender=self, dispatch_uid="rollouts.builtin_metrics")
         for kind in ("rollback", "fallback", "expansion"):
-            outcomes.register(kind, services.handle_approval_outcome)
+            outcomes.register(kind, tasks.on_approval_closed)
         dispatch.provide_situation(dispatching.situation)
         dispatch.on_unattended_allow(dispatching.file_review)

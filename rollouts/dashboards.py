@@ -97,6 +97,9 @@ def health_of(plan: RolloutPlan, now: datetime) -> tuple[str, str]:
     fired = [c for c in checks.triggers if c.status == evaluation.FIRED]
     if fired:
         return "breaching: " + "; ".join(c.rule for c in fired), "danger"
+    lost = sorted({c.rule for c in checks.lost} | {loss.rule for loss in checks.losses})
+    if lost:
+        return "signals lost: " + "; ".join(lost), "danger"
     if plan.state == RolloutPlan.State.FALLBACK:
         return f"in fallback ({plan.get_active_fallback_mode_display()})", "warn"
     if plan.state == RolloutPlan.State.PAUSED:

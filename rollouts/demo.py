@@ -54,11 +54,14 @@ def _criteria() -> list[dict]:
 
 
 def _triggers(latency: int = 800) -> list[dict]:
+    # Beat feeds the demo every 30 s while it runs: a demo stopped for an evening is not an outage
+    # to pause for, so its signals count as lost only after half an hour, and the owners are told.
+    quiet = {"no_data_after": timedelta(minutes=30), "on_no_data": "notify"}
     return [
         {"metric": Metric.objects.get(slug="latency_p95_ms"), "operator": "gt", "threshold": Decimal(latency),
-         "sustained_for": timedelta(minutes=3), "min_samples": 5, "severity": "critical"},
+         "sustained_for": timedelta(minutes=3), "min_samples": 5, "severity": "critical", **quiet},
         {"metric": Metric.objects.get(slug="error_rate"), "operator": "gt", "threshold": Decimal("0.05"),
-         "sustained_for": timedelta(minutes=3), "min_samples": 5, "severity": "warning"},
+         "sustained_for": timedelta(minutes=3), "min_samples": 5, "severity": "warning", **quiet},
     ]
 
 

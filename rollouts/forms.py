@@ -14,7 +14,19 @@ from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 
 from governance.models import Workflow
-from rollouts.models import ContextTag, FallbackMode, Metric, Operator, RolloutPlan, Severity, SegmentKind
+from rollouts.models import (
+    MAX_FLAP_WINDOWS,
+    BreachStatistic,
+    ContextTag,
+    FallbackMode,
+    Metric,
+    NoDataAction,
+    Operator,
+    RolloutPlan,
+    SegmentKind,
+    Severity,
+    SilenceAction,
+)
 from rollouts.services import PLAN_FIELDS
 
 MINUTES = {"min_value": 0, "max_value": 60 * 24 * 30}
@@ -105,24 +117,71 @@ class CriterionForm(RuleForm):
                 for c in plan.criteria.select_related("metric")]
 
 
+def _blank_means(default: object) -> dict:
+    return {"required": False, "widget": forms.NumberInput(attrs={"placeholder": str(default)})}
+
+
 class TriggerForm(RuleForm):
+    """A rollback trigger. The breach rules are optional: left blank, each takes the default shown."""
+
     off_hours_threshold = forms.DecimalField(required=False, help_text="Outside business hours, if different.",
                                              **THRESHOLD)
     sustained_minutes = forms.IntegerField(label="Sustained for (min)", min_value=1, max_value=MINUTES["max_value"])
     severity = forms.ChoiceField(choices=BLANK + Severity.choices)
-    field_order = ["metric", "operator", "threshold", "off_hours_threshold", "sustained_minutes", "min_samples", "severity"]
+    breach_statistic = forms.ChoiceField(label="Breach statistic", required=False,
+                                         choices=[("", "share (default)"), *BreachStatistic.choices])
+    breach_share = forms.IntegerField(label="Share beyond (%)", min_value=1, max_value=100, **_blank_means(50))
+    flap_breaches = forms.IntegerField(label="Flapping: breaching windows", min_value=0, max_value=MAX_FLAP_WINDOWS,
+                                       **_blank_means(3))
+    flap_windows = forms.IntegerField(label="… of the last windows", min_value=0, max_value=MAX_FLAP_WINDOWS,
+                                      **_blank_means(5))
+    lateness_seconds = forms.IntegerField(label="Allowed lateness (s)", min_value=0, max_value=24 * 3600,
+                                          **_blank_means(300))
+    no_data_minutes = forms.IntegerField(label="Signals lost after (min)", min_value=1, max_value=MINUTES["max_value"],
+                                         **_blank_means("2 × sustained"))
+    on_no_data = forms.ChoiceField(label="When signals are lost", required=False, choices=NoDataAction.choices)
+    reask_worse_percent = forms.IntegerField(label="Re-ask when worse by (% of threshold)", min_value=1,
+                                             max_value=1000, **_blank_means(25))
+    on_silence = forms.ChoiceField(label="When nobody answers", required=False,
+                                   choices=[("", "pause and ask again (default)"), *SilenceAction.choices])
+    field_order = ["metric", "operator", "threshold", "off_hours_threshold", "sustained_minutes", "min_samples", "severity",
+                   "breach_statistic", "breach_share", "flap_breaches", "flap_windows", "lateness_seconds",
+                   "no_data_minutes", "on_no_data", "reask_worse_percent", "on_silence"]
+    OPTIONAL = ("breach_statistic", "breach_share", "flap_breaches", "flap_windows", "reask_worse_percent", "on_no_data",
+                "on_silence")
+
+    def clean(self) -> dict:
+        data = super().clean()
+        sustained, no_data = data.get("sustained_minutes"), data.get("no_data_minutes")
+        if sustained and no_data and no_data < sustained:
+            self.add_error("no_data_minutes", "Signals can only be lost after at least the sustained-for time.")
+        breaches = data.get("flap_breaches")
+        windows = data.get("flap_windows")
+        if breaches is not None and breaches > (windows if windows is not None else 5):
+            self.add_error("flap_breaches", "No more breaching windows than windows.")
+        return data
 
     def row(self) -> dict:
         d = self.cleaned_data
-        return {"metric": d["metric"], "operator": d["operator"], "threshold": d["threshold"],
-                "off_hours_threshold": d["off_hours_threshold"], "sustained_for": timedelta(minutes=d["sustained_minutes"]),
-                "min_samples": d["min_samples"], "severity": d["severity"]}
+        row = {"metric": d["metric"], "operator": d["operator"], "threshold": d["threshold"],
+               "off_hours_threshold": d["off_hours_threshold"], "sustained_for": timedelta(minutes=d["sustained_minutes"]),
+               "min_samples": d["min_samples"], "severity": d["severity"]}
+        row.update({name: d[name] for name in self.OPTIONAL if d.get(name) not in (None, "")})
+        if d.get("lateness_seconds") is not None:
+            row["allowed_lateness"] = timedelta(seconds=d["lateness_seconds"])
+        if d.get("no_data_minutes") is not None:
+            row["no_data_after"] = timedelta(minutes=d["no_data_minutes"])
+        return row
 
     @staticmethod
     def initial_of(plan: RolloutPlan) -> list[dict]:
         return [{"metric": t.metric.slug, "operator": t.operator, "threshold": t.threshold,
                  "off_hours_threshold": t.off_hours_threshold, "sustained_minutes": int(t.sustained_for.total_seconds() // 60),
-                 "min_samples": t.min_samples, "severity": t.severity}
+                 "min_samples": t.min_samples, "severity": t.severity, "breach_statistic": t.breach_statistic,
+                 "breach_share": t.breach_share, "flap_breaches": t.flap_breaches, "flap_windows": t.flap_windows,
+                 "lateness_seconds": int(t.allowed_lateness.total_seconds()),
+                 "no_data_minutes": int(t.no_data_after.total_seconds() // 60) if t.no_data_after else None,
+                 "on_no_data": t.on_no_data, "reask_worse_percent": t.reask_worse_percent, "on_silence": t.on_silence}
                 for t in plan.triggers.select_related("metric")]
 
 
@@ -167,3 +226,13 @@ class ContextTagForm(forms.Form):
         elif data.get("kind") and data.get("expected_change_percent") is None:
             self.add_error("expected_change_percent", "Give the expected change in percent, e.g. 15.")
         return data
+
+
+class MetricForm(forms.Form):
+    """A custom metric; the service refuses a built-in slug and checks the rest against the model."""
+
+    slug = forms.CharField(max_length=63, help_text="As signals name it, e.g. refund_error_rate. Lowercase letters, "
+                                                   "digits, '-' and '_'.")
+    label = forms.CharField(max_length=100)
+    unit = forms.CharField(max_length=20, required=False, help_text="e.g. ms, USD, count; empty for a ratio.")
+    direction = forms.ChoiceField(choices=Metric.Direction.choices, initial=Metric.Direction.LOWER_IS_BETTER)

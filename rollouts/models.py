@@ -266,10 +266,41 @@ class Severity(models.TextChoices):
     CRITICAL = "critical", "critical · roll back"
 
 
+class BreachStatistic(models.TextChoices):
+    SHARE = "share", "share of samples beyond the threshold"
+    MEAN = "mean", "window mean beyond the threshold"
+
+
+class NoDataAction(models.TextChoices):
+    BY_SEVERITY = "", "by severity (pause if critical, notify if warning)"
+    NOTIFY = "notify", "notify the containment owners"
+    PAUSE = "pause", "pause the rollout"
+    ROLLBACK = "rollback", "roll back (as the tier says)"
+
+
+class SilenceAction(models.TextChoices):
+    PAUSE = "pause", "pause the rollout and ask again"
+    ASK = "ask", "ask again"
+
+
+DEFAULT_ALLOWED_LATENESS = timedelta(minutes=5)
+MAX_FLAP_WINDOWS = 20
+
+
 class RollbackTrigger(ThresholdRule):
-    """Fires when the metric breaches the threshold for every sample over `sustained_for`."""
+    """Fires when the metric breaches the threshold over `sustained_for` by its breach statistic,
+    or keeps breaching in `flap_breaches` of the last `flap_windows` windows (flapping).
+
+    Windows are measured on the samples' own time, up to the newest sample (the watermark); a
+    sample received more than `allowed_lateness` after it was measured is too late to count.
+    Fewer than `min_samples` samples received within `no_data_after` is "signals lost": the
+    owners are told and `on_no_data` is done (rollouts/evaluation.py has the rules).
+    """
 
     Severity = Severity
+    Statistic = BreachStatistic
+    NoData = NoDataAction
+    Silence = SilenceAction
 
     plan = models.ForeignKey(RolloutPlan, on_delete=models.CASCADE, related_name="triggers")
     # Outside the workflow's business hours a different threshold may apply (e.g. tighter at night).
@@ -277,13 +308,78 @@ class RollbackTrigger(ThresholdRule):
     sustained_for = models.DurationField(default=timedelta(minutes=5))
     min_samples = models.PositiveIntegerField(default=3, validators=[MinValueValidator(1)])
     severity = models.CharField(max_length=10, choices=Severity.choices, default=Severity.CRITICAL)
+    breach_statistic = models.CharField(max_length=10, choices=BreachStatistic.choices, default=BreachStatistic.SHARE)
+    # With the share statistic: the percent of the window's samples that must be beyond the threshold
+    # (50: the window's median is beyond it; 100: every sample, the rule before these settings).
+    breach_share = models.PositiveSmallIntegerField(default=50, validators=[MinValueValidator(1), MaxValueValidator(100)])
+    # Flapping: fires when at least `flap_breaches` of the last `flap_windows` sustained-for windows
+    # had their median (or, with the mean statistic, their mean) beyond the threshold; 0 turns it off.
+    # It matters most with a share above 50 %: no single window is that consistent, yet it keeps coming back.
+    flap_windows = models.PositiveSmallIntegerField(default=5, validators=[MaxValueValidator(MAX_FLAP_WINDOWS)])
+    flap_breaches = models.PositiveSmallIntegerField(default=3)
+    allowed_lateness = models.DurationField(default=DEFAULT_ALLOWED_LATENESS)
+    # None: twice the sustained-for time.
+    no_data_after = models.DurationField(null=True, blank=True)
+    on_no_data = models.CharField(max_length=10, choices=NoDataAction.choices, blank=True, default="")
+    # After a person rejected or overrode a proposal of this trigger, it is proposed again before the
+    # cool-down ends only when the window's mean moved this percent of the threshold further beyond.
+    reask_worse_percent = models.PositiveSmallIntegerField(
+        default=25, validators=[MinValueValidator(1), MaxValueValidator(1000)])
+    # A rollback or fallback request of this trigger that ran out with nobody answering (a gate's
+    # escalation expired) is no rejection: it is asked again at once, and an active rollout pauses.
+    on_silence = models.CharField(max_length=10, choices=SilenceAction.choices, default=SilenceAction.PAUSE)
 
     class Meta(ThresholdRule.Meta):
         constraints = [
             *ThresholdRule.Meta.constraints,
             _choices_check("severity", Severity, "trigger_severity_valid"),
             models.CheckConstraint(condition=Q(sustained_for__gt=timedelta(0)), name="trigger_sustained_positive"),
+            _choices_check("breach_statistic", BreachStatistic, "trigger_statistic_valid"),
+            models.CheckConstraint(condition=Q(breach_share__gte=1) & Q(breach_share__lte=100),
+                                   name="trigger_breach_share_range",
+                                   violation_error_message="The breach share is a percent between 1 and 100."),
+            models.CheckConstraint(condition=Q(flap_windows__lte=MAX_FLAP_WINDOWS)
+                                   & Q(flap_breaches__lte=models.F("flap_windows")),
+                                   name="trigger_flap_k_of_m",
+                                   violation_error_message=f"Flapping: at most {MAX_FLAP_WINDOWS} windows, and no more "
+                                                           "breaching windows than windows."),
+            models.CheckConstraint(condition=Q(allowed_lateness__gte=timedelta(0)), name="trigger_lateness_not_negative",
+                                   violation_error_message="The allowed lateness cannot be negative."),
+            models.CheckConstraint(condition=Q(no_data_after__isnull=True)
+                                   | Q(no_data_after__gte=models.F("sustained_for")),
+                                   name="trigger_no_data_after_covers_window",
+                                   violation_error_message="No data after must be at least the sustained-for time."),
+            models.CheckConstraint(condition=Q(on_no_data="") | Q(on_no_data__in=["notify", "pause", "rollback"]),
+                                   name="trigger_on_no_data_valid"),
+            models.CheckConstraint(condition=Q(reask_worse_percent__gte=1) & Q(reask_worse_percent__lte=1000),
+                                   name="trigger_reask_worse_range",
+                                   violation_error_message="Re-ask when worse by a percent between 1 and 1000."),
+            _choices_check("on_silence", SilenceAction, "trigger_on_silence_valid"),
         ]
+
+    @property
+    def effective_no_data_after(self) -> timedelta:
+        return self.no_data_after if self.no_data_after is not None else 2 * self.sustained_for
+
+    @property
+    def effective_on_no_data(self) -> str:
+        if self.on_no_data:
+            return self.on_no_data
+        return NoDataAction.PAUSE if self.severity == Severity.CRITICAL else NoDataAction.NOTIFY
+
+    @property
+    def flapping_enabled(self) -> bool:
+        return self.flap_breaches > 0 and self.flap_windows > 0
+
+    def settings_label(self) -> str:
+        """The breach rules in a line, for the plan page and the audit trail."""
+        statistic = (f"≥ {self.breach_share} % of samples beyond" if self.breach_statistic == BreachStatistic.SHARE
+                     else "window mean beyond")
+        flap = (f"flapping {self.flap_breaches} of {self.flap_windows} windows" if self.flapping_enabled
+                else "no flapping rule")
+        return (f"{statistic}; {flap}; late after {duration_label(self.allowed_lateness)}; no data after "
+                f"{duration_label(self.effective_no_data_after)} → {self.effective_on_no_data}; "
+                f"unanswered → {self.on_silence}")
 
 
 class TagKind(models.TextChoices):
@@ -370,6 +466,8 @@ class Signal(models.Model):
     observed_at = models.DateTimeField()
     value = models.FloatField()
     received_at = models.DateTimeField()
+    # Received more than its metric's allowed lateness after it was measured: stored, never counted.
+    late = models.BooleanField(default=False, db_default=False)
 
     class Meta:
         constraints = [
@@ -378,9 +476,49 @@ class Signal(models.Model):
             # so the database itself refuses non-finite values: a NaN can never disarm a trigger.
             models.CheckConstraint(condition=Q(value__gte=-FLOAT_MAX) & Q(value__lte=FLOAT_MAX), name="signal_value_finite"),
         ]
+        indexes = [models.Index(fields=["plan", "metric"], condition=Q(late=True), name="signal_late_idx")]
 
     def __str__(self) -> str:
         return f"{self.metric_id}={self.value} @{self.observed_at:%H:%M:%S}"
+
+
+class SignalLoss(models.Model):
+    """"Signals lost": a trigger of a live plan had fewer than its minimum samples within its
+    `no_data_after`. Raised once (the owners are told, the trigger's `on_no_data` is done, expansion
+    freezes) and closed when samples are back; written only by the services."""
+
+    plan = models.ForeignKey(RolloutPlan, on_delete=models.CASCADE, related_name="signal_losses")
+    trigger = models.ForeignKey(RollbackTrigger, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    metric = models.ForeignKey(Metric, on_delete=models.PROTECT, related_name="+")
+    rule = models.CharField(max_length=300)
+    # When the trigger last had enough samples (or the plan started), and when that was noticed.
+    since = models.DateTimeField()
+    detected_at = models.DateTimeField()
+    restored_at = models.DateTimeField(null=True, blank=True)
+    on_no_data = models.CharField(max_length=10, choices=NoDataAction.choices)
+    outcome = models.CharField(max_length=300, blank=True)
+    evidence = models.JSONField(default=dict, blank=True)
+    notified_at = models.DateTimeField(null=True, blank=True)
+    notified = models.PositiveSmallIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-detected_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["plan", "trigger"], condition=Q(restored_at__isnull=True),
+                                    name="signal_loss_one_open_per_trigger"),
+            models.CheckConstraint(condition=Q(restored_at__isnull=True) | Q(restored_at__gte=models.F("detected_at")),
+                                   name="signal_loss_restored_after_detected"),
+            models.CheckConstraint(condition=Q(on_no_data__in=["notify", "pause", "rollback"]),
+                                   name="signal_loss_action_valid"),
+        ]
+        indexes = [models.Index(fields=["plan"], condition=Q(restored_at__isnull=True), name="signal_loss_open_idx")]
+
+    def __str__(self) -> str:
+        return f"signals lost on {self.rule} since {self.since:%H:%M:%S}"
+
+    @property
+    def is_open(self) -> bool:
+        return self.restored_at is None
 
 
 class ActionKind(models.TextChoices):

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 
 from django.contrib.auth.models import AbstractBaseUser
+from django.db import connection
 from django.db.models import Avg, Count, Max, Min, Q, QuerySet
 
 from governance.models import AuditEvent, ContainmentAssignment, ServiceAccount, Workflow
@@ -18,9 +19,11 @@ from rollouts.models import (
     ActionReview,
     ContextTag,
     Metric,
+    RollbackTrigger,
     RolloutAction,
     RolloutPlan,
     Signal,
+    SignalLoss,
 )
 
 Live = RolloutPlan.State
@@ -144,13 +147,93 @@ def as_evaluation_tag(tag: ContextTag) -> evaluation.Tag:
 
 
 def window_stats(plan_id: int, metric_id: int, start: datetime, end: datetime) -> evaluation.WindowStats:
-    """Statistics of (start, end] computed by the database over the (plan, metric, time) index."""
-    row = Signal.objects.filter(plan_id=plan_id, metric_id=metric_id, observed_at__gt=start, observed_at__lte=end).aggregate(
+    """Statistics of (start, end] computed by the database over the (plan, metric, time) index;
+    samples too late to count are left out."""
+    row = Signal.objects.filter(plan_id=plan_id, metric_id=metric_id, observed_at__gt=start, observed_at__lte=end,
+                                late=False).aggregate(
         count=Count("pk"), mean=Avg("value"), minimum=Min("value"), maximum=Max("value"),
         first_at=Min("observed_at"), last_at=Max("observed_at"),
     )
     return evaluation.WindowStats(count=row["count"], mean=row["mean"], minimum=row["minimum"], maximum=row["maximum"],
                                   first_at=row["first_at"], last_at=row["last_at"])
+
+
+def as_evaluation_trigger(trigger: RollbackTrigger, threshold: float | None = None) -> evaluation.Trigger:
+    return evaluation.Trigger(
+        trigger.pk, trigger.metric.slug, trigger.operator, float(trigger.threshold if threshold is None else threshold),
+        trigger.sustained_for, trigger.min_samples, trigger.severity, statistic=trigger.breach_statistic,
+        breach_share=float(trigger.breach_share), flap_windows=trigger.flap_windows,
+        flap_breaches=trigger.flap_breaches, no_data_after=trigger.effective_no_data_after,
+    )
+
+
+SQL_OPERATOR = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+
+
+def trigger_samples(plan: RolloutPlan, trigger: RollbackTrigger, rule: evaluation.Trigger,
+                    thresholds: tuple[float, ...], now: datetime, lateness: timedelta, *,
+                    count_late: bool = True) -> evaluation.TriggerSamples:
+    """What `evaluation.evaluate_trigger` reads. On PostgreSQL, three indexed statements: the newest
+    samples (the watermark, and the longer window sparse data uses), one aggregate grouping the
+    windows the flapping rule reads, and the latest receive times (plus the late samples' count,
+    for the pages). Elsewhere the rows themselves go through `evaluation.collect`, the reference
+    the aggregates are tested against."""
+    m, span, no_data = rule.min_samples, rule.sustained_for, rule.no_data
+    counted = Signal.objects.filter(plan_id=plan.pk, metric_id=trigger.metric_id, late=False)
+    late = (Signal.objects.filter(plan_id=plan.pk, metric_id=trigger.metric_id, late=True).count()
+            if count_late else 0)
+    newest = list(counted.filter(observed_at__lte=now).order_by("-observed_at")
+                  .values_list("observed_at", "value")[:m])
+    watermark = newest[0][0] if newest else now
+    # A counted sample was received at most its metric's allowed lateness after it was measured, so
+    # one received within `no_data_after` was measured after this: the index bounds the scan.
+    received_floor = now - no_data - lateness
+    if connection.vendor != "postgresql":
+        floor = min(watermark - rule.windows_needed * span, watermark - no_data, received_floor)
+        rows = counted.filter(observed_at__gt=floor, observed_at__lte=now + timedelta(days=1)).values_list(
+            "observed_at", "value", "received_at")
+        data = evaluation.collect(rule, rows, now=now, thresholds=thresholds, watching_since=plan.started_at)
+        return replace(data, late=late)
+    newest = [(at, value) for at, value in newest if at > watermark - no_data]
+    operator = SQL_OPERATOR[rule.operator]
+    beyond = ", ".join(f"count(*) FILTER (WHERE value {operator} %s)" for _ in thresholds)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT floor(extract(epoch FROM (%s - observed_at)) / %s)::int, count(*), sum(value), "
+            f"{beyond} FROM rollouts_signal WHERE plan_id = %s AND metric_id = %s AND NOT late "
+            "AND observed_at > %s AND observed_at <= %s GROUP BY 1",
+            [watermark, span.total_seconds(), *thresholds, plan.pk, trigger.metric_id,
+             watermark - rule.windows_needed * span, watermark])
+        buckets = {row[0]: row[1:] for row in cursor.fetchall()}
+        cursor.execute(
+            "SELECT received_at FROM rollouts_signal WHERE plan_id = %s AND metric_id = %s AND NOT late "
+            "AND observed_at > %s AND received_at <= %s ORDER BY received_at DESC LIMIT %s",
+            [plan.pk, trigger.metric_id, received_floor, now, m])
+        received = tuple(row[0] for row in cursor.fetchall())
+    windows = []
+    for i in range(rule.windows_needed):
+        count, total, *counts = buckets.get(i) or (0, 0.0, *(0 for _ in thresholds))
+        windows.append(evaluation.Window(watermark - (i + 1) * span, watermark - i * span, count, total or 0.0,
+                                         tuple(counts)))
+    return evaluation.TriggerSamples(now, watermark, thresholds, tuple(windows), tuple(newest), received,
+                                     plan.started_at, late)
+
+
+def lateness_by_metric(triggers: list[RollbackTrigger]) -> dict[int, timedelta]:
+    """Each metric's allowed lateness in a plan: the largest of its triggers' (metrics without a
+    trigger: DEFAULT_ALLOWED_LATENESS)."""
+    most: dict[int, timedelta] = {}
+    for t in triggers:
+        most[t.metric_id] = max(most.get(t.metric_id, t.allowed_lateness), t.allowed_lateness)
+    return most
+
+
+def open_losses(plan: RolloutPlan) -> QuerySet[SignalLoss]:
+    return plan.signal_losses.filter(restored_at__isnull=True).select_related("metric").order_by("detected_at")
+
+
+def recent_losses(plan: RolloutPlan, limit: int = 10) -> QuerySet[SignalLoss]:
+    return plan.signal_losses.select_related("metric").order_by("-detected_at", "-id")[:limit]
 
 
 @dataclass(frozen=True)
@@ -164,10 +247,21 @@ class PlanEvaluation:
     decision: evaluation.Decision
     soak_complete: bool
     soak_ends_at: datetime | None
+    losses: tuple[SignalLoss, ...] = ()
+    # The earliest moment a trigger would count as "signals lost" if nothing more arrived.
+    next_check_at: datetime | None = None
+
+    @property
+    def lost(self) -> tuple[evaluation.Check, ...]:
+        return tuple(c for c in self.triggers if c.lost)
 
 
-def evaluate(plan: RolloutPlan, at: datetime) -> PlanEvaluation:
-    """Every criterion and trigger of a plan against its signals now, and what that calls for."""
+def evaluate(plan: RolloutPlan, at: datetime, *, count_late: bool = True) -> PlanEvaluation:
+    """Every criterion and trigger of a plan against its signals now, and what that calls for.
+
+    Criteria count samples from this ring's opening and from the end of the last signal loss on,
+    and none from a metric quiet for longer than the plan's shortest `no_data_after`. The count of
+    late samples is for the pages (`count_late`); evaluation itself never reads them."""
     workflow = plan.workflow
     business = workflow.in_business_hours(at)
     tier = workflow.tier_at(at)
@@ -176,33 +270,46 @@ def evaluate(plan: RolloutPlan, at: datetime) -> PlanEvaluation:
     rings = list(plan.rings.all())
     ring = next((r for r in rings if r.order == plan.current_ring), None)
     opened = plan.ring_opened_at
+    triggers = list(plan.triggers.select_related("metric"))
+    losses = tuple(open_losses(plan)) if plan.pk else ()
+    restored = (plan.signal_losses.filter(restored_at__isnull=False).aggregate(last=Max("restored_at"))["last"]
+                if plan.pk else None)
+    quiet = min((t.effective_no_data_after for t in triggers), default=None)
+    lateness = lateness_by_metric(triggers)
     criteria_checks, trigger_checks = [], []
     for c in plan.criteria.select_related("metric"):
         rule = evaluation.Criterion(c.pk, c.metric.slug, c.operator, float(c.threshold), c.window, c.min_samples)
-        start = at - c.window
-        if opened is not None and opened > start:
-            start = opened  # criteria hold over this ring's soak, not the previous ring's
-        criteria_checks.append(evaluation.evaluate_criterion(
-            rule, window_stats(plan.pk, c.metric_id, start, at), start=start, end=at))
-    for t in plan.triggers.select_related("metric"):
+        start = max(at - c.window, *(t for t in (opened, restored) if t is not None))
+        check = evaluation.evaluate_criterion(rule, window_stats(plan.pk, c.metric_id, start, at), start=start, end=at,
+                                              fresh_after=at - quiet if quiet is not None else None)
+        if losses and check.status == evaluation.MET:
+            check = replace(check, status=evaluation.INCONCLUSIVE, note="signals lost: nothing counts as met until "
+                                                                        "samples are back")
+        criteria_checks.append(check)
+    next_check_at = None
+    for t in triggers:
         threshold = t.threshold if business or t.off_hours_threshold is None else t.off_hours_threshold
-        rule = evaluation.Trigger(t.pk, t.metric.slug, t.operator, float(threshold), t.sustained_for, t.min_samples,
-                                  t.severity)
-        start = at - t.sustained_for
-        trigger_checks.append(evaluation.evaluate_trigger(
-            rule, window_stats(plan.pk, t.metric_id, start, at), eval_tags, start=start, end=at))
+        rule = as_evaluation_trigger(t, threshold)
+        thresholds = evaluation.thresholds_for(rule, eval_tags)
+        samples = trigger_samples(plan, t, rule, thresholds, at, lateness[t.metric_id], count_late=count_late)
+        check = evaluation.evaluate_trigger(rule, samples, eval_tags)
+        trigger_checks.append(check)
+        if check.lost_at is not None and (next_check_at is None or check.lost_at < next_check_at):
+            next_check_at = check.lost_at
     soak_ends_at = opened + ring.min_soak if ring is not None and opened is not None else None
     soak_complete = soak_ends_at is not None and at >= soak_ends_at
     next_ring = next((r for r in rings if plan.current_ring is not None and r.order == plan.current_ring + 1), None)
+    lost_rules = {c.rule for c in trigger_checks if c.lost} | {loss.rule for loss in losses}
     situation = evaluation.Situation(
         state=plan.state, tier=tier, soak_complete=soak_complete, has_next_ring=next_ring is not None,
         next_ring_is_approval_point=bool(next_ring and next_ring.approval_point),
+        signals_lost=tuple(sorted(lost_rules)),
     )
     decision = (evaluation.decide(situation, criteria_checks, trigger_checks) if plan.is_live
                 else evaluation.Decision("none", reason=f"the plan is {plan.get_state_display()}",
                                          checks=(*trigger_checks, *criteria_checks)))
     return PlanEvaluation(at, tier, business, tuple(criteria_checks), tuple(trigger_checks), tags, decision,
-                          soak_complete, soak_ends_at)
+                          soak_complete, soak_ends_at, losses, next_check_at)
 
 
 # -- the route an agent's next call takes ----------------------------------------------------
@@ -331,3 +438,20 @@ def available_actions(plan: RolloutPlan, user: AbstractBaseUser, exit_running: b
 
 def plan_events(plan: RolloutPlan, limit: int = 25) -> QuerySet[AuditEvent]:
     return AuditEvent.objects.filter(subject_type="rollouts.rolloutplan", subject_id=str(plan.pk)).order_by("-seq")[:limit]
+
+
+# -- metrics ---------------------------------------------------------------------------------
+
+def all_metrics() -> QuerySet[Metric]:
+    """Built-in metrics first, then the custom ones, each by slug."""
+    return Metric.objects.order_by("-builtin", "slug")
+
+
+def custom_metric(slug: str) -> Metric | None:
+    return Metric.objects.filter(slug=slug, builtin=False).first() if slug else None
+
+
+def may_define_metrics(user: AbstractBaseUser) -> bool:
+    """Who define_metric lets register metrics: administrators and release managers."""
+    return user.is_active and (user.is_superuser or user.groups.filter(name__in=[Role.ADMINISTRATOR,
+                                                                              Role.RELEASE_MANAGER]).exists())

@@ -21,12 +21,14 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
 
 from approvals import services as approval_services
+from approvals.models import ApprovalRequest
 from governance import audit, clock
 from governance.errors import TransitionRefused, require
 from governance.models import ServiceAccount, Workflow
 from governance.tasks import publish
 from rollouts import evaluation, selectors, tasks
 from rollouts.models import (
+    DEFAULT_ALLOWED_LATENESS,
     DUTY_FOR_ACTION,
     ActionAttempt,
     ActionReview,
@@ -39,6 +41,7 @@ from rollouts.models import (
     RolloutAction,
     RolloutPlan,
     Signal,
+    SignalLoss,
 )
 
 log = logging.getLogger(__name__)
@@ -52,7 +55,9 @@ TERMINAL_ACTION_STATES = (ActionState.SUCCEEDED, ActionState.FAILED, ActionState
 PLAN_FIELDS = ("name", "release_version", "stable_version", "fallback_mode", "executor", "webhook_url", "notes")
 RING_FIELDS = ("segment_kind", "segment_value", "exposure_percent", "min_soak", "approval_point")
 CRITERION_FIELDS = ("metric", "operator", "threshold", "window", "min_samples")
-TRIGGER_FIELDS = ("metric", "operator", "threshold", "off_hours_threshold", "sustained_for", "min_samples", "severity")
+TRIGGER_FIELDS = ("metric", "operator", "threshold", "off_hours_threshold", "sustained_for", "min_samples", "severity",
+                  "breach_statistic", "breach_share", "flap_windows", "flap_breaches", "allowed_lateness",
+                  "no_data_after", "on_no_data", "reask_worse_percent", "on_silence")
 MAX_REASON = 2000
 # A retry message may be delivered a moment before its countdown by the worker's clock.
 BACKOFF_SLACK_SECONDS = 0.2
@@ -184,6 +189,14 @@ def _ask_approval(action: RolloutAction, mode: str, requester: object) -> int:
     return request.pk
 
 
+def _arm_deadline(action: RolloutAction) -> None:
+    """The proposal acts at its request's deadline itself (`reach_deadline`): an override window's
+    rollback runs when the window closes, not a queue later."""
+    action_id = action.pk
+    due_at = action.approval_request.due_at
+    transaction.on_commit(lambda: tasks.arm_deadline(action_id, due_at))
+
+
 def _action_data(action: RolloutAction, **extra: Any) -> dict:
     return {"action": action.pk, "kind": action.kind, "requested_by": action.requester_label, **extra}
 
@@ -226,7 +239,8 @@ def _summary(plan: RolloutPlan) -> dict:
         "rings": [f"{r.order}: {r.segment} {r.exposure_percent}% soak {r.min_soak}{' approval' if r.approval_point else ''}"
                   for r in plan.rings.all()],
         "criteria": [str(c) for c in plan.criteria.select_related("metric")],
-        "triggers": [f"{t} ({t.severity}, {t.sustained_for})" for t in plan.triggers.select_related("metric")],
+        "triggers": [f"{t} ({t.severity}, {t.sustained_for}; {t.settings_label()})"
+                     for t in plan.triggers.select_related("metric")],
     }
 
 
@@ -575,46 +589,93 @@ def propose_action(plan_id: int, *, kind: str, handling: str, tier: int, origin:
         action = _new_action(plan, kind, state=ActionState.PENDING_APPROVAL, executor=plan.executor, **fields)
         mode = "override_window" if handling == evaluation.OVERRIDE_WINDOW else "gate"
         data["approval_request"] = _ask_approval(action, mode, requester)
+        _arm_deadline(action)
     audit.record(requester, "rollout.action_proposed", plan, data=_action_data(action, **data), reason=reason)
     return Proposal(action, True)
 
 
 def handling_for(plan: RolloutPlan, at: datetime, *, metric: str | None = None) -> tuple[int, str, dict | None]:
-    """The tier in force and how a proposed rollback is handled; a tag in force on the metric (or
-    a migration/maintenance window) turns an automatic action into a recommendation (gate)."""
+    """The tier in force and how an agent's proposed rollback is handled. A tag in force that
+    expects a change of the proposal's metric makes it wait for a person (gate): whether what the
+    agent saw is within the expected change is for a person to say. A migration or maintenance
+    window (no magnitude) only turns an automatic action into an override window: a person can
+    stop it, silence proceeds."""
     tier = plan.workflow.tier_at(at)
-    for tag in selectors.tags_in_force(plan.workflow, plan, at):
-        if tag.kind in ContextTag.WINDOW_KINDS or (metric and tag.metric_id and tag.metric.slug == metric):
-            return tier, evaluation.GATE, selectors.as_evaluation_tag(tag).as_evidence("recommendation")
-    return tier, evaluation.HANDLING_BY_TIER[tier], None
+    handling = evaluation.HANDLING_BY_TIER[tier]
+    tags = list(selectors.tags_in_force(plan.workflow, plan, at))
+    for tag in tags:
+        if metric and tag.metric_id and tag.metric.slug == metric:
+            return tier, evaluation.GATE, selectors.as_evaluation_tag(tag).as_evidence(
+                "gate", "the proposal is about the metric this tag expects to change: a person decides")
+    windows = [t for t in tags if t.kind in ContextTag.WINDOW_KINDS]
+    if windows and handling == evaluation.EXECUTE:
+        return tier, evaluation.OVERRIDE_WINDOW, selectors.as_evaluation_tag(windows[-1]).as_evidence(
+            "override_window", "an automatic action becomes an override window: a person can stop it, silence proceeds")
+    return tier, handling, None
+
+
+# Cancelled proposals that start the re-proposal cool-down: only a person's verdict does.
+REJECTED_BY_A_PERSON = ("rejected", "overridden")
+
+
+def _held_back(plan: RolloutPlan, decision: evaluation.Decision, now: datetime) -> str:
+    """Why the same finding must not be proposed again now ("" when it may be).
+
+    Expansion: any cancelled proposal from this ring within ROLLOUT_REPROPOSE_COOLDOWN_SECONDS.
+    Rollback and fallback: only one a person rejected or overrode within the cool-down (an
+    expired or cancelled request is not a rejection), and not even that when the breach has since
+    got materially worse: the window's mean moved `reask_worse_percent` % of the threshold further
+    beyond than the value the person saw."""
+    cooldown = now - timedelta(seconds=setting("ROLLOUT_REPROPOSE_COOLDOWN_SECONDS"))
+    recent = plan.actions.filter(kind=decision.action, state=ActionState.CANCELLED, closed_at__gte=cooldown,
+                                 origin__in=[Origin.TRIGGER, Origin.CRITERIA])
+    if decision.action == Kind.EXPAND:
+        return "a proposal to expand from this ring was turned down recently" if recent.filter(
+            parameters__from_ring=plan.current_ring).exists() else ""
+    check = decision.trigger
+    if check is None:
+        return ""
+    rejected = (recent.filter(trigger_id=check.rule_id, result__approval__in=REJECTED_BY_A_PERSON)
+                .select_related("trigger").order_by("-closed_at").first())
+    if rejected is None:
+        return ""
+    seen = (rejected.evidence.get("trigger") or {}).get("value")
+    percent = rejected.trigger.reask_worse_percent if rejected.trigger else 25
+    if evaluation.worsened(check.operator, check.base_threshold, seen, check.value, percent):
+        return ""
+    return f"a person turned it down at {rejected.closed_at:%H:%M:%S} and it has not got materially worse"
 
 
 def evaluate_plan(plan_id: int) -> evaluation.Decision | None:
     """Evaluate a live plan's signals and act on the decision, once.
 
-    An open proposal of the same kind, or one rejected or overridden within the cool-down, keeps
-    the same finding from asking twice. Writes only through `propose_action`. Notes when it
-    started, before reading a sample, for `evaluation_covered`.
+    First the signals: a trigger whose signals are lost is recorded (`record_signals_lost`) and
+    one whose samples are back is closed (`restore_signals`). Then the decision: an open proposal
+    of the same kind, or one a person turned down within the cool-down (see `_held_back`), keeps
+    the same finding from asking twice. Writes only through those services and `propose_action`.
+    Notes when it started, before reading a sample, for `evaluation_covered`, and arms the check
+    for the moment a trigger's signals would count as lost if nothing more arrived.
     """
     _note_evaluation_started(plan_id)
     plan = RolloutPlan.objects.select_related("workflow").filter(pk=plan_id).first()
     if plan is None or not plan.is_live:
         return None
     now = clock.now()
-    result = selectors.evaluate(plan, now)
+    result = selectors.evaluate(plan, now, count_late=False)
+    if _follow_signals(plan, result, now):
+        plan.refresh_from_db()
+        result = selectors.evaluate(plan, now, count_late=False)
+        if not plan.is_live:
+            return result.decision
+    schedule_signal_check(plan.pk, result.next_check_at)
     decision = result.decision
     if not decision.is_action:
         return decision
-    trigger_id = decision.trigger.rule_id if decision.trigger else None
-    cooldown = now - timedelta(seconds=setting("ROLLOUT_REPROPOSE_COOLDOWN_SECONDS"))
-    recent = plan.actions.filter(kind=decision.action, state=ActionState.CANCELLED, closed_at__gte=cooldown,
-                                 origin__in=[Origin.TRIGGER, Origin.CRITERIA])
-    if decision.action == Kind.EXPAND:
-        recent = recent.filter(parameters__from_ring=plan.current_ring)
-    elif trigger_id is not None:
-        recent = recent.filter(trigger_id=trigger_id)
-    if recent.exists():
+    why_not = _held_back(plan, decision, now)
+    if why_not:
+        log.info("plan %s: %s not proposed again: %s", plan.pk, decision.action, why_not)
         return decision
+    trigger_id = decision.trigger.rule_id if decision.trigger else None
     evidence = decision.evidence()
     evidence["evaluated_at"] = now.isoformat()
     evidence["tier"] = result.tier
@@ -626,6 +687,138 @@ def evaluate_plan(plan_id: int) -> evaluation.Decision | None:
     except TransitionRefused as refusal:  # the plan moved on between reading and locking
         log.info("evaluation of plan %s not acted on: %s", plan.pk, refusal.message)
     return decision
+
+
+def _follow_signals(plan: RolloutPlan, result: selectors.PlanEvaluation, now: datetime) -> bool:
+    """Record newly lost signals and close losses whose samples are back; True when anything changed."""
+    changed = False
+    open_by_trigger = {loss.trigger_id: loss for loss in result.losses}
+    for check in result.triggers:
+        loss = open_by_trigger.get(check.rule_id)
+        try:
+            if check.lost and loss is None:
+                record_signals_lost(plan.pk, trigger_id=check.rule_id, check=check, tier=result.tier)
+                changed = True
+            elif not check.lost and loss is not None:
+                restore_signals(loss.pk, check=check)
+                changed = True
+        except TransitionRefused as refusal:  # another evaluation got there first
+            log.info("signals of plan %s: %s", plan.pk, refusal.message)
+    return changed
+
+
+@transaction.atomic
+def record_signals_lost(plan_id: int, *, trigger_id: int, check: evaluation.Check, tier: int) -> SignalLoss:
+    """A trigger of a live plan has had fewer than its minimum samples within its `no_data_after`:
+    raise "signals lost" once. Expansion freezes (open expansion proposals are cancelled) and the
+    trigger's `on_no_data` is done: notify only; pause an active rollout; or propose a rollback
+    handled by the tier. On commit the containment owners are told.
+
+    Audit: `rollout.signals_lost` (and `rollout.paused` or `rollout.action_proposed`)."""
+    plan = _lock_plan(plan_id)
+    require(plan.is_live, "conflict", f"The rollout is {plan.get_state_display()}.")
+    trigger = RollbackTrigger.objects.select_related("metric").filter(pk=trigger_id, plan=plan).first()
+    require(trigger is not None, "not_found", "This trigger is not one of the plan's.")
+    require(not plan.signal_losses.filter(trigger=trigger, restored_at__isnull=True).exists(), "conflict",
+            f"Signals of {check.rule} are already recorded as lost.")
+    now = clock.now()
+    on_no_data = trigger.effective_on_no_data
+    late = Signal.objects.filter(plan=plan, metric_id=trigger.metric_id, late=True).count()
+    evidence = {"trigger": check.as_evidence(), "no_data_after": trigger.effective_no_data_after.total_seconds(),
+                "min_samples": trigger.min_samples, "late_samples": late}
+    since = check.last_received_at or plan.started_at or now
+    loss = SignalLoss.objects.create(plan=plan, trigger=trigger, metric=trigger.metric, rule=check.rule[:300],
+                                     since=min(since, now), detected_at=now, on_no_data=on_no_data, evidence=evidence)
+    cancelled = _cancel_open(plan, {Kind.EXPAND}, f"signals lost: {check.rule}")
+    reason = f"signals lost: {check.note}"
+    audit.record(SYSTEM, "rollout.signals_lost", plan, reason=reason, data={
+        "signal_loss": loss.pk, "trigger": trigger.pk, "rule": check.rule, "since": loss.since,
+        "on_no_data": on_no_data, "cancelled_expansions": cancelled, "evidence": evidence})
+    if on_no_data == RollbackTrigger.NoData.PAUSE:
+        if plan.state == PlanState.ACTIVE:
+            _transition(plan, PlanState.PAUSED)
+            action = _new_action(plan, Kind.PAUSE, state=ActionState.SUCCEEDED, origin=Origin.TRIGGER,
+                                 handling="on_no_data", reason=reason[:MAX_REASON], trigger=trigger,
+                                 evidence=evidence)
+            audit.record(SYSTEM, "rollout.paused", plan, data=_action_data(action, ring=plan.current_ring,
+                                                                         signal_loss=loss.pk), reason=reason)
+            loss.outcome = f"rollout paused (action {action.pk}); expansion frozen"
+        else:
+            loss.outcome = f"already {plan.get_state_display()}, so not paused; expansion frozen"
+    elif on_no_data == RollbackTrigger.NoData.ROLLBACK:
+        handling = evaluation.HANDLING_BY_TIER[tier]
+        proposal = propose_action(plan.pk, kind=Kind.ROLLBACK, handling=handling, tier=tier, origin=Origin.TRIGGER,
+                                  evidence={**evidence, "signal_loss": loss.pk, "decision": "rollback",
+                                            "handling": handling, "reason": reason},
+                                  reason=reason, trigger_id=trigger.pk)
+        loss.outcome = f"rollback proposed (action {proposal.action.pk}, {handling.replace('_', ' ')})"
+    else:
+        loss.outcome = "owners notified; expansion frozen"
+    loss.save(update_fields=["outcome"])
+    loss_id = loss.pk
+    transaction.on_commit(lambda: publish(tasks.notify_signals_lost, (loss_id,)))
+    return loss
+
+
+@transaction.atomic
+def restore_signals(loss_id: int, *, check: evaluation.Check) -> SignalLoss:
+    """Samples are back for a trigger whose signals were lost: close the loss. Expansion thaws, but
+    criteria count only samples from now on; a pause stays until a person resumes.
+
+    Audit: `rollout.signals_restored`."""
+    plan_id = SignalLoss.objects.filter(pk=loss_id).values_list("plan_id", flat=True).first()
+    require(plan_id is not None, "not_found", "This signal loss does not exist.")
+    plan = _lock_plan(plan_id)
+    loss = SignalLoss.objects.select_for_update().get(pk=loss_id)
+    require(loss.is_open, "conflict", "These signals are already back.")
+    loss.restored_at = clock.now()
+    loss.save(update_fields=["restored_at"])
+    audit.record(SYSTEM, "rollout.signals_restored", plan, data={
+        "signal_loss": loss.pk, "rule": loss.rule, "lost_for_seconds": (loss.restored_at - loss.detected_at).total_seconds(),
+        "samples": check.samples})
+    return loss
+
+
+# Delivery bookkeeping of the "signals lost" notice (not state changes: no audit events).
+
+def claim_loss_notice(loss_id: int) -> bool:
+    """Whether this caller is the one to tell the owners (the first to ask)."""
+    return SignalLoss.objects.filter(pk=loss_id, notified_at__isnull=True).update(notified_at=clock.now()) == 1
+
+
+def release_loss_notice(loss_id: int) -> None:
+    SignalLoss.objects.filter(pk=loss_id, notified=0).update(notified_at=None)
+
+
+def note_loss_notified(loss_id: int, recipients: int) -> None:
+    SignalLoss.objects.filter(pk=loss_id).update(notified_at=clock.now(), notified=recipients)
+
+
+def untold_losses(plan_id: int | None = None) -> list[int]:
+    """Open losses whose owners were not told yet (the notice's message was lost or failed)."""
+    losses = SignalLoss.objects.filter(restored_at__isnull=True, notified_at__isnull=True)
+    if plan_id is not None:
+        losses = losses.filter(plan_id=plan_id)
+    return list(losses.values_list("pk", flat=True)[:100])
+
+
+def schedule_signal_check(plan_id: int, at: datetime | None) -> None:
+    """Arm an evaluation for the moment a trigger's signals would count as lost if nothing more
+    arrived, so "signals lost" is raised then, not at the next beat evaluation. One message per
+    plan at a time: a later deadline (samples kept coming) waits for the one armed to fire, which
+    evaluates and arms the next; an earlier one is armed at once."""
+    if at is None:
+        return
+    key = f"rollouts:signal-check:{plan_id}"
+    try:
+        armed = cache.get(key)
+        if armed is not None and clock.now().timestamp() < armed <= at.timestamp() + 0.05:
+            return
+        cache.set(key, at.timestamp(), timeout=max(60, int((at - clock.now()).total_seconds()) + 60))
+    except Exception:  # without the cache, beat's evaluation is the net
+        log.warning("signal check of plan %s not armed", plan_id, exc_info=True)
+        return
+    transaction.on_commit(lambda: publish(tasks.check_signals, (plan_id, at.timestamp()), eta=at))
 
 
 def _debounce() -> tuple[float, int]:
@@ -675,13 +868,32 @@ def evaluation_covered(plan_id: int, queued_at: float) -> bool:
 
 # -- approval outcomes ------------------------------------------------------------------------
 
-def handle_approval_outcome(request_id: int) -> None:
+def handle_approval_outcome(request_id: int) -> RolloutAction | None:
     """Called (possibly more than once) when an approval request about a rollout action closes."""
     found = RolloutAction.objects.filter(approval_request_id=request_id).values_list(
         "pk", "approval_request__state").first()
-    if found is not None:
-        action_id, request_state = found
-        apply_approval_outcome(action_id, request_state=request_state)
+    if found is None:
+        return None
+    action_id, request_state = found
+    return apply_approval_outcome(action_id, request_state=request_state)
+
+
+def reach_deadline(action_id: int) -> tuple[str, datetime | None]:
+    """The deadline of a proposal's approval request has come: fire the request's timer (the same
+    transition as the approvals timer; whichever runs first acts and the other changes nothing)
+    and apply its outcome to the proposal at once, without waiting for the outcome message.
+
+    Returns the action's state, and the request's next deadline while it is still pending
+    (escalated to its next level, or the message came a moment early)."""
+    request_id = RolloutAction.objects.filter(pk=action_id).values_list("approval_request_id", flat=True).first()
+    if request_id is None:
+        return "missing", None
+    outcome = approval_services.handle_due(request_id)
+    state, due_at, held = ApprovalRequest.objects.values_list("state", "due_at", "held_at").get(pk=request_id)
+    if state == ApprovalRequest.State.PENDING:
+        return outcome, None if held else due_at
+    action = handle_approval_outcome(request_id)
+    return (action.state if action else "missing"), None
 
 
 APPROVED_STATES = {"approved", "auto_approved"}
@@ -704,6 +916,8 @@ def apply_approval_outcome(action_id: int, *, request_state: str) -> RolloutActi
         action.result = {"approval": request_state}
         action.save(update_fields=["state", "closed_at", "result"])
         audit.record(SYSTEM, "rollout.action_cancelled", plan, data=data, reason=f"approval request {request_state}")
+        if request_state == "expired" and action.kind in (Kind.ROLLBACK, Kind.FALLBACK):
+            _pause_on_silence(plan, action)
         return action
     stale = _stale_reason(action, plan)
     if stale:
@@ -728,10 +942,29 @@ def apply_approval_outcome(action_id: int, *, request_state: str) -> RolloutActi
     return action
 
 
+def _pause_on_silence(plan: RolloutPlan, action: RolloutAction) -> None:
+    """Nobody answered a rollback or fallback request through its whole escalation: silence is not
+    a rejection. The proposal is asked again at the next evaluation (no cool-down), and with the
+    trigger's `on_silence` = pause (the default; agents' proposals too) an active rollout pauses
+    meanwhile, so silence leads to containment. Audit: `rollout.paused`."""
+    trigger = RollbackTrigger.objects.filter(pk=action.trigger_id).first() if action.trigger_id else None
+    if (trigger is not None and trigger.on_silence != RollbackTrigger.Silence.PAUSE) or plan.state != PlanState.ACTIVE:
+        return
+    reason = f"nobody answered the {action.kind} request (action {action.pk}) before its escalation ran out"
+    _transition(plan, PlanState.PAUSED)
+    pause = _new_action(plan, Kind.PAUSE, state=ActionState.SUCCEEDED, origin=action.origin, handling="on_silence",
+                        reason=reason, trigger=trigger, evidence={"unanswered": action.pk})
+    audit.record(SYSTEM, "rollout.paused", plan, data=_action_data(pause, ring=plan.current_ring, unanswered=action.pk),
+                 reason=reason)
+
+
 def _stale_reason(action: RolloutAction, plan: RolloutPlan) -> str:
     if action.kind == Kind.EXPAND:
         if plan.state != PlanState.ACTIVE or plan.current_ring != action.parameters.get("from_ring"):
             return f"the rollout moved on (now {plan.get_state_display()} at ring {plan.current_ring})"
+        lost = plan.signal_losses.filter(restored_at__isnull=True).values_list("rule", flat=True).first()
+        if lost is not None:
+            return f"signals lost ({lost}): expansion is frozen"
         return ""
     if action.kind == Kind.RESUME:  # leaving a fallback: only from the fallback it was asked in
         return "" if plan.state == PlanState.FALLBACK else f"the rollout is {plan.get_state_display()}"
@@ -1029,6 +1262,7 @@ def withdraw_context_tag(tag_id: int, *, actor: Any, reason: str = "") -> Contex
 class IngestResult:
     received: int
     stored: int
+    late: int = 0  # stored, but received too long after they were measured to count
 
     @property
     def duplicates(self) -> int:
@@ -1039,27 +1273,38 @@ def ingest_signals(plan: RolloutPlan, rows: list[tuple[int, int | None, str, dat
     """Store samples (metric id, ring, segment, observed_at, value) in one statement.
 
     Samples already stored under the same (plan, metric, time, segment) are duplicates: the first
-    value is kept and the count says how many were skipped. Signals are not audited one by one
-    (the decisions they lead to are). Schedules a debounced evaluation after commit.
+    value is kept and the count says how many were skipped. A sample received more than its
+    metric's allowed lateness (the largest of its triggers' `allowed_lateness`) after it was
+    measured is stored flagged `late`: counted on the plan page, never evaluated. Signals are not
+    audited one by one (the decisions they lead to are). Schedules a debounced evaluation after
+    commit: every arrival, late or not, re-evaluates.
     """
     require(plan.is_live, "conflict",
             f"Plan {plan.pk} is {plan.get_state_display()}; signals are accepted for live rollouts only.")
     if not rows:
         return IngestResult(0, 0)
     now = clock.now()
+    cutoffs = {metric_id: now - lateness for metric_id, lateness in
+               selectors.lateness_by_metric(list(plan.triggers.only("metric_id", "allowed_lateness"))).items()}
+    default_cutoff = now - DEFAULT_ALLOWED_LATENESS
     with transaction.atomic():
-        stored = _insert_signals(plan.pk, rows, now)
+        stored, late = _insert_signals(plan.pk, rows, now, cutoffs, default_cutoff)
         schedule_evaluation(plan.pk)
-    return IngestResult(len(rows), stored)
+    return IngestResult(len(rows), stored, late)
 
 
 _STAGE_TYPES = ("int8", "int2", "text", "timestamptz", "float8")
 
 
-def _insert_signals(plan_id: int, rows: list[tuple], now: datetime) -> int:
+def _insert_signals(plan_id: int, rows: list[tuple], now: datetime, cutoffs: dict[int, datetime],
+                    default_cutoff: datetime) -> tuple[int, int]:
+    """Insert the rows, skipping duplicates; returns how many were stored and how many of those late."""
     if connection.vendor == "postgresql":
         # COPY into a transaction-scoped staging table, then one INSERT … SELECT that skips duplicates:
         # COPY moves the rows at near-raw speed and ON CONFLICT keeps the first value of a sample.
+        cases = " ".join("WHEN %s THEN observed_at < %s" for _ in cutoffs)
+        late = f"CASE metric_id {cases} ELSE observed_at < %s END" if cutoffs else "observed_at < %s"
+        params = [value for pair in cutoffs.items() for value in pair] + [default_cutoff]
         with connection.cursor() as cursor:
             cursor.execute(
                 "CREATE TEMP TABLE IF NOT EXISTS rollouts_signal_stage (metric_id bigint, ring smallint, "
@@ -1069,17 +1314,23 @@ def _insert_signals(plan_id: int, rows: list[tuple], now: datetime) -> int:
                 for row in rows:
                     copy.write_row(row)
             cursor.execute(
-                "INSERT INTO rollouts_signal (plan_id, metric_id, ring, segment, observed_at, value, received_at) "
-                "SELECT %s, metric_id, ring, segment, observed_at, value, %s FROM rollouts_signal_stage "
-                "ON CONFLICT (plan_id, metric_id, observed_at, segment) DO NOTHING",
-                [plan_id, now],
+                "WITH stored AS (INSERT INTO rollouts_signal "
+                "(plan_id, metric_id, ring, segment, observed_at, value, received_at, late) "
+                f"SELECT %s, metric_id, ring, segment, observed_at, value, %s, {late} FROM rollouts_signal_stage "
+                "ON CONFLICT (plan_id, metric_id, observed_at, segment) DO NOTHING RETURNING late) "
+                "SELECT count(*), count(*) FILTER (WHERE late) FROM stored",
+                [plan_id, now, *params],
             )
-            return cursor.rowcount
+            stored, late_count = cursor.fetchone()
+            return stored, late_count
     before = Signal.objects.filter(plan_id=plan_id).count()
+    before_late = Signal.objects.filter(plan_id=plan_id, late=True).count()
     try:
         Signal.objects.bulk_create(
-            [Signal(plan_id=plan_id, metric_id=m, ring=r, segment=s, observed_at=t, value=v, received_at=now)
+            [Signal(plan_id=plan_id, metric_id=m, ring=r, segment=s, observed_at=t, value=v, received_at=now,
+                    late=t < cutoffs.get(m, default_cutoff))
              for m, r, s, t, v in rows], ignore_conflicts=True, batch_size=2000)
     except IntegrityError as exc:
         raise TransitionRefused("invalid", f"A sample was refused by the database: {exc}") from None
-    return Signal.objects.filter(plan_id=plan_id).count() - before
+    return (Signal.objects.filter(plan_id=plan_id).count() - before,
+            Signal.objects.filter(plan_id=plan_id, late=True).count() - before_late)

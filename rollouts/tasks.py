@@ -1,13 +1,46 @@
-"""Thin Celery wrappers around the rollout services. Ids, not instances; outcomes in the services."""
+"""Thin Celery wrappers around the rollout services. Ids, not instances; outcomes in the services.
+
+Containment does not wait in the queue behind evaluations: an action a task has just scheduled
+(a tier-1 rollback, an approved or timed-out proposal) is run by that task at once, a proposal's
+deadline is a message of its own held by the worker until the moment it is due, and the owners
+of lost signals are told by the evaluation that noticed. The `execute_action` and
+`notify_signals_lost` messages, the sweep and beat stay the net for lost messages and dead workers.
+"""
 
 from __future__ import annotations
 
 import logging
 import socket
+import time
+from datetime import datetime, timedelta
 
 from celery import shared_task
+from django.conf import settings
+
+from governance import clock
+from governance.tasks import publish
 
 log = logging.getLogger(__name__)
+# Early deliveries of a timed message are sent again for their moment.
+EARLY_SLACK_SECONDS = 0.05
+COUNTDOWN_HORIZON_SECONDS = 15 * 60
+
+
+def _worker_label(task) -> str:
+    return f"{socket.gethostname()}:{task.request.hostname or ''}" if task is not None else socket.gethostname()
+
+
+def run_now(action_id: int, worker: str = "") -> str:
+    """One executor attempt in this process; a retryable failure comes back as `execute_action`
+    after the backoff the service chose."""
+    from rollouts import executors
+
+    result = executors.run(action_id, worker=worker or socket.gethostname())
+    if result is None:
+        return "nothing to do"
+    if result.retry_in is not None:
+        publish(execute_action, (action_id,), countdown=result.retry_in)
+    return result.action.state
 
 
 @shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
@@ -16,7 +49,7 @@ def execute_action(self, action_id: int) -> str:
     Lost messages and dead workers are covered by `sweep_actions`."""
     from rollouts import executors
 
-    result = executors.run(action_id, worker=f"{socket.gethostname()}:{self.request.hostname or ''}")
+    result = executors.run(action_id, worker=_worker_label(self))
     if result is None:
         return "nothing to do"
     if result.retry_in is not None:
@@ -24,15 +57,100 @@ def execute_action(self, action_id: int) -> str:
     return result.action.state
 
 
-@shared_task(acks_late=True)
-def evaluate_plan(plan_id: int, queued_at: float | None = None) -> str:
-    """The debounced evaluation after a batch of signals (`queued_at`: when it was scheduled)."""
+def tell_lost_signals(plan_id: int | None = None) -> int:
+    """Tell the owners of lost signals from this process, not behind the queue (once per loss)."""
+    from rollouts import notifications, services
+
+    told = 0
+    for loss_id in services.untold_losses(plan_id):
+        try:
+            told += notifications.notify_signals_lost(loss_id)
+        except Exception:  # released: the next evaluation tries again
+            log.exception("the owners of signal loss %s could not be told", loss_id)
+    return told
+
+
+def _run_scheduled(plan_id: int, worker: str) -> list[str]:
+    """Run, in this process, the plan's actions that were scheduled and never attempted."""
+    from rollouts.models import RolloutAction
+
+    ids = list(RolloutAction.objects.filter(plan_id=plan_id, state=RolloutAction.State.SCHEDULED, attempts=0)
+               .exclude(executor=RolloutAction.Executor.NONE).values_list("pk", flat=True))
+    return [run_now(action_id, worker) for action_id in ids]
+
+
+@shared_task(bind=True, acks_late=True)
+def evaluate_plan(self, plan_id: int, queued_at: float | None = None) -> str:
+    """The debounced evaluation after a batch of signals (`queued_at`: when it was scheduled).
+    A rollback or fallback it schedules (tier 1) runs here at once."""
     from rollouts import services
 
     if queued_at is not None and services.evaluation_covered(plan_id, queued_at):
         return "covered"
     decision = services.evaluate_plan(plan_id)
+    if decision is not None and decision.is_action:
+        _run_scheduled(plan_id, _worker_label(self))
+    tell_lost_signals(plan_id)
     return decision.action if decision else "not live"
+
+
+@shared_task(bind=True, acks_late=True)
+def check_signals(self, plan_id: int, due: float) -> str:
+    """Armed for the moment a trigger's signals would count as lost (services.schedule_signal_check)."""
+    from rollouts import services
+
+    if time.time() < due - EARLY_SLACK_SECONDS:
+        publish(check_signals, (plan_id, due), eta=datetime.fromtimestamp(due, clock.now().tzinfo))
+        return "early"
+    decision = services.evaluate_plan(plan_id)
+    if decision is not None and decision.is_action:
+        _run_scheduled(plan_id, _worker_label(self))
+    tell_lost_signals(plan_id)
+    return decision.action if decision else "not live"
+
+
+def arm_deadline(action_id: int, due_at: datetime) -> None:
+    """Publish `act_at_deadline` for a proposal's deadline when it is near enough for a held
+    message (as approvals.tasks.schedule_timer does); later ones are the approvals timer's. It is
+    due ROLLOUT_DEADLINE_LEAD_SECONDS early: due tasks wait their turn in the worker's pool
+    behind the evaluations due before them, and the task waits out what is left of the lead."""
+    horizon = min(COUNTDOWN_HORIZON_SECONDS, settings.CELERY_BROKER_VISIBILITY_TIMEOUT / 2)
+    if (due_at - clock.now()).total_seconds() > horizon:
+        return
+    lead = timedelta(seconds=settings.ROLLOUT_DEADLINE_LEAD_SECONDS)
+    publish(act_at_deadline, (action_id, due_at.timestamp()), eta=due_at - lead)
+
+
+@shared_task(bind=True, acks_late=True)
+def act_at_deadline(self, action_id: int, due: float) -> str:
+    """A proposal's override window or gate ran out: close the request, apply the outcome and run
+    the executor, all here. Harmless twice, late, or after the approvals timer did its part."""
+    from rollouts import services
+    from rollouts.models import RolloutAction
+
+    early = due - time.time()
+    if early > settings.ROLLOUT_DEADLINE_LEAD_SECONDS + EARLY_SLACK_SECONDS:  # the message came too soon
+        arm_deadline(action_id, datetime.fromtimestamp(due, clock.now().tzinfo))
+        return "early"
+    if early > 0:
+        time.sleep(early)  # what is left of the lead: the moment itself is the deadline
+    state, next_due = services.reach_deadline(action_id)
+    if next_due is not None and next_due > clock.now():  # escalated, or this message came early
+        arm_deadline(action_id, next_due)
+    if state == RolloutAction.State.SCHEDULED:
+        return run_now(action_id, _worker_label(self))
+    return state
+
+
+def on_approval_closed(request_id: int) -> None:
+    """The outcome handler (registered in apps.py): apply the approval's outcome, and run the action
+    it scheduled in this process rather than behind the queue."""
+    from rollouts import services
+    from rollouts.models import RolloutAction
+
+    action = services.handle_approval_outcome(request_id)
+    if action is not None and action.state == RolloutAction.State.SCHEDULED and action.attempts == 0:
+        run_now(action.pk)
 
 
 @shared_task
@@ -47,6 +165,7 @@ def evaluate_live_plans() -> int:
             services.evaluate_plan(plan_id)
         except Exception:  # one broken plan must not stop the others' evaluation
             log.exception("evaluation of rollout plan %s failed", plan_id)
+    tell_lost_signals()
     return len(ids)
 
 
@@ -70,3 +189,10 @@ def notify_autonomous_action(action_id: int) -> int:
     from rollouts import notifications
 
     return notifications.notify_autonomous_action(action_id)
+
+
+@shared_task(acks_late=True)
+def notify_signals_lost(loss_id: int) -> int:
+    from rollouts import notifications
+
+    return notifications.notify_signals_lost(loss_id)

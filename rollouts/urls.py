@@ -14,5 +14,6 @@ urlpatterns = [
     path("<int:pk>/actions/<slug:action>/", views.plan_action, name="plan_action"),
     path("<int:pk>/tags/new/", views.tag_create, name="tag_create"),
     path("<int:pk>/tags/<int:tag_id>/withdraw/", views.tag_withdraw, name="tag_withdraw"),
+    path("metrics/", views.metrics, name="metrics"),
     path("", include("rollouts.urls_dashboards")),  # dashboards and reviews
 ]

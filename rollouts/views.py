@@ -1,5 +1,5 @@
-"""Rollout pages: the plan list, the plan editor, the plan page with its containment panel, and
-the context tag form. Thin: selectors read, services decide; htmx gets named partials."""
+"""Rollout pages: the plan list, the plan editor, the plan page with its containment panel, the
+context tag form and the metrics. Thin: selectors read, services decide; htmx gets named partials."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django.views.decorators.vary import vary_on_headers
 from django_htmx.middleware import HtmxDetails
 
 from governance import clock, denials
+from governance import selectors as governance_selectors
 from governance.errors import TransitionRefused
 from rollouts import selectors, services
 from rollouts.forms import (
@@ -22,13 +24,16 @@ from rollouts.forms import (
     ContextTagForm,
     CriterionForm,
     CriterionFormSet,
+    MetricForm,
     PlanForm,
     RingForm,
     RingFormSet,
     TriggerForm,
     TriggerFormSet,
 )
+from rollouts.metrics import define_metric
 from rollouts.models import RolloutPlan
+
 
 class HtmxHttpRequest(HttpRequest):
     htmx: HtmxDetails
@@ -149,12 +154,14 @@ def _detail_context(request: HttpRequest, plan: RolloutPlan, **extra: object) ->
         "evaluation": evaluation,
         "ring_rows": _ring_rows(plan, evaluation),
         "tags": selectors.tags_in_force(workflow, plan, now),
+        "losses": list(selectors.recent_losses(plan)),
         "open_actions": list(selectors.open_actions(plan)),
         "recent_actions": list(selectors.recent_actions(plan, 15)),
         "fallback_exit": fallback_exit,
         "available": selectors.available_actions(plan, request.user,
                                                  exit_running=bool(fallback_exit and fallback_exit.is_open)),
         "duties": sorted(d.replace("_", " ") for d in selectors.duties_of(request.user, workflow)),
+        "owners": governance_selectors.owners_by_duty(workflow),
         "may_manage": selectors.may_manage(request.user, workflow),
         "may_tag": selectors.may_tag(request.user, workflow),
         "form": ContainmentForm(),
@@ -276,3 +283,30 @@ def tag_withdraw(request: HttpRequest, pk: int, tag_id: int) -> HttpResponse:
         return render(request, "rollouts/plan_detail.html",
                       _detail_context(request, plan, launch_error=refusal.message), status=refusal.status)
     return redirect(plan)
+
+
+# -- metrics -----------------------------------------------------------------------------------
+
+@require_http_methods(["GET", "POST"])
+@login_required
+def metrics(request: HttpRequest) -> HttpResponse:
+    """The metric names signals, criteria and triggers may use; administrators and release managers
+    register custom ones (define_metric: metric.defined). `?slug=` opens a custom metric to change."""
+    custom = selectors.custom_metric(request.GET.get("slug", ""))
+    form = MetricForm(request.POST or None, initial=custom and {
+        "slug": custom.slug, "label": custom.label, "unit": custom.unit, "direction": custom.direction})
+    status = 200
+    if request.method == "POST":
+        status = 422
+        if form.is_valid():
+            try:
+                metric = define_metric(actor=request.user, **form.cleaned_data)
+                return redirect(f"{reverse('rollouts:metrics')}#metric-{metric.slug}")
+            except TransitionRefused as refusal:
+                denials.refused(request, refusal, "define metric")
+                form.add_error(refusal.field if refusal.field in form.fields else None, refusal.message)
+                status = refusal.status
+    return render(request, "rollouts/metrics.html", {
+        "metrics": selectors.all_metrics(), "form": form, "editing": custom,
+        "may_define": selectors.may_define_metrics(request.user),
+    }, status=status)

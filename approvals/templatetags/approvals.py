@@ -25,3 +25,12 @@ def action_label(action: str) -> str:
 def words(value: str) -> str:
     """`known_change` → `known change`."""
     return str(value).replace("_", " ")
+
+
+@register.filter
+def duration(seconds: int) -> str:
+    """A level's timeout as a person reads it: 600 → `10 min`, 90 → `90 s`, 7200 → `2 h`."""
+    for unit, name in ((86400, "d"), (3600, "h"), (60, "min")):
+        if seconds >= unit and seconds % unit == 0:
+            return f"{seconds // unit} {name}"
+    return f"{seconds} s"

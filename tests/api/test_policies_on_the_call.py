@@ -85,6 +85,10 @@ def test_the_demo_rules_answer_4_400_and_40000_differently(api, refunds, clock, 
     large = refund(api, 40_000).json()
     assert (large["decision"], large["quorum"], large["approver_roles"]) == ("pending", 2, ["senior_approver"])
     big = ApprovalRequest.objects.get(pk=large["approval_id"])
+    from approvals import selectors
+
+    assert big in selectors.decidable_by(senior_approver)  # the senior is asked from the first level
+    assert request not in selectors.decidable_by(senior_approver)  # not where no rule asks for a senior
     bob = factories.make_user("bob", role=Role.APPROVER)
     factories.scope(bob, big.workflow)
     approval_services.record_decision(big.pk, actor=approver, verdict="approve")

@@ -235,3 +235,44 @@ def test_only_an_administrator_applies(tmp_path, people):
 def test_the_exported_document_loads_as_a_valid_file():
     doc, _ = loading.load_text(exporting.export_yaml())
     assert doc.version == 1
+
+
+def test_a_level_that_replaces_the_previous_one_takes_the_first_approvers_away(tmp_path, people):
+    from approvals import eligibility
+    from approvals import services as approval_services
+
+    text = NEW_AGENT.replace("{roles: [senior_approver], people: [sam], timeout_seconds: 900}",
+                             "{roles: [senior_approver], people: [sam], timeout_seconds: 900, replaces: true}")
+    assert run("apply", write(tmp_path, text), "--as", "ada")[0] == 0
+    workflow = Workflow.objects.get(slug="voucher-agent")
+    agent = ServiceAccount.objects.get(name="voucher-bot")
+    req = approval_services.create_request(workflow=workflow, kind="agent_action", action="issue_voucher",
+                                           requester=agent)
+    alice, sam = people["alice"], people["sam"]
+    assert eligibility.named_by_level(alice, req) and not eligibility.named_by_level(sam, req)
+    approval_services.escalate_request(req.pk, actor=alice, reason="needs the senior")
+    req.refresh_from_db()
+    assert req.level == 1
+    assert eligibility.named_by_level(sam, req) and not eligibility.named_by_level(alice, req)
+    from approvals import selectors
+
+    assert req in selectors.decidable_by(sam) and req not in selectors.decidable_by(alice)
+    exported = exporting.export_yaml()
+    assert "replaces: true" in exported
+    assert run("plan", write(tmp_path, exported, "exported.yaml"))[0] == 0
+
+
+def test_holidays_are_off_hours_all_day(tmp_path, people):
+    import datetime as dt
+
+    text = NEW_AGENT.replace("start: 08:00, end: 18:00}", "start: 08:00, end: 18:00, holidays: [2030-12-25]}")
+    assert run("apply", write(tmp_path, text), "--as", "ada")[0] == 0
+    workflow = Workflow.objects.get(slug="voucher-agent")
+    assert workflow.holidays == ["2030-12-25"]
+    christmas, boxing_day = (dt.datetime(2030, 12, d, 10, 0, tzinfo=dt.UTC) for d in (25, 26))  # a Wednesday, Thursday
+    assert not workflow.in_business_hours(christmas) and workflow.tier_at(christmas) == 3
+    assert workflow.in_business_hours(boxing_day) and workflow.tier_at(boxing_day) == 2
+    exported = exporting.export_yaml()
+    assert "2030-12-25" in exported and run("plan", write(tmp_path, exported, "exported.yaml"))[0] == 0
+    code, _, err = run("plan", write(tmp_path, text.replace("[2030-12-25]", "[2030-13-25]"), "bad.yaml"))
+    assert code == 1 and "business_hours.holidays[0]" in err

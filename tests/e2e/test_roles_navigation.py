@@ -18,14 +18,15 @@ pytestmark = pytest.mark.browser
 PAGES = {
     "Queue": "approvals:queue", "Rollouts": "rollouts:plan_list", "Reviews": "rollouts:reviews",
     "Dashboards": "rollouts:dashboard", "Workflows": "governance:workflow_list",
-    "Audit trail": "governance:audit_log", "Admin": "admin:index",
+    "Audit trail": "governance:audit_log", "Admin": "admin:index", "Metrics": "rollouts:metrics",
+    "People": "governance:people",
 }
 MENU = {
-    Role.ADMINISTRATOR: {"Workflows", "Admin"},
+    Role.ADMINISTRATOR: {"Workflows", "Metrics", "People", "Admin"},
     Role.APPROVER: {"Queue", "Workflows"},
     Role.SENIOR_APPROVER: {"Queue", "Workflows"},
     Role.CONTAINMENT_OWNER: {"Queue", "Rollouts", "Reviews", "Workflows"},
-    Role.RELEASE_MANAGER: {"Rollouts", "Dashboards", "Workflows"},
+    Role.RELEASE_MANAGER: {"Rollouts", "Dashboards", "Workflows", "Metrics"},
     Role.MANAGER: {"Rollouts", "Dashboards", "Workflows"},
     Role.AUDITOR: {"Workflows", "Audit trail"},
 }
@@ -42,9 +43,9 @@ def _installed(label: str) -> bool:
 
 
 def _scope(username: str, role: Role) -> set[str]:
-    """The demo story: auditors read everything, administrators work in the admin, everyone else
-    sees the workflows they were given scope on or own a containment duty of."""
-    if role == Role.AUDITOR:
+    """The demo story: auditors read everything and administrators set everything up, everyone
+    else sees the workflows they were given scope on or own a containment duty of."""
+    if role in (Role.AUDITOR, Role.ADMINISTRATOR):
         return ALL_WORKFLOWS
     return {wf.slug for wf in DOCUMENT.workflows if username in wf.scope
             or any(username in (o.primary, *o.backup) for o in wf.containment.values())}

@@ -62,10 +62,17 @@ def test_a_personal_model_level_permission_does_not_widen_scope_either(client, o
 
 
 @pytest.mark.django_db
-def test_administrators_model_permissions_for_the_admin_site_do_not_widen_workflow_scope(client, admin_user, workflow):
-    """Administrators hold model-level view permissions for the Django admin; the workflow pages
-    still show them only what they hold object permissions on."""
+def test_administrators_see_every_workflow_by_their_role_not_by_the_admin_sites_model_permissions(
+        client, admin_user, workflow, outsider):
+    """Administrators hold model-level view permissions for the Django admin; those alone widen
+    nothing (a person given the same permissions sees no workflow). Administrators see every
+    workflow because they administer them all, the ones they created included."""
     assert admin_user.has_perm(f"governance.{VIEW}")
-    assert selectors.workflows_visible_to(admin_user).count() == 0
+    outsider.user_permissions.add(*admin_user.groups.get(name=Role.ADMINISTRATOR).permissions.all())
+    assert selectors.workflows_visible_to(outsider).count() == 0
+    assert list(selectors.workflows_visible_to(admin_user)) == [workflow]
     client.force_login(admin_user)
-    assert client.get(workflow.get_absolute_url()).status_code == 404
+    assert client.get(workflow.get_absolute_url()).status_code == 200
+    admin_user.groups.clear()
+    del admin_user._ringfence_roles
+    assert selectors.workflows_visible_to(admin_user).count() == 0

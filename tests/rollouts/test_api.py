@@ -49,7 +49,8 @@ def post_samples(api: Client, *samples: str, workflow: str = "refund-agent"):
 def test_a_batch_is_stored_and_duplicates_are_counted_not_stored_twice(api, live_plan):
     first = post_samples(api, sample("810", seconds_ago=30), sample("820", seconds_ago=20), sample("820", seconds_ago=20))
     assert first.status_code == 200, first.content
-    assert first.json() == {"plan": live_plan.pk, "received": 3, "stored": 2, "duplicates": 1, "evaluation": "scheduled"}
+    assert first.json() == {"plan": live_plan.pk, "received": 3, "stored": 2, "duplicates": 1, "late": 0,
+                            "evaluation": "scheduled"}
     again = post_samples(api, sample("999", seconds_ago=30))
     assert again.json()["duplicates"] == 1
     assert sorted(Signal.objects.values_list("value", flat=True)) == [810.0, 820.0]  # the first value is kept

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -14,39 +15,52 @@ from rollouts import evaluation as ev
 NOW = datetime(2025, 3, 4, 23, 32, tzinfo=UTC)
 START = NOW - timedelta(minutes=5)
 LATENCY = ev.Trigger(1, "latency_p95_ms", "gt", 800.0, timedelta(minutes=5), 3, "critical")
+ERRORS = ev.Trigger(4, "error_rate", "gt", 0.05, timedelta(seconds=30), 3, "critical")
 QUALITY = ev.Criterion(2, "quality_score", "gte", 0.8, timedelta(minutes=30), 5)
 LATENCY_TAG = ev.Tag(7, "expected_latency_increase: 15%", "expected_latency_increase", "latency_p95_ms", 15.0,
                      "migration changes query patterns", "rhea")
 MIGRATION = ev.Tag(8, "migration_window: true", "migration_window", None, None, "planned maintenance", "rhea")
 
 
-def samples(*values: float, end: datetime = NOW, step: timedelta = timedelta(seconds=15)) -> list[tuple[datetime, float]]:
-    return [(end - step * (len(values) - 1 - i), v) for i, v in enumerate(values)]
+def samples(*values: float, end: datetime = NOW, step: timedelta = timedelta(seconds=15),
+            delay: timedelta = timedelta(0)) -> list[tuple[datetime, float, datetime]]:
+    """(observed_at, value, received_at): the last one measured at `end`, each received `delay` later."""
+    return [(end - step * (len(values) - 1 - i), v, end - step * (len(values) - 1 - i) + delay)
+            for i, v in enumerate(values)]
+
+
+def check_of(rule: ev.Trigger, rows, tags=(), *, now: datetime = NOW, lateness: timedelta | None = None,
+             watching_since: datetime | None = None) -> ev.Check:
+    data = ev.collect(rule, rows, now=now, thresholds=ev.thresholds_for(rule, tags), lateness=lateness,
+                      watching_since=watching_since)
+    return ev.evaluate_trigger(rule, data, tags)
 
 
 def trigger(values, tags=(), rule=LATENCY) -> ev.Check:
-    return ev.evaluate_trigger(rule, ev.stats_of(samples(*values), START, NOW), tags, start=START, end=NOW)
+    return check_of(rule, samples(*values), tags)
 
 
-def criterion(values, rule=QUALITY) -> ev.Check:
-    return ev.evaluate_criterion(rule, ev.stats_of(samples(*values), NOW - rule.window, NOW),
-                                 start=NOW - rule.window, end=NOW)
+def criterion(values, rule=QUALITY, **kw) -> ev.Check:
+    rows = [(at, v) for at, v, _ in samples(*values)]
+    return ev.evaluate_criterion(rule, ev.stats_of(rows, NOW - rule.window, NOW), start=NOW - rule.window, end=NOW,
+                                 **kw)
 
 
 def test_trigger_fires_when_every_sample_of_the_window_breaches():
     check = trigger([820, 870, 905])
-    assert check.status == ev.FIRED
-    assert check.value == 820 and check.samples == 3
+    assert check.status == ev.FIRED and not check.ask_first
+    assert check.value == pytest.approx(865) and check.samples == 3 and check.share == 100
 
 
-def test_one_sample_under_the_threshold_keeps_the_trigger_holding():
-    assert trigger([820, 790, 905]).status == ev.HOLDING
+def test_the_window_median_beyond_the_threshold_fires_and_one_sample_in_three_does_not():
+    assert trigger([820, 790, 905]).status == ev.FIRED  # 67 % beyond: at least the default 50 %
+    assert trigger([820, 790, 780]).status == ev.HOLDING  # one noisy sample of three
 
 
-def test_too_few_samples_is_inconclusive_and_says_how_many():
-    check = trigger([950, 990])
+def test_too_few_healthy_samples_is_inconclusive_and_says_how_many():
+    check = trigger([700, 710])
     assert check.status == ev.INCONCLUSIVE
-    assert check.note == "2 of 3 samples needed"
+    assert check.note == "2 of 3 samples needed within 10 min"
 
 
 def test_no_data_is_inconclusive_for_criteria_and_triggers():
@@ -56,7 +70,7 @@ def test_no_data_is_inconclusive_for_criteria_and_triggers():
 
 def test_samples_outside_the_window_do_not_count():
     old = [(START - timedelta(seconds=1), 2000.0), (START, 2000.0)]  # the window is (start, end]
-    stats = ev.stats_of(old + samples(900, 900), START, NOW)
+    stats = ev.stats_of(old + [(at, v) for at, v, _ in samples(900, 900)], START, NOW)
     assert stats.count == 2
 
 
@@ -73,6 +87,120 @@ def test_criterion_compares_the_window_mean():
     assert criterion([0.9, 0.85, 0.7, 0.82, 0.81]).status == ev.MET  # mean 0.816
     assert criterion([0.9, 0.6, 0.7, 0.82, 0.81]).status == ev.NOT_MET
     assert criterion([0.9, 0.9]).status == ev.INCONCLUSIVE
+
+
+def test_a_criterion_whose_metric_went_quiet_is_never_met():
+    check = criterion([0.9] * 5, fresh_after=NOW)  # nothing newer than the cut-off
+    assert check.status == ev.INCONCLUSIVE and "no sample since 23:32:00" in check.note
+
+
+# -- 1. event time: the watermark, lateness ---------------------------------------------------------
+
+def test_samples_arriving_30_s_late_fire_a_30_s_trigger_at_their_own_time():
+    """The issue's replay: every sample arrives 30 s after it was measured. Windows measured back
+    from now would never hold one; the watermark is the newest sample's own time."""
+    rows = samples(*[0.08] * 40, step=timedelta(seconds=1), end=NOW - timedelta(seconds=30),
+                   delay=timedelta(seconds=30))
+    check = check_of(ERRORS, rows, lateness=timedelta(minutes=5))
+    assert check.status == ev.FIRED
+    assert check.window_end == NOW - timedelta(seconds=30) and check.samples == 30
+
+
+def test_a_sample_later_than_the_allowed_lateness_is_counted_apart_and_never_used():
+    on_time = samples(*[0.01] * 30, step=timedelta(seconds=1))
+    too_late = samples(*[0.9] * 30, step=timedelta(seconds=1), end=NOW - timedelta(minutes=10, seconds=1),
+                       delay=timedelta(minutes=10))
+    check = check_of(ERRORS, on_time + too_late, lateness=timedelta(minutes=5))
+    assert check.status == ev.HOLDING and check.late == 30
+
+
+# -- 2. breach statistics and flapping ------------------------------------------------------------
+
+def test_the_share_statistic_fires_from_its_share_on():
+    assert trigger([900, 700, 700, 900, 900]).status == ev.FIRED  # 60 % ≥ the default 50 %
+    assert trigger([900, 700, 700, 700, 900]).status == ev.HOLDING  # 40 %
+    strict = ev.Trigger(1, "latency_p95_ms", "gt", 800.0, timedelta(minutes=5), 3, "critical", breach_share=100,
+                        flap_breaches=0)
+    assert trigger([900, 900, 700, 900, 900], rule=strict).status == ev.HOLDING  # 100 %: every sample, the old rule
+
+
+def test_the_mean_statistic_fires_on_the_window_mean():
+    rule = ev.Trigger(1, "latency_p95_ms", "gt", 800.0, timedelta(minutes=5), 3, "critical", statistic=ev.MEAN)
+    check = trigger([1200, 700, 700, 1200], rule=rule)  # mean 950, half the samples beyond
+    assert check.status == ev.FIRED and "mean 950" in check.note
+
+
+def flapping_errors(minutes: int = 5, up: int = 20, down: int = 20) -> list[tuple[datetime, float, datetime]]:
+    """The issue's flapping error rate: `up` s at 8 %, `down` s at 4 %, one sample a second."""
+    values = [0.08 if (i % (up + down)) < up else 0.04 for i in range(minutes * 60)]
+    return samples(*values, step=timedelta(seconds=1))
+
+
+def test_flapping_20_s_above_and_20_s_below_fires_with_the_defaults():
+    rows = flapping_errors()
+    values = [v for _, v, _ in rows]
+    assert sum(values) / len(values) == pytest.approx(0.061, abs=1e-3)  # 53 % of the samples beyond 5 %
+    assert check_of(ERRORS, rows).status == ev.FIRED
+
+
+def test_with_every_sample_required_the_flapping_rule_still_catches_it():
+    strict = ev.Trigger(4, "error_rate", "gt", 0.05, timedelta(seconds=30), 3, "critical", breach_share=100)
+    check = check_of(strict, flapping_errors())
+    assert check.status == ev.FIRED and check.flapping
+    assert "flapping: " in check.note and "windows of 30 s had their median > 0.05" in check.note
+    without = ev.Trigger(4, "error_rate", "gt", 0.05, timedelta(seconds=30), 3, "critical", breach_share=100,
+                         flap_breaches=0)
+    assert check_of(without, flapping_errors()).status == ev.HOLDING  # the old rule never fired on it
+
+
+def test_isolated_noisy_samples_never_fire_even_over_a_long_run():
+    """The containment bench's noise: one sample in six spikes above the threshold, never sustained."""
+    rng = random.Random(7)
+    values = [rng.uniform(820, 900) if i % 6 == 5 else rng.uniform(650, 790) for i in range(600)]
+    rule = ev.Trigger(1, "latency_p95_ms", "gt", 800.0, timedelta(seconds=2), 3, "critical")
+    for end in range(60, 600, 7):  # evaluated at every moment of the run
+        rows = samples(*values[:end], step=timedelta(seconds=0.5))
+        assert check_of(rule, rows).status == ev.HOLDING
+
+
+# -- 3. sparse data and signals lost ---------------------------------------------------------------
+
+def test_one_sample_a_minute_at_8_percent_asks_a_person_at_once():
+    rows = samples(0.01, 0.01, 0.08, step=timedelta(minutes=1))
+    check = check_of(ERRORS, rows)
+    assert check.status == ev.FIRED and check.ask_first and check.sparse
+    assert "1 of 3 samples needed within 1 min" in check.note and "a person is asked" in check.note
+    decision = ev.decide(situation(tier=1), [], [check])
+    assert (decision.action, decision.handling) == ("rollback", ev.OVERRIDE_WINDOW)
+
+
+def test_sparse_data_uses_the_longer_window_it_needs_up_to_no_data_after():
+    rule = ev.Trigger(4, "error_rate", "gt", 0.05, timedelta(seconds=30), 3, "critical",
+                      no_data_after=timedelta(minutes=5))
+    check = check_of(rule, samples(0.08, 0.08, 0.08, step=timedelta(minutes=1)))
+    assert check.status == ev.FIRED and check.sparse and not check.ask_first
+    assert check.note.startswith("sparse: the last 3 samples span 2 min")
+
+
+def test_signals_are_lost_when_too_few_samples_were_received_within_no_data_after():
+    rows = samples(*[0.01] * 30, step=timedelta(seconds=1), end=NOW - timedelta(seconds=90))
+    check = check_of(ERRORS, rows, watching_since=NOW - timedelta(hours=1))
+    assert check.status == ev.NO_DATA and check.lost and check.lost_at is None
+    assert check.note.startswith("signals lost: 0 of 3 samples received within 1 min")
+    assert check.last_received_at == NOW - timedelta(seconds=90)
+
+
+def test_a_breach_just_before_the_signal_went_quiet_still_fires():
+    rows = samples(*([0.01] * 20 + [0.09] * 30), step=timedelta(seconds=1), end=NOW - timedelta(seconds=90))
+    check = check_of(ERRORS, rows, watching_since=NOW - timedelta(hours=1))
+    assert check.status == ev.FIRED and check.lost
+
+
+def test_nothing_is_lost_before_the_plan_has_run_for_no_data_after_and_the_next_check_is_known():
+    assert not check_of(ERRORS, [], watching_since=NOW - timedelta(seconds=59)).lost
+    rows = samples(*[0.01] * 10, step=timedelta(seconds=1))
+    check = check_of(ERRORS, rows, watching_since=NOW - timedelta(hours=1))
+    assert not check.lost and check.lost_at == NOW - timedelta(seconds=2) + timedelta(minutes=1)
 
 
 # -- NaN can never disarm a trigger ------------------------------------------------------------
@@ -96,31 +224,39 @@ def test_a_window_of_nan_only_is_inconclusive_never_holding():
     assert check.status == ev.INCONCLUSIVE and check.ignored == 10
 
 
-# -- context tags ------------------------------------------------------------------------------
+# -- 4. context tags cover only what they expect ---------------------------------------------------
 
 def test_the_2am_spike_is_within_a_15_percent_latency_tag_and_the_tag_is_named():
     spike = [805, 860, 890, 910]  # +15 % on a 790 ms baseline; the trigger says > 800
     untagged, tagged = trigger(spike), trigger(spike, [LATENCY_TAG])
-    assert untagged.status == ev.FIRED and not untagged.recommend_only
+    assert untagged.status == ev.FIRED and not untagged.ask_first
     assert tagged.status == ev.HOLDING
     assert tagged.threshold == pytest.approx(920.0)
     assert tagged.tag["label"] == "expected_latency_increase: 15%" and tagged.tag["effect"] == "widened"
 
 
-def test_a_rise_beyond_the_expected_change_becomes_a_recommendation_citing_the_tag():
-    check = trigger([1500, 1600, 1700], [LATENCY_TAG])
-    assert check.status == ev.FIRED and check.recommend_only
-    assert check.tag["id"] == 7 and check.tag["effect"] == "recommendation"
+def test_a_rise_beyond_the_expected_change_is_handled_as_if_untagged_and_the_evidence_says_so():
+    check = trigger([1420, 1440, 1450], [LATENCY_TAG])  # +80 %
+    assert check.status == ev.FIRED and not check.ask_first
+    assert check.tag["id"] == 7 and check.tag["effect"] == "exceeded"
+    decision = ev.decide(situation(tier=1), [MET], [check])
+    assert (decision.action, decision.handling) == ("rollback", ev.EXECUTE)
+    assert decision.evidence()["context_tags"][0]["effect"] == "exceeded"
 
 
-def test_a_migration_window_turns_any_breach_into_a_recommendation():
+def test_a_migration_window_makes_an_automatic_rollback_an_override_window_never_a_gate():
     check = trigger([900, 900, 900], [MIGRATION])
-    assert check.status == ev.FIRED and check.recommend_only and check.tag["label"] == "migration_window: true"
+    assert check.status == ev.FIRED and check.ask_first and check.tag["effect"] == "override_window"
+    assert ev.decide(situation(tier=1), [MET], [check]).handling == ev.OVERRIDE_WINDOW
+    assert ev.decide(situation(tier=2), [MET], [check]).handling == ev.OVERRIDE_WINDOW
+    assert ev.decide(situation(tier=3), [MET], [check]).handling == ev.GATE  # tier 3 is gated anyway
 
 
-def test_tags_on_other_metrics_change_nothing():
-    cost = ev.Tag(9, "expected_cost_increase: 30%", "expected_cost_increase", "cost_per_task", 30.0)
-    assert trigger([900, 900, 900], [cost]).recommend_only is False
+def test_a_latency_tag_does_not_cover_an_error_rise_and_says_what_each_tag_did():
+    errors = ev.Trigger(5, "error_rate", "gt", 0.05, timedelta(minutes=5), 3, "critical")
+    check = trigger([0.08, 0.08, 0.08], [LATENCY_TAG, MIGRATION], rule=errors)
+    assert check.status == ev.FIRED and check.threshold == 0.05
+    assert [t["label"] for t in check.tags] == ["migration_window: true"]
 
 
 def test_widening_relaxes_lower_bounds_downwards():
@@ -134,10 +270,17 @@ def test_widening_relaxes_lower_bounds_downwards():
 @given(st.lists(st.floats(min_value=0, max_value=5000), min_size=3, max_size=10), st.floats(min_value=0.1, max_value=200))
 def test_a_tag_never_fires_a_trigger_that_holds_without_it(values, percent):
     tag = ev.Tag(1, "t", "expected_change", "latency_p95_ms", percent)
-    if trigger(values).status == ev.HOLDING:
-        assert trigger(values, [tag]).status == ev.HOLDING
-    if trigger(values, [tag]).status == ev.FIRED:
-        assert trigger(values, [tag]).recommend_only
+    if trigger(values).status != ev.FIRED:
+        assert trigger(values, [tag]).status != ev.FIRED
+
+
+# -- re-asking after a rejection -----------------------------------------------------------------
+
+def test_a_breach_worsened_materially_by_the_percent_of_the_threshold():
+    assert ev.worsened("gt", 800, 920, 1120, 25)
+    assert not ev.worsened("gt", 800, 920, 1100, 25)
+    assert ev.worsened("lt", 0.8, 0.7, 0.45, 25) and not ev.worsened("lt", 0.8, 0.7, 0.6, 25)
+    assert not ev.worsened("gt", 800, None, 2000, 25)
 
 
 # -- decisions by autonomy tier ----------------------------------------------------------------
@@ -157,15 +300,9 @@ def test_a_fired_critical_trigger_is_handled_as_its_tier_says(tier, handling):
     assert decision.evidence()["trigger"]["rule"] == "latency_p95_ms > 800 sustained for 5 min"
 
 
-def test_a_tagged_breach_asks_a_person_even_at_tier_1_and_the_evidence_names_the_tag():
-    decision = ev.decide(situation(tier=1), [MET], [trigger([1500] * 3, [LATENCY_TAG])])
-    assert (decision.action, decision.handling) == ("rollback", ev.GATE)
-    assert decision.evidence()["context_tag"]["label"] == "expected_latency_increase: 15%"
-
-
 def test_a_warning_trigger_proposes_the_fallback_and_critical_wins_over_warning():
-    warning = ev.evaluate_trigger(ev.Trigger(5, "error_rate", "gt", 0.05, timedelta(minutes=5), 3, "warning"),
-                                  ev.stats_of(samples(0.1, 0.1, 0.1)), [], start=START, end=NOW)
+    rule = ev.Trigger(5, "error_rate", "gt", 0.05, timedelta(minutes=5), 3, "warning")
+    warning = trigger([0.1, 0.1, 0.1], rule=rule)
     assert ev.decide(situation(), [MET], [warning]).action == "fallback"
     assert ev.decide(situation(), [MET], [warning, FIRED]).action == "rollback"
     assert ev.decide(situation(state="fallback"), [MET], [warning]).action == "none"
@@ -181,6 +318,12 @@ def test_inconclusive_data_asks_a_person_before_expanding_and_never_rolls_back()
     decision = ev.decide(situation(tier=1), [criterion([])], [trigger([])])
     assert (decision.action, decision.handling) == ("expand", ev.GATE)
     assert "inconclusive" in decision.reason
+
+
+def test_lost_signals_freeze_expansion():
+    decision = ev.decide(situation(tier=1, signals_lost=("error_rate > 0.05 sustained for 30 s",)), [MET],
+                         [trigger([700] * 3)])
+    assert decision.action == "none" and decision.reason.startswith("signals lost (error_rate")
 
 
 def test_nothing_happens_before_the_soak_ends_or_while_a_criterion_is_not_met():

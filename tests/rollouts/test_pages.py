@@ -181,3 +181,30 @@ def test_the_plan_page_shows_each_actions_approval_request_and_its_state_without
     with CaptureQueriesContext(connection) as three:
         client.get(live_plan.get_absolute_url())
     assert len(three) == len(two)
+
+
+def test_the_editor_writes_a_triggers_breach_and_no_data_settings_and_blank_ones_take_the_defaults(release_manager):
+    client = client_for(release_manager)
+    response = client.post("/rollouts/new/", editor_data(**{
+        "triggers-0-breach_statistic": "mean", "triggers-0-flap_breaches": "2", "triggers-0-flap_windows": "4",
+        "triggers-0-lateness_seconds": "60", "triggers-0-no_data_minutes": "15", "triggers-0-on_no_data": "rollback",
+    }))
+    assert response.status_code == 302, response.content.decode()[-2000:]
+    trigger = RolloutPlan.objects.get().triggers.get()
+    assert (trigger.breach_statistic, trigger.breach_share, trigger.flap_breaches, trigger.flap_windows) == ("mean", 50, 2, 4)
+    assert (trigger.allowed_lateness, trigger.no_data_after, trigger.on_no_data) == (
+        timedelta(minutes=1), timedelta(minutes=15), "rollback")
+    assert trigger.reask_worse_percent == 25
+    event = AuditEvent.objects.get(action="rollout.plan_created")
+    assert "window mean beyond; flapping 2 of 4 windows; late after 1 min; no data after 15 min → rollback" in \
+        event.data["triggers"][0]
+
+
+def test_the_editor_refuses_signals_lost_before_the_sustained_for_time_naming_the_field(release_manager):
+    response = client_for(release_manager).post("/rollouts/new/", editor_data(**{
+        "triggers-0-no_data_minutes": "2", "triggers-0-flap_breaches": "6"}))
+    assert response.status_code == 422
+    page = response.content.decode()
+    assert "Signals can only be lost after at least the sustained-for time." in page
+    assert "No more breaching windows than windows." in page
+    assert not RolloutPlan.objects.exists()

@@ -177,28 +177,33 @@ def test_the_same_rise_untagged_rolls_back(workflow, live_plan):
     assert services.evaluate_plan(live_plan.pk).handling == "execute"
 
 
-def test_a_rise_beyond_the_tag_asks_a_person_and_the_evidence_cites_the_tag(workflow, live_plan, release_manager):
+def test_a_rise_beyond_the_tag_is_rolled_back_by_the_tier_and_the_evidence_cites_the_tag(workflow, live_plan,
+                                                                                          release_manager):
     set_tier(workflow, 1)
     tag(workflow, release_manager, kind="expected_latency_increase", expected_change_percent=Decimal("15"))
     add(live_plan, "latency_p95_ms", 1400, 1500, 1600)
-    services.evaluate_plan(live_plan.pk)
-    request = approval_of(open_action(live_plan))
-    assert request.mode == "gate"
-    assert request.evidence["context_tag"]["label"] == "expected_latency_increase: 15%"
-    assert request.evidence["context_tag"]["effect"] == "recommendation"
+    decision = services.evaluate_plan(live_plan.pk)
+    assert (decision.action, decision.handling) == ("rollback", "execute")
+    action = open_action(live_plan)
+    assert action.approval_request_id is None
+    assert action.evidence["context_tag"]["label"] == "expected_latency_increase: 15%"
+    assert action.evidence["context_tag"]["effect"] == "exceeded"
 
 
-def test_no_data_is_inconclusive_and_asks_a_person_before_expanding(workflow, make_plan, owner, release_manager,
-                                                                   frozen):
+def test_too_few_samples_for_a_criterion_asks_a_person_before_expanding(workflow, make_plan, owner, release_manager,
+                                                                       frozen):
     set_tier(workflow, 1)
     plan = services.start_rollout(make_plan().pk, actor=release_manager)
-    frozen.shift(timedelta(minutes=11))  # the soak is over, and not one sample arrived
+    frozen.shift(timedelta(minutes=11))  # the soak is over; the triggers' signals flow, the criteria have too few
+    add(plan, "latency_p95_ms", 700, 710, 690)
+    add(plan, "error_rate", 0.01, 0.01, 0.01)
+    add(plan, "quality_score", 0.9, 0.9)
     decision = services.evaluate_plan(plan.pk)
     assert (decision.action, decision.handling) == ("expand", "gate")
     action = open_action(plan)
     request = approval_of(action)
     assert request.kind == "expansion" and "inconclusive" in request.evidence["reason"]
-    assert {c["status"] for c in request.evidence["checks"]} == {"inconclusive"}
+    assert {c["status"] for c in request.evidence["checks"] if c["kind"] == "criterion"} == {"inconclusive"}
     plan.refresh_from_db()
     assert plan.current_ring == 0 and plan.state == "active"  # nothing passed silently, nothing rolled back
     approval_services.record_decision(request.pk, actor=owner, verdict="approve")

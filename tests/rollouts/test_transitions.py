@@ -10,7 +10,7 @@ from governance import clock
 from governance import services as governance_services
 from governance.errors import TransitionRefused
 from governance.models import AuditEvent
-from rollouts import executors, services
+from rollouts import executors, selectors, services
 from rollouts.models import ActionReview, RolloutAction, RolloutPlan
 from tests.rollouts.conftest import plan_spec
 
@@ -49,6 +49,21 @@ def test_an_invalid_ring_is_refused_naming_the_field(make_plan):
     with pytest.raises(TransitionRefused) as info:
         make_plan(rings=[{"segment_kind": "internal_team", "segment_value": "ops", "exposure_percent": 150}])
     assert info.value.field == "rings[0].exposure_percent"
+    assert not RolloutPlan.objects.exists()
+
+
+@pytest.mark.parametrize(("setting", "field", "message"), [
+    ({"no_data_after": timedelta(minutes=1)}, "triggers[0]", "No data after must be at least the sustained-for time."),
+    ({"on_no_data": "explode"}, "triggers[0].on_no_data", "Value 'explode' is not a valid choice."),
+    ({"breach_share": 0}, "triggers[0].breach_share", "Ensure this value is greater than or equal to 1."),
+    ({"flap_breaches": 6}, "triggers[0]", "no more breaching windows than windows"),
+])
+def test_a_trigger_with_bad_breach_or_no_data_settings_is_refused_naming_the_field(make_plan, setting, field, message):
+    triggers = plan_spec()["triggers"]
+    triggers[0].update(setting)
+    with pytest.raises(TransitionRefused) as info:
+        make_plan(triggers=triggers)
+    assert info.value.field == field and message in info.value.message
     assert not RolloutPlan.objects.exists()
 
 
@@ -206,6 +221,11 @@ def test_every_transition_writes_exactly_its_audit_event(make_plan, owner, relea
     services.withdraw_context_tag(tag.pk, actor=release_manager, reason="migration done")
     executors.run(services.engage_fallback(plan.pk, actor=owner, reason="slow").pk)
     services.resume_rollout(plan.pk, actor=owner)
+    plan.refresh_from_db()
+    quiet = selectors.evaluate(plan, clock.now() + timedelta(hours=1)).triggers[0]  # an hour without a sample
+    loss = services.record_signals_lost(plan.pk, trigger_id=quiet.rule_id, check=quiet, tier=2)
+    services.restore_signals(loss.pk, check=quiet)
+    services.resume_rollout(plan.pk, actor=owner)
     proposal = services.propose_action(plan.pk, kind="rollback", handling="execute", tier=1, origin="trigger",
                                        evidence={"rule": "latency_p95_ms > 800"})
     executors.run(proposal.action.pk)
@@ -219,6 +239,7 @@ def test_every_transition_writes_exactly_its_audit_event(make_plan, owner, relea
         "rollout.paused", "rollout.resumed", "rollout.ring_opened", "rollout.narrowed",
         "rollout.context_tag_added", "rollout.context_tag_withdrawn",
         "rollout.fallback_requested", "rollout.fallback_engaged", "rollout.resumed",
+        "rollout.signals_lost", "rollout.paused", "rollout.signals_restored", "rollout.resumed",
         "rollout.action_proposed", "rollout.rolled_back", "rollout.action_reviewed",
     ]
 
