@@ -744,7 +744,7 @@ def record_signals_lost(plan_id: int, *, trigger_id: int, check: evaluation.Chec
                                                                          signal_loss=loss.pk), reason=reason)
             loss.outcome = f"rollout paused (action {action.pk}); expansion frozen"
         else:
-            loss.outcome = f"already {plan.get_state_display()}, so not paused; expansion frozen"
+            loss.outcome = f"already {plan.get_state_display().lower()}, so not paused; expansion frozen"
     elif on_no_data == RollbackTrigger.NoData.ROLLBACK:
         handling = evaluation.HANDLING_BY_TIER[tier]
         proposal = propose_action(plan.pk, kind=Kind.ROLLBACK, handling=handling, tier=tier, origin=Origin.TRIGGER,

@@ -62,16 +62,12 @@ def start_plan(make_plan, owner, release_manager, workflow):
     return start
 
 
-IDS: dict[str, int] = {}
-
-
 def send(plan: RolloutPlan, **values: float) -> None:
     """One sample per metric, measured now (or `delay` seconds ago), received now."""
     delay = values.pop("delay", 0)
-    if not IDS:
-        IDS.update(Metric.objects.values_list("slug", "pk"))
+    ids = dict(Metric.objects.filter(slug__in=values).values_list("slug", "pk"))
     at = clock.now() - timedelta(seconds=delay)
-    services.ingest_signals(plan, [(IDS[m], 0, "internal_team:support-ops", at, v) for m, v in values.items()])
+    services.ingest_signals(plan, [(ids[m], 0, "internal_team:support-ops", at, v) for m, v in values.items()])
 
 
 def tick(frozen, plan: RolloutPlan, seconds: int, **values: float) -> None:

@@ -244,6 +244,17 @@ def test_every_transition_writes_exactly_its_audit_event(make_plan, owner, relea
     ]
 
 
+def test_lost_signals_are_recorded_once_and_restored_once(live_plan):
+    quiet = selectors.evaluate(live_plan, clock.now() + timedelta(hours=1)).triggers[0]
+    loss = services.record_signals_lost(live_plan.pk, trigger_id=quiet.rule_id, check=quiet, tier=2)
+    before = AuditEvent.objects.count()
+    refused("conflict", services.record_signals_lost, live_plan.pk, trigger_id=quiet.rule_id, check=quiet, tier=2)
+    assert AuditEvent.objects.count() == before and live_plan.signal_losses.count() == 1
+    services.restore_signals(loss.pk, check=quiet)
+    refused("conflict", services.restore_signals, loss.pk, check=quiet)
+    assert AuditEvent.objects.filter(action="rollout.signals_restored").count() == 1
+
+
 def test_a_review_is_filed_once_by_a_containment_owner_with_a_reason_for_false_positives(live_plan, owner,
                                                                                           bystander):
     proposal = services.propose_action(live_plan.pk, kind="rollback", handling="execute", tier=1, origin="trigger",
