@@ -20,6 +20,7 @@
           - {mode: gate, hours: any, levels: [{roles: [approver], timeout_seconds: 600}]}
         containment: {pause: {primary: olivia, backup: [oscar]}, ...}
         scope: {alice: [view, approve], rhea: [view, manage_rollouts]}
+        rollout_plans: [{release_version, name, stable_version, ready, rings, criteria, triggers}]
 
 Names of people are usernames; roles are Ringfence's role groups. Tokens are never in the file.
 """
@@ -94,6 +95,64 @@ class Owners(Strict):
     backup: list[Username] = Field(default_factory=list)
 
 
+SegmentKind = Literal["internal_team", "customer_group", "account_type", "workflow_path", "user_role", "traffic_slice"]
+Operator = Literal["lt", "lte", "gt", "gte"]
+Seconds = Annotated[int, Field(ge=1, le=30 * 24 * 3600)]
+
+
+class Ring(Strict):
+    segment_kind: SegmentKind
+    segment_value: str = Field(min_length=1, max_length=100)
+    exposure_percent: int = Field(100, ge=1, le=100)
+    min_soak_seconds: Seconds = 3600
+    approval_point: bool = Field(False, description="Opening this ring always waits for a person.")
+
+
+class Criterion(Strict):
+    metric: Slug
+    operator: Operator
+    threshold: float
+    window_seconds: Seconds = 1800
+    min_samples: int = Field(30, ge=1)
+
+
+class Trigger(Strict):
+    metric: Slug
+    operator: Operator
+    threshold: float
+    off_hours_threshold: float | None = None
+    sustained_for_seconds: Seconds = 300
+    min_samples: int = Field(3, ge=1)
+    severity: Literal["critical", "warning"] = "critical"
+    breach_statistic: Literal["share", "mean"] = "share"
+    breach_share: int = Field(50, ge=1, le=100, description="Percent of the window's samples beyond the threshold.")
+    flap_windows: int = Field(5, ge=0, le=20)
+    flap_breaches: int = Field(3, ge=0, le=20)
+    allowed_lateness_seconds: int = Field(300, ge=0, le=24 * 3600)
+    no_data_after_seconds: Seconds | None = Field(None, description="Default: twice the sustained-for time.")
+    on_no_data: Literal["", "notify", "pause", "rollback"] = Field("", description="'': by severity.")
+    reask_worse_percent: int = Field(25, ge=1, le=1000)
+    on_silence: Literal["pause", "ask"] = "pause"
+
+
+class Plan(Strict):
+    """A rollout plan while it is a draft or ready; once started it is no longer the file's."""
+
+    release_version: str = Field(min_length=1, max_length=100)
+    name: str = Field(min_length=1, max_length=200)
+    stable_version: str = Field(min_length=1, max_length=100)
+    fallback_mode: Literal["", "human_review", "manual_path", "previous_version", "simpler_route",
+                           "reduced_context", "read_only"] = ""
+    executor: Literal["flag", "webhook"] = "flag"
+    webhook_url: str = ""
+    notes: str = ""
+    ready: bool = Field(False, description="Mark it ready: launch readiness (owners of every duty, criteria, "
+                                           "triggers, …) is checked.")
+    rings: list[Ring] = Field(default_factory=list)
+    criteria: list[Criterion] = Field(default_factory=list)
+    triggers: list[Trigger] = Field(default_factory=list)
+
+
 class Workflow(Strict):
     slug: Slug
     name: str = Field(min_length=1, max_length=200)
@@ -108,6 +167,7 @@ class Workflow(Strict):
     containment: dict[Duty, Owners] = Field(default_factory=dict)
     scope: dict[Username, list[Permission]] = Field(default_factory=dict,
                                                     description="Object permissions per person on this workflow.")
+    rollout_plans: list[Plan] = Field(default_factory=list)
 
 
 class ServiceAccount(Strict):

@@ -73,6 +73,10 @@ def document() -> dict:
                  for key, grant in by_kind.get("scope", {}).items() if key.split("/")[0] == slug}
         if scope:
             entry["scope"] = scope
+        plans = [{"release_version": key.split("/", 1)[1], **plan}
+                 for key, plan in by_kind.get("plan", {}).items() if key.split("/")[0] == slug]
+        if plans:
+            entry["rollout_plans"] = plans
         workflows.append(entry)
     return {
         "version": 1,

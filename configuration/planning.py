@@ -12,6 +12,8 @@ Objects and their keys (what `config plan` prints):
     policy/<workflow>/<mode>/<hours>    terminal_action, levels
     scope/<workflow>/<username>         permissions
     containment/<workflow>/<duty>       primary, backup
+    plan/<workflow>/<release_version>   a draft or ready rollout plan: its fields, rings, criteria,
+                                        triggers, and `ready`
 
 An object in the file and not live is created; in both and different, updated with the changed
 fields. An object live and not in the file is left alone, unless `prune` is asked: then actions,
@@ -25,6 +27,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser, Group, User
@@ -35,6 +39,8 @@ from approvals import rules as cel_rules
 from approvals import services as approval_services
 from approvals.models import ActionRule, EscalationPolicy
 from configuration.document import Document, Rule
+from configuration.document import Plan as DocPlan
+from configuration.document import Workflow as DocWorkflow
 from configuration.loading import ConfigError, Problem, Source
 from governance import audit
 from governance import services as governance_services
@@ -42,7 +48,8 @@ from governance.errors import TransitionRefused
 from governance.models import ContainmentAssignment, GovernedAction, ServiceAccount, Workflow
 from governance.permissions import SCOPED_PERMISSIONS
 from rollouts import metrics as rollout_metrics
-from rollouts.models import Metric
+from rollouts import services as rollout_services
+from rollouts.models import Metric, RolloutPlan
 
 SHORT = {"view_workflow": "view", "approve_workflow": "approve", "contain_workflow": "contain",
          "manage_rollouts": "manage_rollouts"}
@@ -115,6 +122,44 @@ def _rule(rule: Rule) -> dict:
             "approver_roles": sorted(set(rule.approver_roles)) if approve else []}
 
 
+PLAN_FIELDS = ("name", "stable_version", "fallback_mode", "executor", "webhook_url", "notes")
+TRIGGER_PLAIN = ("metric", "operator", "severity", "min_samples", "breach_statistic", "breach_share", "flap_windows",
+                 "flap_breaches", "on_no_data", "reask_worse_percent", "on_silence")
+
+
+def _plan(plan: DocPlan) -> dict:
+    return {**{name: getattr(plan, name) for name in PLAN_FIELDS}, "ready": plan.ready,
+            "rings": [ring.model_dump() for ring in plan.rings],
+            "criteria": [criterion.model_dump() for criterion in plan.criteria],
+            "triggers": [trigger.model_dump() for trigger in plan.triggers]}
+
+
+def _seconds(value: timedelta | None) -> int | None:
+    return None if value is None else int(value.total_seconds())
+
+
+def _number(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _live_plan(plan: RolloutPlan) -> dict:
+    return {
+        **{name: getattr(plan, name) for name in PLAN_FIELDS}, "ready": plan.state == RolloutPlan.State.READY,
+        "rings": [{"segment_kind": r.segment_kind, "segment_value": r.segment_value,
+                   "exposure_percent": r.exposure_percent, "min_soak_seconds": _seconds(r.min_soak),
+                   "approval_point": r.approval_point} for r in plan.rings.order_by("order")],
+        "criteria": [{"metric": c.metric.slug, "operator": c.operator, "threshold": _number(c.threshold),
+                      "window_seconds": _seconds(c.window), "min_samples": c.min_samples}
+                     for c in plan.criteria.select_related("metric").order_by("pk")],
+        "triggers": [{**{name: getattr(t, name) for name in TRIGGER_PLAIN}, "metric": t.metric.slug,
+                      "threshold": _number(t.threshold), "off_hours_threshold": _number(t.off_hours_threshold),
+                      "sustained_for_seconds": _seconds(t.sustained_for),
+                      "allowed_lateness_seconds": _seconds(t.allowed_lateness),
+                      "no_data_after_seconds": _seconds(t.no_data_after)}
+                     for t in plan.triggers.select_related("metric").order_by("pk")],
+    }
+
+
 def _live_rule(rule: ActionRule) -> dict:
     return {"when": rule.condition, "then": rule.outcome, "reason": rule.reason, "quorum": rule.quorum,
             "approver_roles": sorted(rule.approver_roles)}
@@ -166,6 +211,8 @@ def desired(doc: Document) -> dict[tuple[str, str], tuple[dict, tuple]]:
                                                    (*at, "scope", user))
         for user in owners_of_duties - set(wf.scope):
             out[("implied_scope", f"{wf.slug}/{user}")] = ({"permissions": ["contain", "view"]}, ())
+        for j, plan in enumerate(wf.rollout_plans):
+            out[("plan", f"{wf.slug}/{plan.release_version}")] = (_plan(plan), (*at, "rollout_plans", j))
     return out
 
 
@@ -208,6 +255,9 @@ def live(slugs: set[str] | None = None) -> dict[tuple[str, str], dict]:
                 entry["backup"].append(a.user.get_username())
         for duty, entry in duties.items():
             out[("containment", f"{wf.slug}/{duty}")] = {"primary": entry["primary"], "backup": sorted(entry["backup"])}
+        editable = RolloutPlan.objects.filter(workflow=wf, state__in=RolloutPlan.EDITABLE_STATES).order_by("created_at")
+        for plan in editable:  # the newest plan of a version stands for it
+            out[("plan", f"{wf.slug}/{plan.release_version}")] = _live_plan(plan)
         for user, perms in get_users_with_perms(wf, attach_perms=True, with_group_users=False).items():
             scoped = sorted(SHORT[p] for p in perms if p in SHORT)
             if scoped:
@@ -239,7 +289,7 @@ def plan(doc: Document, source: Source | None = None, *, prune: bool = False) ->
             if kind in PRUNABLE and key.split("/")[0] in slugs and (kind, key) not in wanted and not implied:
                 changes.append(Change("delete", kind, key, fields))
     order = ["workflow", "service_account", "action", "rules", "shadow_rules", "policy", "scope", "metric",
-             "containment"]
+             "containment", "plan"]
     changes.sort(key=lambda c: (c.op == "delete", order.index(c.kind), c.key))
     return Plan(changes)
 
@@ -252,11 +302,12 @@ def _check(doc: Document, wanted: dict, source: Source | None) -> None:
         problems.append(Problem(name, line, fieldname, message))
 
     people = set(User.objects.filter(is_active=True).values_list("username", flat=True))
+    metrics = {m.slug for m in doc.metrics} | set(Metric.objects.values_list("slug", flat=True))
     workflows = {wf.slug for wf in doc.workflows} | set(Workflow.objects.values_list("slug", flat=True))
     roles = set(Group.objects.values_list("name", flat=True))
     seen: dict[tuple, tuple] = {}
     for (kind, key), (fields, where) in wanted.items():
-        if (kind, key) in seen and kind in ("workflow", "action", "metric", "service_account", "policy"):
+        if (kind, key) in seen and kind in ("workflow", "action", "metric", "service_account", "policy", "plan"):
             problem(where, "", f"{kind} {key} is declared twice")
         seen[(kind, key)] = where
     for i, account in enumerate(doc.service_accounts):
@@ -324,8 +375,35 @@ def _check(doc: Document, wanted: dict, source: Source | None) -> None:
         for person in wf.scope:
             if person not in people:
                 problem((*at, "scope", person), f"workflows[{i}].scope.{person}", f"no active user {person!r}")
+        _check_plans(i, wf, metrics, problem)
     if problems:
         raise ConfigError(problems)
+
+
+def _check_plans(i: int, wf: DocWorkflow, metrics: set[str], problem: Callable[[tuple, str, str], None]) -> None:
+    at = ("workflows", i)
+    duties = set(wf.containment) | set(ContainmentAssignment.objects.filter(
+        workflow__slug=wf.slug, position=ContainmentAssignment.Position.PRIMARY).values_list("duty", flat=True))
+    for j, plan in enumerate(wf.rollout_plans):
+        path, label = (*at, "rollout_plans", j), f"workflows[{i}].rollout_plans[{j}]"
+        for listname in ("criteria", "triggers"):
+            for k, rule in enumerate(getattr(plan, listname)):
+                if rule.metric not in metrics:
+                    problem((*path, listname, k, "metric"), f"{label}.{listname}[{k}].metric",
+                            f"no metric {rule.metric!r}; declare it under metrics")
+        for k, trigger in enumerate(plan.triggers):
+            if trigger.flap_breaches > trigger.flap_windows:
+                problem((*path, "triggers", k, "flap_breaches"), f"{label}.triggers[{k}].flap_breaches",
+                        "no more breaching windows than windows")
+        if plan.executor == "webhook" and not plan.webhook_url.startswith(("https://", "http://")):
+            problem((*path, "webhook_url"), f"{label}.webhook_url", "a webhook plan needs its http(s) address")
+        if plan.ready:
+            missing = [d for d in ContainmentAssignment.Duty.values if d not in duties]
+            if missing:
+                problem((*path, "ready"), f"{label}.ready", "a plan marked ready needs an owner for every duty; "
+                        f"{wf.slug} has none for {', '.join(missing)}")
+            if not plan.rings:
+                problem((*path, "ready"), f"{label}.ready", "a plan marked ready needs at least one ring")
 
 
 # -- carrying a plan out ---------------------------------------------------------------------------
@@ -412,6 +490,8 @@ def _apply_one(change: Change, actor: AbstractBaseUser) -> None:
         if had - wanted:
             governance_services.revoke_scope(workflow.pk, actor=actor, user=user,
                                              permissions=[CODENAME[p] for p in sorted(had - wanted)])
+    elif kind == "plan":
+        _apply_plan(change, actor, _full("plan", change, new))
     elif kind == "containment":
         slug, duty = change.key.split("/")
         workflow = _workflow(slug)
@@ -431,6 +511,41 @@ def _apply_one(change: Change, actor: AbstractBaseUser) -> None:
 
 
 _MISSING = object()
+
+
+def _apply_plan(change: Change, actor: AbstractBaseUser, full: dict) -> None:
+    slug, version = change.key.split("/", 1)
+    workflow = _workflow(slug)
+    metrics = {m.slug: m for m in Metric.objects.all()}
+    fields = {name: full[name] for name in PLAN_FIELDS}
+    rings = [{"segment_kind": r["segment_kind"], "segment_value": r["segment_value"],
+              "exposure_percent": r["exposure_percent"], "min_soak": timedelta(seconds=r["min_soak_seconds"]),
+              "approval_point": r["approval_point"]} for r in full["rings"]]
+    criteria = [{"metric": metrics[c["metric"]], "operator": c["operator"], "threshold": Decimal(str(c["threshold"])),
+                 "window": timedelta(seconds=c["window_seconds"]), "min_samples": c["min_samples"]}
+                for c in full["criteria"]]
+    triggers = []
+    for t in full["triggers"]:
+        trigger = {name: t[name] for name in TRIGGER_PLAIN}
+        trigger.update(
+            metric=metrics[t["metric"]], threshold=Decimal(str(t["threshold"])),
+            off_hours_threshold=None if t["off_hours_threshold"] is None else Decimal(str(t["off_hours_threshold"])),
+            sustained_for=timedelta(seconds=t["sustained_for_seconds"]),
+            allowed_lateness=timedelta(seconds=t["allowed_lateness_seconds"]),
+            no_data_after=None if t["no_data_after_seconds"] is None else timedelta(seconds=t["no_data_after_seconds"]))
+        triggers.append(trigger)
+    if change.op == "create":
+        plan = rollout_services.create_plan(actor=actor, workflow=workflow, fields={**fields, "release_version": version},
+                                            rings=rings, criteria=criteria, triggers=triggers)
+    else:
+        plan = (RolloutPlan.objects.filter(workflow=workflow, release_version=version,
+                                           state__in=RolloutPlan.EDITABLE_STATES).order_by("-created_at").first())
+        if set(change.fields) != {"ready"} or not full["ready"]:
+            # Any other change (or un-marking it) rewrites the plan, which returns it to draft.
+            plan = rollout_services.update_plan(plan.pk, actor=actor, fields=fields, rings=rings, criteria=criteria,
+                                                triggers=triggers)
+    if full["ready"]:
+        rollout_services.mark_ready(plan.pk, actor=actor)
 
 
 def _keeps(assignment: ContainmentAssignment, full: dict) -> bool:

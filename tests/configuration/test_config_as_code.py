@@ -276,3 +276,66 @@ def test_holidays_are_off_hours_all_day(tmp_path, people):
     assert "2030-12-25" in exported and run("plan", write(tmp_path, exported, "exported.yaml"))[0] == 0
     code, _, err = run("plan", write(tmp_path, text.replace("[2030-12-25]", "[2030-13-25]"), "bad.yaml"))
     assert code == 1 and "business_hours.holidays[0]" in err
+
+
+PLAN = """\
+    rollout_plans:
+      - release_version: voucher-v2
+        name: Voucher v2
+        stable_version: voucher-v1
+        fallback_mode: human_review
+        ready: true
+        rings:
+          - {segment_kind: internal_team, segment_value: support-ops, min_soak_seconds: 600}
+          - {segment_kind: traffic_slice, segment_value: all, exposure_percent: 25, approval_point: true}
+        criteria:
+          - {metric: quality_score, operator: gte, threshold: 0.8, window_seconds: 600, min_samples: 5}
+          - {metric: cost_per_task, operator: lte, threshold: 0.05}
+          - {metric: latency_p95_ms, operator: lte, threshold: 900}
+        triggers:
+          - {metric: latency_p95_ms, operator: gt, threshold: 800, sustained_for_seconds: 120, breach_share: 60}
+          - {metric: error_rate, operator: gt, threshold: 0.05, severity: warning, on_no_data: notify}
+"""
+ALL_DUTIES = """\
+    containment:
+      pause: {primary: olivia, backup: [oscar]}
+      narrow: {primary: olivia}
+      fallback: {primary: olivia}
+      rollback: {primary: olivia}
+      escalate: {primary: olivia}
+      approve_expansion: {primary: olivia}
+"""
+
+
+def test_a_rollout_plan_in_the_file_is_created_marked_ready_and_round_trips(tmp_path, people):
+    from rollouts.models import RolloutPlan
+
+    text = NEW_AGENT.replace("""    containment:
+      pause: {primary: olivia, backup: [oscar]}
+      rollback: {primary: olivia}
+""", ALL_DUTIES) + PLAN
+    code, out, err = run("apply", write(tmp_path, text), "--as", "ada")
+    assert code == 0, err
+    assert "+ plan/voucher-agent/voucher-v2" in out
+    plan = RolloutPlan.objects.get(workflow__slug="voucher-agent", release_version="voucher-v2")
+    assert plan.state == "ready" and plan.rings.count() == 2
+    trigger = plan.triggers.get(metric__slug="latency_p95_ms")
+    assert (trigger.breach_share, trigger.sustained_for.total_seconds(), str(trigger.threshold)) == (60, 120, "800.000000")
+    assert {"rollout.plan_created", "rollout.plan_ready"} <= set(AuditEvent.objects.values_list("action", flat=True))
+    exported = exporting.export_yaml()
+    assert "voucher-v2" in exported and run("plan", write(tmp_path, exported, "exported.yaml"))[0] == 0
+
+    changed = text.replace("breach_share: 60", "breach_share: 70")
+    code, out, _ = run("apply", write(tmp_path, changed, "changed.yaml"), "--as", "ada")
+    assert code == 0 and "~ plan/voucher-agent/voucher-v2" in out
+    plan.refresh_from_db()
+    assert plan.state == "ready" and plan.triggers.get(metric__slug="latency_p95_ms").breach_share == 70
+
+
+def test_a_plan_marked_ready_without_an_owner_for_every_duty_is_refused_naming_the_line(tmp_path, people):
+    path = write(tmp_path, NEW_AGENT + PLAN)
+    code, _, err = run("plan", path)
+    assert code == 1
+    assert err.splitlines()[0] == (f"{path}:37: workflows[0].rollout_plans[0].ready: a plan marked ready needs an "
+                                   "owner for every duty; voucher-agent has none for narrow, fallback, escalate, "
+                                   "approve_expansion")
