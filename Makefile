@@ -35,8 +35,7 @@ bench: $(STAMP)
 	@for script in bench/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
 
 check: $(STAMP)
-	@$(PY) -m ruff check . 2>/dev/null || true
-	@$(PY) manage.py check
+	@$(PY) -m ruff check . && $(PY) manage.py check
 
 clean:
 	rm -rf $(VENV) var

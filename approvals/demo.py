@@ -54,7 +54,8 @@ DECIDED = [
      {"summary": "Sign-up burst from one network",
       "metrics": [{"metric": "signups_per_hour", "value": 240, "operator": ">", "threshold": 100}]}, "0.64",
      [("bob", "reject", "The burst is the partner campaign that started at 09:00, not abuse.", "")]),
-    ("voucher-overridden", "refund-agent", "issue_voucher", "override_window", 1, {"order": "A-10201", "amount": "25.00"},
+    ("voucher-overridden", "refund-agent", "issue_voucher", "override_window", 1,
+     {"order": "A-10201", "amount": "25.00"},
      {"metrics": [{"metric": "delivery_delay_days", "value": 4, "operator": ">", "threshold": 3}]}, "0.58",
      [("alice", "override", "The parcel was delivered yesterday; the tracking feed lags.", "noise")]),
     ("disable-two-approvals", "account-disable-agent", "disable_account", "gate", 2, {"account": "acct_66019"},
@@ -71,7 +72,8 @@ class DemoResult:
 
 def _current_round(agent: ServiceAccount) -> int:
     keys = ApprovalRequest.objects.filter(requested_by_service=agent, idempotency_key__startswith="demo-queue-r")
-    rounds = [int(m.group(1)) for key in keys.values_list("idempotency_key", flat=True) if (m := KEY_PATTERN.match(key))]
+    rounds = [int(m.group(1)) for key in keys.values_list("idempotency_key", flat=True)
+              if (m := KEY_PATTERN.match(key))]
     return max(rounds, default=0)
 
 

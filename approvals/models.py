@@ -393,7 +393,8 @@ class Decision(models.Model):
         OTHER = "other"
 
     request = models.ForeignKey(ApprovalRequest, on_delete=models.PROTECT, related_name="decisions")
-    decided_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="approval_decisions")
+    decided_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT,
+                                   related_name="approval_decisions")
     verdict = models.CharField(max_length=10, choices=Verdict.choices)
     justification = models.TextField(blank=True)
     reason = models.CharField(max_length=20, choices=Reason.choices, blank=True)
@@ -404,12 +405,14 @@ class Decision(models.Model):
         ordering = ["decided_at", "pk"]
         constraints = [
             models.UniqueConstraint(fields=["request", "decided_by"], name="decision_one_per_person"),
-            models.CheckConstraint(condition=Q(verdict__in=["approve", "reject", "override"]), name="decision_verdict_valid"),
+            models.CheckConstraint(condition=Q(verdict__in=["approve", "reject", "override"]),
+                                   name="decision_verdict_valid"),
             models.CheckConstraint(
                 condition=Q(reason="") | Q(reason__in=["expected_behaviour", "noise", "known_change", "other"]),
                 name="decision_reason_valid",
             ),
-            models.CheckConstraint(condition=~Q(verdict="override") | ~Q(reason=""), name="decision_override_has_reason"),
+            models.CheckConstraint(condition=~Q(verdict="override") | ~Q(reason=""),
+                                   name="decision_override_has_reason"),
             models.CheckConstraint(condition=Q(verdict="approve") | ~Q(justification=""),
                                    name="decision_refusal_has_justification"),
         ]

@@ -239,11 +239,13 @@ def deliver(notice_id: int) -> dict:
                 else:
                     _send_email(notice, recipient)
             except Exception as exc:  # noqa: BLE001 - recorded on the row and retried by the sweep
-                Delivery.objects.filter(pk=delivery.pk).update(status=Delivery.Status.FAILED, last_error=str(exc)[:2000])
+                Delivery.objects.filter(pk=delivery.pk).update(status=Delivery.Status.FAILED,
+                                                               last_error=str(exc)[:2000])
                 logger.warning("notice %s via %s to %s failed: %s", notice.pk, channel, recipient, exc)
                 counts["failed"] += 1
                 continue
-            Delivery.objects.filter(pk=delivery.pk).update(status=Delivery.Status.SENT, sent_at=clock.now(), last_error="")
+            Delivery.objects.filter(pk=delivery.pk).update(status=Delivery.Status.SENT, sent_at=clock.now(),
+                                                           last_error="")
             counts["sent"] += 1
     else:
         counts["skipped"] = 1

@@ -73,7 +73,8 @@ def decidable_by(user: AbstractBaseUser) -> QuerySet[ApprovalRequest]:
         kind__in=ApprovalRequest.CONTAINMENT_KINDS, workflow__in=workflows_with_perm(user, CONTAIN))
     pending = ApprovalRequest.objects.pending().filter(scope)
     if not user.is_superuser:
-        replaced_up_to = (EscalationLevel.objects.filter(policy_id=OuterRef(OuterRef("policy_id")), replaces_previous=True,
+        replaced_up_to = (EscalationLevel.objects.filter(policy_id=OuterRef(OuterRef("policy_id")),
+                                                         replaces_previous=True,
                                                          position__lte=OuterRef(OuterRef("level")))
                           .order_by("-position").values("position")[:1])
         named = Exists(_levels_naming(user).filter(

@@ -171,7 +171,8 @@ def create_request(*, workflow: Workflow, kind: str, action: str, parameters: di
     confidence = _confidence(confidence)
     owner = _requester(workflow, requester)
     if quorum is None:
-        governed = GovernedAction.objects.filter(workflow=workflow, name=action).values_list("quorum", flat=True).first()
+        governed = (GovernedAction.objects.filter(workflow=workflow, name=action)
+                    .values_list("quorum", flat=True).first())
         quorum = governed or 1
     require(isinstance(quorum, int) and 1 <= quorum <= 9, "invalid", "Quorum is between 1 and 9 people.",
             field="quorum")
@@ -190,7 +191,8 @@ def create_request(*, workflow: Workflow, kind: str, action: str, parameters: di
                 f"The escalation policy {policy} does not time {mode} requests of {workflow.slug}.", field="policy")
         timeout = policy.levels.order_by("position").values_list("timeout_seconds", flat=True).first()
     require(timeout is not None, "misconfigured",
-            f"The escalation policy {policy} has no levels; an administrator must add one before requests can wait on it.")
+            f"The escalation policy {policy} has no levels; "
+            "an administrator must add one before requests can wait on it.")
     due_at = now + timedelta(seconds=timeout)
     paused = workflow.paused if workflow_locked else _paused_under_share_lock(workflow)
     req = ApprovalRequest(
@@ -613,8 +615,8 @@ def _rule(workflow: Workflow, spec: dict, where: str) -> dict:
     require(outcome in RuleOutcome.values, "invalid",
             f"{where}: the outcome is one of {', '.join(RuleOutcome.values)}.", field=f"{where}.outcome")
     reason = (spec.get("reason") or "").strip()
-    require(isinstance(reason, str) and len(reason) <= 500, "invalid", f"{where}: keep the reason under 500 characters.",
-            field=f"{where}.reason")
+    require(isinstance(reason, str) and len(reason) <= 500, "invalid",
+            f"{where}: keep the reason under 500 characters.", field=f"{where}.reason")
     require(outcome != RuleOutcome.DENY or reason, "invalid",
             f"{where}: a deny says why; the agent is shown the reason.", field=f"{where}.reason")
     rule = {"condition": condition, "outcome": outcome, "reason": reason, "quorum": None, "approver_roles": [],

@@ -60,11 +60,13 @@ def add_requests(agent, workflows, start: int, count: int) -> None:
     rows = [
         ApprovalRequest(
             workflow=workflows[i % WORKFLOWS], kind="agent_action", action="refund_customer",
-            parameters={"order": f"A-{i}"}, confidence="0.8", requested_by_service=agent, on_behalf_of_id=agent.owner_id,
+            parameters={"order": f"A-{i}"}, confidence="0.8", requested_by_service=agent,
+            on_behalf_of_id=agent.owner_id,
             requester_label=agent.name, mode="gate", policy=policy, level=0, quorum=1, state="pending",
             due_at=now + dt.timedelta(seconds=60 + (i * 7) % 3600), created_at=now,
             evidence={"summary": "refund above limit",
-                      "metrics": [{"metric": "refund_amount", "value": 100 + i % 400, "operator": ">", "threshold": 50}]},
+                      "metrics": [{"metric": "refund_amount", "value": 100 + i % 400, "operator": ">",
+                                   "threshold": 50}]},
         )
         for i in range(start, start + count)
     ]

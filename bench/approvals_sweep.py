@@ -107,7 +107,8 @@ def main() -> int:
             expired = AuditEvent.objects.filter(action="approval.expired").count() - events_before
             left = ApprovalRequest.objects.pending().count()
             once = "yes" if expired == TIMERS and left == 0 else f"no ({expired} events, {left} left)"
-            log(f"{'handle_all_due (audited)':<34} {n:>8} {TIMERS:>7} {seconds:>8.2f} {TIMERS / seconds:>9.0f} {once:>10}")
+            log(f"{'handle_all_due (audited)':<34} {n:>8} {TIMERS:>7} {seconds:>8.2f} "
+                f"{TIMERS / seconds:>9.0f} {once:>10}")
         for n in SWEEPERS:
             overdue(RAW)
             seconds = run_threads(n, raw_until_done)

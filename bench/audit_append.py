@@ -131,7 +131,10 @@ def compare(writers: int, variants: dict) -> dict[str, dict]:
     results = {}
     for name, (appends, elapsed, latencies) in totals.items():
         latencies.sort()
-        pick = lambda p: latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000  # noqa: E731
+
+        def pick(p: float, latencies: list[float] = latencies) -> float:
+            return latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000
+
         results[name] = {"appends": appends, "rate": appends / elapsed, "p50": pick(0.50), "p99": pick(0.99)}
     return results
 

@@ -530,7 +530,8 @@ def report(scenarios: list[Scenario], feed: Feed, limits: dict, *, kinds: list[s
 
         beyond = percentile(tier1_beyond, 50)
         log(f"ratios: tier 1 regression p50 beyond the earliest moment the trigger can hold ({earliest:g} s after "
-            f"the first breaching sample: half the window beyond, at least 3 samples) = {beyond:.2f} s = {beyond / celery_p50:,.0f} Celery round trips = "
+            f"the first breaching sample: half the window beyond, at least 3 samples) = {beyond:.2f} s = "
+            f"{beyond / celery_p50:,.0f} Celery round trips = "
             f"{beyond / http_p50:,.0f} bare HTTP requests; inherent in it: the evaluation debounce "
             f"({settings.ROLLOUT_EVALUATION_DEBOUNCE_SECONDS:g} s; beat evaluates every "
             f"{settings.ROLLOUT_EVALUATION_SECONDS:g} s)")

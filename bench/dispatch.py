@@ -384,7 +384,8 @@ def measured(spec: dict) -> dict:
 
 def report(name: str, result: dict, bare_rps: float | None = None) -> None:
     ratio = f"  {result['rps'] / bare_rps:6.1%} of bare" if bare_rps else ""
-    cpu = "  CPU/req " + " ".join(f"{k} {v:.2f}" for k, v in result["cpu_ms"].items()) + " ms" if "cpu_ms" in result else ""
+    cpu = ("  CPU/req " + " ".join(f"{k} {v:.2f}" for k, v in result["cpu_ms"].items()) + " ms"
+           if "cpu_ms" in result else "")
     print(f"{name:34} {result['rps']:8.1f} req/s  p50 {result['p50_ms']:6.1f} ms  p99 {result['p99_ms']:6.1f} ms"
           f"{ratio}{cpu}  {result['statuses']} {result['decisions'] or ''}")
 
@@ -436,7 +437,8 @@ def pgbench_script(spec: dict) -> str:
     write = cursor.mogrify(floor_write_sql(), floor_params(body, "KEY", digest, row))
     # Every transaction a key of its own, as every dispatch has.
     write = write.replace("'KEY'", "gen_random_uuid()::text", 1)
-    return "\n".join(" ".join(statement.split()) + ";" for statement in f"{read};{write}".split(";\n") if statement.strip())
+    return "\n".join(" ".join(statement.split()) + ";" for statement in f"{read};{write}".split(";\n")
+                     if statement.strip())
 
 
 def rules_cost(spec: dict) -> dict:
@@ -494,7 +496,7 @@ def rules_cost(spec: dict) -> dict:
         t7 = tick()
         assert verdict.code == answer.code == "allowed_by_rule" and verdict.rule.number == len(live) == RULES
         if i >= spec["warmup"]:
-            for step, took in zip(steps, (t1 - t0, t2 - t1, load, t4 - t3, t5 - t4, t6 - t5, t7 - t6)):
+            for step, took in zip(steps, (t1 - t0, t2 - t1, load, t4 - t3, t5 - t4, t6 - t5, t7 - t6), strict=True):
                 times[step].append(took * 1e6)
     return {step: percentile(values, 50) for step, values in times.items()}
 
@@ -515,7 +517,7 @@ def report_rules(args: argparse.Namespace, ruled: list[dict], unruled: list[dict
         print(f"{name:34} {mean([x['rps'] for x in runs]):8.1f} req/s  (runs {rates})  server CPU/req "
               f"{mean([cpu(x) for x in runs]):.2f} ms")
     worker_us = args.workers / r * 1e6
-    pairs = ", ".join(f"{1 - a['rps'] / b['rps']:+.1%}" for a, b in zip(ruled, unruled))
+    pairs = ", ".join(f"{1 - a['rps'] / b['rps']:+.1%}" for a, b in zip(ruled, unruled, strict=True))
     ruled_cpu, unruled_cpu = mean([cpu(x) for x in ruled]), mean([cpu(x) for x in unruled])
     print(f"{'':34} the {RULES} rules cost {worker_us - args.workers / n * 1e6:+.0f} µs of worker time per dispatch, "
           f"{1 - r / n:+.1%} of a dispatch with them (pairs {pairs}); server CPU {ruled_cpu:.2f} vs "
@@ -596,8 +598,8 @@ def main() -> None:
         if alone is None:
             print("database alone: pgbench not found, skipped")
         else:
-            print(f"{'database alone: the floor via pgbench':34} {alone:8.1f} tx/s  ({args.workers} connections, no web "
-                  f"server)  {alone / bare_result['rps']:6.1%} of bare")
+            print(f"{'database alone: the floor via pgbench':34} {alone:8.1f} tx/s  "
+                  f"({args.workers} connections, no web server)  {alone / bare_result['rps']:6.1%} of bare")
         for name, spec, result in (("allow", allow, allow_result), ("pending", pending, pending_result)):
             half = max(1.0, result["rps"] / 2)
             paced = run_load({**spec, "rate": half})

@@ -33,7 +33,8 @@ START = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 STEP = dt.timedelta(milliseconds=500)
 
 # Realistic variety: who, what, about what, why.
-ACTORS = [("user", "12", "alice"), ("user", "14", "sam"), ("service", "3", "refund-bot"), ("system", "", "system:timer")]
+ACTORS = [("user", "12", "alice"), ("user", "14", "sam"), ("service", "3", "refund-bot"),
+          ("system", "", "system:timer")]
 ACTIONS = ["approval.requested", "approval.decided", "approval.approved", "approval.escalated",
            "rollout.signal_breached", "rollout.rollback_executed", "workflow.paused"]
 WORKFLOWS = ["refund-agent", "account-disable-agent", "support-reply-prompt"]
@@ -101,7 +102,8 @@ def chain_rows(count: int) -> Iterator[str]:
             prefix = (START + dt.timedelta(seconds=second)).replace(tzinfo=None).isoformat()
         at = prefix + (".500000Z" if seq % 2 else ".000000Z")
         data = '{"level":%d,"n":%d,"verdict":"%s"}' % (seq % 3, seq, VERDICTS[seq % 3])
-        canonical = CANONICAL % (action, actor_id, kind, label, at, data, reason, seq, subject_id, subject_type, workflow)
+        canonical = CANONICAL % (action, actor_id, kind, label, at, data, reason, seq, subject_id, subject_type,
+                                 workflow)
         digest = sha256(fromhex(prev) + canonical.encode()).hexdigest()
         yield "\t".join((str(seq), at, kind, actor_id, label, action, subject_type, subject_id, workflow, reason,
                          data, canonical, prev, digest)) + "\n"
@@ -232,7 +234,8 @@ def main() -> int:
             share = rate / copy_rate * 100
             flat = r["growth_mib"] <= max(64.0, 2 * small[fmt]["growth_mib"] + 16)
             ok &= share >= 50 and flat and r["events"] == EVENTS
-            log(f"{fmt:5} export: {r['events']:,} events, {r['mb']:,.0f} MB in {r['seconds']:.2f} s = {rate:,.0f} events/s "
+            log(f"{fmt:5} export: {r['events']:,} events, {r['mb']:,.0f} MB in {r['seconds']:.2f} s = "
+                f"{rate:,.0f} events/s "
                 f"= {share:.0f} % of \\copy (target ≥ 50 %)")
             log(f"       memory: +{r['growth_mib']:.1f} MiB peak over {r['rss_before_mib']:.0f} MiB while streaming "
                 f"{r['events']:,} events; +{small[fmt]['growth_mib']:.1f} MiB for {small[fmt]['events']:,} "

@@ -22,10 +22,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psycopg
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import psycopg
 from export import log, scratch_database  # noqa: E402  (bench/ is the script's directory)
 
 BATCH = int(os.environ.get("BENCH_BATCH", "10000"))
@@ -62,8 +63,8 @@ def setup() -> dict:
                     "min_soak": dt.timedelta(days=1)},
                    {"segment_kind": "account_type", "segment_value": "pro", "exposure_percent": 100,
                     "min_soak": dt.timedelta(days=1), "approval_point": True}],
-            criteria=[{"metric": metric["cost_per_task"], "operator": "lte", "threshold": 1, "window": dt.timedelta(hours=1),
-                       "min_samples": 10}],
+            criteria=[{"metric": metric["cost_per_task"], "operator": "lte", "threshold": 1,
+                       "window": dt.timedelta(hours=1), "min_samples": 10}],
             triggers=[{"metric": metric["latency_p95_ms"], "operator": "gt", "threshold": 10_000,
                        "sustained_for": dt.timedelta(minutes=5), "min_samples": 3, "severity": "critical"}])
         plans[variant] = services.start_rollout(plan.pk, actor=admin)

@@ -66,7 +66,8 @@ def main() -> int:
 
             # The bytes every verifier must hash, held in memory so the baseline is hashing only.
             pairs = [(bytes.fromhex(prev), canonical.encode("utf-8")) for prev, canonical in
-                     AuditEvent.objects.order_by("seq").values_list("prev_hash", "canonical").iterator(chunk_size=20_000)]
+                     AuditEvent.objects.order_by("seq").values_list("prev_hash", "canonical")
+                     .iterator(chunk_size=20_000)]
             PAIRS[:] = pairs
             sha256, workers = hashlib.sha256, default_workers()
             shares = [(len(pairs) * i // workers, len(pairs) * (i + 1) // workers) for i in range(workers)]
@@ -74,14 +75,15 @@ def main() -> int:
             list(pool.map(_hash_share, [0] * workers, [1] * workers))  # forked, holding PAIRS, before it is timed
 
             def bare_parallel() -> int:
-                return sum(pool.map(_hash_share, *zip(*shares)))
+                return sum(pool.map(_hash_share, *zip(*shares, strict=True)))
 
             def script(*options: str) -> Callable[[], Report]:
                 """The script as an auditor runs it: its own process, the export and the key file."""
                 def run() -> Report:
-                    done = subprocess.run([sys.executable, str(SCRIPT), str(path), "--key-file", str(key_file), *options],
-                                          capture_output=True, text=True, check=False)
-                    return Report(events=int(done.stdout.split()[1])) if done.returncode == 0 else Report(problems=[done.stdout + done.stderr])
+                    done = subprocess.run([sys.executable, str(SCRIPT), str(path), "--key-file", str(key_file),
+                                           *options], capture_output=True, text=True, check=False)
+                    return (Report(events=int(done.stdout.split()[1])) if done.returncode == 0
+                            else Report(problems=[done.stdout + done.stderr]))
                 return run
 
             def rows_alone() -> int:
@@ -89,8 +91,8 @@ def main() -> int:
                 the floor under any verifier that reads the chain from the database."""
                 count = 0
                 with transaction.atomic(), connection.connection.cursor() as cursor:
-                    for _ in cursor.stream("SELECT seq, prev_hash, hash, canonical FROM governance_auditevent ORDER BY seq",
-                                           size=audit.FAST_VERIFY_CHUNK):
+                    for _ in cursor.stream("SELECT seq, prev_hash, hash, canonical FROM governance_auditevent "
+                                           "ORDER BY seq", size=audit.FAST_VERIFY_CHUNK):
                         count += 1
                 return count
 
@@ -134,8 +136,9 @@ def main() -> int:
         log(f"\nthe verifier an auditor runs on an export: {share:.0f} % of bare SHA-256 (target ≥ 50 %): "
             + ("target met" if share >= 50 else "target missed"))
         rows = EVENTS / timings["database rows alone, streamed unchecked"] / base * 100
-        log(f"the verify page's database pass ({EVENTS / timings['database chain (verify page)'] / base * 100:.0f} %) also "
-            f"checks every column against the hashed contents; streaming the rows out of PostgreSQL alone is {rows:.0f} %")
+        log(f"the verify page's database pass ({EVENTS / timings['database chain (verify page)'] / base * 100:.0f} %) "
+            "also checks every column against the hashed contents; streaming the rows out of PostgreSQL alone is "
+            f"{rows:.0f} %")
     return 0
 
 

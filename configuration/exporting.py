@@ -59,7 +59,8 @@ def document() -> dict:
             actions.append(item)
         if actions:
             entry["actions"] = actions
-        policies = [{"mode": key.split("/")[1], "hours": key.split("/")[2], "terminal_action": policy["terminal_action"],
+        policies = [{"mode": key.split("/")[1], "hours": key.split("/")[2],
+                     "terminal_action": policy["terminal_action"],
                      "levels": [{k: v for k, v in level.items() if v or k == "timeout_seconds"}
                                 for level in policy["levels"]]}
                     for key, policy in by_kind.get("policy", {}).items() if key.split("/")[0] == slug]

@@ -46,7 +46,6 @@ from governance import audit
 from governance import services as governance_services
 from governance.errors import TransitionRefused
 from governance.models import ContainmentAssignment, GovernedAction, ServiceAccount, Workflow
-from governance.permissions import SCOPED_PERMISSIONS
 from rollouts import metrics as rollout_metrics
 from rollouts import services as rollout_services
 from rollouts.models import Metric, RolloutPlan
@@ -306,13 +305,14 @@ def _check(doc: Document, wanted: dict, source: Source | None) -> None:
     workflows = {wf.slug for wf in doc.workflows} | set(Workflow.objects.values_list("slug", flat=True))
     roles = set(Group.objects.values_list("name", flat=True))
     seen: dict[tuple, tuple] = {}
-    for (kind, key), (fields, where) in wanted.items():
+    for (kind, key), (_fields, where) in wanted.items():
         if (kind, key) in seen and kind in ("workflow", "action", "metric", "service_account", "policy", "plan"):
             problem(where, "", f"{kind} {key} is declared twice")
         seen[(kind, key)] = where
     for i, account in enumerate(doc.service_accounts):
         if account.owner not in people:
-            problem(("service_accounts", i, "owner"), f"service_accounts[{i}].owner", f"no active user {account.owner!r}")
+            problem(("service_accounts", i, "owner"), f"service_accounts[{i}].owner",
+                    f"no active user {account.owner!r}")
         for j, slug in enumerate(account.workflows):
             if slug not in workflows:
                 problem(("service_accounts", i, "workflows", j), f"service_accounts[{i}].workflows[{j}]",
@@ -354,7 +354,8 @@ def _check(doc: Document, wanted: dict, source: Source | None) -> None:
                 path = (*at, "escalation_policies", j, "levels", k)
                 label = f"workflows[{i}].escalation_policies[{j}].levels[{k}]"
                 if k == 0 and level.replaces:
-                    problem((*path, "replaces"), f"{label}.replaces", "the first level has no previous level to replace")
+                    problem((*path, "replaces"), f"{label}.replaces",
+                            "the first level has no previous level to replace")
                 if not level.roles and not level.people:
                     problem(path, label, "a level names nobody: give roles or people")
                 for m, person in enumerate(level.people):
@@ -535,7 +536,8 @@ def _apply_plan(change: Change, actor: AbstractBaseUser, full: dict) -> None:
             no_data_after=None if t["no_data_after_seconds"] is None else timedelta(seconds=t["no_data_after_seconds"]))
         triggers.append(trigger)
     if change.op == "create":
-        plan = rollout_services.create_plan(actor=actor, workflow=workflow, fields={**fields, "release_version": version},
+        plan = rollout_services.create_plan(actor=actor, workflow=workflow,
+                                            fields={**fields, "release_version": version},
                                             rings=rings, criteria=criteria, triggers=triggers)
     else:
         plan = (RolloutPlan.objects.filter(workflow=workflow, release_version=version,

@@ -98,7 +98,8 @@ class RingfenceAPI(NinjaAPI):
             for operation in path_item.values():
                 responses = operation.setdefault("responses", {})
                 for status in ERROR_STATUSES:
-                    responses.setdefault(str(status), {"description": problems.STATUS_CODES[status].replace("_", " "), **problem})
+                    responses.setdefault(str(status),
+                                         {"description": problems.STATUS_CODES[status].replace("_", " "), **problem})
                 _document_idempotency(operation)
         return schema
 

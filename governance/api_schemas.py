@@ -67,6 +67,7 @@ def _no_nul(value: str) -> str:
 
 
 JsonObject = Annotated[dict[str, Any], AfterValidator(_bounded),
-                       Field(description=f"A JSON object, at most {MAX_JSON_BYTES // 1024} KB and {MAX_JSON_DEPTH} levels deep.")]
+                       Field(description=f"A JSON object, at most {MAX_JSON_BYTES // 1024} KB "
+                                         f"and {MAX_JSON_DEPTH} levels deep.")]
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 Text = Annotated[str, AfterValidator(_no_nul)]

@@ -24,7 +24,8 @@ def grant_administrator_model_permissions(sender, **kwargs) -> None:
     for role in Role:
         Group.objects.using(using).get_or_create(name=role)
     group = Group.objects.using(using).get(name=Role.ADMINISTRATOR)
-    perms = Permission.objects.using(using).filter(content_type__app_label__in=["auth", "governance", "guardian"]).exclude(
+    perms = Permission.objects.using(using).filter(
+        content_type__app_label__in=["auth", "governance", "guardian"]).exclude(
         codename__in=["approve_workflow", "contain_workflow", "manage_rollouts",
                       "change_auditevent", "delete_auditevent", "add_auditevent",
                       "change_auditcheckpoint", "delete_auditcheckpoint", "add_auditcheckpoint"]

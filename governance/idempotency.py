@@ -39,13 +39,13 @@ from django.conf import settings
 from django.db import OperationalError, connection, transaction
 from django.http import HttpRequest, HttpResponse
 from ninja import Status
-from psycopg.errors import LockNotAvailable
 from ninja.responses import NinjaJSONEncoder
+from psycopg.errors import LockNotAvailable
 from pydantic import BaseModel
 
 from governance import clock
-from governance.db import row_of_batch
 from governance.api_auth import service_account_of
+from governance.db import row_of_batch
 from governance.models import IdempotencyKey
 from governance.problems import FieldError, Problem, handle_exception, problem_for, problem_response
 
@@ -259,7 +259,8 @@ def idempotent(*, required: bool = True) -> Callable[[Callable[..., Any]], Calla
             if key is None:
                 if required:
                     raise Problem(400, "idempotency_key_missing",
-                                  "Send an Idempotency-Key header (a fresh UUID per intended action; reuse it on retries).",
+                                  "Send an Idempotency-Key header "
+                                  "(a fresh UUID per intended action; reuse it on retries).",
                                   errors=[FieldError(HEADER, "This header is required.", "header")])
                 return view(request, *args, **kwargs)
             return run_once(request, key, lambda: view(request, *args, **kwargs))

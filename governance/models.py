@@ -87,13 +87,15 @@ class Workflow(models.Model):
             ("manage_rollouts", "Write and start rollout plans of this workflow"),
         ]
         constraints = [
-            models.CheckConstraint(condition=Q(environment__in=["staging", "production"]), name="workflow_environment_valid"),
+            models.CheckConstraint(condition=Q(environment__in=["staging", "production"]),
+                                   name="workflow_environment_valid"),
             models.CheckConstraint(condition=Q(autonomy_tier__in=[1, 2, 3]), name="workflow_tier_valid"),
             models.CheckConstraint(
                 condition=Q(off_hours_tier__isnull=True) | Q(off_hours_tier__in=[1, 2, 3]),
                 name="workflow_off_hours_tier_valid",
             ),
-            models.CheckConstraint(condition=Q(business_start__lt=models.F("business_end")), name="workflow_hours_ordered"),
+            models.CheckConstraint(condition=Q(business_start__lt=models.F("business_end")),
+                                   name="workflow_hours_ordered"),
             models.CheckConstraint(condition=Q(paused=False) | ~Q(paused_reason=""), name="workflow_pause_has_reason"),
         ]
 
@@ -104,6 +106,8 @@ class Workflow(models.Model):
         return reverse("governance:workflow_detail", args=[self.slug])
 
     def clean(self) -> None:
+        if self.holidays is None:  # a form left empty: no holidays
+            self.holidays = []
         if self.business_start and self.business_end and self.business_start >= self.business_end:
             raise ValidationError({"business_end": "Business hours must end after they start."})
 
@@ -139,7 +143,8 @@ class GovernedAction(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["workflow", "name"], name="governed_action_unique_name"),
             models.CheckConstraint(condition=Q(quorum__gte=1) & Q(quorum__lte=9), name="governed_action_quorum_range"),
-            models.CheckConstraint(condition=Q(risk__in=["low", "medium", "high", "critical"]), name="governed_action_risk_valid"),
+            models.CheckConstraint(condition=Q(risk__in=["low", "medium", "high", "critical"]),
+                                   name="governed_action_risk_valid"),
         ]
 
     def __str__(self) -> str:
@@ -236,10 +241,12 @@ class ApiToken(models.Model):
     prefix = models.CharField(max_length=TOKEN_PREFIX_LENGTH, db_index=True)
     digest = models.CharField(max_length=64, unique=True)
     created_at = models.DateTimeField(auto_now_add=True)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
+                                   related_name="+")
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
-    revoked_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    revoked_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
+                                   related_name="+")
 
     objects = ApiTokenQuerySet.as_manager()
 
@@ -314,8 +321,10 @@ class IdempotencyKey(models.Model):
         IN_FLIGHT = "in_flight", "in flight"
         COMPLETED = "completed"
 
-    service_account = models.ForeignKey(ServiceAccount, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    service_account = models.ForeignKey(ServiceAccount, null=True, blank=True, on_delete=models.CASCADE,
+                                        related_name="+")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE,
+                             related_name="+")
     key = models.CharField(max_length=255)
     fingerprint = models.CharField(max_length=64)
     method = models.CharField(max_length=10)
@@ -338,7 +347,8 @@ class IdempotencyKey(models.Model):
                 | (Q(service_account__isnull=True) & Q(user__isnull=False)),
                 name="idempotency_key_one_owner",
             ),
-            models.CheckConstraint(condition=Q(state__in=["in_flight", "completed"]), name="idempotency_key_state_valid"),
+            models.CheckConstraint(condition=Q(state__in=["in_flight", "completed"]),
+                                   name="idempotency_key_state_valid"),
             models.CheckConstraint(condition=Q(state="in_flight") | Q(response_status__isnull=False),
                                    name="idempotency_key_completed_has_response"),
         ]

@@ -227,8 +227,10 @@ def _from_parse_error(cause: BaseException | None) -> Problem:
         return Problem(415, "unsupported_media_type", "Send the body as application/json.",
                        errors=[FieldError("Content-Type", f"{cause} is not accepted.", "header")])
     if isinstance(cause, NonFiniteNumbers):
-        return Problem(422, "non_finite_number", "Numbers must be finite: NaN, Infinity and overflowing values are refused.",
-                       errors=[FieldError(path, "Not a finite number.", "body", "finite_number") for path in cause.paths])
+        return Problem(422, "non_finite_number",
+                       "Numbers must be finite: NaN, Infinity and overflowing values are refused.",
+                       errors=[FieldError(path, "Not a finite number.", "body", "finite_number")
+                               for path in cause.paths])
     if isinstance(cause, RequestDataTooBig):
         return too_large()
     if isinstance(cause, UnicodeDecodeError):
@@ -236,7 +238,8 @@ def _from_parse_error(cause: BaseException | None) -> Problem:
     if isinstance(cause, RecursionError):
         return Problem(400, "malformed_body", "The body nests too deeply.")
     if isinstance(cause, json.JSONDecodeError):
-        return Problem(400, "malformed_body", f"The body is not valid JSON: {cause.msg} at line {cause.lineno} column {cause.colno}.")
+        return Problem(400, "malformed_body",
+                       f"The body is not valid JSON: {cause.msg} at line {cause.lineno} column {cause.colno}.")
     return Problem(400, "malformed_body", "The body could not be read as JSON.")
 
 
@@ -256,7 +259,8 @@ def problem_for(exc: BaseException) -> Problem:
                        errors=_validation_errors(exc.errors))
     if isinstance(exc, Throttled):
         headers = {"Retry-After": str(max(1, math.ceil(exc.wait or 1)))}
-        return Problem(429, "rate_limited", "Too many requests with this token; retry after the delay given.", headers=headers)
+        return Problem(429, "rate_limited", "Too many requests with this token; retry after the delay given.",
+                       headers=headers)
     if isinstance(exc, AuthenticationError):
         return Problem(401, "unauthenticated", "Send a valid, unrevoked token as 'Authorization: Bearer <token>'.",
                        headers={"WWW-Authenticate": 'Bearer realm="ringfence"'})
@@ -264,7 +268,8 @@ def problem_for(exc: BaseException) -> Problem:
         if exc.status_code == 400 and exc.__cause__ is not None:
             return _from_parse_error(exc.__cause__)
         if exc.status_code == 403 and "CSRF" in exc.message:
-            return Problem(403, "csrf_failed", "Browser sessions must send the X-CSRFToken header; agents use a bearer token.")
+            return Problem(403, "csrf_failed",
+                           "Browser sessions must send the X-CSRFToken header; agents use a bearer token.")
         return Problem(exc.status_code, STATUS_CODES.get(exc.status_code, "error"), exc.message)
     if isinstance(exc, (RequestDataTooBig, TooManyFieldsSent)):
         return too_large()

@@ -83,7 +83,8 @@ def create_workflow(*, actor: AbstractBaseUser, slug: str, name: str, **fields: 
         with transaction.atomic():
             workflow.save()
     except IntegrityError:
-        raise TransitionRefused("conflict", f"A workflow {slug!r} was created at the same moment.", field="slug") from None
+        raise TransitionRefused("conflict", f"A workflow {slug!r} was created at the same moment.",
+                                field="slug") from None
     if not is_administrator(actor):
         for codename in (VIEW, MANAGE_ROLLOUTS):
             assign_perm(perm(codename), actor, workflow)
@@ -170,7 +171,8 @@ def assign_containment(workflow_id: int, *, actor: AbstractBaseUser, user: Abstr
     require(is_administrator(actor) or actor.has_perm(perm(MANAGE_ROLLOUTS), workflow), "forbidden",
             "You may not assign containment owners of this workflow.")
     require(duty in ContainmentAssignment.Duty.values, "invalid", f"Unknown duty {duty!r}.", field="duty")
-    require(position in ContainmentAssignment.Position.values, "invalid", f"Unknown position {position!r}.", field="position")
+    require(position in ContainmentAssignment.Position.values, "invalid", f"Unknown position {position!r}.",
+            field="position")
     require(user.is_active, "invalid", f"{user.get_username()} is not an active user.", field="user")
     existing = workflow.containment.filter(duty=duty)
     require(not existing.filter(user=user).exists(), "conflict",
@@ -182,9 +184,11 @@ def assign_containment(workflow_id: int, *, actor: AbstractBaseUser, user: Abstr
                 "remove them first or assign a backup.")
     try:
         with transaction.atomic():
-            assignment = ContainmentAssignment.objects.create(workflow=workflow, user=user, duty=duty, position=position)
+            assignment = ContainmentAssignment.objects.create(workflow=workflow, user=user, duty=duty,
+                                                              position=position)
     except IntegrityError:
-        raise TransitionRefused("conflict", "Someone assigned this duty at the same moment; reload and retry.") from None
+        raise TransitionRefused("conflict",
+                                "Someone assigned this duty at the same moment; reload and retry.") from None
     for codename in (VIEW, CONTAIN):
         assign_perm(perm(codename), user, workflow)
     audit.record(actor, "containment.assigned", assignment, workflow=workflow,
@@ -404,7 +408,8 @@ def issue_token(service_account_id: int, *, actor: AbstractBaseUser, label: str 
         service_account=account, label=label[:100], prefix=raw[:TOKEN_PREFIX_LENGTH],
         digest=ApiToken.digest_of(raw), created_by=actor,
     )
-    audit.record(actor, "token.issued", token, data={"service_account": account.name, "prefix": token.prefix, "label": label[:100]})
+    audit.record(actor, "token.issued", token,
+                 data={"service_account": account.name, "prefix": token.prefix, "label": label[:100]})
     return IssuedToken(token=token, raw=raw)
 
 
@@ -429,7 +434,8 @@ def define_action(workflow_id: int, *, actor: AbstractBaseUser, name: str, risk:
     workflow = _lock_workflow(workflow_id)
     require(is_administrator(actor) or actor.has_perm(perm(MANAGE_ROLLOUTS), workflow), "forbidden",
             "You may not change the governed actions of this workflow.")
-    action = GovernedAction.objects.filter(workflow=workflow, name=name).first() or GovernedAction(workflow=workflow, name=name)
+    action = (GovernedAction.objects.filter(workflow=workflow, name=name).first()
+              or GovernedAction(workflow=workflow, name=name))
     action.risk, action.quorum, action.description = risk, quorum, description
     _validated(action)
     action.save()

@@ -217,7 +217,8 @@ if APPROVALS_WEBHOOK_URL:
     if not APPROVALS_WEBHOOK_URL.startswith(("http://", "https://")):
         raise ImproperlyConfigured("APPROVALS_WEBHOOK_URL must start with http:// or https://.")
     if len(APPROVALS_WEBHOOK_SECRET) < 32:
-        raise ImproperlyConfigured("APPROVALS_WEBHOOK_SECRET must be set (at least 32 characters) with APPROVALS_WEBHOOK_URL.")
+        raise ImproperlyConfigured(
+            "APPROVALS_WEBHOOK_SECRET must be set (at least 32 characters) with APPROVALS_WEBHOOK_URL.")
 APPROVALS_WEBHOOK_TIMEOUT_SECONDS = env_float("APPROVALS_WEBHOOK_TIMEOUT_SECONDS", 5.0, minimum=0.1)
 APPROVALS_REMINDER_SECONDS = env_int("APPROVALS_REMINDER_SECONDS", 120, minimum=0)
 # An approved agent action is claimed within this long or expires; an execution's outcome is
@@ -385,7 +386,8 @@ if len(ROLLOUT_WEBHOOK_SECRET) < 32:
     raise ImproperlyConfigured("ROLLOUT_WEBHOOK_SECRET must be at least 32 characters long.")
 CELERY_BEAT_SCHEDULE["rollouts-evaluate-live-plans"] = {
     "task": "rollouts.tasks.evaluate_live_plans", "schedule": ROLLOUT_EVALUATION_SECONDS}
-CELERY_BEAT_SCHEDULE["rollouts-sweep-actions"] = {"task": "rollouts.tasks.sweep_actions", "schedule": ROLLOUT_SWEEP_SECONDS}
+CELERY_BEAT_SCHEDULE["rollouts-sweep-actions"] = {
+    "task": "rollouts.tasks.sweep_actions", "schedule": ROLLOUT_SWEEP_SECONDS}
 # The zero-setup demo keeps its live rollouts' signals flowing (never on unless asked, outside zero-setup).
 ROLLOUT_DEMO_SIGNALS = env_bool("ROLLOUT_DEMO_SIGNALS", ZERO_SETUP)
 if ROLLOUT_DEMO_SIGNALS:

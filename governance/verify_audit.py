@@ -346,7 +346,8 @@ def _lines(fh: BinaryIO, start: int = 0, end: int | None = None) -> Iterator[byt
     return iter(mapped.readline, b"")
 
 
-def _walk_export(fh: BinaryIO, walk: _Walk, checkpoints: list[Checkpoint], offset: int = 0, lines_before: int = 0) -> None:
+def _walk_export(fh: BinaryIO, walk: _Walk, checkpoints: list[Checkpoint], offset: int = 0,
+                 lines_before: int = 0) -> None:
     """The walk over an export file from byte `offset` (after `lines_before` lines, all events the
     walk accepted). Lines in the exporter's layout are checked on their bytes; the first that
     is not exactly as expected is handed to the walk's own checks, and the byte checks resume from
@@ -438,15 +439,16 @@ def _parallel_prefix(path: str, walk: _Walk, checkpoints: list[Checkpoint], work
             fh.seek(size * i // workers)
             fh.readline()
             cuts.append(fh.tell())
-    stretches = [(a, b) for a, b in zip(cuts, [*cuts[1:], size]) if a < b]
+    stretches = [(a, b) for a, b in zip(cuts, [*cuts[1:], size], strict=True) if a < b]
     # fork is cheap and the stretches need nothing from the parent, but forking a threaded process
     # is unsafe: then each process starts afresh
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1 else "spawn"
     offset = lines = 0
     try:
         with ProcessPoolExecutor(len(stretches), mp_context=multiprocessing.get_context(method)) as pool:
-            results = pool.map(_check_stretch, repeat(path), *zip(*stretches), repeat(walk.wanted))
-            for (_, end), (seq, prev_hex, expected, last_hex, count, met, whole, hashes) in zip(stretches, results):
+            results = pool.map(_check_stretch, repeat(path), *zip(*stretches, strict=True), repeat(walk.wanted))
+            for (_, end), (seq, prev_hex, expected, last_hex, count, met, whole, hashes) in zip(
+                    stretches, results, strict=True):
                 if not whole or seq != walk.expected_seq or prev_hex != walk.prev:
                     break
                 walk.hashes.update(hashes)

@@ -70,7 +70,8 @@ class SampleIn(BaseModel):
     observed_at: AwareDatetime = Field(description="When the sample was measured, with its time zone.")
     segment: str = Field(default="", max_length=120, pattern=SEGMENT,
                          description="`kind:value` of the segment it was measured in, e.g. internal_team:support-ops.")
-    ring: int | None = Field(default=None, ge=0, le=100, description="Ring order; derived from the segment when absent.")
+    ring: int | None = Field(default=None, ge=0, le=100,
+                             description="Ring order; derived from the segment when absent.")
 
 
 class SignalsIn(BaseModel):
@@ -169,9 +170,9 @@ def post_signals(request: HttpRequest, payload: SignalsIn) -> SignalsOut:
     ring_of_segment = {seg: _ring_of(rings, seg) if seg else None for seg in segments}
     derived = map(ring_of_segment.__getitem__, segment_col)
     ring_values = derived if not given_rings else (  # a sample's own ring comes first
-        ring if ring is not None else of_segment for ring, of_segment in zip(ring_col, derived))
+        ring if ring is not None else of_segment for ring, of_segment in zip(ring_col, derived, strict=True))
     rows = list(zip(map(metrics.__getitem__, metric_col), ring_values, segment_col, observed_col,
-                    [s.value for s in samples]))
+                    [s.value for s in samples], strict=True))
     result = services.ingest_signals(plan, rows)
     return SignalsOut(plan=plan.pk, received=result.received, stored=result.stored, duplicates=result.duplicates,
                       late=result.late, evaluation="scheduled")
@@ -277,7 +278,8 @@ def route(
 
 class ContextTagIn(Command):
     workflow: str = Field(pattern=SLUG)
-    plan: int | None = Field(default=None, ge=1, le=MAX_ID, description="Only this plan; all the workflow's when absent.")
+    plan: int | None = Field(default=None, ge=1, le=MAX_ID,
+                             description="Only this plan; all the workflow's when absent.")
     kind: Literal[tuple(ContextTag.Kind.values)]  # type: ignore[valid-type]
     metric: str | None = Field(default=None, pattern=SLUG)
     expected_change_percent: Annotated[Finite, Field(gt=0, le=1000)] | None = None
@@ -359,7 +361,8 @@ class ContainmentIn(Command):
     mode: Literal[tuple(FallbackMode.values)] | None = Field(  # type: ignore[valid-type]
         default=None, description="fallback: the mode to engage (the plan's own by default).")
     to_ring: int | None = Field(default=None, ge=0, le=100, description="narrow: back to this ring.")
-    exposure_percent: int | None = Field(default=None, ge=0, le=100, description="narrow: lower the current ring's exposure.")
+    exposure_percent: int | None = Field(default=None, ge=0, le=100,
+                                         description="narrow: lower the current ring's exposure.")
 
 
 ContainmentAction = Literal["pause", "resume", "narrow", "expand", "complete", "fallback", "rollback"]

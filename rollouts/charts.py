@@ -90,20 +90,20 @@ def bars(key: str, title: str, labels: Sequence[str], series: dict[str, Sequence
          rows: list[Sequence[object]], y_title: str = "", stacked: bool = False, colors: Sequence[str] = SERIES,
          note: str = "") -> Chart:
     fig = figure(barmode="stack" if stacked else "group", yaxis={"title": {"text": y_title}}, hovermode="closest")
-    for (name, values), color in zip(series.items(), colors):
+    for (name, values), color in zip(series.items(), colors, strict=False):
         fig.add_trace(go.Bar(name=name, x=list(labels), y=list(values), marker_color=color))
     return Chart(key, title, fig, columns, rows, note)
 
 
 def timeline(key: str, title: str, series: dict[str, tuple[Sequence[datetime | date], Sequence[float]]], *,
-             columns: Sequence[str], rows: list[Sequence[object]], y_title: str = "", modes: dict[str, str] | None = None,
-             note: str = "") -> Chart:
+             columns: Sequence[str], rows: list[Sequence[object]], y_title: str = "",
+             modes: dict[str, str] | None = None, note: str = "") -> Chart:
     daily = all(not isinstance(t, datetime) for times, _ in series.values() for t in times)
     xaxis = {"title": {"text": "UTC"}, "type": "date"}
     if daily:
         xaxis.update(title={"text": "day (UTC)"}, tickformat="%Y-%m-%d", dtick=86_400_000)
     fig = figure(xaxis=xaxis, yaxis={"title": {"text": y_title}})
-    for (name, (times, values)), color in zip(series.items(), SERIES):
+    for (name, (times, values)), color in zip(series.items(), SERIES, strict=False):
         mode = (modes or {}).get(name, "lines+markers")
         if mode == "bars":
             fig.add_trace(go.Bar(name=name, x=[utc(t) for t in times], y=list(values), marker_color=color))
@@ -153,7 +153,8 @@ def signal_chart(key: str, title: str, unit: str, points: Sequence[tuple[datetim
         shapes.append({"type": "rect", "xref": "x", "yref": "paper", "x0": utc(tag.start), "x1": utc(tag.end),
                        "y0": 0, "y1": 1, "fillcolor": "rgba(178,94,9,0.14)", "line": {"width": 0}, "layer": "below"})
         annotations.append({"x": utc(tag.start), "y": 1, "xref": "x", "yref": "paper", "text": tag.label,
-                            "showarrow": False, "xanchor": "left", "yanchor": "bottom", "font": {"color": WARN, "size": 10}})
+                            "showarrow": False, "xanchor": "left", "yanchor": "bottom",
+                            "font": {"color": WARN, "size": 10}})
     for ring in rings:
         shapes.append({"type": "line", "xref": "x", "yref": "paper", "x0": utc(ring.start), "x1": utc(ring.start),
                        "y0": 0, "y1": 1, "line": {"color": MUTED, "dash": "dot", "width": 1}})

@@ -89,7 +89,8 @@ class PlanRow:
 
 def health_of(plan: RolloutPlan, now: datetime) -> tuple[str, str]:
     """A short verdict a manager reads at a glance, and its colour (ok, warn, danger)."""
-    closed = {RolloutPlan.State.COMPLETED: ("completed", "ok"), RolloutPlan.State.ROLLED_BACK: ("rolled back", "danger"),
+    closed = {RolloutPlan.State.COMPLETED: ("completed", "ok"),
+              RolloutPlan.State.ROLLED_BACK: ("rolled back", "danger"),
               RolloutPlan.State.DRAFT: ("not started", ""), RolloutPlan.State.READY: ("ready to start", "")}
     if not plan.is_live:
         return closed[plan.state]
@@ -158,7 +159,8 @@ def sla_pending(scope: Scope) -> charts.Chart:
         left = (due_at - scope.now).total_seconds()
         counts[next(label for label, bound in TIME_LEFT if bound is None or left < bound)] += 1
     labels = [label for label, _ in TIME_LEFT]
-    return charts.bars("sla-pending", "Pending requests by time left", labels, {"pending": [counts[lb] for lb in labels]},
+    return charts.bars("sla-pending", "Pending requests by time left", labels,
+                       {"pending": [counts[lb] for lb in labels]},
                        y_title="requests", columns=("time left", "pending requests"),
                        rows=[(lb, counts[lb]) for lb in labels], colors=[charts.WARN])
 
@@ -186,9 +188,11 @@ def sla_escalations(scope: Scope) -> charts.Chart:
             action="approval.escalated", occurred_at__gte=scope.start).values_list("data", flat=True))
     ordered = sorted(level for level in levels if isinstance(level, int))
     labels = [f"level {level + 1}" for level in ordered]
-    return charts.bars("sla-escalations", "Escalations per level", labels, {"escalations": [levels[lv] for lv in ordered]},
+    return charts.bars("sla-escalations", "Escalations per level", labels,
+                       {"escalations": [levels[lv] for lv in ordered]},
                        y_title="escalations", columns=("escalated to", "escalations"),
-                       rows=[(label, levels[lv]) for label, lv in zip(labels, ordered)], colors=[charts.DANGER])
+                       rows=[(label, levels[lv]) for label, lv in zip(labels, ordered, strict=True)],
+                       colors=[charts.DANGER])
 
 
 def sla_time_to_decision(scope: Scope) -> charts.Chart:
@@ -200,9 +204,10 @@ def sla_time_to_decision(scope: Scope) -> charts.Chart:
     slugs = sorted(per_workflow)
     medians = [round(statistics.median(per_workflow[s]), 2) for s in slugs]
     p90s = [round(_quantile(per_workflow[s], 0.9), 2) for s in slugs]
-    return charts.bars("sla-time-to-decision", "Time to decision (minutes)", slugs, {"median": medians, "90th percentile": p90s},
+    return charts.bars("sla-time-to-decision", "Time to decision (minutes)", slugs,
+                       {"median": medians, "90th percentile": p90s},
                        y_title="minutes", columns=("workflow", "decisions", "median (min)", "90th percentile (min)"),
-                       rows=[(s, len(per_workflow[s]), m, p) for s, m, p in zip(slugs, medians, p90s)],
+                       rows=[(s, len(per_workflow[s]), m, p) for s, m, p in zip(slugs, medians, p90s, strict=True)],
                        note="From the request to the decision that closed it, for requests decided by people.")
 
 
@@ -271,7 +276,8 @@ def first_breaching_sample(action: RolloutAction) -> datetime | None:
     rule = (action.evidence or {}).get("trigger") or {}
     metric, operator, threshold = rule.get("metric"), rule.get("operator"), rule.get("threshold")
     if (metric is None or operator not in BREACHING) and action.trigger_id:
-        metric, operator, threshold = action.trigger.metric.slug, action.trigger.operator, float(action.trigger.threshold)
+        metric, operator, threshold = (action.trigger.metric.slug, action.trigger.operator,
+                                       float(action.trigger.threshold))
     if metric is None or operator not in BREACHING or threshold is None:
         return None
     samples = Signal.objects.filter(plan_id=action.plan_id, metric__slug=metric, observed_at__lte=action.created_at)
@@ -338,8 +344,9 @@ def signal_points(plan: RolloutPlan, metric: Metric) -> list[tuple[datetime, flo
 
 def ring_marks(plan: RolloutPlan) -> list[charts.Mark]:
     marks = []
-    events = AuditEvent.objects.filter(subject_type="rollouts.rolloutplan", subject_id=str(plan.pk),
-                                       action__in=RING_EVENTS).order_by("seq").values_list("action", "occurred_at", "data")
+    events = (AuditEvent.objects.filter(subject_type="rollouts.rolloutplan", subject_id=str(plan.pk),
+                                        action__in=RING_EVENTS)
+              .order_by("seq").values_list("action", "occurred_at", "data"))
     for action, at, data in events:
         if action in ("rollout.started", "rollout.ring_opened"):
             label = f"ring {data.get('ring')} opened"
@@ -372,7 +379,8 @@ def plan_rules(plan: RolloutPlan, metric: Metric) -> list[charts.Rule]:
 
 
 def plan_metrics(plan: RolloutPlan) -> list[Metric]:
-    ids = set(plan.criteria.values_list("metric_id", flat=True)) | set(plan.triggers.values_list("metric_id", flat=True))
+    ids = (set(plan.criteria.values_list("metric_id", flat=True))
+           | set(plan.triggers.values_list("metric_id", flat=True)))
     ids |= set(Signal.objects.filter(plan=plan).values_list("metric_id", flat=True).distinct())
     return list(Metric.objects.filter(pk__in=ids).order_by("slug"))
 
@@ -428,8 +436,9 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     scope = scope_of(request)
     rows = plan_rows(scope)
     sections = [
-        ("SLA health of the approval queue", [OVERVIEW_CHARTS[k](scope) for k in
-                                              ("sla-pending", "sla-breaches", "sla-escalations", "sla-time-to-decision")]),
+        ("SLA health of the approval queue",
+         [OVERVIEW_CHARTS[k](scope)
+          for k in ("sla-pending", "sla-breaches", "sla-escalations", "sla-time-to-decision")]),
         ("False-positive rollbacks", [false_positives_by_workflow(scope), false_positives_over_time(scope)]),
         ("Time to containment", [time_to_containment(scope)]),
     ]

@@ -41,7 +41,8 @@ class DemoResult:
 
 def _rings(*specs: tuple) -> list[dict]:
     return [{"segment_kind": kind, "segment_value": value, "exposure_percent": exposure,
-             "min_soak": timedelta(hours=soak), "approval_point": approval} for kind, value, exposure, soak, approval in specs]
+             "min_soak": timedelta(hours=soak), "approval_point": approval}
+            for kind, value, exposure, soak, approval in specs]
 
 
 def _criteria() -> list[dict]:
@@ -114,7 +115,8 @@ def _ensure_owners(workflow: Workflow, admin: User, primary: User, backup: User)
     for duty in ContainmentAssignment.Duty.values:
         for user, position in ((primary, "primary"), (backup, "backup")):
             if not workflow.containment.filter(duty=duty, user=user).exists():
-                governance_services.assign_containment(workflow.pk, actor=admin, user=user, duty=duty, position=position)
+                governance_services.assign_containment(workflow.pk, actor=admin, user=user, duty=duty,
+                                                       position=position)
 
 
 def _create(result: DemoResult, workflow: Workflow, rhea: User, *, name: str, release: str, stable: str,
@@ -135,7 +137,8 @@ def _create(result: DemoResult, workflow: Workflow, rhea: User, *, name: str, re
 def _migration_night(result: DemoResult, workflow: Workflow, rhea: User) -> None:
     rings = _rings(("internal_team", "finance-ops", 100, 2, False), ("account_type", "pilot-customers", 100, 12, True))
     now = clock.now()
-    first, created = _create(result, workflow, rhea, name="Billing summary v5: database migration (first run, untagged)",
+    first, created = _create(result, workflow, rhea,
+                             name="Billing summary v5: database migration (first run, untagged)",
                              release="billing-v5-migration-r1", stable="billing-v4", rings=rings,
                              notes="The migration ran without a context tag.")
     if created:
@@ -160,7 +163,8 @@ def _migration_night(result: DemoResult, workflow: Workflow, rhea: User) -> None
 
 
 def _ring_rollout(result: DemoResult, workflow: Workflow, rhea: User, olivia: User) -> None:
-    rings = _rings(("internal_team", "support-ops", 100, 1, False), ("customer_group", "friendly-partners", 100, 6, True),
+    rings = _rings(("internal_team", "support-ops", 100, 1, False),
+                   ("customer_group", "friendly-partners", 100, 6, True),
                    ("traffic_slice", "all", 25, 24, True))
     plan, created = _create(result, workflow, rhea, name="Support reply prompt v8", release="reply-prompt-v8",
                             stable="reply-prompt-v7", rings=rings, fallback="simpler_route")

@@ -167,7 +167,8 @@ class Trigger:
 
     @property
     def rule(self) -> str:
-        return f"{self.metric} {symbol(self.operator)} {self.threshold:g} sustained for {duration_label(self.sustained_for)}"
+        return (f"{self.metric} {symbol(self.operator)} {self.threshold:g} "
+                f"sustained for {duration_label(self.sustained_for)}")
 
     @property
     def no_data(self) -> timedelta:
@@ -568,8 +569,8 @@ def decide(situation: Situation, criteria: Sequence[Check], triggers: Sequence[C
         # An automatic action wins over one that asks first; a rollback over a fallback.
         trigger = min(fired, key=lambda c: (c.ask_first, c.severity != "critical", c.rule_id))
         action = "rollback" if trigger.severity == "critical" else "fallback"
-        return Decision(action, handling_of(trigger, situation.tier), f"{trigger.rule} fired ({trigger.note or 'breached'})",
-                        trigger, checks)
+        return Decision(action, handling_of(trigger, situation.tier),
+                        f"{trigger.rule} fired ({trigger.note or 'breached'})", trigger, checks)
     if engaged:
         return Decision("none", reason=f"the fallback mode is engaged; still breached: {engaged}", checks=checks)
     if situation.signals_lost:

@@ -73,7 +73,8 @@ def call_webhook(ticket: services.Ticket) -> Outcome:
         status = exc.code
         retryable = status >= 500 or status in RETRYABLE_STATUS
         detail = f"HTTP {status}: {_snippet(exc.read(2000))}"
-        return Outcome(ActionAttempt.Outcome.RETRYABLE_ERROR if retryable else ActionAttempt.Outcome.FAILED, status, detail)
+        return Outcome(ActionAttempt.Outcome.RETRYABLE_ERROR if retryable else ActionAttempt.Outcome.FAILED,
+                       status, detail)
     except (TimeoutError, socket.timeout):
         return Outcome(ActionAttempt.Outcome.RETRYABLE_ERROR, None,
                        f"no answer within {settings.ROLLOUT_WEBHOOK_TIMEOUT_SECONDS} s")

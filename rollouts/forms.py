@@ -83,7 +83,8 @@ class RingForm(forms.Form):
 
     @staticmethod
     def initial_of(plan: RolloutPlan) -> list[dict]:
-        return [{"segment_kind": r.segment_kind, "segment_value": r.segment_value, "exposure_percent": r.exposure_percent,
+        return [{"segment_kind": r.segment_kind, "segment_value": r.segment_value,
+                 "exposure_percent": r.exposure_percent,
                  "min_soak_minutes": int(r.min_soak.total_seconds() // 60), "approval_point": r.approval_point}
                 for r in plan.rings.all()]
 
@@ -144,11 +145,11 @@ class TriggerForm(RuleForm):
                                              max_value=1000, **_blank_means(25))
     on_silence = forms.ChoiceField(label="When nobody answers", required=False,
                                    choices=[("", "pause and ask again (default)"), *SilenceAction.choices])
-    field_order = ["metric", "operator", "threshold", "off_hours_threshold", "sustained_minutes", "min_samples", "severity",
-                   "breach_statistic", "breach_share", "flap_breaches", "flap_windows", "lateness_seconds",
+    field_order = ["metric", "operator", "threshold", "off_hours_threshold", "sustained_minutes", "min_samples",
+                   "severity", "breach_statistic", "breach_share", "flap_breaches", "flap_windows", "lateness_seconds",
                    "no_data_minutes", "on_no_data", "reask_worse_percent", "on_silence"]
-    OPTIONAL = ("breach_statistic", "breach_share", "flap_breaches", "flap_windows", "reask_worse_percent", "on_no_data",
-                "on_silence")
+    OPTIONAL = ("breach_statistic", "breach_share", "flap_breaches", "flap_windows", "reask_worse_percent",
+                "on_no_data", "on_silence")
 
     def clean(self) -> dict:
         data = super().clean()
@@ -164,7 +165,8 @@ class TriggerForm(RuleForm):
     def row(self) -> dict:
         d = self.cleaned_data
         row = {"metric": d["metric"], "operator": d["operator"], "threshold": d["threshold"],
-               "off_hours_threshold": d["off_hours_threshold"], "sustained_for": timedelta(minutes=d["sustained_minutes"]),
+               "off_hours_threshold": d["off_hours_threshold"],
+               "sustained_for": timedelta(minutes=d["sustained_minutes"]),
                "min_samples": d["min_samples"], "severity": d["severity"]}
         row.update({name: d[name] for name in self.OPTIONAL if d.get(name) not in (None, "")})
         if d.get("lateness_seconds") is not None:
@@ -176,7 +178,8 @@ class TriggerForm(RuleForm):
     @staticmethod
     def initial_of(plan: RolloutPlan) -> list[dict]:
         return [{"metric": t.metric.slug, "operator": t.operator, "threshold": t.threshold,
-                 "off_hours_threshold": t.off_hours_threshold, "sustained_minutes": int(t.sustained_for.total_seconds() // 60),
+                 "off_hours_threshold": t.off_hours_threshold,
+                 "sustained_minutes": int(t.sustained_for.total_seconds() // 60),
                  "min_samples": t.min_samples, "severity": t.severity, "breach_statistic": t.breach_statistic,
                  "breach_share": t.breach_share, "flap_breaches": t.flap_breaches, "flap_windows": t.flap_windows,
                  "lateness_seconds": int(t.allowed_lateness.total_seconds()),

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import transaction
@@ -11,6 +13,9 @@ from governance import audit
 from governance.errors import TransitionRefused, require
 from governance.permissions import Role
 from governance.services import is_administrator
+
+if TYPE_CHECKING:
+    from rollouts.models import Metric
 
 # slug, label, unit, direction
 BUILTIN = [

@@ -148,14 +148,16 @@ class RolloutPlan(models.Model):
                 name="plan_live_has_ring",
             ),
             models.CheckConstraint(
-                condition=Q(exposure_override__isnull=True) | (Q(exposure_override__gte=0) & Q(exposure_override__lte=100)),
+                condition=Q(exposure_override__isnull=True)
+                | (Q(exposure_override__gte=0) & Q(exposure_override__lte=100)),
                 name="plan_exposure_override_range",
             ),
             # One live rollout per workflow: the route API must never have two answers.
             models.UniqueConstraint(fields=["workflow"], condition=Q(state__in=["active", "paused", "fallback"]),
                                     name="plan_one_live_per_workflow"),
         ]
-        indexes = [models.Index(fields=["state"], name="plan_state_idx", condition=Q(state__in=["active", "paused", "fallback"]))]
+        indexes = [models.Index(fields=["state"], name="plan_state_idx",
+                                condition=Q(state__in=["active", "paused", "fallback"]))]
 
     def __str__(self) -> str:
         return f"{self.workflow.slug} {self.release_version}"
@@ -311,7 +313,8 @@ class RollbackTrigger(ThresholdRule):
     breach_statistic = models.CharField(max_length=10, choices=BreachStatistic.choices, default=BreachStatistic.SHARE)
     # With the share statistic: the percent of the window's samples that must be beyond the threshold
     # (50: the window's median is beyond it; 100: every sample, the rule before these settings).
-    breach_share = models.PositiveSmallIntegerField(default=50, validators=[MinValueValidator(1), MaxValueValidator(100)])
+    breach_share = models.PositiveSmallIntegerField(default=50,
+                                                    validators=[MinValueValidator(1), MaxValueValidator(100)])
     # Flapping: fires when at least `flap_breaches` of the last `flap_windows` sustained-for windows
     # had their median (or, with the mean statistic, their mean) beyond the threshold; 0 turns it off.
     # It matters most with a share above 50 %: no single window is that consistent, yet it keeps coming back.
@@ -343,7 +346,8 @@ class RollbackTrigger(ThresholdRule):
                                    name="trigger_flap_k_of_m",
                                    violation_error_message=f"Flapping: at most {MAX_FLAP_WINDOWS} windows, and no more "
                                                            "breaching windows than windows."),
-            models.CheckConstraint(condition=Q(allowed_lateness__gte=timedelta(0)), name="trigger_lateness_not_negative",
+            models.CheckConstraint(condition=Q(allowed_lateness__gte=timedelta(0)),
+                                   name="trigger_lateness_not_negative",
                                    violation_error_message="The allowed lateness cannot be negative."),
             models.CheckConstraint(condition=Q(no_data_after__isnull=True)
                                    | Q(no_data_after__gte=models.F("sustained_for")),
@@ -412,8 +416,10 @@ class ContextTag(models.Model):
     starts_at = models.DateTimeField()
     ends_at = models.DateTimeField()
     reason = models.TextField()
-    author = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
-    author_service = models.ForeignKey(ServiceAccount, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
+                               related_name="+")
+    author_service = models.ForeignKey(ServiceAccount, null=True, blank=True, on_delete=models.PROTECT,
+                                       related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
     withdrawn_at = models.DateTimeField(null=True, blank=True)
 
@@ -474,7 +480,8 @@ class Signal(models.Model):
             models.UniqueConstraint(fields=["plan", "metric", "observed_at", "segment"], name="signal_unique_sample"),
             # NaN compares above every number in PostgreSQL and infinities are outside this range,
             # so the database itself refuses non-finite values: a NaN can never disarm a trigger.
-            models.CheckConstraint(condition=Q(value__gte=-FLOAT_MAX) & Q(value__lte=FLOAT_MAX), name="signal_value_finite"),
+            models.CheckConstraint(condition=Q(value__gte=-FLOAT_MAX) & Q(value__lte=FLOAT_MAX),
+                                   name="signal_value_finite"),
         ]
         indexes = [models.Index(fields=["plan", "metric"], condition=Q(late=True), name="signal_late_idx")]
 

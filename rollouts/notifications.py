@@ -29,7 +29,8 @@ def describe(action: RolloutAction) -> tuple[str, str]:
                      f"(mean {trigger.get('value')} over {trigger.get('samples')} samples).")
     for tag in action.evidence.get("context_tags") or ([action.evidence["context_tag"]]
                                                        if action.evidence.get("context_tag") else []):
-        lines.append(f"Context tag: {tag.get('label')} ({tag.get('effect')}{': ' + tag['detail'] if tag.get('detail') else ''})")
+        lines.append(f"Context tag: {tag.get('label')} "
+                     f"({tag.get('effect')}{': ' + tag['detail'] if tag.get('detail') else ''})")
     lines += ["", "Review it (correct, or a false positive and why):",
               f"{settings.SITE_URL}{plan.get_absolute_url()}"]
     return subject, "\n".join(lines)

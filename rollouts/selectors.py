@@ -111,17 +111,22 @@ def readiness(plan: RolloutPlan) -> list[ReadinessItem]:
         ReadinessItem("rollback_triggers", "Rollback triggers", bool(triggers),
                       "; ".join(str(t) for t in triggers) or "Add the signals that roll the release back."),
         ReadinessItem("fallback_mode", "Fallback mode", bool(plan.fallback_mode),
-                      plan.get_fallback_mode_display() if plan.fallback_mode else "Choose what users get when AI behaviour weakens."),
+                      plan.get_fallback_mode_display() if plan.fallback_mode
+                      else "Choose what users get when AI behaviour weakens."),
         ReadinessItem("cost_threshold", "Cost threshold", any(m.is_cost for m in metrics),
-                      ", ".join(sorted({m.slug for m in metrics if m.is_cost})) or "Add a criterion or trigger on a cost metric."),
+                      ", ".join(sorted({m.slug for m in metrics if m.is_cost}))
+                      or "Add a criterion or trigger on a cost metric."),
         ReadinessItem("latency_threshold", "Latency threshold", any(m.is_latency for m in metrics),
-                      ", ".join(sorted({m.slug for m in metrics if m.is_latency})) or "Add a criterion or trigger on a latency metric."),
+                      ", ".join(sorted({m.slug for m in metrics if m.is_latency}))
+                      or "Add a criterion or trigger on a latency metric."),
         ReadinessItem("approval_points", "Approval points", bool(approval_rings) or min(tiers) >= 2,
                       ", ".join(f"ring {r.order} waits for a person" for r in approval_rings)
                       or ("every expansion needs an approval (tier ≥ 2)" if min(tiers) >= 2
-                          else "Mark a ring after the first as an approval point (the workflow is autonomous at tier 1).")),
+                          else "Mark a ring after the first as an approval point "
+                               "(the workflow is autonomous at tier 1).")),
         ReadinessItem("containment", "Containment owner for every duty", not missing_duties,
-                      "every duty has an owner" if not missing_duties else f"No owner for: {', '.join(missing_duties)}."),
+                      "every duty has an owner" if not missing_duties
+                      else f"No owner for: {', '.join(missing_duties)}."),
     ]
 
 
@@ -411,7 +416,8 @@ def available_actions(plan: RolloutPlan, user: AbstractBaseUser, exit_running: b
     state = plan.state
     last = max((r.order for r in plan.rings.all()), default=0)
     ring = next((r for r in plan.rings.all() if r.order == plan.current_ring), None)
-    exposure = min(ring.exposure_percent, plan.exposure_override if plan.exposure_override is not None else 100) if ring else 0
+    exposure = (min(ring.exposure_percent, plan.exposure_override if plan.exposure_override is not None else 100)
+                if ring else 0)
     offered = [
         (state == Live.ACTIVE and plan.current_ring < last, "expand",
          Available("expand", f"Open ring {plan.current_ring + 1}", "primary", ("reason",))),
@@ -437,7 +443,8 @@ def available_actions(plan: RolloutPlan, user: AbstractBaseUser, exit_running: b
 
 
 def plan_events(plan: RolloutPlan, limit: int = 25) -> QuerySet[AuditEvent]:
-    return AuditEvent.objects.filter(subject_type="rollouts.rolloutplan", subject_id=str(plan.pk)).order_by("-seq")[:limit]
+    return (AuditEvent.objects.filter(subject_type="rollouts.rolloutplan", subject_id=str(plan.pk))
+            .order_by("-seq")[:limit])
 
 
 # -- metrics ---------------------------------------------------------------------------------

@@ -236,7 +236,8 @@ def _children(plan: RolloutPlan, rings: list[dict], criteria: list[dict], trigge
 def _summary(plan: RolloutPlan) -> dict:
     return {
         **{name: getattr(plan, name) for name in PLAN_FIELDS if name != "notes"},
-        "rings": [f"{r.order}: {r.segment} {r.exposure_percent}% soak {r.min_soak}{' approval' if r.approval_point else ''}"
+        "rings": [f"{r.order}: {r.segment} {r.exposure_percent}% soak {r.min_soak}"
+                  f"{' approval' if r.approval_point else ''}"
                   for r in plan.rings.all()],
         "criteria": [str(c) for c in plan.criteria.select_related("metric")],
         "triggers": [f"{t} ({t.severity}, {t.sustained_for}; {t.settings_label()})"
@@ -268,7 +269,8 @@ def update_plan(plan_id: int, *, actor: AbstractBaseUser, fields: dict, rings: l
     Audit: `rollout.plan_updated` with the plan before and after.
     """
     plan = _lock_plan(plan_id)
-    require(selectors.may_manage(actor, plan.workflow), "forbidden", f"You may not edit rollout plans of {plan.workflow.slug}.")
+    require(selectors.may_manage(actor, plan.workflow), "forbidden",
+            f"You may not edit rollout plans of {plan.workflow.slug}.")
     require(plan.is_editable, "conflict", f"A {plan.get_state_display()} plan can no longer be edited.")
     unknown = set(fields) - set(PLAN_FIELDS)
     require(not unknown, "invalid", f"Unknown plan fields: {', '.join(sorted(unknown))}.")
@@ -299,7 +301,8 @@ def mark_ready(plan_id: int, *, actor: AbstractBaseUser) -> RolloutPlan:
     Audit: `rollout.plan_ready` with the checklist.
     """
     plan = _lock_plan(plan_id)
-    require(selectors.may_manage(actor, plan.workflow), "forbidden", f"You may not manage rollouts of {plan.workflow.slug}.")
+    require(selectors.may_manage(actor, plan.workflow), "forbidden",
+            f"You may not manage rollouts of {plan.workflow.slug}.")
     require(plan.state == PlanState.DRAFT, "conflict", f"This plan is already {plan.get_state_display()}.")
     _require_launchable(plan)
     _transition(plan, PlanState.READY)
@@ -315,12 +318,15 @@ def start_rollout(plan_id: int, *, actor: AbstractBaseUser) -> RolloutPlan:
     Audit: `rollout.plan_ready` (when starting a draft), `rollout.started`.
     """
     plan = _lock_plan(plan_id)
-    require(selectors.may_manage(actor, plan.workflow), "forbidden", f"You may not start rollouts of {plan.workflow.slug}.")
-    require(plan.state in (PlanState.DRAFT, PlanState.READY), "conflict", f"This plan is already {plan.get_state_display()}.")
+    require(selectors.may_manage(actor, plan.workflow), "forbidden",
+            f"You may not start rollouts of {plan.workflow.slug}.")
+    require(plan.state in (PlanState.DRAFT, PlanState.READY), "conflict",
+            f"This plan is already {plan.get_state_display()}.")
     _require_launchable(plan)
     other = selectors.live_plan(plan.workflow)
     require(other is None, "conflict",
-            f"{plan.workflow.slug} already has a live rollout ({other.release_version}, {other.state})." if other else "")
+            f"{plan.workflow.slug} already has a live rollout ({other.release_version}, {other.state})."
+            if other else "")
     if plan.state == PlanState.DRAFT:
         _transition(plan, PlanState.READY)
         audit.record(actor, "rollout.plan_ready", plan, data={"checklist": [i.key for i in selectors.readiness(plan)]})
@@ -344,7 +350,8 @@ def pause_rollout(plan_id: int, *, actor: Any, reason: str) -> RolloutAction:
     plan = _lock_plan(plan_id)
     _require_duty(actor, plan, Kind.PAUSE)
     reason = _clean_reason(reason, required=True, what="Say why the rollout is paused")
-    require(plan.state == PlanState.ACTIVE, "conflict", f"Only an active rollout can be paused; this one is {plan.get_state_display()}.")
+    require(plan.state == PlanState.ACTIVE, "conflict",
+            f"Only an active rollout can be paused; this one is {plan.get_state_display()}.")
     _transition(plan, PlanState.PAUSED)
     action = _new_action(plan, Kind.PAUSE, state=ActionState.SUCCEEDED, actor=actor, handling="direct", reason=reason)
     audit.record(actor, "rollout.paused", plan, data=_action_data(action, ring=plan.current_ring), reason=reason)
@@ -427,7 +434,8 @@ def _open_next_ring(plan: RolloutPlan) -> dict:
     nxt = plan.current_ring + 1
     ring = plan.rings.filter(order=nxt).first()
     require(ring is not None, "conflict", "This rollout is at its last ring; complete it instead.")
-    require(plan.state == PlanState.ACTIVE, "conflict", f"Only an active rollout can expand; this one is {plan.get_state_display()}.")
+    require(plan.state == PlanState.ACTIVE, "conflict",
+            f"Only an active rollout can expand; this one is {plan.get_state_display()}.")
     plan.current_ring, plan.ring_opened_at, plan.exposure_override = nxt, clock.now(), None
     plan.save(update_fields=["current_ring", "ring_opened_at", "exposure_override", "updated_at"])
     return {"ring": nxt, "segment": ring.segment, "exposure_percent": ring.exposure_percent}
@@ -459,12 +467,15 @@ def complete_rollout(plan_id: int, *, actor: Any, reason: str = "") -> RolloutAc
     plan = _lock_plan(plan_id)
     _require_duty(actor, plan, Kind.COMPLETE)
     reason = _clean_reason(reason, required=False)
-    require(plan.state == PlanState.ACTIVE, "conflict", f"Only an active rollout can complete; this one is {plan.get_state_display()}.")
+    require(plan.state == PlanState.ACTIVE, "conflict",
+            f"Only an active rollout can complete; this one is {plan.get_state_display()}.")
     last = plan.rings.order_by("-order").values_list("order", flat=True).first()
-    require(plan.current_ring == last, "conflict", f"The rollout is at ring {plan.current_ring} of {last}; open the last ring first.")
+    require(plan.current_ring == last, "conflict",
+            f"The rollout is at ring {plan.current_ring} of {last}; open the last ring first.")
     _transition(plan, PlanState.COMPLETED, closed_at=clock.now())
     _cancel_open(plan, {Kind.EXPAND, Kind.FALLBACK, Kind.ROLLBACK}, "the rollout completed")
-    action = _new_action(plan, Kind.COMPLETE, state=ActionState.SUCCEEDED, actor=actor, handling="direct", reason=reason)
+    action = _new_action(plan, Kind.COMPLETE, state=ActionState.SUCCEEDED, actor=actor, handling="direct",
+                         reason=reason)
     audit.record(actor, "rollout.completed", plan, data=_action_data(action, release_version=plan.release_version),
                  reason=reason)
     return action
@@ -497,8 +508,8 @@ def engage_fallback(plan_id: int, *, actor: Any, reason: str, mode: str = "") ->
     action = _new_action(plan, Kind.FALLBACK, state=ActionState.SCHEDULED, actor=actor, executor=plan.executor,
                          handling="direct", reason=reason, parameters={"mode": mode})
     _schedule_execution(action)
-    audit.record(actor, "rollout.fallback_requested", plan, data=_action_data(action, mode=mode, executor=plan.executor),
-                 reason=reason)
+    audit.record(actor, "rollout.fallback_requested", plan,
+                 data=_action_data(action, mode=mode, executor=plan.executor), reason=reason)
     return action
 
 
@@ -511,7 +522,8 @@ def roll_back(plan_id: int, *, actor: Any, reason: str) -> RolloutAction:
     plan = _lock_plan(plan_id)
     _require_duty(actor, plan, Kind.ROLLBACK)
     reason = _clean_reason(reason, required=True, what="Say why the release is rolled back")
-    require(plan.is_live, "conflict", f"Only a live rollout can be rolled back; this one is {plan.get_state_display()}.")
+    require(plan.is_live, "conflict",
+            f"Only a live rollout can be rolled back; this one is {plan.get_state_display()}.")
     _require_no_containment_running(plan, Kind.ROLLBACK)
     _cancel_open(plan, {Kind.ROLLBACK, Kind.FALLBACK, Kind.EXPAND}, "a person rolled the release back")
     action = _new_action(plan, Kind.ROLLBACK, state=ActionState.SCHEDULED, actor=actor, executor=plan.executor,
@@ -774,7 +786,8 @@ def restore_signals(loss_id: int, *, check: evaluation.Check) -> SignalLoss:
     loss.restored_at = clock.now()
     loss.save(update_fields=["restored_at"])
     audit.record(SYSTEM, "rollout.signals_restored", plan, data={
-        "signal_loss": loss.pk, "rule": loss.rule, "lost_for_seconds": (loss.restored_at - loss.detected_at).total_seconds(),
+        "signal_loss": loss.pk, "rule": loss.rule,
+        "lost_for_seconds": (loss.restored_at - loss.detected_at).total_seconds(),
         "samples": check.samples})
     return loss
 
@@ -1157,13 +1170,14 @@ def review_action(review_id: int, *, actor: AbstractBaseUser, verdict: str, reas
                   note: str = "") -> ActionReview:
     """A containment owner judges an autonomous action: correct, or a false positive with a
     reason category. Audit: `rollout.action_reviewed`."""
-    review = ActionReview.objects.select_for_update(of=("self",)).select_related("workflow", "action", "execution").filter(
-        pk=review_id).first()
+    review = (ActionReview.objects.select_for_update(of=("self",)).select_related("workflow", "action", "execution")
+              .filter(pk=review_id).first())
     require(review is not None, "not_found", "This review does not exist.")
     require(_is_user(actor) and bool(selectors.duties_of(actor, review.workflow)), "forbidden",
             f"Only containment owners of {review.workflow.slug} review its autonomous actions.")
     require(review.is_pending, "already_decided",
-            f"{review.reviewed_by.get_username() if review.reviewed_by_id else 'Someone'} already reviewed this action.")
+            f"{review.reviewed_by.get_username() if review.reviewed_by_id else 'Someone'} "
+            "already reviewed this action.")
     require(verdict in (ActionReview.Verdict.CORRECT, ActionReview.Verdict.FALSE_POSITIVE), "invalid",
             "Choose correct or false positive.", field="verdict")
     if verdict == ActionReview.Verdict.FALSE_POSITIVE:
@@ -1201,14 +1215,16 @@ def create_context_tag(*, actor: Any, workflow: Workflow, kind: str, ends_at: da
     require(selectors.may_tag(actor, workflow), "forbidden", f"You may not tag deployments of {workflow.slug}.")
     require(kind in ContextTag.Kind.values, "invalid", f"Choose a tag kind among {', '.join(ContextTag.Kind.values)}.",
             field="kind")
-    require(plan is None or plan.workflow_id == workflow.pk, "invalid", "That plan belongs to another workflow.", field="plan")
+    require(plan is None or plan.workflow_id == workflow.pk, "invalid", "That plan belongs to another workflow.",
+            field="plan")
     now = clock.now()
     starts_at = starts_at or now
     require(ends_at > starts_at, "invalid", "The tag must end after it starts.", field="ends_at")
     require(ends_at > now, "invalid", "The tag's window is already over.", field="ends_at")
     longest = timedelta(hours=setting("ROLLOUT_TAG_MAX_HOURS"))
     require(ends_at - starts_at <= longest, "invalid",
-            f"A tag lasts at most {setting('ROLLOUT_TAG_MAX_HOURS')} hours; tag the next window again.", field="ends_at")
+            f"A tag lasts at most {setting('ROLLOUT_TAG_MAX_HOURS')} hours; tag the next window again.",
+            field="ends_at")
     reason = _clean_reason(reason, required=True, what="Say what is expected and why")
     metric_obj = None
     if kind in ContextTag.WINDOW_KINDS:

@@ -27,7 +27,8 @@ def make_admin(username: str = "admin") -> User:
 
 
 def make_workflow(slug: str | None = None, *, actor: User | None = None, **fields) -> Workflow:
-    actor = actor or User.objects.filter(groups__name=Role.ADMINISTRATOR).first() or make_admin(f"admin{next(_counter)}")
+    actor = (actor or User.objects.filter(groups__name=Role.ADMINISTRATOR).first()
+             or make_admin(f"admin{next(_counter)}"))
     slug = slug or f"wf-{next(_counter)}"
     defaults = {"name": slug.replace("-", " ").title(), "business_start": time(9), "business_end": time(17)}
     return services.create_workflow(actor=actor, slug=slug, **{**defaults, **fields})
@@ -41,4 +42,5 @@ def scope(user: User, workflow: Workflow, role: Role | None = None) -> None:
 
 def make_service_account(name: str | None = None, *, owner: User, workflows: list[Workflow]) -> ServiceAccount:
     admin = User.objects.filter(groups__name=Role.ADMINISTRATOR).first() or make_admin(f"admin{next(_counter)}")
-    return services.create_service_account(actor=admin, name=name or f"agent-{next(_counter)}", owner=owner, workflows=workflows)
+    return services.create_service_account(actor=admin, name=name or f"agent-{next(_counter)}", owner=owner,
+                                           workflows=workflows)

@@ -47,7 +47,8 @@ def test_csrf_is_required_for_sessions_and_not_for_bearer_tokens(live_server, pa
 
     # 2. The API with a bearer token from the same browser: no CSRF needed.
     status, _, text = page.evaluate(FETCH, [f"{base}/api/v1/dispatch",
-                                            {"Content-Type": "application/json", "Authorization": f"Bearer {agent.token}",
+                                            {"Content-Type": "application/json",
+                                             "Authorization": f"Bearer {agent.token}",
                                              "Idempotency-Key": "browser-1"},
                                             json.dumps({"workflow": "refund-agent", "action": "send_receipt"})])
     results["api bearer"] = status
@@ -55,7 +56,8 @@ def test_csrf_is_required_for_sessions_and_not_for_bearer_tokens(live_server, pa
 
     # 3. An htmx POST without X-CSRFToken (header config and form token removed): refused.
     page.evaluate("""() => { document.body.removeAttribute("hx-headers");
-                            document.querySelectorAll("#kill-switch input[name=csrfmiddlewaretoken]").forEach(i => i.remove());
+                            document.querySelectorAll("#kill-switch input[name=csrfmiddlewaretoken]")
+                                .forEach(i => i.remove());
                             document.querySelector("#id_pause_reason").value = "no token"; }""")
     results["htmx, no CSRF"] = status = page.evaluate(HTMX_POST)
     assert status == 403
@@ -63,7 +65,8 @@ def test_csrf_is_required_for_sessions_and_not_for_bearer_tokens(live_server, pa
 
     # 4. The same htmx POST with hx-headers on <body> (the form's own token removed): accepted.
     page.reload()
-    page.evaluate("""() => { document.querySelectorAll("#kill-switch input[name=csrfmiddlewaretoken]").forEach(i => i.remove());
+    page.evaluate("""() => { document.querySelectorAll("#kill-switch input[name=csrfmiddlewaretoken]")
+                                .forEach(i => i.remove());
                             document.querySelector("#id_pause_reason").value = "incident 42"; }""")
     results["htmx, hx-headers"] = status = page.evaluate(HTMX_POST)
     assert status == 200

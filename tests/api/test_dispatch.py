@@ -43,7 +43,8 @@ def test_riskier_action_is_pending_with_an_approval_to_poll(api, actions):
     assert response.status_code == 200 and body["decision"] == "pending" and body["code"] == "approval_required"
     request = ApprovalRequest.objects.get()
     assert body["approval_id"] == request.pk and body["poll_url"] == f"/api/v1/approvals/{request.pk}"
-    assert request.state == "pending" and request.kind == "agent_action" and request.requested_by_service.name == "refund-bot"
+    assert (request.state == "pending" and request.kind == "agent_action"
+            and request.requested_by_service.name == "refund-bot")
     assert request.parameters == {"order": "A-1", "amount": "120.00"} and str(request.confidence) == "0.8000"
     assert AuditEvent.objects.filter(action="approval.requested").count() == 1
     assert not AuditEvent.objects.filter(action__startswith="dispatch.").exists()
@@ -94,7 +95,8 @@ def test_missing_idempotency_key_is_400_and_changes_nothing(api, actions):
     body = assert_problem(dispatch(api, "refund_customer", key=None), 400, "idempotency_key_missing")
     assert body["errors"][0] == {"in": "header", "field": "Idempotency-Key", "message": "This header is required.",
                                  "type": "invalid"}
-    assert ApprovalRequest.objects.count() == 0 and not AuditEvent.objects.filter(action__startswith="dispatch").exists()
+    assert (ApprovalRequest.objects.count() == 0
+            and not AuditEvent.objects.filter(action__startswith="dispatch").exists())
 
 
 def test_same_key_returns_the_same_request(api, actions):

@@ -43,7 +43,8 @@ def test_schema_error_replaces_ninja_422_with_field_paths(api, workflow):
     assert ("body", "extra") in [(e["in"], e["field"]) for e in body["errors"]]
 
 
-@pytest.mark.parametrize("raw", [b'{"reason": NaN}', b'{"reason": Infinity}', b'{"reason": -Infinity}', b'{"reason": 1e309}'])
+@pytest.mark.parametrize("raw", [b'{"reason": NaN}', b'{"reason": Infinity}', b'{"reason": -Infinity}',
+                                 b'{"reason": 1e309}'])
 def test_non_finite_numbers_are_refused_naming_the_field(api, workflow, raw):
     body = assert_problem(post(api, PAUSE, raw), 422, "non_finite_number")
     assert body["errors"][0]["field"] == "reason"
@@ -76,7 +77,8 @@ def test_refusal_of_the_service_maps_to_its_status_and_code(api, workflow):
 
 
 def test_workflow_outside_the_token_scope_is_404(api, other_workflow):
-    assert_problem(post(api, "/api/v1/workflows/account-disable-agent/pause", json.dumps({"reason": "x"})), 404, "not_found")
+    assert_problem(post(api, "/api/v1/workflows/account-disable-agent/pause", json.dumps({"reason": "x"})), 404,
+                   "not_found")
     assert not Workflow.objects.get(slug="account-disable-agent").paused
 
 

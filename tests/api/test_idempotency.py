@@ -9,8 +9,8 @@ import pytest
 import time_machine
 
 from governance.models import AuditEvent, IdempotencyKey
-from tests.api.conftest import Agent, assert_problem, issue
 from tests import factories
+from tests.api.conftest import Agent, assert_problem, issue
 
 pytestmark = pytest.mark.django_db
 

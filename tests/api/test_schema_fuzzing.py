@@ -12,8 +12,9 @@ from collections import Counter
 
 import pytest
 import schemathesis
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 from schemathesis import GenerationMode
-from hypothesis import HealthCheck, settings as hypothesis_settings
 
 from approvals.models import ApprovalRequest
 from governance import audit

@@ -66,8 +66,8 @@ def test_one_of_n_simultaneous_approvers_wins(request, racers, workflow, agent, 
     winners, latencies = Counter(), []
     for _ in range(TRIALS):
         req = ask(workflow, agent)
-        results = racers.race([lambda u=u: services.record_decision(req.pk, actor=u, verdict="approve")
-                        for u in approvers[:n]])
+        results = racers.race([lambda u=u, req=req: services.record_decision(req.pk, actor=u, verdict="approve")
+                               for u in approvers[:n]])
         won = [r for r in results if r.error is None]
         lost = [r for r in results if r.error is not None]
         winners[len(won)] += 1
@@ -95,7 +95,8 @@ def test_one_of_n_simultaneous_approvers_wins_over_http(request, racers, workflo
     for _ in range(HTTP_TRIALS):
         req = ask(workflow, agent)
         url = reverse("approvals:decide", args=[req.pk])
-        results = racers.race([lambda c=c: c.post(url, {"verdict": "approve"}, HTTP_HX_REQUEST="true") for c in clients])
+        results = racers.race([lambda c=c, url=url: c.post(url, {"verdict": "approve"}, HTTP_HX_REQUEST="true")
+                               for c in clients])
         assert all(r.error is None for r in results), [r.error for r in results]
         codes = [r.value.status_code for r in results]
         statuses.update(codes)
@@ -116,8 +117,9 @@ def test_approve_against_reject_ends_in_exactly_one_of_them(request, racers, wor
     finals = Counter()
     for _ in range(TRIALS // 2):
         req = ask(workflow, agent)
-        actions = [lambda u=u: services.record_decision(req.pk, actor=u, verdict="approve") for u in approvers[:8]]
-        actions += [lambda u=u: services.record_decision(req.pk, actor=u, verdict="reject", justification="no")
+        actions = [lambda u=u, req=req: services.record_decision(req.pk, actor=u, verdict="approve")
+                   for u in approvers[:8]]
+        actions += [lambda u=u, req=req: services.record_decision(req.pk, actor=u, verdict="reject", justification="no")
                     for u in approvers[8:]]
         results = racers.race(actions)
         req.refresh_from_db()
@@ -133,8 +135,8 @@ def test_a_quorum_of_two_counts_two_people_once_each(request, racers, workflow, 
     """CON-03: quorum 2, three approvers at once; and one approver double-clicking."""
     for _ in range(TRIALS // 2):
         req = ask(workflow, agent, quorum=2)
-        results = racers.race([lambda u=u: services.record_decision(req.pk, actor=u, verdict="approve")
-                        for u in approvers[:3]])
+        results = racers.race([lambda u=u, req=req: services.record_decision(req.pk, actor=u, verdict="approve")
+                               for u in approvers[:3]])
         req.refresh_from_db()
         assert req.state == State.APPROVED
         assert Decision.objects.filter(request=req).count() == 2
@@ -142,7 +144,8 @@ def test_a_quorum_of_two_counts_two_people_once_each(request, racers, workflow, 
     double_clicks = Counter()
     for _ in range(TRIALS // 2):
         req = ask(workflow, agent, quorum=2)
-        results = racers.race([lambda: services.record_decision(req.pk, actor=approvers[0], verdict="approve")] * 2)
+        results = racers.race(
+            [lambda req=req: services.record_decision(req.pk, actor=approvers[0], verdict="approve")] * 2)
         double_clicks[tuple(sorted(str(refusal_code(r)) for r in results))] += 1
         assert Decision.objects.filter(request=req).count() == 1
         assert [refusal_code(r) for r in results if r.error] == ["already_decided"]
@@ -151,8 +154,8 @@ def test_a_quorum_of_two_counts_two_people_once_each(request, racers, workflow, 
 
 
 @pytest.mark.parametrize("levels", [1, 2])
-def test_a_decision_racing_the_sweep_at_the_deadline_is_never_both(request, racers, admin_user, workflow, agent, approvers,
-                                                                   levels):
+def test_a_decision_racing_the_sweep_at_the_deadline_is_never_both(request, racers, admin_user, workflow, agent,
+                                                                   approvers, levels):
     """CON-04: approve released together with the sweep at due_at. One level: approved or expired;
     two levels: approved (the sweep found nothing) or escalated and then approved."""
     services.define_policy(actor=admin_user, workflow=workflow, mode="gate",
@@ -161,8 +164,9 @@ def test_a_decision_racing_the_sweep_at_the_deadline_is_never_both(request, race
     for _ in range(TRIALS):
         req = ask(workflow, agent)
         with time_machine.travel(req.due_at, tick=True):
-            results = racers.race([lambda: services.record_decision(req.pk, actor=approvers[0], verdict="approve"),
-                            lambda: services.handle_all_due()])
+            results = racers.race([lambda req=req: services.record_decision(req.pk, actor=approvers[0],
+                                                                            verdict="approve"),
+                                   lambda: services.handle_all_due()])
         req.refresh_from_db()
         actions = [a for a in approval_actions(req) if a != "approval.requested"]
         combos[" → ".join(actions)] += 1
@@ -194,9 +198,9 @@ def test_override_racing_the_window_deadline_runs_the_executor_iff_auto_approved
         for _ in range(RACES):
             req = ask(workflow, agent, mode="override_window")
             with time_machine.travel(req.due_at, tick=True):
-                racers.race([lambda: services.record_decision(req.pk, actor=approvers[0], verdict="override",
-                                                       reason="noise", justification="False alarm."),
-                      lambda: services.handle_all_due()])
+                racers.race([lambda req=req: services.record_decision(req.pk, actor=approvers[0], verdict="override",
+                                                                      reason="noise", justification="False alarm."),
+                             lambda: services.handle_all_due()])
             outcomes.run(req.pk)
             req.refresh_from_db()
             states[req.state] += 1

@@ -75,7 +75,8 @@ def test_in06_decision_forms_refuse_bad_input_with_a_message_and_change_nothing(
         changed += snapshot() != before
 
     script = '<script>alert("x")</script><img src=x onerror=alert(1)>'
-    assert client.post(f"/approvals/{gate.pk}/decide/", {"verdict": "reject", "justification": script}).status_code == 302
+    assert client.post(f"/approvals/{gate.pk}/decide/",
+                       {"verdict": "reject", "justification": script}).status_code == 302
     page = client.get(f"/approvals/{gate.pk}/").content.decode()
     assert Decision.objects.get(request=gate).justification == script  # stored as typed
     report(request, "IN-06 bad decision forms answered 422 with a message; markup in a justification stored as typed "

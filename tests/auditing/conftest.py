@@ -24,10 +24,13 @@ def manager(workflow):
 def decision_log(workflow, other_workflow, approver):
     """A small decision log over two workflows, one event an hour from T0, with justifications."""
     entries = [
-        (approver, "approval.decided", ("approvals.approvalrequest", "7"), workflow, "Customer double-charged; refund is right."),
+        (approver, "approval.decided", ("approvals.approvalrequest", "7"), workflow,
+         "Customer double-charged; refund is right."),
         (approver, "approval.decided", ("approvals.approvalrequest", "8"), workflow, "Amount above the policy limit."),
-        ("system:rollouts", "rollout.rollback_executed", ("rollouts.rolloutplan", "3"), workflow, "error_rate above 5% for 10 min"),
-        (approver, "approval.decided", ("approvals.approvalrequest", "9"), other_workflow, "Abuse confirmed by two reports."),
+        ("system:rollouts", "rollout.rollback_executed", ("rollouts.rolloutplan", "3"), workflow,
+         "error_rate above 5% for 10 min"),
+        (approver, "approval.decided", ("approvals.approvalrequest", "9"), other_workflow,
+         "Abuse confirmed by two reports."),
         ("system:timers", "approval.escalated", ("approvals.approvalrequest", "9"), other_workflow, ""),
     ]
     events = []

@@ -36,7 +36,8 @@ def decided_request(workflow, approver, admin_user):
     with time_machine.travel(req.due_at + dt.timedelta(seconds=1), tick=False):
         approvals.handle_due(req.pk)
     with time_machine.travel(req.due_at + dt.timedelta(seconds=30), tick=False):
-        approvals.record_decision(req.pk, actor=senior, verdict="reject", justification="Order already refunded by hand.")
+        approvals.record_decision(req.pk, actor=senior, verdict="reject",
+                                  justification="Order already refunded by hand.")
     governance.update_workflow(workflow.pk, actor=admin_user, autonomy_tier=1)
     with time_machine.travel(ASKED + dt.timedelta(hours=2), tick=False):
         audit.write_checkpoint("interval")
@@ -44,7 +45,8 @@ def decided_request(workflow, approver, admin_user):
     return req
 
 
-def test_bundle_holds_request_tier_policy_evidence_decisions_timers_outcome_and_hashed_events(client, auditor, decided_request):
+def test_bundle_holds_request_tier_policy_evidence_decisions_timers_outcome_and_hashed_events(client, auditor,
+                                                                                              decided_request):
     client.force_login(auditor)
     response = client.get(reverse("governance:evidence_json", args=[decided_request.pk]))
     assert response.status_code == 200 and "attachment" in response["Content-Disposition"]
@@ -52,7 +54,8 @@ def test_bundle_holds_request_tier_policy_evidence_decisions_timers_outcome_and_
     assert bundle["request"]["action"] == "refund_customer" and bundle["request"]["requested_by"] == "refund-bot"
     assert bundle["in_force"]["tier"] == 3 and bundle["in_force"]["business_hours"] is True
     assert [level["timeout_seconds"] for level in bundle["in_force"]["policy"]["levels"]] == [600, 1200]
-    assert bundle["evidence"]["metrics"][0] == {"metric": "refund_amount", "value": 120, "operator": ">", "threshold": 50}
+    assert bundle["evidence"]["metrics"][0] == {"metric": "refund_amount", "value": 120, "operator": ">",
+                                                "threshold": 50}
     assert [(d["by"], d["verdict"], d["justification"]) for d in bundle["decisions"]] == [
         ("sam", "reject", "Order already refunded by hand.")]
     assert [e["level"] for e in bundle["timers"]["escalations"]] == [1]
@@ -61,7 +64,8 @@ def test_bundle_holds_request_tier_policy_evidence_decisions_timers_outcome_and_
     actions = [e["event"]["action"] for e in bundle["audit"]["events"]]
     assert actions == ["approval.requested", "approval.escalated", "approval.decided", "approval.rejected"]
     for entry in bundle["audit"]["events"]:
-        assert entry["hash_ok"] and entry["hash"] == chain_hash(entry["prev_hash"], audit.canonical_json(entry["event"]))
+        assert entry["hash_ok"] and entry["hash"] == chain_hash(entry["prev_hash"],
+                                                                audit.canonical_json(entry["event"]))
     assert bundle["audit"]["checkpoint"]["seq"] >= bundle["audit"]["events"][-1]["seq"]
 
 

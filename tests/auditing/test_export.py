@@ -74,7 +74,8 @@ def test_csv_export_round_trip_equals_the_database(auditor_client, decision_log)
     assert checkpoint["hash"] == stored[-1].hash and len(checkpoint["signature"]) == 64
 
 
-def test_whole_chain_export_verifies_offline_and_a_tampered_copy_names_the_event(auditor_client, decision_log, tmp_path):
+def test_whole_chain_export_verifies_offline_and_a_tampered_copy_names_the_event(auditor_client, decision_log,
+                                                                                  tmp_path):
     text, _ = download(auditor_client, "jsonl")
     export = tmp_path / "export.jsonl"
     export.write_text(text)
@@ -93,7 +94,8 @@ def test_whole_chain_export_verifies_offline_and_a_tampered_copy_names_the_event
 def test_search_export_holds_only_the_matching_events(auditor_client, decision_log, other_workflow):
     text, response = download(auditor_client, "jsonl", workflow=other_workflow.slug)
     lines = [json.loads(line) for line in text.splitlines()]
-    expected = list(AuditEvent.objects.filter(workflow_slug=other_workflow.slug).order_by("seq").values_list("seq", flat=True))
+    expected = list(AuditEvent.objects.filter(workflow_slug=other_workflow.slug).order_by("seq")
+                    .values_list("seq", flat=True))
     assert [line["seq"] for line in lines if line["type"] == "event"] == expected
     assert lines[-1]["type"] == "checkpoint"
     assert "ringfence-audit-search-" in response["Content-Disposition"]
@@ -112,7 +114,8 @@ def test_export_reports_its_progress_to_its_owner(auditor_client, auditor, appro
     total = AuditEvent.objects.count()
     assert f"Export finished: {total} events" in page
     client.force_login(approver)
-    assert "Export finished" not in client.get(reverse("governance:audit_export_progress", args=["tok123"])).content.decode()
+    assert "Export finished" not in client.get(
+        reverse("governance:audit_export_progress", args=["tok123"])).content.decode()
 
 
 def test_unknown_export_format_is_not_found(auditor_client, decision_log):

@@ -22,8 +22,8 @@ def auditor_client(client, auditor):
 
 def test_auditor_searches_by_workflow_actor_action_and_words(auditor_client, decision_log, workflow):
     refund = decision_log[:3]
-    assert seqs_on_page(auditor_client.get(SEARCH, {"workflow": workflow.slug, "action": "approval.", "actor": "ALI"})) == [
-        refund[1].seq, refund[0].seq]
+    assert seqs_on_page(auditor_client.get(SEARCH, {"workflow": workflow.slug, "action": "approval.",
+                                                    "actor": "ALI"})) == [refund[1].seq, refund[0].seq]
     assert seqs_on_page(auditor_client.get(SEARCH, {"words": "double-charged refund"})) == [refund[0].seq]
     assert seqs_on_page(auditor_client.get(SEARCH, {"words": "error_rate", "actor": "rollouts"})) == [refund[2].seq]
 

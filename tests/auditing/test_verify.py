@@ -70,7 +70,8 @@ def test_a_file_that_is_not_an_export_is_refused_with_the_line(auditor_client, d
 def test_chain_verification_reports_progress_and_its_result(auditor_client, auditor, decision_log):
     job = auditing.Progress("verify", "job1", auditor.pk, auditing.progress_store())
     job.save(state="queued", done=0, total=0)
-    assert "Waiting for a worker" in auditor_client.get(reverse("governance:audit_verify_job", args=["job1"])).content.decode()
+    assert "Waiting for a worker" in auditor_client.get(
+        reverse("governance:audit_verify_job", args=["job1"])).content.decode()
     auditing.run_chain_verification("job1", auditor.pk)
     page = auditor_client.get(reverse("governance:audit_verify_job", args=["job1"])).content.decode()
     assert "intact" in page and f"{AuditEvent.objects.count()} events checked" in page

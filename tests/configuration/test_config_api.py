@@ -60,7 +60,7 @@ def test_plan_then_apply_with_the_config_permission(ci):
     assert again.status_code == 200 and again.json()["changes"] == []
 
 
-def test_without_the_permission_or_with_bad_input_nothing_changes(api, ci, admin_user):
+def test_without_the_permission_or_with_bad_input_nothing_changes(api, ci, admin_user):  # noqa: F811
     assert_problem(post(api, "/api/v1/config/plan", NEW_AGENT), 403, "forbidden")
     assert_problem(post(api, "/api/v1/config/apply", NEW_AGENT, key="k"), 403, "forbidden")
     broken = NEW_AGENT.replace("    tier: 2\n", "    tier: two\n")

@@ -161,7 +161,8 @@ def test_apply_is_all_or_nothing_when_the_seventh_of_ten_objects_is_refused(tmp_
     # (workflow, account, action, rules, policy, scope) and before three containment duties.
     text = (NEW_AGENT.replace("refund_latency_ms, label: Refund latency", "latency_p95_ms, label: Latency")
             .replace("      sam: [view, approve]\n", "")
-            .replace("      rollback: {primary: olivia}\n", "      rollback: {primary: olivia}\n      narrow: {primary: olivia}\n"))
+            .replace("      rollback: {primary: olivia}\n",
+                     "      rollback: {primary: olivia}\n      narrow: {primary: olivia}\n"))
     path = write(tmp_path, text)
     head = AuditEvent.objects.order_by("-seq").values_list("seq", flat=True).first()
     plan_code, plan_out, _ = run("plan", path)
@@ -212,7 +213,8 @@ def test_a_folder_of_files_is_one_configuration_and_duplicate_keys_are_refused(t
     (folder / "workflows.yaml").write_text("workflows:\n" + workflows)
     code, out, _ = run("plan", str(folder))
     assert code == 2 and out.strip().endswith("Plan: 10 to create, 0 to update, 0 to delete.")
-    (folder / "workflows.yaml").write_text("workflows:\n" + workflows.replace("    tier: 2\n", "    tier: 2\n    tier: 3\n"))
+    (folder / "workflows.yaml").write_text("workflows:\n"
+                                           + workflows.replace("    tier: 2\n", "    tier: 2\n    tier: 3\n"))
     code, _, err = run("plan", str(folder))
     assert code == 1 and err.startswith(f"{folder / 'workflows.yaml'}:6: workflows[0].tier: 'tier' is given twice")
 
@@ -320,7 +322,8 @@ def test_a_rollout_plan_in_the_file_is_created_marked_ready_and_round_trips(tmp_
     plan = RolloutPlan.objects.get(workflow__slug="voucher-agent", release_version="voucher-v2")
     assert plan.state == "ready" and plan.rings.count() == 2
     trigger = plan.triggers.get(metric__slug="latency_p95_ms")
-    assert (trigger.breach_share, trigger.sustained_for.total_seconds(), str(trigger.threshold)) == (60, 120, "800.000000")
+    assert (trigger.breach_share, trigger.sustained_for.total_seconds(), str(trigger.threshold)) == (
+        60, 120, "800.000000")
     assert {"rollout.plan_created", "rollout.plan_ready"} <= set(AuditEvent.objects.values_list("action", flat=True))
     exported = exporting.export_yaml()
     assert "voucher-v2" in exported and run("plan", write(tmp_path, exported, "exported.yaml"))[0] == 0

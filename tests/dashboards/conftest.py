@@ -87,7 +87,8 @@ def tell(workflow, other_workflow, admin_user, containment_owner, approver) -> S
     with at(18):
         rollouts.create_context_tag(actor=rhea, workflow=workflow, plan=plan, kind="expected_latency_increase",
                                     expected_change_percent=Decimal("10"), starts_at=base + timedelta(minutes=20),
-                                    ends_at=base + timedelta(minutes=30), reason="cache warm-up after the index rebuild")
+                                    ends_at=base + timedelta(minutes=30),
+                                    reason="cache warm-up after the index rebuild")
     spike_start = base + timedelta(minutes=40)
     with at(41.5):
         add(plan, "latency_p95_ms", base + timedelta(minutes=16), [720] * 47, ring=1)  # up to 39 min 30 s
@@ -99,8 +100,8 @@ def tell(workflow, other_workflow, admin_user, containment_owner, approver) -> S
     plan.refresh_from_db()
     other.refresh_from_db()
     with at(50):
-        approvals.create_request(workflow=workflow, kind="agent_action", action="refund_customer", parameters={"order": 1},
-                                 requester="system:refunds")
+        approvals.create_request(workflow=workflow, kind="agent_action", action="refund_customer",
+                                 parameters={"order": 1}, requester="system:refunds")
     with at(60):
         escalated = approvals.create_request(workflow=workflow, kind="agent_action", action="refund_customer",
                                              parameters={"order": 2}, requester="system:refunds")

@@ -19,7 +19,7 @@ FALSE_POSITIVES = ("() => document.getElementById('chart-false-positives').data"
                    ".map(t => (t.y || []).reduce((a, b) => a + b, 0))")
 
 
-def show(page, url: str) -> dict:
+def show(page, url: str) -> dict:  # noqa: F811
     page.goto(url, timeout=SLOW_PAGE_MS)
     page.wait_for_function(DRAWN, timeout=SLOW_PAGE_MS)
     return page.evaluate(POINTS)

@@ -23,7 +23,8 @@ def test_containment_owner_reviews_an_autonomous_rollback(client, containment_ow
 
     done = client.post(url, {"verdict": "false_positive", "reason": "noise", "note": "one slow batch"},
                        headers={"HX-Request": "true"})
-    assert done.status_code == 200 and "False positive" in done.content.decode() and "<form" not in done.content.decode()
+    assert (done.status_code == 200 and "False positive" in done.content.decode()
+            and "<form" not in done.content.decode())
     review = ActionReview.objects.get(pk=story.review.pk)
     assert (review.verdict, review.reason, review.reviewed_by) == ("false_positive", "noise", containment_owner)
     event = AuditEvent.objects.get(seq=before + 1)

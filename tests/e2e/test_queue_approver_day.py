@@ -99,7 +99,8 @@ def test_a_stale_page_is_told_who_decided(request, page, browser, live_server, o
         bob.fill("#id_justification", "Looks like fraud to me.")
         started = time.perf_counter()
         bob.click("#decision-panel button[value=reject]")
-        expect(bob.locator("#decision-panel .errors")).to_have_text(re.compile(r"Already approved by Alice at \d\d:\d\d\."))
+        expect(bob.locator("#decision-panel .errors")).to_have_text(
+            re.compile(r"Already approved by Alice at \d\d:\d\d\."))
         elapsed_ms = (time.perf_counter() - started) * 1000
         expect(bob.locator("#decision-panel button[value=reject]")).to_have_count(0)
     finally:

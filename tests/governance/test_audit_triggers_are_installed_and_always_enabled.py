@@ -23,7 +23,7 @@ def test_append_only_triggers_are_enabled_always_and_truncate_is_statement_level
     figures(f"AUD-04 triggers={len(triggers)} enabled={sorted({e for e, _, _ in triggers.values()})}")
 
     assert set(triggers) == {(t, f"{t}_{kind}") for t in TABLES for kind in ("no_mod", "no_trunc")}
-    for (table, name), (enabled, tgtype, function) in triggers.items():
+    for (_table, name), (enabled, tgtype, function) in triggers.items():
         assert enabled == "A", f"{name} is {enabled!r}, not ENABLE ALWAYS"
         assert function == "ringfence_audit_refuse"
         assert tgtype & BEFORE, f"{name} must fire before the change"

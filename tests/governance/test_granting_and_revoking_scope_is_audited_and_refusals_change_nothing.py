@@ -23,7 +23,8 @@ def test_an_administrator_grants_scope_and_the_event_names_who_and_what(admin_us
 @pytest.mark.django_db
 def test_revoking_some_or_all_permissions(admin_user, containment_owner, workflow):
     start = head_seq()
-    assert services.revoke_scope(workflow.pk, actor=admin_user, user=containment_owner, permissions=[CONTAIN]) == [CONTAIN]
+    assert services.revoke_scope(workflow.pk, actor=admin_user, user=containment_owner,
+                                 permissions=[CONTAIN]) == [CONTAIN]
     assert containment_owner.has_perm(perm(VIEW), workflow)
     assert not containment_owner.has_perm(perm(CONTAIN), workflow)
     assert services.revoke_scope(workflow.pk, actor=admin_user, user=containment_owner) == sorted(SCOPED_PERMISSIONS)

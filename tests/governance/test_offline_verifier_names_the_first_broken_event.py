@@ -69,7 +69,8 @@ def _append_in_bulk(count: int) -> None:
             "v": FORMAT_VERSION, "seq": seq, "at": at,
             "actor": {"kind": "service", "id": "7", "label": "refund-bot"}, "action": "approvals.decided",
             "subject": {"type": "approvals.request", "id": str(seq)}, "workflow": "refund-agent",
-            "data": {"verdict": "approve", "amount": "120.50", "note": "Rückerstattung ✓\u2028zweite Zeile"}, "reason": "",
+            "data": {"verdict": "approve", "amount": "120.50", "note": "Rückerstattung ✓\u2028zweite Zeile"},
+            "reason": "",
         }
         canonical = canonical_json(payload)
         event_hash = chain_hash(prev, canonical)

@@ -12,7 +12,8 @@ from tests import factories
 
 
 @pytest.mark.django_db
-def test_removed_object_permission_denies_the_next_page_request(client, admin_user, workflow, containment_owner, figures):
+def test_removed_object_permission_denies_the_next_page_request(client, admin_user, workflow, containment_owner,
+                                                                figures):
     client.force_login(containment_owner)
     assert client.get(workflow.get_absolute_url()).status_code == 200
     assert workflow.slug in client.get(reverse("governance:workflow_list")).content.decode()

@@ -99,7 +99,8 @@ TAMPERING = {
     "the link": change("prev_hash = repeat('ab', 32)"),
     "a deleted event": lambda s: tamper((f"DELETE FROM {TABLE} WHERE seq = %s", [s])),
     "the seq inside the contents, rehashed": change(
-        """canonical = replace(canonical, '"seq":' || %(seq)s || ',"subject"', '"seq":' || (%(seq)s + 1000) || ',"subject"')""",
+        """canonical = replace(canonical, '"seq":' || %(seq)s || ',"subject"', """
+        """'"seq":' || (%(seq)s + 1000) || ',"subject"')""",
         rehashed=True),
     "a reason, rehashed from there on": change(
         "canonical = replace(canonical, 'line two', 'line 2'), reason = replace(reason, 'line two', 'line 2')",

@@ -36,9 +36,10 @@ def test_aud07_backend_killed_before_commit_persists_neither_change_nor_event(pr
 
             holder.execute("SELECT pg_advisory_lock(%s)", [audit.AUDIT_LOCK_KEY])
             thread, outcome = in_thread(
-                lambda: change(workflow.pk, actor=containment_owner, reason=f"round {round_no}"))
+                lambda change=change, round_no=round_no: change(workflow.pk, actor=containment_owner,
+                                                                reason=f"round {round_no}"))
             assert outcome.started.wait(10)
-            wait_until(lambda: _waiting_on_lock(private_pg, outcome.backend_pid), 10,
+            wait_until(lambda outcome=outcome: _waiting_on_lock(private_pg, outcome.backend_pid), 10,
                        f"round {round_no}: the transition waits for the audit lock")
             assert private_pg.kill_backend(outcome.backend_pid)
             holder.execute("SELECT pg_advisory_unlock(%s)", [audit.AUDIT_LOCK_KEY])

@@ -65,7 +65,8 @@ def test_a_rollback_asked_while_redis_is_down_commits_at_once_and_is_executed_on
                "the rollback was executed after Redis returned")
     executed_after = time.monotonic() - back
     wait_until(lambda: RolloutPlan.objects.get(pk=plan.pk).state == "rolled_back", 10, "the plan rolled back")
-    rolled_back = [e for e in AuditEvent.objects.filter(action="rollout.rolled_back") if e.data.get("action") == action.pk]
+    rolled_back = [e for e in AuditEvent.objects.filter(action="rollout.rolled_back")
+                   if e.data.get("action") == action.pk]
     figures.report("CON-BRK", f"Redis stopped {DOWN_S} s: the rollback page answered {answer.status} in "
                               f"{answer.seconds:.2f} s with the action {committed_state}; executed "
                               f"{executed_after:.1f} s after Redis returned (sweep {SWEEP_S:g} s, stall "

@@ -47,7 +47,8 @@ def post_samples(api: Client, *samples: str, workflow: str = "refund-agent"):
 
 
 def test_a_batch_is_stored_and_duplicates_are_counted_not_stored_twice(api, live_plan):
-    first = post_samples(api, sample("810", seconds_ago=30), sample("820", seconds_ago=20), sample("820", seconds_ago=20))
+    first = post_samples(api, sample("810", seconds_ago=30), sample("820", seconds_ago=20),
+                         sample("820", seconds_ago=20))
     assert first.status_code == 200, first.content
     assert first.json() == {"plan": live_plan.pk, "received": 3, "stored": 2, "duplicates": 1, "late": 0,
                             "evaluation": "scheduled"}
@@ -180,7 +181,8 @@ def test_a_window_tag_needs_no_metric_and_a_change_tag_needs_one(api, live_plan)
                   content_type="application/json")
     assert ok.status_code == 201 and ok.json()["label"] == "migration_window: true"
     bad = api.post("/api/v1/context-tags", json.dumps({"workflow": "refund-agent", "kind": "expected_change",
-                                                       "ends_at": ends, "reason": "?"}), content_type="application/json")
+                                                       "ends_at": ends, "reason": "?"}),
+                   content_type="application/json")
     assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "metric"
 
 

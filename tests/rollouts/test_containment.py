@@ -196,7 +196,8 @@ def test_an_outage_right_after_a_breach_began_is_an_event_not_a_silent_pass(star
     tick(frozen, plan, 5, latency_p95_ms=700, error_rate=0.01, quality_score=0.9, cost_per_task=0.02)
     assert not SignalLoss.objects.filter(plan=plan, restored_at__isnull=True).exists()
     quality = next(c for c in selectors.evaluate(plan, clock.now()).criteria if c.metric == "quality_score")
-    assert quality.status == "inconclusive" and quality.samples == 2  # sent since the signals were back, not the 65 before
+    # sent since the signals were back, not the 65 before
+    assert quality.status == "inconclusive" and quality.samples == 2
     assert AuditEvent.objects.filter(action="rollout.signals_restored").count() == 2
 
 
@@ -238,7 +239,8 @@ def test_one_sample_a_minute_at_8_percent_asks_a_person_within_the_sustained_for
 # -- 4. tags cover only what they expect -----------------------------------------------------------------
 
 def tag(workflow, release_manager, **fields):
-    return services.create_context_tag(actor=release_manager, workflow=workflow, ends_at=clock.now() + timedelta(hours=4),
+    return services.create_context_tag(actor=release_manager, workflow=workflow,
+                                       ends_at=clock.now() + timedelta(hours=4),
                                        reason="the 23:00 database migration", **fields)
 
 
@@ -353,7 +355,8 @@ def test_the_windows_aggregated_in_postgresql_are_those_of_the_reference_on_the_
             assert (mine.start, mine.end, mine.count, mine.beyond) == (theirs.start, theirs.end, theirs.count,
                                                                        theirs.beyond)
             assert mine.total == pytest.approx(theirs.total)
-        mine, theirs = ev.evaluate_trigger(rule, from_sql), ev.evaluate_trigger(rule, replace(reference, late=from_sql.late))
+        mine, theirs = (ev.evaluate_trigger(rule, from_sql),
+                        ev.evaluate_trigger(rule, replace(reference, late=from_sql.late)))
         assert mine.value == pytest.approx(theirs.value) and replace(mine, value=0) == replace(theirs, value=0)
         with monkeypatch.context() as patched:  # SQLite (zero-setup) reads the rows and uses the reference
             patched.setattr(connection, "vendor", "sqlite")

@@ -53,7 +53,8 @@ def override_window(workflow, admin_user, seconds: int) -> None:
 def breach(api: Client) -> float:
     """Post the seeds' latency rise (four samples over 800 ms in the last 40 s); returns when."""
     now = clock.now()
-    samples = [{"metric": "latency_p95_ms", "value": v, "observed_at": (now - timedelta(seconds=10 * (3 - i))).isoformat(),
+    samples = [{"metric": "latency_p95_ms", "value": v,
+                "observed_at": (now - timedelta(seconds=10 * (3 - i))).isoformat(),
                 "segment": "internal_team:support-ops"} for i, v in enumerate((808, 861, 890, 909))]
     posted = time.monotonic()
     response = api.post("/api/v1/signals", json.dumps({"workflow": "refund-agent", "samples": samples}),

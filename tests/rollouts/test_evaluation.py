@@ -267,7 +267,8 @@ def test_widening_relaxes_lower_bounds_downwards():
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.floats(min_value=0, max_value=5000), min_size=3, max_size=10), st.floats(min_value=0.1, max_value=200))
+@given(st.lists(st.floats(min_value=0, max_value=5000), min_size=3, max_size=10),
+       st.floats(min_value=0.1, max_value=200))
 def test_a_tag_never_fires_a_trigger_that_holds_without_it(values, percent):
     tag = ev.Tag(1, "t", "expected_change", "latency_p95_ms", percent)
     if trigger(values).status != ev.FIRED:
@@ -311,7 +312,8 @@ def test_a_warning_trigger_proposes_the_fallback_and_critical_wins_over_warning(
 def test_expansion_is_automatic_only_at_tier_1_without_an_approval_point():
     assert ev.decide(situation(tier=1), [MET], [trigger([700] * 3)]).handling == ev.EXECUTE
     assert ev.decide(situation(tier=2), [MET], [trigger([700] * 3)]).handling == ev.GATE
-    assert ev.decide(situation(tier=1, next_ring_is_approval_point=True), [MET], [trigger([700] * 3)]).handling == ev.GATE
+    assert ev.decide(situation(tier=1, next_ring_is_approval_point=True), [MET],
+                     [trigger([700] * 3)]).handling == ev.GATE
 
 
 def test_inconclusive_data_asks_a_person_before_expanding_and_never_rolls_back():

@@ -63,13 +63,15 @@ def test_existing_triggers_and_signals_keep_their_data_and_get_the_safe_defaults
                   .values_list("pk", "threshold", "sustained_for", "min_samples", "severity"))
     migrate(("rollouts", "0003_review_of_agent_actions"))
     with connection.cursor() as cursor:  # a sample stored before the migration, without the late flag
-        cursor.execute("INSERT INTO rollouts_signal (plan_id, metric_id, ring, segment, observed_at, value, received_at) "
+        cursor.execute("INSERT INTO rollouts_signal "
+                       "(plan_id, metric_id, ring, segment, observed_at, value, received_at) "
                        "VALUES (%s, %s, 0, '', now(), 812.5, now())", [live_plan.pk, latency.pk])
     migrate(CONTAINMENT)
     after = list(RollbackTrigger.objects.filter(plan=live_plan).order_by("pk")
                  .values_list("pk", "threshold", "sustained_for", "min_samples", "severity"))
     assert after == before
     trigger = RollbackTrigger.objects.filter(plan=live_plan, severity="critical").first()
-    assert (trigger.breach_statistic, trigger.breach_share, trigger.flap_breaches, trigger.flap_windows) == ("share", 50, 3, 5)
+    assert (trigger.breach_statistic, trigger.breach_share, trigger.flap_breaches, trigger.flap_windows) == (
+        "share", 50, 3, 5)
     assert trigger.effective_no_data_after == 2 * trigger.sustained_for and trigger.effective_on_no_data == "pause"
     assert Signal.objects.get(plan=live_plan).late is False

@@ -191,7 +191,8 @@ def test_the_editor_writes_a_triggers_breach_and_no_data_settings_and_blank_ones
     }))
     assert response.status_code == 302, response.content.decode()[-2000:]
     trigger = RolloutPlan.objects.get().triggers.get()
-    assert (trigger.breach_statistic, trigger.breach_share, trigger.flap_breaches, trigger.flap_windows) == ("mean", 50, 2, 4)
+    assert (trigger.breach_statistic, trigger.breach_share, trigger.flap_breaches, trigger.flap_windows) == (
+        "mean", 50, 2, 4)
     assert (trigger.allowed_lateness, trigger.no_data_after, trigger.on_no_data) == (
         timedelta(minutes=1), timedelta(minutes=15), "rollback")
     assert trigger.reask_worse_percent == 25

@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 WAIT_MS = 20_000
 
 
-def containment(page):
+def containment(page):  # noqa: F811
     return page.locator("#containment")
 
 

@@ -77,7 +77,8 @@ def test_starting_an_unready_plan_is_refused_with_every_missing_item_named(make_
     assert plan.state == State.DRAFT and audit_actions(plan) == ["rollout.plan_created"]
 
 
-def test_readiness_names_the_duties_without_an_owner(make_plan, release_manager, workflow, containment_owner, admin_user):
+def test_readiness_names_the_duties_without_an_owner(make_plan, release_manager, workflow, containment_owner,
+                                                     admin_user):
     governance_services.assign_containment(workflow.pk, actor=admin_user, user=containment_owner, duty="pause")
     plan = make_plan()
     refusal = refused("not_ready", services.mark_ready, plan.pk, actor=release_manager)
@@ -172,7 +173,8 @@ def test_fallback_is_executed_then_left_by_the_fallback_owner(live_plan, owner):
     services.resume_rollout(live_plan.pk, actor=owner, reason="latency back to normal")
     live_plan.refresh_from_db()
     assert live_plan.state == State.ACTIVE and live_plan.active_fallback_mode == ""
-    assert audit_actions(live_plan)[-3:] == ["rollout.fallback_requested", "rollout.fallback_engaged", "rollout.resumed"]
+    assert audit_actions(live_plan)[-3:] == ["rollout.fallback_requested", "rollout.fallback_engaged",
+                                             "rollout.resumed"]
 
 
 def test_roll_back_from_fallback(live_plan, owner):

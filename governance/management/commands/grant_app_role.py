@@ -34,4 +34,5 @@ class Command(BaseCommand):
                     cursor.execute(f'GRANT SELECT, INSERT ON "{table}" TO {role}')
                 else:
                     cursor.execute(f'GRANT SELECT, INSERT, UPDATE, DELETE ON "{table}" TO {role}')
-        self.stdout.write(f"{role}: DML on {len(tables) - len(AUDIT_TABLES)} tables, SELECT/INSERT on the audit tables.")
+        self.stdout.write(f"{role}: DML on {len(tables) - len(AUDIT_TABLES)} tables, "
+                          "SELECT/INSERT on the audit tables.")

@@ -28,9 +28,10 @@ class Command(BaseCommand):
                 continue
             result = module.seed()
             created += getattr(result, "created", []) or []
-        self.stdout.write(f"demo: {len(created)} new object(s)" + (f": {', '.join(created)}" if created else " (already seeded)"))
+        self.stdout.write(f"demo: {len(created)} new object(s)"
+                          + (f": {', '.join(created)}" if created else " (already seeded)"))
         if print_logins:
             self.stdout.write(f"demo logins (password {DEMO_PASSWORD!r}):")
-            for username, full_name, role in PEOPLE:
+            for username, _full_name, role in PEOPLE:
                 self.stdout.write(f"  {username:<8} {role}")
             self.stdout.write(f"demo agent token: {settings.VAR_DIR / 'demo-agent-token'}")
