@@ -105,6 +105,14 @@ def situation_of(workflow: Workflow, at: datetime) -> Situation:
     return situation
 
 
+def tier_in_force(workflow: Workflow, situation: Situation, at: datetime) -> tuple[int, str]:
+    """The tier dispatch uses at `at`, and what lowered it ("" when nothing did)."""
+    tier = workflow.tier_at(at)
+    if situation.lowered_tier is not None and situation.lowered_tier > tier:
+        return situation.lowered_tier, situation.lowered_by
+    return tier, ""
+
+
 @dataclass(frozen=True)
 class Verdict:
     """What the rules and the tier say of one call, before anything is written."""
@@ -232,6 +240,15 @@ def decide(rule_list: list[ActionRule], evaluator: rules.Evaluator, governed: De
     return _by_tier(governed, tier, hours, lowered_by)
 
 
+def under_fallback(verdict: Verdict, workflow: Workflow, situation: Situation, quorum: int) -> Verdict:
+    """A `human_review` fallback in force sends what would be allowed to a person instead."""
+    if verdict.decision != "allow" or situation.fallback_mode != "human_review":
+        return verdict
+    return replace(verdict, decision="pending", code="approval_required", quorum=quorum,
+                   reason=f"{workflow.slug} is in human-review fallback ({situation.fallback_of}): "
+                          f"every action waits for a person. {verdict.reason}")
+
+
 def _split(rule_list: tuple[ActionRule, ...]) -> tuple[list[ActionRule], list[ActionRule]]:
     live, shadow = [], []
     for rule in rule_list:
@@ -262,10 +279,7 @@ def dispatch(*, account: ServiceAccount, workflow: str, action: str, parameters:
     now = clock.now()
     business = workflow.in_business_hours(now)
     situation = situation_of(workflow, now)
-    tier = workflow.tier_at(now)
-    lowered_by = ""
-    if situation.lowered_tier is not None and situation.lowered_tier > tier:
-        tier, lowered_by = situation.lowered_tier, situation.lowered_by
+    tier, lowered_by = tier_in_force(workflow, situation, now)
     hours = "business hours" if business else "off hours"
     denying = DENYING_FALLBACKS.get(situation.fallback_mode)
 
@@ -286,10 +300,7 @@ def dispatch(*, account: ServiceAccount, workflow: str, action: str, parameters:
         if shadow:
             _compare_shadow(governed, verdict, decide(shadow, evaluator, governed, tier, hours, lowered_by),
                             account, parameters, now)
-        if verdict.decision == "allow" and situation.fallback_mode == "human_review":
-            verdict = replace(verdict, decision="pending", code="approval_required", quorum=governed.quorum,
-                              reason=f"{workflow.slug} is in human-review fallback ({situation.fallback_of}): "
-                                     f"every action waits for a person. {verdict.reason}")
+        verdict = under_fallback(verdict, workflow, situation, governed.quorum)
 
     risk = governed.risk if governed is not None else None
     base = {"workflow": workflow, "action": action, "tier": tier, "business_hours": business, "risk": risk,

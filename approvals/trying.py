@@ -8,7 +8,7 @@ lowered tier, a fallback in force), the same `decide` over the live rules and th
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
@@ -49,9 +49,7 @@ def try_call(action: GovernedAction, *, parameters: dict, evidence: dict, confid
     business = workflow.in_business_hours(at)
     # The situation the real dispatch reads (a read: the providers only query).
     situation = dispatch.situation_of(workflow, at)
-    tier, lowered_by = workflow.tier_at(at), ""
-    if situation.lowered_tier is not None and situation.lowered_tier > tier:
-        tier, lowered_by = situation.lowered_tier, situation.lowered_by
+    tier, lowered_by = dispatch.tier_in_force(workflow, situation, at)
     hours = "business hours" if business else "off hours"
     seen = dict(evidence)
     if confidence is not None:
@@ -64,10 +62,7 @@ def try_call(action: GovernedAction, *, parameters: dict, evidence: dict, confid
     declared = dispatch.Declared(action.pk, action.risk, action.quorum)
     live, shadow = rules_of(action)
     verdict = dispatch.decide(live, evaluator, declared, tier, hours, lowered_by)
-    if verdict.decision == "allow" and situation.fallback_mode == "human_review":
-        verdict = replace(verdict, decision="pending", code="approval_required", quorum=action.quorum,
-                          reason=f"{workflow.slug} is in human-review fallback ({situation.fallback_of}): every "
-                                 f"action waits for a person. {verdict.reason}")
+    verdict = dispatch.under_fallback(verdict, workflow, situation, action.quorum)
     before = ""
     if workflow.paused:
         before = f"{workflow.slug} is paused ({workflow.paused_reason}): every dispatch is denied until it is resumed."

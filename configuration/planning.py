@@ -63,6 +63,7 @@ class Change:
     key: str
     fields: dict[str, Any] = field(default_factory=dict)  # create: the values; update: {field: (old, new)}
     where: tuple = ()  # the document path that declared it, for errors
+    wanted: dict[str, Any] = field(default_factory=dict)  # the whole object as it should be (create, update)
 
     @property
     def label(self) -> str:
@@ -278,10 +279,10 @@ def plan(doc: Document, source: Source | None = None, *, prune: bool = False) ->
         if now is None:
             if kind in ("rules", "shadow_rules") and not fields["rules"]:
                 continue  # an action without rules: nothing to create
-            changes.append(Change("create", kind, key, fields, where))
+            changes.append(Change("create", kind, key, fields, where, fields))
         elif now != fields:
             diff = {name: (now.get(name), value) for name, value in fields.items() if now.get(name) != value}
-            changes.append(Change("update", kind, key, diff, where))
+            changes.append(Change("update", kind, key, diff, where, fields))
     if prune:
         for (kind, key), fields in current.items():
             implied = kind == "scope" and ("implied_scope", key) in wanted
@@ -422,22 +423,15 @@ def _apply_one(change: Change, actor: AbstractBaseUser) -> None:
     kind, op, f = change.kind, change.op, change.fields
     new = {name: value[1] for name, value in f.items()} if op == "update" else f
     if kind == "metric":
-        rollout_metrics.define_metric(actor=actor, slug=change.key, **_full("metric", change, new))
+        rollout_metrics.define_metric(actor=actor, slug=change.key, **change.wanted)
     elif kind == "workflow":
-        fields = {"name": new.get("name"), "description": new.get("description"),
-                  "environment": new.get("environment"), "owning_team": new.get("owning_team"),
-                  "autonomy_tier": new.get("tier"), "off_hours_tier": new.get("off_hours_tier", _MISSING),
-                  "timezone": new.get("timezone"), "business_days": new.get("days"),
-                  "business_start": new.get("start"), "business_end": new.get("end"),
-                  "holidays": new.get("holidays")}
-        fields = {k: v for k, v in fields.items() if v is not None and v is not _MISSING
-                  or (k == "off_hours_tier" and v is None and "off_hours_tier" in new)}
+        fields = {WORKFLOW_FIELD.get(name, name): value for name, value in new.items()}
         if op == "create":
             governance_services.create_workflow(actor=actor, slug=change.key, **fields)
         else:
             governance_services.update_workflow(_workflow(change.key).pk, actor=actor, **fields)
     elif kind == "service_account":
-        full = _full("service_account", change, new)
+        full = change.wanted
         if op == "create":
             account = governance_services.create_service_account(
                 actor=actor, name=change.key, owner=_users([full["owner"]])[0],
@@ -462,7 +456,7 @@ def _apply_one(change: Change, actor: AbstractBaseUser) -> None:
             governance_services.remove_action(GovernedAction.objects.get(workflow__slug=slug, name=name).pk,
                                               actor=actor)
             return
-        full = _full("action", change, new)
+        full = change.wanted
         governance_services.define_action(_workflow(slug).pk, actor=actor, name=name, **full)
     elif kind in ("rules", "shadow_rules"):
         slug, name = change.key.split("/")
@@ -472,7 +466,7 @@ def _apply_one(change: Change, actor: AbstractBaseUser) -> None:
              "approver_roles": r["approver_roles"]} for r in new["rules"]])
     elif kind == "policy":
         slug, mode, hours = change.key.split("/")
-        full = _full("policy", change, new)
+        full = change.wanted
         approval_services.define_policy(
             actor=actor, workflow=_workflow(slug), mode=mode, hours=hours, terminal_action=full["terminal_action"],
             levels=[{"groups": lv["roles"], "people": _users(lv["people"]), "timeout_seconds": lv["timeout_seconds"],
@@ -492,17 +486,17 @@ def _apply_one(change: Change, actor: AbstractBaseUser) -> None:
             governance_services.revoke_scope(workflow.pk, actor=actor, user=user,
                                              permissions=[CODENAME[p] for p in sorted(had - wanted)])
     elif kind == "plan":
-        _apply_plan(change, actor, _full("plan", change, new))
+        _apply_plan(change, actor, change.wanted)
     elif kind == "containment":
         slug, duty = change.key.split("/")
         workflow = _workflow(slug)
         for assignment in ContainmentAssignment.objects.filter(workflow=workflow, duty=duty).select_related("user"):
-            keep = op != "delete" and _keeps(assignment, _full("containment", change, new))
+            keep = op != "delete" and _keeps(assignment, change.wanted)
             if not keep:
                 governance_services.remove_containment(assignment.pk, actor=actor)
         if op == "delete":
             return
-        full = _full("containment", change, new)
+        full = change.wanted
         present = {(a.user.username, a.position) for a in
                    ContainmentAssignment.objects.filter(workflow=workflow, duty=duty).select_related("user")}
         for username, position in [(full["primary"], "primary"), *[(b, "backup") for b in full["backup"]]]:
@@ -511,7 +505,8 @@ def _apply_one(change: Change, actor: AbstractBaseUser) -> None:
                                                        duty=duty, position=position)
 
 
-_MISSING = object()
+# The file's name of a workflow setting → the model's.
+WORKFLOW_FIELD = {"tier": "autonomy_tier", "days": "business_days", "start": "business_start", "end": "business_end"}
 
 
 def _apply_plan(change: Change, actor: AbstractBaseUser, full: dict) -> None:
@@ -556,33 +551,18 @@ def _keeps(assignment: ContainmentAssignment, full: dict) -> bool:
     return assignment.user.username in full["backup"]
 
 
-_CURRENT: dict[tuple[str, str], dict] = {}
-
-
-def _full(kind: str, change: Change, new: dict) -> dict:
-    """The whole wanted object for an update (its changed fields over the live ones)."""
-    if change.op == "create":
-        return dict(new)
-    return {**_CURRENT[(kind, change.key)], **new}
-
-
 def apply(plan_: Plan, *, actor: AbstractBaseUser, digest: str, origin: str, via: str = "") -> Plan:
     """Carry out a plan in one transaction: every change through its service (each audits itself),
     then `config.applied`. A refusal rolls everything back and is raised as ConfigError."""
-    require_admin = governance_services.is_administrator(actor)
-    if not require_admin:
+    if not governance_services.is_administrator(actor):
         raise ConfigError([Problem(origin, None, "", "only administrators apply configuration")])
     with transaction.atomic():
-        _CURRENT.clear()
-        _CURRENT.update(live())
         for change in plan_.changes:
             try:
                 with transaction.atomic():
                     _apply_one(change, actor)
             except TransitionRefused as refusal:
-                _CURRENT.clear()
                 raise ConfigError([Problem(origin, None, change.label, refusal.message)]) from None
-        _CURRENT.clear()
         audit.record(actor, "config.applied", ("configuration", digest[:16]), data={
             "sha256": digest, "file": origin, "via": via, "summary": plan_.summary(),
             "changes": [c.label for c in plan_.changes]})
@@ -592,6 +572,3 @@ def apply(plan_: Plan, *, actor: AbstractBaseUser, digest: str, origin: str, via
 def sha256(text: str | bytes) -> str:
     return hashlib.sha256(text.encode("utf-8") if isinstance(text, str) else text).hexdigest()
 
-
-def check_callable(fn: Callable) -> Callable:  # pragma: no cover - for typing tools
-    return fn
