@@ -34,8 +34,13 @@ bench: $(STAMP)
 	@sh scripts/ensure-services
 	@for script in bench/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
 
+# Lint, the rooms' import contracts (pyproject's [tool.importlinter]), Django's checks, no model
+# change without its migration.
 check: $(STAMP)
-	@$(PY) -m ruff check . && $(PY) manage.py check
+	@$(PY) -m ruff check .
+	@$(VENV)/bin/lint-imports --no-cache
+	@var=$$(mktemp -d) && export RINGFENCE_VAR_DIR=$$var && $(PY) -m core.zero_setup && $(PY) manage.py check \
+		&& $(PY) manage.py makemigrations --check --dry-run >/dev/null; rc=$$?; rm -rf $$var; exit $$rc
 
 clean:
 	rm -rf $(VENV) var

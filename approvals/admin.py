@@ -7,7 +7,7 @@ from django.contrib import admin, messages
 
 from approvals import services
 from approvals.models import ApprovalRequest, Decision, Delivery, EscalationLevel, EscalationPolicy, Notice
-from governance.errors import TransitionRefused
+from core.errors import TransitionRefused
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):

@@ -18,11 +18,11 @@ from approvals import dispatch as dispatching
 from approvals import executions
 from approvals import services as approval_services
 from approvals.models import ActionRule, ApprovalRequest, Execution
-from governance import clock
+from core import clock
+from core.api_schemas import Command, Finite, JsonObject, Text
+from core.idempotency import header_value, idempotent
 from governance import services as governance_services
 from governance.api_auth import TOKEN_OR_SESSION, actor_of, service_account_of, workflows_in_scope
-from governance.api_schemas import Command, Finite, JsonObject, Text
-from governance.idempotency import header_value, idempotent
 from governance.models import GovernedAction, slug_validator
 
 router = Router(tags=["approvals"])

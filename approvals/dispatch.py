@@ -44,8 +44,9 @@ from django.db import connection, transaction
 from approvals import executions, rules
 from approvals import services as approval_services
 from approvals.models import ActionRule, ApprovalRequest, EscalationPolicy, Execution, RuleOutcome, ShadowDifference
-from governance import audit, clock
-from governance.errors import TransitionRefused
+from audit import log as audit
+from core import clock
+from core.errors import TransitionRefused
 from governance.models import GovernedAction, ServiceAccount, Workflow
 
 RISKS = [r.value for r in GovernedAction.Risk]

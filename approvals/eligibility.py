@@ -20,7 +20,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Q
 
 from approvals.models import ApprovalRequest, EscalationLevel
-from governance.errors import TransitionRefused
+from core.errors import TransitionRefused
 from governance.permissions import APPROVE, CONTAIN, perm
 
 

@@ -25,8 +25,9 @@ from django.db import transaction
 from django.utils import timezone
 
 from approvals.models import ApprovalRequest, Execution, ExecutionState, Kind, State
-from governance import audit, clock
-from governance.errors import TransitionRefused, require
+from audit import log as audit
+from core import clock
+from core.errors import TransitionRefused, require
 from governance.models import ServiceAccount, Workflow
 
 logger = logging.getLogger(__name__)

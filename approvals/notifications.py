@@ -34,9 +34,9 @@ from django.db import IntegrityError, transaction
 from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
-from approvals import eligibility
+from approvals import eligibility, messages
 from approvals.models import ApprovalRequest, Delivery, EscalationLevel, Notice
-from governance import clock
+from core import clock
 
 logger = logging.getLogger(__name__)
 Event = Notice.Event
@@ -77,9 +77,7 @@ def open_due_reminders(limit: int = 200) -> int:
         with transaction.atomic():
             notice = open_reminder(req)
             if notice is not None:
-                from approvals import tasks
-
-                transaction.on_commit(lambda pk=notice.pk: tasks.publish_delivery(pk))
+                transaction.on_commit(lambda pk=notice.pk: messages.publish_delivery(pk))
                 opened += 1
     return opened
 

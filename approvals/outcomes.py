@@ -15,7 +15,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from approvals.models import ApprovalRequest
-from governance import clock
+from core import clock
 
 Handler = Callable[[int], None]
 _handlers: dict[str, list[Handler]] = {}

@@ -23,7 +23,8 @@ from approvals.models import (
     Mode,
     ShadowDifference,
 )
-from governance.models import AuditEvent, GovernedAction, ServiceAccount, Workflow
+from audit.models import AuditEvent
+from governance.models import GovernedAction, ServiceAccount, Workflow
 from governance.permissions import APPROVE, CONTAIN
 from governance.selectors import workflows_visible_to, workflows_with_perm
 

@@ -31,7 +31,7 @@ from django.contrib.auth.models import AbstractBaseUser, Group
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from approvals import eligibility, executions, notifications, rules, tasks
+from approvals import eligibility, executions, messages, notifications, rules
 from approvals.models import (
     MAX_JUSTIFICATION,
     ActionRule,
@@ -44,8 +44,9 @@ from approvals.models import (
     RuleOutcome,
 )
 from approvals.policies import policy_for
-from governance import audit, clock
-from governance.errors import TransitionRefused, require
+from audit import log as audit
+from core import clock
+from core.errors import TransitionRefused, require
 from governance.models import GovernedAction, ServiceAccount, Workflow
 from governance.permissions import VIEW, perm
 from governance.services import is_administrator
@@ -240,11 +241,11 @@ def _paused_under_share_lock(workflow: Workflow) -> bool:
 def _after_commit(req: ApprovalRequest, notice: Notice | None) -> None:
     """Side effects of a committed transition: the next timer, the notice, the outcome handlers."""
     if req.is_pending:
-        transaction.on_commit(partial(tasks.schedule_timer, req.pk, req.level, req.due_at))
+        transaction.on_commit(partial(messages.schedule_timer, req.pk, req.level, req.due_at))
     else:
-        transaction.on_commit(partial(tasks.publish_outcome, req.pk))
+        transaction.on_commit(partial(messages.publish_outcome, req.pk))
     if notice is not None:
-        transaction.on_commit(partial(tasks.publish_delivery, notice.pk))
+        transaction.on_commit(partial(messages.publish_delivery, notice.pk))
 
 
 def _close(req: ApprovalRequest, state: str, *, by: str, now: datetime) -> Notice | None:

@@ -31,10 +31,10 @@ from approvals.forms import (
     TryForm,
 )
 from approvals.models import ActionRule, ApprovalRequest, Decision, EscalationPolicy, Mode
-from governance import clock, denials
+from core import clock, denials
+from core.errors import TransitionRefused
 from governance import selectors as governance_selectors
 from governance import services as services_of_governance
-from governance.errors import TransitionRefused
 from governance.forms import ActionForm
 from governance.models import GovernedAction, Workflow
 

@@ -53,7 +53,7 @@ def add_requests(agent, workflows, start: int, count: int) -> None:
     from django.db import connection
 
     from approvals.models import ApprovalRequest, EscalationPolicy
-    from governance import clock
+    from core import clock
 
     policy = EscalationPolicy.objects.get(workflow__isnull=True, mode="gate", hours="any")
     now = clock.now()

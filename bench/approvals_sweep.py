@@ -34,7 +34,7 @@ def overdue(count: int) -> None:
     from django.db import connection
 
     from approvals.models import ApprovalRequest, EscalationLevel, EscalationPolicy
-    from governance import clock
+    from core import clock
     from governance.models import ServiceAccount, Workflow
 
     workflow, _ = Workflow.objects.get_or_create(slug="bench-sweep", defaults={"name": "Bench sweep"})
@@ -96,7 +96,7 @@ def raw_until_done() -> None:
 def main() -> int:
     with scratch_database("ringfence_bench_sweep"):
         from approvals.models import ApprovalRequest
-        from governance.models import AuditEvent
+        from audit.models import AuditEvent
 
         log(f"timer sweep: load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
         log(f"{'variant':<34} {'sweepers':>8} {'timers':>7} {'seconds':>8} {'timers/s':>9} {'fired once':>10}")

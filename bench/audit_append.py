@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Audit append benchmark: appends/s and p50/p99 latency through `governance.audit.record()` with
+"""Audit append benchmark: appends/s and p50/p99 latency through `audit.log.record()` with
 1, 4 and 16 writers, beside a raw-SQL chain append (advisory lock, head, insert, commit) in the
 same run, and the ratio between them. Target: record() at least 70 % of the raw ceiling.
 
@@ -38,7 +38,7 @@ DATA = {"verdict": "approve", "amount": "120.50", "level": 1}
 def record_append(writer: int, n: int) -> None:
     from django.db import transaction
 
-    from governance import audit
+    from audit import log as audit
 
     with transaction.atomic():
         audit.record(f"bench-writer-{writer}", "bench.appended", ("bench.item", n), data=DATA, reason="benchmark",
@@ -49,8 +49,8 @@ def raw_append_factory(url: str):
     """The reference: the four statements of a chain append and nothing else."""
     import psycopg
 
-    from governance.audit import AUDIT_LOCK_KEY
-    from governance.verify_audit import GENESIS
+    from audit.log import AUDIT_LOCK_KEY
+    from audit.verify_audit import GENESIS
 
     local = threading.local()
     insert = ("INSERT INTO bench_raw_chain (seq, occurred_at, actor_kind, actor_id, actor_label, action, subject_type, "
@@ -143,7 +143,7 @@ def main() -> int:
     with scratch_database("ringfence_bench_append") as url:
         from django.db import connection, connections
 
-        from governance import audit
+        from audit import log as audit
 
         with connection.cursor() as cursor:
             cursor.execute("CREATE TABLE bench_raw_chain (LIKE governance_auditevent INCLUDING ALL)")

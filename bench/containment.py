@@ -254,7 +254,7 @@ def http_round_trips(port: int, count: int = 60) -> list[float]:
 
 
 def celery_round_trips(worker: str, count: int = 30) -> list[float]:
-    from governance.celery import app
+    from config.celery import app
 
     timings = []
     for _ in range(count):
@@ -266,7 +266,7 @@ def celery_round_trips(worker: str, count: int = 30) -> list[float]:
 
 
 def wait_for_worker(worker: str, proc: subprocess.Popen, timeout: float = 90) -> None:
-    from governance.celery import app
+    from config.celery import app
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -348,7 +348,7 @@ def approve_after(delay: float, owner, tier_3: list[Scenario], seen: dict[int, f
     """The human of tier 3: approves each pending rollback of a real regression `delay` s after it was raised."""
     from approvals import services as approvals
     from approvals.models import ApprovalRequest
-    from governance.errors import TransitionRefused
+    from core.errors import TransitionRefused
 
     pending = ApprovalRequest.objects.filter(state="pending", kind="rollback",
                                              rollout_actions__plan_id__in=[s.plan_id for s in tier_3])
@@ -427,7 +427,7 @@ def rollback_hops(rollback, first_breach_at: float, approved_at: float | None) -
 def report(scenarios: list[Scenario], feed: Feed, limits: dict, *, kinds: list[str], window: int, sustained: float,
            human_delay: float) -> None:
     from approvals.notifications import waiting_on
-    from governance.models import AuditEvent
+    from audit.models import AuditEvent
     from rollouts.models import RolloutAction, SignalLoss
 
     plan_ids = [s.plan_id for s in scenarios]
@@ -579,10 +579,10 @@ def main() -> int:
         context = seed(scenarios, sustained=args.sustained, window=args.window)
         worker_name = f"bench-containment-{os.getpid()}@{socket.gethostname()}"
         level = "INFO" if args.keep_logs else "WARNING"  # INFO: one line per task received and done
-        processes.append(spawn([sys.executable, "-m", "celery", "-A", "governance", "worker", "--loglevel", level,
+        processes.append(spawn([sys.executable, "-m", "celery", "-A", "config", "worker", "--loglevel", level,
                                 "--pool", "prefork", "--concurrency", "2", "--purge", "--hostname", worker_name],
                                env, workdir / "worker.log"))
-        processes.append(spawn([sys.executable, "-m", "celery", "-A", "governance", "beat", "--loglevel", "WARNING",
+        processes.append(spawn([sys.executable, "-m", "celery", "-A", "config", "beat", "--loglevel", "WARNING",
                                 "--schedule", str(workdir / "celerybeat-schedule")], env, workdir / "beat.log"))
         server, port = start_server(env, args.workers, log=workdir / "gunicorn.log")
         processes.append(server)

@@ -130,14 +130,15 @@ COMMIT
 
 def floor_write_sql() -> str:
     """The floor's write transaction, sent in one round trip."""
-    from governance import audit
+    from audit import log as audit
 
     return FLOOR_WRITE.format(append=audit._LOCK_AND_APPEND_SQL.strip())
 
 
 def floor_params(body: dict, key: str, fingerprint: str, row: tuple) -> dict:
     """Everything the write needs: the answer, the idempotency record and the audit event."""
-    from governance import audit, clock
+    from audit import log as audit
+    from core import clock
 
     _token, account_id, account_name, workflow_id, slug, _paused, risk = row
     answer = json.dumps({"decision": "allow", "code": "within_autonomy", "workflow": slug, "action": body["action"],
@@ -157,7 +158,7 @@ def floor(request: HttpRequest) -> HttpResponse:
     """The floor as a view, in the same server as the bare view and the real dispatch."""
     from django.db import connection
 
-    from governance import idempotency, ratelimit
+    from core import idempotency, ratelimit
     from governance.models import ApiToken
 
     body = json.loads(request.body)
@@ -181,7 +182,7 @@ def __getattr__(name: str) -> list:
 
 def wsgi():
     """gunicorn's application factory: Ringfence's settings with this module's URLs."""
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "governance.settings")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     from django.conf import settings
     from django.core.wsgi import get_wsgi_application
 
@@ -296,9 +297,10 @@ def fresh_database(url: str) -> None:
 def server_env(database_url: str, redis_url: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RINGFENCE_", "DATABASE_", "CELERY_", "REDIS_"))}
     env.update(
-        DJANGO_SETTINGS_MODULE="governance.settings", PYTHONPATH=str(ROOT), DATABASE_URL=database_url,
+        DJANGO_SETTINGS_MODULE="config.settings", PYTHONPATH=str(ROOT), DATABASE_URL=database_url,
         REDIS_URL=redis_url, CELERY_BROKER_URL=redis_url, SECRET_KEY=secrets.token_urlsafe(50),
-        AUDIT_CHECKPOINT_KEY=secrets.token_hex(32), RINGFENCE_VAR_DIR=str(ROOT / "var" / "bench"),
+        AUDIT_CHECKPOINT_KEY=secrets.token_hex(32), ROLLOUT_WEBHOOK_SECRET=secrets.token_hex(32),
+        RINGFENCE_VAR_DIR=str(ROOT / "var" / "bench"),
         ALLOWED_HOSTS="127.0.0.1", API_RATE_LIMIT_REQUESTS="1000000000", LOG_LEVEL="WARNING",
         DATABASE_CONN_MAX_AGE="60",
     )
@@ -449,7 +451,8 @@ def rules_cost(spec: dict) -> dict:
     django.setup()
     from approvals import dispatch as dispatching
     from approvals import rules
-    from governance import clock, services
+    from core import clock
+    from governance import services
 
     account = services.authenticate_token(spec["token"]).service_account
     body = spec["body"]

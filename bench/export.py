@@ -43,7 +43,7 @@ REASONS = ["", "Customer double-charged; refund is right.", "error_rate above 5%
            "Amount above the policy limit, asked the customer for a receipt first."]
 VERDICTS = ["approve", "reject", "override"]
 # The canonical JSON of an event (sorted keys, no spaces), filled positionally: far faster than
-# json.dumps per event, and checked against governance.verify_audit.canonical_json below.
+# json.dumps per event, and checked against audit.verify_audit.canonical_json below.
 CANONICAL = ('{"action":"%s","actor":{"id":"%s","kind":"%s","label":"%s"},"at":"%s","data":%s,"reason":"%s",'
              '"seq":%d,"subject":{"id":"%s","type":"%s"},"v":1,"workflow":"%s"}')
 COLUMNS = ("seq", "occurred_at", "actor_kind", "actor_id", "actor_label", "action", "subject_type", "subject_id",
@@ -65,8 +65,10 @@ def scratch_database(name: str) -> Iterator[str]:
         admin.execute(f'CREATE DATABASE "{name}"')
     var_dir = tempfile.mkdtemp(prefix=f"{name}-")
     os.environ.update({
-        "DATABASE_URL": url, "RINGFENCE_VAR_DIR": var_dir, "DJANGO_SETTINGS_MODULE": "governance.settings",
+        "DATABASE_URL": url, "RINGFENCE_VAR_DIR": var_dir, "DJANGO_SETTINGS_MODULE": "config.settings",
         "AUDIT_CHECKPOINT_KEY": os.environ.get("AUDIT_CHECKPOINT_KEY", "bench-checkpoint-key-" + "b" * 40),
+        "SECRET_KEY": os.environ.get("SECRET_KEY", "bench-secret-key-" + "s" * 50),
+        "ROLLOUT_WEBHOOK_SECRET": os.environ.get("ROLLOUT_WEBHOOK_SECRET", "bench-webhook-secret-" + "w" * 40),
         "DATABASE_STATEMENT_TIMEOUT_MS": "0", "ALLOWED_HOSTS": "testserver,localhost",
     })
     try:
@@ -86,7 +88,7 @@ def scratch_database(name: str) -> Iterator[str]:
 
 def chain_rows(count: int) -> Iterator[str]:
     """COPY text lines of `count` hash-chained events (seq 1…count)."""
-    from governance.verify_audit import GENESIS
+    from audit.verify_audit import GENESIS
 
     prev = GENESIS
     sha256, fromhex = hashlib.sha256, bytes.fromhex
@@ -111,7 +113,7 @@ def chain_rows(count: int) -> Iterator[str]:
 
 
 def check_canonical_form(sample: int = 1000) -> None:
-    from governance.verify_audit import canonical_json
+    from audit.verify_audit import canonical_json
 
     for line in __import__("itertools").islice(chain_rows(sample), sample):
         canonical = line.split("\t")[11]
@@ -179,7 +181,7 @@ def timed_export(client, fmt: str, params: dict) -> dict:
     before = rss_kib()
     peak = before
     started = time.perf_counter()
-    response = client.get(reverse("governance:audit_export", args=[fmt]), params)
+    response = client.get(reverse("audit:export", args=[fmt]), params)
     size = lines = 0
     for chunk in response.streaming_content:
         size += len(chunk)

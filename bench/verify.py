@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from export import EVENTS, ROUNDS, load_chain, log, scratch_database  # noqa: E402
 
-SCRIPT = Path(__file__).resolve().parent.parent / "governance" / "verify_audit.py"
+SCRIPT = Path(__file__).resolve().parent.parent / "audit" / "verify_audit.py"
 PAIRS: list[tuple[bytes, bytes]] = []  # (prev_hash bytes, canonical bytes): set before the pool forks
 
 
@@ -50,9 +50,10 @@ def main() -> int:
         from django.conf import settings
         from django.db import connection, transaction
 
-        from governance import audit, auditing
-        from governance.models import AuditEvent
-        from governance.verify_audit import Report, default_workers
+        from audit import log as audit
+        from audit import views as auditing
+        from audit.models import AuditEvent
+        from audit.verify_audit import Report, default_workers
 
         log(f"generating and loading {EVENTS:,} chained events …")
         log(f"  loaded in {load_chain(EVENTS):.1f} s")

@@ -15,10 +15,10 @@ from ninja import Router, Schema
 from pydantic import Field
 
 from configuration import document, loading, planning
+from core.idempotency import idempotent
+from core.problems import FieldError, Problem
 from governance import services as governance_services
 from governance.api_auth import service_account_of
-from governance.idempotency import idempotent
-from governance.problems import FieldError, Problem
 
 router = Router(tags=["configuration"])
 MAX_BODY = 2 * 1024 * 1024

@@ -38,14 +38,14 @@ from guardian.shortcuts import get_users_with_perms
 from approvals import rules as cel_rules
 from approvals import services as approval_services
 from approvals.models import ActionRule, EscalationPolicy
+from audit import log as audit
 from configuration.document import Document, Rule
 from configuration.document import Plan as DocPlan
 from configuration.document import Workflow as DocWorkflow
 from configuration.loading import ConfigError, Problem, Source
-from governance import audit
+from core.errors import TransitionRefused
 from governance import services as governance_services
-from governance.errors import TransitionRefused
-from governance.models import ContainmentAssignment, GovernedAction, ServiceAccount, Workflow
+from governance.models import ContainmentAssignment, GovernedAction, ServiceAccount, Workflow, validate_timezone
 from rollouts import metrics as rollout_metrics
 from rollouts import services as rollout_services
 from rollouts.models import Metric, RolloutPlan
@@ -320,8 +320,6 @@ def _check(doc: Document, wanted: dict, source: Source | None) -> None:
                         f"no workflow {slug!r} in the file or in Ringfence")
     for i, wf in enumerate(doc.workflows):
         at = ("workflows", i)
-        from governance.models import validate_timezone
-
         try:
             validate_timezone(wf.business_hours.timezone)
         except Exception as exc:  # noqa: BLE001 - the validator's message is the problem

@@ -13,12 +13,11 @@ from django.db import transaction
 from django.http import HttpResponseRedirect
 from guardian.admin import AdminGroupObjectPermissionsForm, AdminUserObjectPermissionsForm, GuardedModelAdmin
 
+from audit.models import AuditCheckpoint, AuditEvent
+from core.errors import TransitionRefused
 from governance import services
-from governance.errors import TransitionRefused
 from governance.models import (
     ApiToken,
-    AuditCheckpoint,
-    AuditEvent,
     ContainmentAssignment,
     GovernedAction,
     ServiceAccount,

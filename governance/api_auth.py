@@ -19,7 +19,8 @@ from ninja.errors import HttpError
 from ninja.security import APIKeyCookie, HttpBearer
 from ninja.utils import check_csrf
 
-from governance import ratelimit, selectors, services
+from core import ratelimit
+from governance import selectors, services
 from governance.models import ApiToken, ServiceAccount, Workflow
 
 

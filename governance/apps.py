@@ -26,10 +26,7 @@ def grant_administrator_model_permissions(sender, **kwargs) -> None:
     group = Group.objects.using(using).get(name=Role.ADMINISTRATOR)
     perms = Permission.objects.using(using).filter(
         content_type__app_label__in=["auth", "governance", "guardian"]).exclude(
-        codename__in=["approve_workflow", "contain_workflow", "manage_rollouts",
-                      "change_auditevent", "delete_auditevent", "add_auditevent",
-                      "change_auditcheckpoint", "delete_auditcheckpoint", "add_auditcheckpoint"]
-    )
+        codename__in=["approve_workflow", "contain_workflow", "manage_rollouts"])
     group.permissions.add(*perms)
 
 

@@ -16,7 +16,7 @@ NAVIGATION = [
     ("Workflows", "governance:workflow_list", set()),
     ("Metrics", "rollouts:metrics", {Role.RELEASE_MANAGER, Role.ADMINISTRATOR}),
     ("People", "governance:people", {Role.ADMINISTRATOR}),
-    ("Audit trail", "governance:audit_log", {Role.AUDITOR}),
+    ("Audit trail", "audit:log", {Role.AUDITOR}),
     ("Admin", "admin:index", {Role.ADMINISTRATOR}),
 ]
 

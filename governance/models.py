@@ -102,6 +102,11 @@ class Workflow(models.Model):
     def __str__(self) -> str:
         return self.slug
 
+    @property
+    def audit_workflow(self) -> str:
+        """The workflow the audit log files this workflow's events under (audit.log.workflow_of)."""
+        return self.slug
+
     def get_absolute_url(self) -> str:
         return reverse("governance:workflow_detail", args=[self.slug])
 
@@ -224,6 +229,10 @@ class ServiceAccount(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def audit_actor(self) -> tuple[str, str, str]:
+        """How the audit log names this account when it acts (audit.log.describe_actor)."""
+        return "service", str(self.pk), self.name
+
 
 class ApiTokenQuerySet(models.QuerySet):
     def usable(self) -> ApiTokenQuerySet:
@@ -263,95 +272,3 @@ class ApiToken(models.Model):
     @property
     def is_revoked(self) -> bool:
         return self.revoked_at is not None
-
-
-class AuditEvent(models.Model):
-    """One link of the append-only, hash-chained audit trail. Written only by governance.audit."""
-
-    seq = models.BigIntegerField(primary_key=True)
-    occurred_at = models.DateTimeField(db_index=True)
-    actor_kind = models.CharField(max_length=10)
-    actor_id = models.CharField(max_length=64, blank=True)
-    actor_label = models.CharField(max_length=150)
-    action = models.CharField(max_length=64, db_index=True)
-    subject_type = models.CharField(max_length=64)
-    subject_id = models.CharField(max_length=64)
-    workflow_slug = models.CharField(max_length=63, blank=True, db_index=True)
-    reason = models.TextField(blank=True)
-    data = models.JSONField(default=dict)
-    canonical = models.TextField()
-    prev_hash = models.CharField(max_length=64, unique=True)
-    hash = models.CharField(max_length=64, unique=True)
-
-    class Meta:
-        ordering = ["seq"]
-        indexes = [models.Index(fields=["subject_type", "subject_id"], name="audit_subject_idx")]
-
-    def __str__(self) -> str:
-        return f"#{self.seq} {self.action}"
-
-
-class AuditCheckpoint(models.Model):
-    """A signed statement of the chain head (seq, hash) at a time; also shipped to a file."""
-
-    created_at = models.DateTimeField()
-    head_seq = models.BigIntegerField()
-    head_hash = models.CharField(max_length=64)
-    signature = models.CharField(max_length=64)
-    reason = models.CharField(max_length=20, default="interval")
-
-    class Meta:
-        ordering = ["created_at", "id"]
-
-    def __str__(self) -> str:
-        return f"checkpoint @{self.head_seq}"
-
-
-class IdempotencyKey(models.Model):
-    """A caller's Idempotency-Key and the first answer given for it (IETF Idempotency-Key draft).
-
-    Scoped per service account (or per person for session callers). `fingerprint` is a digest of
-    the method, path and canonical JSON body: the same key with another body is refused. The row
-    is inserted `in_flight` and completed with the answer in the transaction that makes the
-    change, so a committed row always carries its answer. Rows are kept until `expires_at`
-    (IDEMPOTENCY_KEY_TTL_HOURS).
-    """
-
-    class State(models.TextChoices):
-        IN_FLIGHT = "in_flight", "in flight"
-        COMPLETED = "completed"
-
-    service_account = models.ForeignKey(ServiceAccount, null=True, blank=True, on_delete=models.CASCADE,
-                                        related_name="+")
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE,
-                             related_name="+")
-    key = models.CharField(max_length=255)
-    fingerprint = models.CharField(max_length=64)
-    method = models.CharField(max_length=10)
-    path = models.CharField(max_length=255)
-    state = models.CharField(max_length=10, choices=State.choices, default=State.IN_FLIGHT)
-    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
-    response_content_type = models.CharField(max_length=100, blank=True)
-    response_body = models.TextField(blank=True)
-    created_at = models.DateTimeField()
-    expires_at = models.DateTimeField(db_index=True)
-
-    class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["service_account", "key"], condition=Q(service_account__isnull=False),
-                                    name="idempotency_key_unique_per_service"),
-            models.UniqueConstraint(fields=["user", "key"], condition=Q(user__isnull=False),
-                                    name="idempotency_key_unique_per_user"),
-            models.CheckConstraint(
-                condition=(Q(service_account__isnull=False) & Q(user__isnull=True))
-                | (Q(service_account__isnull=True) & Q(user__isnull=False)),
-                name="idempotency_key_one_owner",
-            ),
-            models.CheckConstraint(condition=Q(state__in=["in_flight", "completed"]),
-                                   name="idempotency_key_state_valid"),
-            models.CheckConstraint(condition=Q(state="in_flight") | Q(response_status__isnull=False),
-                                   name="idempotency_key_completed_has_response"),
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.key} ({self.state})"

@@ -10,9 +10,9 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Prefetch, Q, QuerySet
 from guardian.shortcuts import get_objects_for_user
 
+from audit.models import AuditEvent
 from governance.models import (
     ApiToken,
-    AuditEvent,
     ContainmentAssignment,
     ServiceAccount,
     Workflow,

@@ -15,8 +15,9 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from guardian.shortcuts import assign_perm, remove_perm
 
-from governance import audit, clock
-from governance.errors import TransitionRefused, require
+from audit import log as audit
+from core import clock
+from core.errors import TransitionRefused, require
 from governance.models import (
     TOKEN_PREFIX_LENGTH,
     ApiToken,

@@ -16,8 +16,10 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.middleware import HtmxDetails
 
-from governance import denials, selectors, services
-from governance.errors import TransitionRefused
+from core import denials
+from core.errors import TransitionRefused
+from governance import selectors, services
+from governance.context_processors import navigation
 from governance.forms import (
     PERMISSION_LABELS,
     ActionForm,
@@ -45,7 +47,6 @@ def workflow_in_scope(request: HttpRequest, slug: str) -> Workflow:
 
 @login_required
 def home(request: HttpRequest) -> HttpResponse:
-    from governance.context_processors import navigation
 
     items = navigation(request)["nav_items"]
     return redirect(items[0]["url"] if items else "governance:workflow_list")

@@ -1,6 +1,8 @@
 """Python client for the Ringfence agent API (standard library only)."""
 
-from ringfence_client.client import (
+from ringfence_client.client import RingfenceClient
+from ringfence_client.guard import guarded
+from ringfence_client.types import (
     Action,
     ApiError,
     Approval,
@@ -13,7 +15,6 @@ from ringfence_client.client import (
     NotExecuted,
     PendingApproval,
     ProposalResult,
-    RingfenceClient,
     RingfenceError,
     Route,
     Rule,
@@ -21,7 +22,6 @@ from ringfence_client.client import (
     TransportError,
     Workflow,
 )
-from ringfence_client.guard import guarded
 
 __all__ = [
     "Action", "ApiError", "Approval", "ApprovalDecision", "DecisionTimeout", "Denied", "DispatchResult", "Execution",

@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from ringfence_client.client import (
+from ringfence_client.types import (
     Approval,
     Denied,
     Execution,

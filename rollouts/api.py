@@ -17,12 +17,12 @@ from django.urls import reverse
 from ninja import Path, Query, Router, Schema, Status
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from governance import clock
+from core import clock
+from core.api_schemas import Command, Finite, JsonObject, Text
+from core.idempotency import header_value, idempotent
+from core.problems import FieldError, Problem
 from governance.api_auth import TOKEN_OR_SESSION, actor_of, workflows_in_scope
-from governance.api_schemas import Command, Finite, JsonObject, Text
-from governance.idempotency import header_value, idempotent
 from governance.models import Workflow, slug_validator
-from governance.problems import FieldError, Problem
 from rollouts import selectors, services
 from rollouts.models import ContextTag, FallbackMode, RolloutAction, RolloutPlan, SegmentKind
 

@@ -19,11 +19,13 @@ class RolloutsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from approvals import dispatch, outcomes
+        from approvals import dispatch, evidence, outcomes
         from rollouts import dispatching, tasks
+        from rollouts import evidence as rollout_evidence
 
         post_migrate.connect(create_builtin_metrics, sender=self, dispatch_uid="rollouts.builtin_metrics")
         for kind in ("rollback", "fallback", "expansion"):
             outcomes.register(kind, tasks.on_approval_closed)
         dispatch.provide_situation(dispatching.situation)
         dispatch.on_unattended_allow(dispatching.file_review)
+        evidence.SIGNAL_PROVIDERS["rollouts.rolloutaction"] = rollout_evidence.signals_at_decisions

@@ -23,8 +23,9 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from approvals.models import ApprovalRequest, Decision
-from governance import clock, denials
-from governance.models import AuditEvent, Workflow
+from audit.models import AuditEvent
+from core import clock, denials
+from governance.models import Workflow
 from governance.selectors import audit_events_visible_to, workflows_visible_to
 from rollouts import charts, evaluation, selectors
 from rollouts.models import ActionReview, ContextTag, Metric, RolloutAction, RolloutPlan, Signal

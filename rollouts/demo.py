@@ -22,7 +22,7 @@ from decimal import Decimal
 from django.contrib.auth.models import User
 from django.db import transaction
 
-from governance import clock
+from core import clock
 from governance import services as governance_services
 from governance.models import ContainmentAssignment, Workflow
 from rollouts import executors, services

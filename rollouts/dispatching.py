@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from approvals.dispatch import Situation
 from approvals.models import Execution
-from governance import clock
+from core import clock
 from governance.models import Workflow
 from rollouts.models import ActionReview, ContextTag, PlanState, RolloutPlan
 

@@ -9,8 +9,8 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from governance import audit
-from governance.errors import TransitionRefused, require
+from audit import log as audit
+from core.errors import TransitionRefused, require
 from governance.permissions import Role
 from governance.services import is_administrator
 

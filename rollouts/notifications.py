@@ -8,6 +8,7 @@ from django.conf import settings
 from django.core.mail import EmailMessage
 
 from governance.models import ContainmentAssignment, Workflow
+from rollouts import services
 from rollouts.models import DUTY_FOR_ACTION, RolloutAction, SignalLoss
 
 PAST = {"rollback": "rolled back", "fallback": "switched to its fallback mode", "expand": "opened its next ring"}
@@ -84,8 +85,6 @@ def describe_loss(loss: SignalLoss) -> tuple[str, str]:
 def notify_signals_lost(loss_id: int) -> int:
     """Email every containment owner of the workflow; returns how many were sent. Once: the loss is
     claimed before sending (a second caller sends nothing) and released if sending fails."""
-    from rollouts import services
-
     if not services.claim_loss_notice(loss_id):
         return 0
     loss = SignalLoss.objects.select_related("plan__workflow", "metric").get(pk=loss_id)

@@ -19,9 +19,10 @@ from django.views.decorators.http import require_GET, require_POST
 from django.views.decorators.vary import vary_on_headers
 
 from approvals import explain
-from governance import denials
-from governance.errors import TransitionRefused
-from governance.models import AuditEvent, ContainmentAssignment
+from audit.models import AuditEvent
+from core import denials
+from core.errors import TransitionRefused
+from governance.models import ContainmentAssignment
 from governance.selectors import workflows_visible_to
 from rollouts import services
 from rollouts.models import ActionReview

@@ -10,7 +10,8 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection
 from django.db.models import Avg, Count, Max, Min, Q, QuerySet
 
-from governance.models import AuditEvent, ContainmentAssignment, ServiceAccount, Workflow
+from audit.models import AuditEvent
+from governance.models import ContainmentAssignment, ServiceAccount, Workflow
 from governance.permissions import CONTAIN, MANAGE_ROLLOUTS, Role, perm
 from governance.selectors import workflows_visible_to, workflows_with_perm
 from rollouts import evaluation

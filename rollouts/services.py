@@ -22,11 +22,12 @@ from django.db import IntegrityError, connection, transaction
 
 from approvals import services as approval_services
 from approvals.models import ApprovalRequest
-from governance import audit, clock
-from governance.errors import TransitionRefused, require
+from audit import log as audit
+from core import clock
+from core.errors import TransitionRefused, require
+from core.publishing import publish
 from governance.models import ServiceAccount, Workflow
-from governance.tasks import publish
-from rollouts import evaluation, selectors, tasks
+from rollouts import evaluation, messages, selectors
 from rollouts.models import (
     DEFAULT_ALLOWED_LATENESS,
     DUTY_FOR_ACTION,
@@ -129,7 +130,7 @@ def _new_action(plan: RolloutPlan, kind: str, *, state: str, origin: str | None 
 
 def _enqueue_execution(action: RolloutAction) -> None:
     action_id = action.pk
-    transaction.on_commit(lambda: publish(tasks.execute_action, (action_id,)))  # else the sweep re-sends it
+    transaction.on_commit(lambda: publish("rollouts.tasks.execute_action", (action_id,)))  # else the sweep re-sends it
 
 
 def _schedule_execution(action: RolloutAction) -> None:
@@ -151,7 +152,7 @@ def _notify_owners(action: RolloutAction) -> None:
     """The owners of the duty hear of an action no person decided, once it has taken effect."""
     if ActionReview.objects.filter(action=action).exists():
         action_id = action.pk
-        transaction.on_commit(lambda: publish(tasks.notify_autonomous_action, (action_id,)))
+        transaction.on_commit(lambda: publish("rollouts.tasks.notify_autonomous_action", (action_id,)))
 
 
 def _cancel_open(plan: RolloutPlan, kinds: set[str], reason: str) -> list[int]:
@@ -194,7 +195,7 @@ def _arm_deadline(action: RolloutAction) -> None:
     rollback runs when the window closes, not a queue later."""
     action_id = action.pk
     due_at = action.approval_request.due_at
-    transaction.on_commit(lambda: tasks.arm_deadline(action_id, due_at))
+    transaction.on_commit(lambda: messages.arm_deadline(action_id, due_at))
 
 
 def _action_data(action: RolloutAction, **extra: Any) -> dict:
@@ -768,7 +769,7 @@ def record_signals_lost(plan_id: int, *, trigger_id: int, check: evaluation.Chec
         loss.outcome = "owners notified; expansion frozen"
     loss.save(update_fields=["outcome"])
     loss_id = loss.pk
-    transaction.on_commit(lambda: publish(tasks.notify_signals_lost, (loss_id,)))
+    transaction.on_commit(lambda: publish("rollouts.tasks.notify_signals_lost", (loss_id,)))
     return loss
 
 
@@ -831,7 +832,7 @@ def schedule_signal_check(plan_id: int, at: datetime | None) -> None:
     except Exception:  # without the cache, beat's evaluation is the net
         log.warning("signal check of plan %s not armed", plan_id, exc_info=True)
         return
-    transaction.on_commit(lambda: publish(tasks.check_signals, (plan_id, at.timestamp()), eta=at))
+    transaction.on_commit(lambda: publish("rollouts.tasks.check_signals", (plan_id, at.timestamp()), eta=at))
 
 
 def _debounce() -> tuple[float, int]:
@@ -855,7 +856,7 @@ def schedule_evaluation(plan_id: int) -> None:
         return
     if first:
         transaction.on_commit(lambda: publish(
-            tasks.evaluate_plan, (plan_id, clock.now().timestamp()), countdown=countdown))
+            "rollouts.tasks.evaluate_plan", (plan_id, clock.now().timestamp()), countdown=countdown))
 
 
 def _note_evaluation_started(plan_id: int) -> None:

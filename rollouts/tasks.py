@@ -12,18 +12,19 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from celery import shared_task
 from django.conf import settings
 
-from governance import clock
-from governance.tasks import publish
+from core import clock
+from core.publishing import publish
+from rollouts import executors, messages, notifications, services
+from rollouts.models import RolloutAction, RolloutPlan
 
 log = logging.getLogger(__name__)
 # Early deliveries of a timed message are sent again for their moment.
 EARLY_SLACK_SECONDS = 0.05
-COUNTDOWN_HORIZON_SECONDS = 15 * 60
 
 
 def _worker_label(task) -> str:
@@ -33,13 +34,11 @@ def _worker_label(task) -> str:
 def run_now(action_id: int, worker: str = "") -> str:
     """One executor attempt in this process; a retryable failure comes back as `execute_action`
     after the backoff the service chose."""
-    from rollouts import executors
-
     result = executors.run(action_id, worker=worker or socket.gethostname())
     if result is None:
         return "nothing to do"
     if result.retry_in is not None:
-        publish(execute_action, (action_id,), countdown=result.retry_in)
+        publish("rollouts.tasks.execute_action", (action_id,), countdown=result.retry_in)
     return result.action.state
 
 
@@ -47,8 +46,6 @@ def run_now(action_id: int, worker: str = "") -> str:
 def execute_action(self, action_id: int) -> str:
     """One executor attempt; a retryable failure comes back after the backoff the service chose.
     Lost messages and dead workers are covered by `sweep_actions`."""
-    from rollouts import executors
-
     result = executors.run(action_id, worker=_worker_label(self))
     if result is None:
         return "nothing to do"
@@ -59,8 +56,6 @@ def execute_action(self, action_id: int) -> str:
 
 def tell_lost_signals(plan_id: int | None = None) -> int:
     """Tell the owners of lost signals from this process, not behind the queue (once per loss)."""
-    from rollouts import notifications, services
-
     told = 0
     for loss_id in services.untold_losses(plan_id):
         try:
@@ -72,8 +67,6 @@ def tell_lost_signals(plan_id: int | None = None) -> int:
 
 def _run_scheduled(plan_id: int, worker: str) -> list[str]:
     """Run, in this process, the plan's actions that were scheduled and never attempted."""
-    from rollouts.models import RolloutAction
-
     ids = list(RolloutAction.objects.filter(plan_id=plan_id, state=RolloutAction.State.SCHEDULED, attempts=0)
                .exclude(executor=RolloutAction.Executor.NONE).values_list("pk", flat=True))
     return [run_now(action_id, worker) for action_id in ids]
@@ -83,8 +76,6 @@ def _run_scheduled(plan_id: int, worker: str) -> list[str]:
 def evaluate_plan(self, plan_id: int, queued_at: float | None = None) -> str:
     """The debounced evaluation after a batch of signals (`queued_at`: when it was scheduled).
     A rollback or fallback it schedules (tier 1) runs here at once."""
-    from rollouts import services
-
     if queued_at is not None and services.evaluation_covered(plan_id, queued_at):
         return "covered"
     decision = services.evaluate_plan(plan_id)
@@ -97,10 +88,8 @@ def evaluate_plan(self, plan_id: int, queued_at: float | None = None) -> str:
 @shared_task(bind=True, acks_late=True)
 def check_signals(self, plan_id: int, due: float) -> str:
     """Armed for the moment a trigger's signals would count as lost (services.schedule_signal_check)."""
-    from rollouts import services
-
     if time.time() < due - EARLY_SLACK_SECONDS:
-        publish(check_signals, (plan_id, due), eta=datetime.fromtimestamp(due, clock.now().tzinfo))
+        publish("rollouts.tasks.check_signals", (plan_id, due), eta=datetime.fromtimestamp(due, clock.now().tzinfo))
         return "early"
     decision = services.evaluate_plan(plan_id)
     if decision is not None and decision.is_action:
@@ -109,34 +98,19 @@ def check_signals(self, plan_id: int, due: float) -> str:
     return decision.action if decision else "not live"
 
 
-def arm_deadline(action_id: int, due_at: datetime) -> None:
-    """Publish `act_at_deadline` for a proposal's deadline when it is near enough for a held
-    message (as approvals.tasks.schedule_timer does); later ones are the approvals timer's. It is
-    due ROLLOUT_DEADLINE_LEAD_SECONDS early: due tasks wait their turn in the worker's pool
-    behind the evaluations due before them, and the task waits out what is left of the lead."""
-    horizon = min(COUNTDOWN_HORIZON_SECONDS, settings.CELERY_BROKER_VISIBILITY_TIMEOUT / 2)
-    if (due_at - clock.now()).total_seconds() > horizon:
-        return
-    lead = timedelta(seconds=settings.ROLLOUT_DEADLINE_LEAD_SECONDS)
-    publish(act_at_deadline, (action_id, due_at.timestamp()), eta=due_at - lead)
-
-
 @shared_task(bind=True, acks_late=True)
 def act_at_deadline(self, action_id: int, due: float) -> str:
     """A proposal's override window or gate ran out: close the request, apply the outcome and run
     the executor, all here. Harmless twice, late, or after the approvals timer did its part."""
-    from rollouts import services
-    from rollouts.models import RolloutAction
-
     early = due - time.time()
     if early > settings.ROLLOUT_DEADLINE_LEAD_SECONDS + EARLY_SLACK_SECONDS:  # the message came too soon
-        arm_deadline(action_id, datetime.fromtimestamp(due, clock.now().tzinfo))
+        messages.arm_deadline(action_id, datetime.fromtimestamp(due, clock.now().tzinfo))
         return "early"
     if early > 0:
         time.sleep(early)  # what is left of the lead: the moment itself is the deadline
     state, next_due = services.reach_deadline(action_id)
     if next_due is not None and next_due > clock.now():  # escalated, or this message came early
-        arm_deadline(action_id, next_due)
+        messages.arm_deadline(action_id, next_due)
     if state == RolloutAction.State.SCHEDULED:
         return run_now(action_id, _worker_label(self))
     return state
@@ -145,9 +119,6 @@ def act_at_deadline(self, action_id: int, due: float) -> str:
 def on_approval_closed(request_id: int) -> None:
     """The outcome handler (registered in apps.py): apply the approval's outcome, and run the action
     it scheduled in this process rather than behind the queue."""
-    from rollouts import services
-    from rollouts.models import RolloutAction
-
     action = services.handle_approval_outcome(request_id)
     if action is not None and action.state == RolloutAction.State.SCHEDULED and action.attempts == 0:
         run_now(action.pk)
@@ -156,9 +127,6 @@ def on_approval_closed(request_id: int) -> None:
 @shared_task
 def evaluate_live_plans() -> int:
     """Beat: evaluate every live plan (signals may have stopped arriving: that is a finding too)."""
-    from rollouts import services
-    from rollouts.models import RolloutPlan
-
     ids = list(RolloutPlan.objects.filter(state__in=RolloutPlan.LIVE_STATES).values_list("pk", flat=True))
     for plan_id in ids:
         try:
@@ -171,28 +139,14 @@ def evaluate_live_plans() -> int:
 
 @shared_task
 def sweep_actions() -> int:
-    from rollouts import services
-
     return services.sweep_actions(limit=100)
-
-
-@shared_task
-def feed_demo_signals() -> int:
-    """Zero-setup demo only (ROLLOUT_DEMO_SIGNALS): keep the demo's live plans' signals flowing."""
-    from rollouts import demo
-
-    return demo.feed()
 
 
 @shared_task(acks_late=True)
 def notify_autonomous_action(action_id: int) -> int:
-    from rollouts import notifications
-
     return notifications.notify_autonomous_action(action_id)
 
 
 @shared_task(acks_late=True)
 def notify_signals_lost(loss_id: int) -> int:
-    from rollouts import notifications
-
     return notifications.notify_signals_lost(loss_id)

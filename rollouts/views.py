@@ -15,9 +15,9 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django.views.decorators.vary import vary_on_headers
 from django_htmx.middleware import HtmxDetails
 
-from governance import clock, denials
+from core import clock, denials
+from core.errors import TransitionRefused
 from governance import selectors as governance_selectors
-from governance.errors import TransitionRefused
 from rollouts import selectors, services
 from rollouts.forms import (
     ContainmentForm,

@@ -16,6 +16,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from core import zero_setup  # noqa: E402  (standard library only; runs before Django)
+
 PY = sys.executable
 HOST = os.environ.get("HOST", "127.0.0.1")
 PORT = os.environ.get("PORT", "8000")
@@ -32,16 +36,19 @@ def start(name: str, argv: list[str]) -> subprocess.Popen:
 
 
 def main() -> int:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "governance.settings")
-    zero_setup = not os.environ.get("DATABASE_URL")
-    manage("migrate", "--verbosity", "0")
-    manage("seed_demo", *(["--print-logins"] if zero_setup else []))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    zero_setup_mode = not os.environ.get("DATABASE_URL")
     var_dir = Path(os.environ.get("RINGFENCE_VAR_DIR", ROOT / "var"))
+    made = zero_setup.prepare(var_dir)
+    if made:
+        print(f"zero-setup: made {', '.join(made)} in {var_dir}", flush=True)
+    manage("migrate", "--verbosity", "0")
+    manage("seed_demo", *(["--print-logins"] if zero_setup_mode else []))
     commands = {
         "web": [PY, "manage.py", "runserver", f"{HOST}:{PORT}", "--noreload", "--skip-checks"],
-        "worker": [PY, "-m", "celery", "-A", "governance", "worker", "--loglevel", "INFO", "--concurrency", "2",
-                   "--pool", "threads" if zero_setup else "prefork", "--hostname", f"worker@{HOST}-{PORT}"],
-        "beat": [PY, "-m", "celery", "-A", "governance", "beat", "--loglevel", "INFO",
+        "worker": [PY, "-m", "celery", "-A", "config", "worker", "--loglevel", "INFO", "--concurrency", "2",
+                   "--pool", "threads" if zero_setup_mode else "prefork", "--hostname", f"worker@{HOST}-{PORT}"],
+        "beat": [PY, "-m", "celery", "-A", "config", "beat", "--loglevel", "INFO",
                  "--schedule", str(var_dir / "celerybeat-schedule")],
     }
     procs = {name: start(name, argv) for name, argv in commands.items()}

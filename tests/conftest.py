@@ -93,7 +93,7 @@ def _fast_password_hashing(settings):
 
 @pytest.fixture
 def celery_worker_and_beat(transactional_db):
-    """A real `celery -A governance worker` and `beat` (sweeping every 0.5 s) on the test database
+    """A real `celery -A config worker` and `beat` (sweeping every 0.5 s) on the test database
     and the test's Redis; stopped after the test. See tests/support/celery_processes.py."""
     from tests.support.celery_processes import celery_processes
 

@@ -17,5 +17,8 @@ _redis = os.environ.get("RINGFENCE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 os.environ["CELERY_BROKER_URL"] = _redis
 os.environ["REDIS_URL"] = _redis
 os.environ.setdefault("AUDIT_CHECKPOINT_KEY", "test-checkpoint-key-" + "k" * 40)
+os.environ.setdefault("SECRET_KEY", "test-secret-key-" + "s" * 50)
+os.environ.setdefault("ROLLOUT_WEBHOOK_SECRET", "test-webhook-secret-" + "w" * 40)
 os.environ.setdefault("RINGFENCE_VAR_DIR", tempfile.mkdtemp(prefix="ringfence-test-var-"))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "governance.settings")
+os.makedirs(os.path.join(os.environ["RINGFENCE_VAR_DIR"], "staticfiles"), exist_ok=True)
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")

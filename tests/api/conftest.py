@@ -8,9 +8,9 @@ from django.conf import settings
 from django.db import connections
 from django.test import Client
 
+from core.problems import CONTENT_TYPE
 from governance import services
 from governance.models import ServiceAccount
-from governance.problems import CONTENT_TYPE
 from tests import factories
 
 

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from approvals.models import ApprovalRequest
-from governance.models import AuditEvent
+from audit.models import AuditEvent
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

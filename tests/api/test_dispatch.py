@@ -8,8 +8,8 @@ import pytest
 import time_machine
 
 from approvals.models import ApprovalRequest
+from audit.models import AuditEvent
 from governance import services
-from governance.models import AuditEvent
 from tests.api.conftest import assert_problem, dispatch
 
 pytestmark = pytest.mark.django_db

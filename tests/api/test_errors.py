@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from governance.models import AuditEvent, Workflow
+from audit.models import AuditEvent
+from governance.models import Workflow
 from tests.api.conftest import assert_problem
 
 pytestmark = pytest.mark.django_db

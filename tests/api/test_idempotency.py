@@ -8,7 +8,8 @@ import json
 import pytest
 import time_machine
 
-from governance.models import AuditEvent, IdempotencyKey
+from audit.models import AuditEvent
+from core.models import IdempotencyKey
 from tests import factories
 from tests.api.conftest import Agent, assert_problem, issue
 

@@ -17,10 +17,11 @@ from django.conf import settings
 from approvals import executions
 from approvals import services as approval_services
 from approvals.models import ApprovalRequest, Execution, ShadowDifference
+from audit.models import AuditEvent
 from configuration import demo as configuration_demo
+from core.errors import TransitionRefused
 from governance import services
-from governance.errors import TransitionRefused
-from governance.models import AuditEvent, GovernedAction
+from governance.models import GovernedAction
 from governance.permissions import Role
 from rollouts import executors
 from rollouts import services as rollout_services

@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from governance.models import AuditEvent
+from audit.models import AuditEvent
 from tests.reliability.processes import Services
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(240)]

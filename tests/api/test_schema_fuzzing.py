@@ -17,10 +17,11 @@ from hypothesis import settings as hypothesis_settings
 from schemathesis import GenerationMode
 
 from approvals.models import ApprovalRequest
-from governance import audit
-from governance.models import AuditEvent, Workflow
-from governance.problems import CONTENT_TYPE
-from governance.wsgi import application
+from audit import log as audit
+from audit.models import AuditEvent
+from config.wsgi import application
+from core.problems import CONTENT_TYPE
+from governance.models import Workflow
 from rollouts.models import ContextTag, RolloutAction, Signal
 from tests.api.conftest import dispatch
 

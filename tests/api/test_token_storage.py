@@ -12,8 +12,9 @@ import pytest
 from django.db import connection
 from django.test import Client
 
+from audit.models import AuditEvent
 from governance import services
-from governance.models import ApiToken, AuditEvent
+from governance.models import ApiToken
 from tests import factories
 from tests.api.conftest import assert_problem
 

@@ -13,9 +13,10 @@ from django.urls import reverse
 
 from approvals import services
 from approvals.models import ActionRule, ApprovalRequest, Execution, ShadowDifference
-from governance import audit
+from audit import log as audit
+from audit.models import AuditEvent
 from governance import services as governance
-from governance.models import AuditEvent, GovernedAction
+from governance.models import GovernedAction
 from governance.permissions import Role
 from tests import factories
 from tests.governance.support import events_since, head_seq

@@ -15,9 +15,9 @@ from django.conf import settings
 
 from approvals import executions, services
 from approvals.models import ApprovalRequest, EscalationPolicy
-from governance import audit
+from audit import log as audit
+from audit.models import AuditEvent
 from governance import services as governance_services
-from governance.models import AuditEvent
 
 T0 = dt.datetime(2026, 3, 2, 10, 0, tzinfo=dt.UTC)
 

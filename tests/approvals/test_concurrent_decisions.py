@@ -15,9 +15,9 @@ from django.urls import reverse
 
 from approvals import outcomes, services
 from approvals.models import ApprovalRequest, Decision
-from governance import audit
-from governance.errors import TransitionRefused
-from governance.models import AuditEvent
+from audit import log as audit
+from audit.models import AuditEvent
+from core.errors import TransitionRefused
 from governance.permissions import Role
 from tests import factories
 from tests.approvals.figures import p99, report

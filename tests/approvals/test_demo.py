@@ -7,8 +7,8 @@ from django.contrib.auth.models import User
 
 from approvals import demo, selectors, services
 from approvals.models import ApprovalRequest
+from audit import log as audit
 from configuration import demo as configuration_demo
-from governance import audit
 from governance import demo as governance_demo
 
 State = ApprovalRequest.State

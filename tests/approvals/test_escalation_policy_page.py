@@ -8,8 +8,8 @@ import pytest
 from django.urls import reverse
 
 from approvals.models import EscalationLevel, EscalationPolicy
-from governance import audit
-from governance.models import AuditEvent
+from audit import log as audit
+from audit.models import AuditEvent
 from governance.permissions import Role
 from tests import factories
 from tests.governance.support import events_since, head_seq

@@ -10,7 +10,7 @@ from django.urls import reverse
 
 from approvals import services
 from approvals.models import ApprovalRequest, Decision
-from governance.models import AuditEvent
+from audit.models import AuditEvent
 from tests import factories
 
 State = ApprovalRequest.State

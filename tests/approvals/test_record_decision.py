@@ -8,8 +8,8 @@ from django.contrib.auth.models import Group
 
 from approvals import services
 from approvals.models import ApprovalRequest, Decision
-from governance.errors import TransitionRefused
-from governance.models import AuditEvent
+from audit.models import AuditEvent
+from core.errors import TransitionRefused
 from governance.permissions import Role
 from tests import factories
 

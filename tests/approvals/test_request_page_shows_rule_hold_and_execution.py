@@ -11,8 +11,8 @@ from django.urls import reverse
 
 from approvals import dispatch, executions, services
 from approvals.models import ApprovalRequest, Decision
+from audit.models import AuditEvent
 from governance import services as governance
-from governance.models import AuditEvent
 
 T0 = dt.datetime(2026, 3, 2, 10, 0, tzinfo=dt.UTC)  # a Monday, inside business hours
 HTMX = {"HTTP_HX_REQUEST": "true"}

@@ -11,7 +11,7 @@ import pytest
 
 from approvals import services
 from approvals.models import ApprovalRequest, EscalationLevel, Notice
-from governance.models import AuditEvent
+from audit.models import AuditEvent
 
 
 def written() -> tuple[int, int, int]:

@@ -21,9 +21,9 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule, 
 
 from approvals import services
 from approvals.models import ApprovalRequest, Decision
-from governance import audit
-from governance.errors import TransitionRefused
-from governance.models import AuditEvent
+from audit import log as audit
+from audit.models import AuditEvent
+from core.errors import TransitionRefused
 from governance.permissions import Role
 from tests import factories
 from tests.approvals.figures import report
@@ -84,7 +84,7 @@ class ApprovalMachine(RuleBasedStateMachine):
         STATS["steps"] += self.steps
 
     def now(self) -> dt.datetime:
-        from governance import clock
+        from core import clock
 
         return clock.now()
 

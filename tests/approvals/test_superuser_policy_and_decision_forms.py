@@ -8,8 +8,8 @@ from django.test import Client
 
 from approvals import services
 from approvals.models import ApprovalRequest, Decision
-from governance.errors import TransitionRefused
-from governance.models import AuditEvent
+from audit.models import AuditEvent
+from core.errors import TransitionRefused
 from tests import factories
 from tests.approvals.figures import report
 

@@ -16,8 +16,8 @@ from django.conf import settings
 
 from approvals import services, tasks
 from approvals.models import ApprovalRequest
-from governance import clock
-from governance.models import AuditEvent
+from audit.models import AuditEvent
+from core import clock
 from tests.approvals.figures import report
 from tests.support.celery_processes import make_celery_fixture
 

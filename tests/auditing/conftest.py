@@ -6,7 +6,7 @@ import pytest
 import time_machine
 from django.db import transaction
 
-from governance import audit
+from audit import log as audit
 from governance.permissions import Role
 from tests import factories
 

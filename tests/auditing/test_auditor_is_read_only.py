@@ -9,7 +9,8 @@ import pytest
 from django.db import connection
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
-from governance.models import AuditEvent, Workflow
+from audit.models import AuditEvent
+from governance.models import Workflow
 
 # Signing out would end the auditor's session for the endpoints after it.
 SKIPPED = {"logout", "admin:logout"}
@@ -135,7 +136,7 @@ def test_auditor_cannot_pause_a_workflow_with_a_valid_form(client, auditor, work
 
 def test_auditor_pages_offer_no_write_controls(client, auditor, workflow, decision_log):
     client.force_login(auditor)
-    for url in (reverse("governance:workflow_detail", args=[workflow.slug]), reverse("governance:audit_log"),
-                reverse("governance:audit_event", args=[decision_log[0].seq])):
+    for url in (reverse("governance:workflow_detail", args=[workflow.slug]), reverse("audit:log"),
+                reverse("audit:event", args=[decision_log[0].seq])):
         page = client.get(url).content.decode()
         assert "Pause every dispatch" not in page and "Resume" not in page

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 
-from governance.models import AuditEvent
+from audit.models import AuditEvent
 from tests.e2e.conftest import FACTORY_PASSWORD, browser, login, page  # noqa: F401 (shared fixtures)
 from tests.support.celery_processes import celery_processes
 

@@ -8,10 +8,10 @@ import time_machine
 from django.urls import reverse
 
 from approvals import services as approvals
-from governance import audit
+from audit import log as audit
+from audit.verify_audit import chain_hash
 from governance import services as governance
 from governance.permissions import Role
-from governance.verify_audit import chain_hash
 from tests import factories
 
 ASKED = dt.datetime(2026, 3, 3, 10, 0, tzinfo=dt.UTC)  # a Tuesday, 10:00 in London: business hours
@@ -48,7 +48,7 @@ def decided_request(workflow, approver, admin_user):
 def test_bundle_holds_request_tier_policy_evidence_decisions_timers_outcome_and_hashed_events(client, auditor,
                                                                                               decided_request):
     client.force_login(auditor)
-    response = client.get(reverse("governance:evidence_json", args=[decided_request.pk]))
+    response = client.get(reverse("evidence:json", args=[decided_request.pk]))
     assert response.status_code == 200 and "attachment" in response["Content-Disposition"]
     bundle = json.loads(response.content)
     assert bundle["request"]["action"] == "refund_customer" and bundle["request"]["requested_by"] == "refund-bot"
@@ -71,7 +71,7 @@ def test_bundle_holds_request_tier_policy_evidence_decisions_timers_outcome_and_
 
 def test_printable_bundle_shows_the_same_facts(client, auditor, decided_request):
     client.force_login(auditor)
-    page = client.get(reverse("governance:evidence", args=[decided_request.pk])).content.decode()
+    page = client.get(reverse("evidence:page", args=[decided_request.pk])).content.decode()
     for text in ("Order already refunded by hand.", "refund_amount", "rejected", "Autonomy tier", "approval.escalated",
                  '<style media="print">'):
         assert text in page
@@ -81,12 +81,12 @@ def test_bundle_is_out_of_reach_outside_scope(client, decided_request, other_wor
     outsider = factories.make_user("otto", role=Role.APPROVER)
     factories.scope(outsider, other_workflow)
     client.force_login(outsider)
-    assert client.get(reverse("governance:evidence", args=[decided_request.pk])).status_code == 404
-    assert client.get(reverse("governance:evidence_json", args=[decided_request.pk])).status_code == 404
+    assert client.get(reverse("evidence:page", args=[decided_request.pk])).status_code == 404
+    assert client.get(reverse("evidence:json", args=[decided_request.pk])).status_code == 404
 
 
 def test_event_page_links_to_the_bundle(client, auditor, decided_request):
     client.force_login(auditor)
     event = audit.AuditEvent.objects.filter(subject_id=str(decided_request.pk), action="approval.decided").get()
-    page = client.get(reverse("governance:audit_event", args=[event.seq])).content.decode()
-    assert reverse("governance:evidence", args=[decided_request.pk]) in page
+    page = client.get(reverse("audit:event", args=[event.seq])).content.decode()
+    assert reverse("evidence:page", args=[decided_request.pk]) in page

@@ -51,7 +51,7 @@ def approve_and_execute(req, approver, agent, status: str = "succeeded", detail:
 
 
 def bundle_of(client, req) -> dict:
-    response = client.get(reverse("governance:evidence_json", args=[req.pk]))
+    response = client.get(reverse("evidence:json", args=[req.pk]))
     assert response.status_code == 200
     return json.loads(response.content)
 
@@ -76,7 +76,7 @@ def test_json_bundle_holds_the_rule_its_values_and_the_execution_timeline(client
 def test_printable_bundle_shows_the_rule_values_and_timeline(client, auditor, approver, agent, asked):
     approve_and_execute(asked, approver, agent, status="failed", detail="card expired")
     client.force_login(auditor)
-    html = client.get(reverse("governance:evidence", args=[asked.pk])).content.decode()
+    html = client.get(reverse("evidence:page", args=[asked.pk])).content.decode()
     assert "Rule 2: double(params.amount) &lt;= 5000.0 → approve by 1" in html
     assert "params.amount = 400" in html
     assert "approved by alice 10:02 · executed 10:02:07 · failed: card expired" in html

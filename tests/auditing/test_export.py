@@ -12,15 +12,15 @@ import pytest
 from django.conf import settings
 from django.urls import reverse
 
-import governance.verify_audit
-from governance.models import AuditCheckpoint, AuditEvent
-from governance.verify_audit import sign_checkpoint
+import audit.verify_audit
+from audit.models import AuditCheckpoint, AuditEvent
+from audit.verify_audit import sign_checkpoint
 
-SCRIPT = Path(governance.verify_audit.__file__)
+SCRIPT = Path(audit.verify_audit.__file__)
 
 
 def download(client, fmt: str, **params) -> tuple[str, object]:
-    response = client.get(reverse("governance:audit_export", args=[fmt]), params)
+    response = client.get(reverse("audit:export", args=[fmt]), params)
     assert response.status_code == 200 and response.streaming
     assert "attachment" in response["Content-Disposition"]
     return b"".join(response.streaming_content).decode("utf-8"), response
@@ -110,13 +110,13 @@ def test_an_approvers_export_stays_in_their_scope(client, approver, decision_log
 
 def test_export_reports_its_progress_to_its_owner(auditor_client, auditor, approver, client, decision_log):
     download(auditor_client, "jsonl", progress="tok123")
-    page = auditor_client.get(reverse("governance:audit_export_progress", args=["tok123"])).content.decode()
+    page = auditor_client.get(reverse("audit:export_progress", args=["tok123"])).content.decode()
     total = AuditEvent.objects.count()
     assert f"Export finished: {total} events" in page
     client.force_login(approver)
     assert "Export finished" not in client.get(
-        reverse("governance:audit_export_progress", args=["tok123"])).content.decode()
+        reverse("audit:export_progress", args=["tok123"])).content.decode()
 
 
 def test_unknown_export_format_is_not_found(auditor_client, decision_log):
-    assert auditor_client.get(reverse("governance:audit_export", args=["xml"])).status_code == 404
+    assert auditor_client.get(reverse("audit:export", args=["xml"])).status_code == 404

@@ -5,9 +5,9 @@ import re
 import pytest
 from django.urls import reverse
 
-from governance.models import AuditEvent
+from audit.models import AuditEvent
 
-SEARCH = reverse("governance:audit_log")
+SEARCH = reverse("audit:log")
 
 
 def seqs_on_page(response) -> list[int]:
@@ -58,12 +58,12 @@ def test_approver_sees_only_the_events_of_their_workflows(client, approver, deci
     assert decision_log[3].seq not in seen
     assert client.get(SEARCH, {"workflow": other_workflow.slug}).status_code == 422
     assert seqs_on_page(client.get(SEARCH, {"words": "Abuse"})) == []
-    assert client.get(reverse("governance:audit_event", args=[decision_log[3].seq])).status_code == 404
+    assert client.get(reverse("audit:event", args=[decision_log[3].seq])).status_code == 404
 
 
 def test_event_page_shows_its_hashes_and_links_to_its_neighbours(auditor_client, decision_log):
     event = decision_log[1]
-    page = auditor_client.get(reverse("governance:audit_event", args=[event.seq])).content.decode()
+    page = auditor_client.get(reverse("audit:event", args=[event.seq])).content.decode()
     assert event.hash in page and event.prev_hash in page
     assert f'href="/audit/events/{event.seq - 1}/" rel="prev"' in page
     assert f'href="/audit/events/{event.seq + 1}/" rel="next"' in page

@@ -6,10 +6,10 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
-from governance import auditing
-from governance.models import AuditEvent
+from audit import views as auditing
+from audit.models import AuditEvent
 
-VERIFY = reverse("governance:audit_verify")
+VERIFY = reverse("audit:verify")
 
 
 @pytest.fixture
@@ -19,7 +19,7 @@ def auditor_client(client, auditor):
 
 
 def export_text(client, **params) -> str:
-    response = client.get(reverse("governance:audit_export", args=["jsonl"]), params)
+    response = client.get(reverse("audit:export", args=["jsonl"]), params)
     return b"".join(response.streaming_content).decode()
 
 
@@ -71,13 +71,13 @@ def test_chain_verification_reports_progress_and_its_result(auditor_client, audi
     job = auditing.Progress("verify", "job1", auditor.pk, auditing.progress_store())
     job.save(state="queued", done=0, total=0)
     assert "Waiting for a worker" in auditor_client.get(
-        reverse("governance:audit_verify_job", args=["job1"])).content.decode()
+        reverse("audit:verify_job", args=["job1"])).content.decode()
     auditing.run_chain_verification("job1", auditor.pk)
-    page = auditor_client.get(reverse("governance:audit_verify_job", args=["job1"])).content.decode()
+    page = auditor_client.get(reverse("audit:verify_job", args=["job1"])).content.decode()
     assert "intact" in page and f"{AuditEvent.objects.count()} events checked" in page
 
 
 def test_only_auditors_verify(client, approver, decision_log):
     client.force_login(approver)
     assert client.get(VERIFY).status_code == 403
-    assert client.post(reverse("governance:audit_verify_start")).status_code == 403
+    assert client.post(reverse("audit:verify_start")).status_code == 403

@@ -8,9 +8,10 @@ import pytest
 import yaml
 from django.test import Client
 
+from audit.models import AuditEvent
 from configuration import planning
 from governance import services
-from governance.models import AuditEvent, Workflow
+from governance.models import Workflow
 from governance.permissions import Role
 from tests import factories
 from tests.api.conftest import _fresh_rate_limits, agent, agent_owner, api, assert_problem, issue  # noqa: F401

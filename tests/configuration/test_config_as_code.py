@@ -10,9 +10,10 @@ import pytest
 from django.core.management import call_command
 
 from approvals.models import ActionRule, EscalationPolicy
+from audit import log as audit
+from audit.models import AuditEvent
 from configuration import exporting, loading, planning
-from governance import audit
-from governance.models import AuditEvent, ContainmentAssignment, GovernedAction, ServiceAccount, Workflow
+from governance.models import ContainmentAssignment, GovernedAction, ServiceAccount, Workflow
 from governance.permissions import Role
 from rollouts.models import Metric
 from tests import factories

@@ -6,7 +6,7 @@ import io
 import pytest
 from django.urls import reverse
 
-from governance.models import AuditEvent
+from audit.models import AuditEvent
 from governance.permissions import Role
 from tests import factories
 from tests.dashboards.conftest import figures, table

@@ -36,12 +36,12 @@ def test_bundle_of_a_proposed_rollback_holds_the_signals_when_it_was_decided(cli
         approvals.record_decision(action.approval_request_id, actor=containment_owner, verdict="override",
                                   reason="known_change", justification="the batch job, not the release")
     client.force_login(auditor)
-    bundle = json.loads(client.get(reverse("governance:evidence_json", args=[action.approval_request_id])).content)
+    bundle = json.loads(client.get(reverse("evidence:json", args=[action.approval_request_id])).content)
     assert bundle["request"]["subject"] == {"type": "rollouts.rolloutaction", "id": str(action.pk)}
     assert bundle["in_force"]["tier"] == 2 and bundle["request"]["mode"] == "override_window"
     signals = {s["metric"]: s["value"] for s in bundle["signals"]}
     assert signals == {"latency_p95_ms": 990.0, "error_rate": 0.01}
     assert all(s["decision"] == "olivia (override)" for s in bundle["signals"])
     assert bundle["evidence"]["other"]["trigger"]["rule"] == "latency_p95_ms > 800 sustained for 2 min"
-    page = client.get(reverse("governance:evidence", args=[action.approval_request_id])).content.decode()
+    page = client.get(reverse("evidence:page", args=[action.approval_request_id])).content.decode()
     assert "Signals when each decision was taken" in page and "990.0" in page

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import reverse
 
-from governance.models import AuditEvent
+from audit.models import AuditEvent
 from governance.permissions import Role
 from rollouts.models import ActionReview
 from tests import factories

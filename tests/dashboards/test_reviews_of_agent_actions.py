@@ -10,8 +10,9 @@ import time_machine
 from django.urls import reverse
 
 from approvals import dispatch, executions
+from audit.models import AuditEvent
 from governance import services as governance
-from governance.models import AuditEvent, ContainmentAssignment
+from governance.models import ContainmentAssignment
 from governance.permissions import Role
 from rollouts.models import ActionReview
 from tests import factories

@@ -10,7 +10,7 @@ from django.db import connections
 from playwright.sync_api import expect
 
 from approvals.models import ApprovalRequest, Decision
-from governance.models import AuditEvent
+from audit.models import AuditEvent
 from tests.e2e.conftest import FACTORY_PASSWORD, login
 from tests.e2e.test_queue_approver_day import ask
 

@@ -12,7 +12,8 @@ import urllib.request
 import pytest
 from playwright.sync_api import expect
 
-from governance.models import AuditEvent, ContainmentAssignment
+from audit.models import AuditEvent
+from governance.models import ContainmentAssignment
 from governance.permissions import Role
 from tests import factories
 from tests.e2e.conftest import FACTORY_PASSWORD, login

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.browser
 PAGES = {
     "Queue": "approvals:queue", "Rollouts": "rollouts:plan_list", "Reviews": "rollouts:reviews",
     "Dashboards": "rollouts:dashboard", "Workflows": "governance:workflow_list",
-    "Audit trail": "governance:audit_log", "Admin": "admin:index", "Metrics": "rollouts:metrics",
+    "Audit trail": "audit:log", "Admin": "admin:index", "Metrics": "rollouts:metrics",
     "People": "governance:people",
 }
 MENU = {

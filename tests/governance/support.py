@@ -19,12 +19,11 @@ import pytest
 from django.contrib.auth.models import User
 from django.db import connection
 
-from governance import audit
-from governance.errors import TransitionRefused
+from audit import log as audit
+from audit.models import AuditCheckpoint, AuditEvent
+from core.errors import TransitionRefused
 from governance.models import (
     ApiToken,
-    AuditCheckpoint,
-    AuditEvent,
     ContainmentAssignment,
     GovernedAction,
     ServiceAccount,
@@ -34,7 +33,7 @@ from governance.models import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-VERIFIER = ROOT / "governance" / "verify_audit.py"
+VERIFIER = ROOT / "audit" / "verify_audit.py"
 
 
 # --- the chain ---------------------------------------------------------------------------------
@@ -91,7 +90,7 @@ def refused(code: str):
         yield info
     assert info.value.code == code, f"refused with {info.value.code}: {info.value.message}"
     after = database_state()
-    assert after["governance.AuditEvent"] == before["governance.AuditEvent"], "a refusal wrote an audit event"
+    assert after["audit.AuditEvent"] == before["audit.AuditEvent"], "a refusal wrote an audit event"
     assert after == before, "a refusal changed the database"
 
 
@@ -184,6 +183,7 @@ def production_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
         "REDIS_URL": "redis://redis.internal:6379/1",
         "SECRET_KEY": secrets.token_urlsafe(64),
         "AUDIT_CHECKPOINT_KEY": secrets.token_hex(32),
+        "ROLLOUT_WEBHOOK_SECRET": secrets.token_hex(32),
         "ALLOWED_HOSTS": "ringfence.example.com",
         "CSRF_TRUSTED_ORIGINS": "https://ringfence.example.com",
         "HTTPS": "true",

@@ -7,8 +7,8 @@ import datetime as dt
 import pytest
 from django.db import IntegrityError, connection, transaction
 
-from governance import audit
-from governance.verify_audit import FORMAT_VERSION, GENESIS, canonical_json, chain_hash
+from audit import log as audit
+from audit.verify_audit import FORMAT_VERSION, GENESIS, canonical_json, chain_hash
 from tests import factories
 from tests.governance.support import chain_stats, race
 

@@ -9,7 +9,8 @@ import pytest
 from django.contrib.auth.models import Group, User
 from django.urls import reverse
 
-from governance import audit, services
+from audit import log as audit
+from governance import services
 from governance.models import ApiToken, ContainmentAssignment, GovernedAction, ServiceAccount
 from governance.permissions import APPROVE, CONTAIN, VIEW, Role, perm
 from tests import factories

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from governance import audit, services
+from audit import log as audit
+from governance import services
 from governance.models import ContainmentAssignment
 from governance.permissions import CONTAIN, VIEW, Role, perm
 from tests import factories

@@ -3,9 +3,9 @@ from __future__ import annotations
 import pytest
 from django.db import connection, transaction
 
-from governance import audit
-from governance.models import AuditEvent
-from governance.verify_audit import GENESIS, chain_hash
+from audit import log as audit
+from audit.models import AuditEvent
+from audit.verify_audit import GENESIS, chain_hash
 
 
 @pytest.mark.django_db(transaction=True)

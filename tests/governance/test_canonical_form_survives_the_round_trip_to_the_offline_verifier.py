@@ -13,9 +13,9 @@ from django.db import transaction
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from governance import audit
-from governance.models import AuditEvent
-from governance.verify_audit import chain_hash, parse_line, verify
+from audit import log as audit
+from audit.models import AuditEvent
+from audit.verify_audit import chain_hash, parse_line, verify
 
 EXAMPLES = 100
 NON_FINITE_EXAMPLES = 40

@@ -10,8 +10,8 @@ import pytest
 import time_machine
 from django.conf import settings as django_settings
 
-from governance import audit
-from governance.models import AuditCheckpoint
+from audit import log as audit
+from audit.models import AuditCheckpoint
 from tests import factories
 from tests.governance.support import head_seq
 
@@ -24,7 +24,7 @@ def test_idle_chain_gets_exactly_one_signed_checkpoint_per_interval(settings, tm
     settings.AUDIT_CHECKPOINT_INTERVAL_SECONDS = INTERVAL
     settings.AUDIT_CHECKPOINT_FILE = tmp_path / "shipped" / "checkpoints.jsonl"
     beat = django_settings.CELERY_BEAT_SCHEDULE["audit-checkpoint"]
-    assert beat["task"] == "governance.tasks.write_checkpoint_if_due"
+    assert beat["task"] == "audit.tasks.write_checkpoint_if_due"
     tick = float(beat["schedule"])
     assert tick <= INTERVAL, "beat must look more often than the interval"
 

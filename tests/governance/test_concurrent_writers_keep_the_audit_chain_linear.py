@@ -7,7 +7,8 @@ import time
 import pytest
 from django.contrib.auth.models import User
 
-from governance import audit, services
+from audit import log as audit
+from governance import services
 from governance.models import Workflow
 from tests import factories
 from tests.governance.support import chain_stats, events_since, head_seq, percentile, race

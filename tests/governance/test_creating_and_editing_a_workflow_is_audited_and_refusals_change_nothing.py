@@ -7,7 +7,8 @@ from datetime import time
 
 import pytest
 
-from governance import audit, services
+from audit import log as audit
+from governance import services
 from governance.models import Workflow
 from governance.permissions import MANAGE_ROLLOUTS, VIEW, Role, perm
 from tests import factories

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from governance import audit, services
+from audit import log as audit
+from governance import services
 from governance.permissions import APPROVE, CONTAIN, SCOPED_PERMISSIONS, VIEW, perm
 from tests.governance.support import events_since, head_seq, refused
 

@@ -7,8 +7,10 @@ import hashlib
 
 import pytest
 
-from governance import audit, services
-from governance.models import ApiToken, AuditEvent
+from audit import log as audit
+from audit.models import AuditEvent
+from governance import services
+from governance.models import ApiToken
 from tests import factories
 from tests.governance.support import database_state, events_since, head_seq, refused
 

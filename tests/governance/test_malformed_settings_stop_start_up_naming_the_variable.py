@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from governance import envparse
+from core import envparse
 from tests.governance.support import manage, production_env
 
 VAR = "RINGFENCE_PARSE_PROBE"

@@ -1,4 +1,4 @@
-"""AUD-05: the standalone verifier (governance/verify_audit.py, run as its own program with the
+"""AUD-05: the standalone verifier (audit/verify_audit.py, run as its own program with the
 system Python) names the first broken event of a tampered export, and catches a rewritten suffix
 or a truncated tail only through the signed checkpoints.
 
@@ -19,9 +19,9 @@ import pytest
 from django.conf import settings
 from django.db import transaction
 
-from governance import audit, clock, services
-from governance.models import AuditEvent
-from governance.verify_audit import (
+from audit import log as audit
+from audit.models import AuditEvent
+from audit.verify_audit import (
     FORMAT_VERSION,
     Report,
     _parallel_prefix,
@@ -30,6 +30,8 @@ from governance.verify_audit import (
     chain_hash,
     verify_export,
 )
+from core import clock
+from governance import services
 from tests import factories
 from tests.governance.support import export_lines, run_verifier
 

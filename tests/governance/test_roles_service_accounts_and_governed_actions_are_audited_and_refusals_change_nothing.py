@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from governance import audit, services
+from audit import log as audit
+from governance import services
 from governance.models import GovernedAction, ServiceAccount
 from governance.permissions import Role
 from governance.selectors import has_role

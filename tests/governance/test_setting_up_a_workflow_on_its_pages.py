@@ -9,7 +9,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.urls import reverse
 
-from governance import audit
+from audit import log as audit
 from governance.models import ApiToken, ContainmentAssignment, GovernedAction, ServiceAccount, Workflow
 from governance.permissions import APPROVE, MANAGE_ROLLOUTS, VIEW, Role, perm
 from governance.selectors import has_role

@@ -13,7 +13,7 @@ import pytest
 from django.core.management import call_command
 from django.db import DatabaseError, connection, transaction
 
-from governance import audit
+from audit import log as audit
 from tests import factories
 from tests.governance.support import chain_stats
 

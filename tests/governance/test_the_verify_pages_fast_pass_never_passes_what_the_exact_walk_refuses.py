@@ -11,8 +11,8 @@ import pytest
 from django.conf import settings
 from django.db import connection, transaction
 
-from governance import audit
-from governance.verify_audit import chain_hash, verify
+from audit import log as audit
+from audit.verify_audit import chain_hash, verify
 
 pytestmark = pytest.mark.django_db
 TABLE = "governance_auditevent"

@@ -1,4 +1,4 @@
-"""The stall rule of governance.worker_watchdog, over observations at given times.
+"""The stall rule of core.worker_watchdog, over observations at given times.
 
 A worker counts as stalled only when, for the whole limit, messages waited in its queues, it held
 no task and received none. The watchdog acting on a real worker is tests/reliability/test_worker_stall.py.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from governance.worker_watchdog import Stall
+from core.worker_watchdog import Stall
 
 LIMIT = 10.0
 

@@ -22,7 +22,8 @@ import pytest
 from django.apps import apps
 from django.core.management import call_command
 
-from governance import audit, demo
+from audit import log as audit
+from governance import demo
 from tests.governance.support import ROOT, database_state
 from tests.reliability.proctree import descendants, running
 from tests.reliability.waiting import free_port

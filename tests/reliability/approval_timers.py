@@ -7,7 +7,7 @@ from datetime import datetime
 
 from approvals import services
 from approvals.models import ApprovalRequest
-from governance.models import AuditEvent
+from audit.models import AuditEvent
 
 FIRE = "approvals.tasks.fire_due_timer"
 SWEEP = "approvals.tasks.sweep_due"

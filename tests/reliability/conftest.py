@@ -18,7 +18,7 @@ from django.core.management import call_command
 from django.db import connections
 from django.test import override_settings
 
-from governance.celery import app as celery_app
+from config.celery import app as celery_app
 from governance.permissions import Role
 from tests import factories
 from tests.reliability.figures import Figures

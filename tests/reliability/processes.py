@@ -28,7 +28,7 @@ SWEEP_SECONDS = 1  # TIMER_SWEEP_SECONDS of the processes (production: 5)
 def control(command: str, hostname: str, *args: object, **kwargs: object) -> object:
     """Celery's remote `command` to the worker `hostname`, sent on a connection of its own: one from
     this process's pool may predate a Redis restart an earlier test made, and fail instead."""
-    from governance.celery import app
+    from config.celery import app
 
     with app.connection_for_write() as conn:
         return getattr(app.control, command)(*args, destination=[hostname], connection=conn, **kwargs)
@@ -156,10 +156,10 @@ class Services:
 
     def worker(self, name: str = "worker", *, concurrency: int = 2, ready: bool = True,
                include: tuple[str, ...] = (), **env: object) -> ServiceProcess:
-        """`celery -A governance worker` as production runs it, plus the task-run record (celery_probe)
+        """`celery -A config worker` as production runs it, plus the task-run record (celery_probe)
         and any fault module in `include`."""
         process = self._spawn(name, [
-            PY, "-m", "celery", "-A", "governance", "worker", "--loglevel", "INFO", "--pool", "prefork",
+            PY, "-m", "celery", "-A", "config", "worker", "--loglevel", "INFO", "--pool", "prefork",
             "--concurrency", str(concurrency), "--hostname", f"{name}@reliability", "--without-gossip",
             "--without-mingle", "--include", ",".join(("tests.reliability.celery_probe", *include)),
         ], env)
@@ -169,7 +169,7 @@ class Services:
 
     def beat(self, name: str = "beat", *, ready: bool = True, **env: object) -> ServiceProcess:
         process = self._spawn(name, [
-            PY, "-m", "celery", "-A", "governance", "beat", "--loglevel", "INFO",
+            PY, "-m", "celery", "-A", "config", "beat", "--loglevel", "INFO",
             "--schedule", str(self.workdir / f"{name}-schedule"), "--max-interval", "1",
         ], env)
         if ready:
@@ -179,7 +179,7 @@ class Services:
     def web(self, name: str = "web", *, workers: int = 2, ready: bool = True, **env: object) -> WebServer:
         port = free_port()
         process = self._spawn(name, [
-            PY, "-m", "gunicorn", "governance.wsgi:application", "--bind", f"127.0.0.1:{port}",
+            PY, "-m", "gunicorn", "config.wsgi:application", "--bind", f"127.0.0.1:{port}",
             "--workers", str(workers), "--timeout", "60", "--graceful-timeout", "5", "--access-logfile", "-",
         ], {"ALLOWED_HOSTS": "127.0.0.1,localhost", **env})
         server = WebServer(process, f"http://127.0.0.1:{port}")

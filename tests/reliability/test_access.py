@@ -15,8 +15,9 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import URLPattern, URLResolver, get_resolver
 
 from approvals import services as approval_services
+from audit.models import AuditEvent
 from governance import services as governance_services
-from governance.models import AuditEvent, Workflow
+from governance.models import Workflow
 from governance.permissions import Role
 from tests import factories
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 import pytest
 from django.db import OperationalError
 
-from governance import audit, services
-from governance.models import AuditEvent, Workflow
+from audit import log as audit
+from audit.models import AuditEvent
+from governance import services
+from governance.models import Workflow
 from tests.reliability.threads import in_thread
 from tests.reliability.waiting import wait_until
 

@@ -9,8 +9,8 @@ import time
 import pytest
 from django.conf import settings
 
+from audit.models import AuditEvent
 from governance import services as governance_services
-from governance.models import AuditEvent
 from governance.permissions import Role
 from rollouts import services as rollout_services
 from rollouts.models import ActionState, RolloutAction, RolloutPlan

@@ -13,8 +13,10 @@ import pytest
 from django.db import OperationalError, connection, connections, transaction
 
 from approvals.models import Decision
-from governance import audit, services
-from governance.models import AuditEvent, Workflow
+from audit import log as audit
+from audit.models import AuditEvent
+from governance import services
+from governance.models import Workflow
 from tests.reliability.agents import ALLOWED, GATED, api_token, decide, decision_of, dispatch
 from tests.reliability.threads import database_settings, in_thread, session_options
 from tests.reliability.waiting import percentile, wait_until

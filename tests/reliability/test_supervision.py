@@ -1,6 +1,6 @@
 """Supervision under `make run` (scripts/devserver.py): a worker or beat that dies comes back,
 and a Redis restart that makes the worker exit (RELIABILITY.md E5/E6), or leaves it consuming
-nothing (restarted by governance.worker_watchdog), loses no timer (FLT-05).
+nothing (restarted by core.worker_watchdog), loses no timer (FLT-05).
 
 One `make run` process tree serves both parts (it takes a while to start). The production
 counterpart is deploy/systemd (Restart=always, test_deploy_units.py).

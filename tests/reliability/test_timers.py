@@ -15,8 +15,8 @@ import pytest
 from django.conf import settings
 
 from approvals.models import ApprovalRequest
-from governance import clock
-from governance.celery import app as celery_app
+from config.celery import app as celery_app
+from core import clock
 from tests.reliability.agents import ALLOWED, api_token, decide, dispatch
 from tests.reliability.approval_timers import FIRE, SWEEP, ask, doubled, short_policy, timer_events
 from tests.reliability.processes import SWEEP_SECONDS

@@ -1,5 +1,5 @@
 """A worker that stays up but consumes nothing is restarted, and no timer waiting on it is lost
-(SUP-03, governance.worker_watchdog); a healthy worker is left alone.
+(SUP-03, core.worker_watchdog); a healthy worker is left alone.
 
 The stall is made with Celery's own remote control: `cancel_consumer` makes the worker stop taking
 messages from its queue while it keeps running and answering pings, which is how a worker looks
@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from governance.worker_watchdog import grace_seconds
+from core.worker_watchdog import grace_seconds
 from tests.reliability.approval_timers import ask, doubled, short_policy, timer_events
 from tests.reliability.processes import answers_ping, control
 from tests.reliability.proctree import descendants, running

@@ -9,8 +9,8 @@ from datetime import timedelta
 import pytest
 from django.test import Client
 
-from governance import clock
-from governance.models import AuditEvent
+from audit.models import AuditEvent
+from core import clock
 from rollouts import selectors
 from rollouts.models import ContextTag, RolloutAction, Signal
 

@@ -19,8 +19,9 @@ from django.test import Client
 
 from approvals import services as approval_services
 from approvals.models import ApprovalRequest
-from governance import clock
-from governance.models import AuditEvent, Workflow
+from audit.models import AuditEvent
+from core import clock
+from governance.models import Workflow
 from rollouts import evaluation as ev
 from rollouts import executors, notifications, selectors, services
 from rollouts.models import Metric, RolloutAction, RolloutPlan, Signal, SignalLoss

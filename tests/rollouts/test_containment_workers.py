@@ -15,7 +15,7 @@ from django.conf import settings
 
 from approvals import services as approval_services
 from approvals.models import ApprovalRequest
-from governance import clock
+from core import clock
 from rollouts import services
 from rollouts.models import Metric, RolloutAction, RolloutPlan, SignalLoss
 from tests.rollouts.conftest import WORKER_ENV, metric

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from configuration import demo as configuration_demo
-from governance import clock
+from core import clock
 from governance import demo as governance_demo
 from rollouts import demo, selectors
 from rollouts.models import RolloutPlan

@@ -21,7 +21,7 @@ from django.test import Client
 
 from approvals import services as approval_services
 from approvals.models import ApprovalRequest
-from governance import clock
+from core import clock
 from rollouts import services
 from rollouts.models import ActionAttempt, ActionReview, RolloutAction, RolloutPlan
 from tests.rollouts.conftest import WORKER_ENV
@@ -174,7 +174,7 @@ def test_a_webhook_plan_leaves_its_fallback_in_the_worker_once_the_receiver_answ
 def start_worker(env: dict[str, str], log) -> subprocess.Popen:
     with open(log, "ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "governance", "worker", "--loglevel", "INFO", "--pool", "prefork",
+            [sys.executable, "-m", "celery", "-A", "config", "worker", "--loglevel", "INFO", "--pool", "prefork",
              "--concurrency", "2", "--without-gossip", "--without-mingle", "--without-heartbeat",
              "--hostname", f"restarted-{os.getpid()}@%h"],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)

@@ -10,9 +10,9 @@ import time_machine
 from django.conf import settings
 from django.test import Client
 
-from governance import clock
-from governance.errors import TransitionRefused
-from governance.models import AuditEvent
+from audit.models import AuditEvent
+from core import clock
+from core.errors import TransitionRefused
 from rollouts import executors, services
 from rollouts.models import RolloutPlan
 from tests.rollouts.receiver import running_receiver

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
-from governance import audit
-from governance.models import AuditEvent
+from audit import log as audit
+from audit.models import AuditEvent
 from rollouts.models import Metric
 from tests import factories
 from tests.governance.support import events_since, head_seq

@@ -10,8 +10,8 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
 from approvals import services as approval_services
-from governance import clock
-from governance.models import AuditEvent
+from audit.models import AuditEvent
+from core import clock
 from rollouts import services
 from rollouts.models import ContextTag, RolloutAction, RolloutPlan
 

@@ -15,8 +15,9 @@ from django.core.cache import cache
 
 from approvals import services as approval_services
 from approvals.models import ApprovalRequest
-from governance import clock
-from governance.models import AuditEvent, Workflow
+from audit.models import AuditEvent
+from core import clock
+from governance.models import Workflow
 from rollouts import executors, notifications, services, tasks
 from rollouts.models import ActionReview, Metric, RolloutAction, RolloutPlan
 

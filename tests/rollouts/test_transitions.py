@@ -6,10 +6,10 @@ from datetime import timedelta
 
 import pytest
 
-from governance import clock
+from audit.models import AuditEvent
+from core import clock
+from core.errors import TransitionRefused
 from governance import services as governance_services
-from governance.errors import TransitionRefused
-from governance.models import AuditEvent
 from rollouts import executors, selectors, services
 from rollouts.models import ActionReview, RolloutAction, RolloutPlan
 from tests.rollouts.conftest import plan_spec

@@ -1,6 +1,6 @@
 """Real Celery worker and beat processes for tests, on the test database and the test's Redis.
 
-They run `celery -A governance worker` / `beat` exactly as production does (prefork pool, the
+They run `celery -A config worker` / `beat` exactly as production does (prefork pool, the
 project's Celery settings), each in its own session so teardown reaches the pool children, with:
 
 - `DATABASE_URL` pointing at the test database pytest-django created (not the development one),
@@ -81,7 +81,7 @@ def current_database_url() -> str:
 
 def purge_broker() -> int:
     """Drop every message waiting in the test's broker queue; returns how many were dropped."""
-    from governance.celery import app
+    from config.celery import app
 
     with app.connection_for_write() as conn:
         return app.control.purge(connection=conn) or 0
@@ -170,7 +170,7 @@ def _spawn(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
 def process_env(workdir: Path, sweep_seconds: float, extra: dict[str, object] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "RINGFENCE_TEST_"))}
     env.update({
-        "DJANGO_SETTINGS_MODULE": "governance.settings",
+        "DJANGO_SETTINGS_MODULE": "config.settings",
         "DATABASE_URL": current_database_url(),
         "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
         "REDIS_URL": settings.CELERY_BROKER_URL,
@@ -195,7 +195,7 @@ def celery_processes(*, beat: bool = True, sweep_seconds: float = 0.5, concurren
     (workdir / "var").mkdir()
     penv = process_env(workdir, sweep_seconds, env)
     purge_broker()
-    worker_argv = [sys.executable, "-m", "celery", "-A", "governance", "worker", "--loglevel", "INFO",
+    worker_argv = [sys.executable, "-m", "celery", "-A", "config", "worker", "--loglevel", "INFO",
                    "--pool", "prefork", "--concurrency", str(concurrency), "--without-gossip", "--without-mingle",
                    "--without-heartbeat", "--hostname", f"test-{uuid.uuid4().hex[:8]}@%h"]
     for module in include:
@@ -206,7 +206,7 @@ def celery_processes(*, beat: bool = True, sweep_seconds: float = 0.5, concurren
     try:
         procs.wait_for(lambda: " ready." in procs.log(), start_timeout, "the celery worker is ready")
         if beat:
-            beat_proc = _spawn([sys.executable, "-m", "celery", "-A", "governance", "beat", "--loglevel", "INFO",
+            beat_proc = _spawn([sys.executable, "-m", "celery", "-A", "config", "beat", "--loglevel", "INFO",
                                 "--schedule", str(workdir / "celerybeat-schedule"), "--max-interval", "1"],
                                penv, workdir / "beat.log")
             procs.beat = beat_proc

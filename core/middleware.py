@@ -1,6 +1,6 @@
 """A page whose database or Redis cannot be reached answers 503 with a page that says so.
 
-The API answers its own 503 problem JSON (governance.problems); this covers the browser pages,
+The API answers its own 503 problem JSON (core.problems); this covers the browser pages,
 which would otherwise show Django's bare "Server Error (500)". The page is rendered without the
 request's context processors, since they may need the database that just failed.
 """
@@ -13,7 +13,7 @@ from collections.abc import Callable
 from django.http import HttpRequest, HttpResponse
 from django.template.loader import render_to_string
 
-from governance.problems import UNAVAILABLE_RETRY_AFTER, unreachable
+from core.problems import UNAVAILABLE_RETRY_AFTER, unreachable
 
 logger = logging.getLogger(__name__)
 

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
-from governance import audit
-from governance.verify_audit import UnusableInput, default_workers, export_checkpoints, verify_export
+from audit import log as audit
+from audit.verify_audit import UnusableInput, default_workers, export_checkpoints, verify_export
 
 
 class Command(BaseCommand):

@@ -6,47 +6,45 @@ under `var/`, a secret key generated once into `var/`.
 
 from __future__ import annotations
 
-import secrets
+import warnings
 from pathlib import Path
 
 import plotly
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.csp import CSP
 
-from governance.envparse import (
-    env_bool,
-    env_float,
-    env_int,
-    env_list,
-    env_str,
-    parse_database_url,
-)
+from core import zero_setup
+from core.envparse import env_bool, env_float, env_int, env_list, env_str, parse_database_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("RINGFENCE_VAR_DIR", str(BASE_DIR / "var"))).resolve()
-VAR_DIR.mkdir(parents=True, exist_ok=True)
-
-
-def _secret_key() -> str:
-    configured = env_str("SECRET_KEY")
-    if configured:
-        if len(configured) < 50:
-            raise ImproperlyConfigured("SECRET_KEY must be at least 50 characters long.")
-        return configured
-    key_file = VAR_DIR / "secret_key"
-    if not key_file.exists():
-        key_file.write_text(secrets.token_urlsafe(64))
-        key_file.chmod(0o600)
-    return key_file.read_text().strip()
-
-
-SECRET_KEY = _secret_key()
+ZERO_SETUP = not env_str("DATABASE_URL")
 DEBUG = env_bool("DEBUG", False)
+TESTING = env_bool("RINGFENCE_TESTING", False)
+
+
+def _secret(name: str, min_length: int) -> str:
+    """A secret from the environment. Only in zero-setup mode (and for DEBUG or the tests) may it
+    come from var/, where `make run` puts it; nothing here writes a file."""
+    value = env_str(name)
+    if not value:
+        if not (ZERO_SETUP or DEBUG or TESTING):
+            raise ImproperlyConfigured(f"{name} must be set when DATABASE_URL is set.")
+        value = zero_setup.read_secret(VAR_DIR, name)
+        if value is None:  # e.g. `manage.py check` on a fresh clone: a key for this process only
+            warnings.warn(f"{name} is not set and {VAR_DIR} has none (`make run` creates it): "
+                          "this process uses a one-off key.", stacklevel=2)
+            value = zero_setup.SECRETS[name][1]()
+    if len(value) < min_length:
+        raise ImproperlyConfigured(f"{name} must be at least {min_length} characters long.")
+    return value
+
+
+SECRET_KEY = _secret("SECRET_KEY", 50)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 # Behind TLS in production: secure cookies, HSTS, redirect to https.
 HTTPS = env_bool("HTTPS", False)
-ZERO_SETUP = not env_str("DATABASE_URL")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -59,6 +57,8 @@ INSTALLED_APPS = [
     "django_htmx",
     "guardian",
     "ninja",
+    "core",
+    "audit",
     "governance",
     "approvals",
     "rollouts",
@@ -76,11 +76,11 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django.middleware.csp.ContentSecurityPolicyMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
-    "governance.middleware.UnavailableMiddleware",
+    "core.middleware.UnavailableMiddleware",
 ]
 
-ROOT_URLCONF = "governance.urls"
-WSGI_APPLICATION = "governance.wsgi.application"
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
 
 TEMPLATES = [
     {
@@ -147,7 +147,6 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "staticfiles"
-STATIC_ROOT.mkdir(exist_ok=True)  # whitenoise warns on every start while collectstatic has not filled it
 STATICFILES_DIRS = [
     BASE_DIR / "static",
     # plotly.js ships inside the pinned plotly package: served from there, never from a CDN.
@@ -260,7 +259,7 @@ BROKER_RECONNECT_MAX_SECONDS = env_float("BROKER_RECONNECT_MAX_SECONDS", 0.5, mi
 CELERY_BROKER_CONNECTION_MAX_RETRIES = None
 # Publishing gives up quickly: one connection attempt, one retry, each bounded by
 # REDIS_SOCKET_TIMEOUT_SECONDS (BROKER_PUBLISH_TRANSPORT_OPTIONS below, applied by
-# governance.celery). Messages only add precision: the committed due_at and the sweep are the
+# config.celery). Messages only add precision: the committed due_at and the sweep are the
 # timer, and the sweep re-sends lost work.
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
 CELERY_TASK_TIME_LIMIT = 120
@@ -271,8 +270,6 @@ CELERY_BROKER_VISIBILITY_TIMEOUT = env_int("CELERY_VISIBILITY_TIMEOUT", 7200, mi
 if CELERY_BROKER_URL.startswith("filesystem://"):
     _queue_dir = VAR_DIR / "celery" / "queue"
     _processed_dir = VAR_DIR / "celery" / "processed"
-    _queue_dir.mkdir(parents=True, exist_ok=True)
-    _processed_dir.mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_queue_dir),
         "data_folder_out": str(_queue_dir),
@@ -294,7 +291,7 @@ else:
         "socket_connect_timeout": 5,
         "health_check_interval": 10,
         "retry_on_timeout": True,
-        # Reconnect backoff, for publishing (kombu) and for worker and beat (governance.celery).
+        # Reconnect backoff, for publishing (kombu) and for worker and beat (config.celery).
         "interval_start": min(0.5, BROKER_RECONNECT_MAX_SECONDS),
         "interval_step": 0.5,
         "interval_max": BROKER_RECONNECT_MAX_SECONDS,
@@ -306,30 +303,20 @@ else:
         "retry_on_timeout": False,
     }
 # A worker that holds no task while messages wait in its queues, and receives none, for this long
-# exits so its supervisor starts a fresh one (governance.worker_watchdog); 0 turns the watch off.
+# exits so its supervisor starts a fresh one (core.worker_watchdog); 0 turns the watch off.
 # The watch goes on through a warm shutdown, so keep it above the soft shutdown timeout.
 WORKER_STALL_SECONDS = env_float("WORKER_STALL_SECONDS", 60.0, minimum=0)
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 TIMER_SWEEP_SECONDS = env_float("TIMER_SWEEP_SECONDS", 5.0, minimum=0.1)
 
 # Audit trail: checkpoints are signed with a key the database never holds.
-AUDIT_CHECKPOINT_KEY = env_str("AUDIT_CHECKPOINT_KEY")
-if not AUDIT_CHECKPOINT_KEY:
-    if not ZERO_SETUP and not DEBUG and not env_bool("RINGFENCE_TESTING", False):
-        raise ImproperlyConfigured("AUDIT_CHECKPOINT_KEY must be set when DATABASE_URL is set.")
-    _key_file = VAR_DIR / "audit_checkpoint_key"
-    if not _key_file.exists():
-        _key_file.write_text(secrets.token_hex(32))
-        _key_file.chmod(0o600)
-    AUDIT_CHECKPOINT_KEY = _key_file.read_text().strip()
-if len(AUDIT_CHECKPOINT_KEY) < 32:
-    raise ImproperlyConfigured("AUDIT_CHECKPOINT_KEY must be at least 32 characters long.")
+AUDIT_CHECKPOINT_KEY = _secret("AUDIT_CHECKPOINT_KEY", 32)
 AUDIT_CHECKPOINT_INTERVAL_SECONDS = env_int("AUDIT_CHECKPOINT_INTERVAL_SECONDS", 3600, minimum=1)
 AUDIT_CHECKPOINT_FILE = Path(env_str("AUDIT_CHECKPOINT_FILE", str(VAR_DIR / "audit-checkpoints.jsonl")))
 
 CELERY_BEAT_SCHEDULE = {
     "audit-checkpoint": {
-        "task": "governance.tasks.write_checkpoint_if_due",
+        "task": "audit.tasks.write_checkpoint_if_due",
         "schedule": min(60.0, float(AUDIT_CHECKPOINT_INTERVAL_SECONDS)),
     },
     # Fires overdue approval timers, opens due reminders, republishes lost messages.
@@ -375,15 +362,7 @@ if ROLLOUT_DEADLINE_LEAD_SECONDS > 30:
                                "of 30: a worker process waits it out.")
 ROLLOUT_TAG_MAX_HOURS = env_int("ROLLOUT_TAG_MAX_HOURS", 72, minimum=1)
 ROLLOUT_SIGNALS_MAX_BATCH = env_int("ROLLOUT_SIGNALS_MAX_BATCH", 10_000, minimum=1)
-ROLLOUT_WEBHOOK_SECRET = env_str("ROLLOUT_WEBHOOK_SECRET")
-if not ROLLOUT_WEBHOOK_SECRET:
-    _webhook_key_file = VAR_DIR / "rollout_webhook_secret"
-    if not _webhook_key_file.exists():
-        _webhook_key_file.write_text(secrets.token_hex(32))
-        _webhook_key_file.chmod(0o600)
-    ROLLOUT_WEBHOOK_SECRET = _webhook_key_file.read_text().strip()
-if len(ROLLOUT_WEBHOOK_SECRET) < 32:
-    raise ImproperlyConfigured("ROLLOUT_WEBHOOK_SECRET must be at least 32 characters long.")
+ROLLOUT_WEBHOOK_SECRET = _secret("ROLLOUT_WEBHOOK_SECRET", 32)
 CELERY_BEAT_SCHEDULE["rollouts-evaluate-live-plans"] = {
     "task": "rollouts.tasks.evaluate_live_plans", "schedule": ROLLOUT_EVALUATION_SECONDS}
 CELERY_BEAT_SCHEDULE["rollouts-sweep-actions"] = {
@@ -391,5 +370,7 @@ CELERY_BEAT_SCHEDULE["rollouts-sweep-actions"] = {
 # The zero-setup demo keeps its live rollouts' signals flowing (never on unless asked, outside zero-setup).
 ROLLOUT_DEMO_SIGNALS = env_bool("ROLLOUT_DEMO_SIGNALS", ZERO_SETUP)
 if ROLLOUT_DEMO_SIGNALS:
-    CELERY_BEAT_SCHEDULE["rollouts-demo-signals"] = {"task": "rollouts.tasks.feed_demo_signals", "schedule": 30.0}
+    CELERY_IMPORTS = ["rollouts.demo_tasks"]
+    CELERY_BEAT_SCHEDULE["rollouts-demo-signals"] = {"task": "rollouts.demo_tasks.feed_demo_signals",
+                                                     "schedule": 30.0}
 ROLLOUT_PAGE_REFRESH_SECONDS = env_int("ROLLOUT_PAGE_REFRESH_SECONDS", 5, minimum=1)

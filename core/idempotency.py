@@ -43,11 +43,10 @@ from ninja.responses import NinjaJSONEncoder
 from psycopg.errors import LockNotAvailable
 from pydantic import BaseModel
 
-from governance import clock
-from governance.api_auth import service_account_of
-from governance.db import row_of_batch
-from governance.models import IdempotencyKey
-from governance.problems import FieldError, Problem, handle_exception, problem_for, problem_response
+from core import clock
+from core.db import row_of_batch
+from core.models import IdempotencyKey
+from core.problems import FieldError, Problem, handle_exception, problem_for, problem_response
 
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -95,7 +94,7 @@ def fingerprint(request: HttpRequest) -> str:
 
 
 def _owner(request: HttpRequest) -> dict[str, Any]:
-    account = service_account_of(request)
+    account = getattr(getattr(request, "auth", None), "service_account", None)  # a token's account
     if account is not None:
         return {"service_account": account}
     return {"user": request.auth}  # type: ignore[attr-defined]

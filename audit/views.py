@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import datetime as dt
 import io
 import json
 import tempfile
@@ -35,9 +34,9 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
-from governance import audit, denials, selectors
-from governance.models import AuditCheckpoint, AuditEvent, Workflow
-from governance.verify_audit import (
+from audit import log as audit
+from audit.models import AuditCheckpoint, AuditEvent
+from audit.verify_audit import (
     Checkpoint,
     DamagedLine,
     Report,
@@ -48,6 +47,9 @@ from governance.verify_audit import (
     sign_checkpoint,
     verify_export,
 )
+from core import denials
+from core.publishing import publish
+from governance import selectors
 
 PAGE_SIZE = 50
 REQUEST_SUBJECT = "approvals.approvalrequest"
@@ -144,7 +146,7 @@ def search(request: HttpRequest) -> HttpResponse:
         "progress_token": uuid.uuid4().hex,
         "may_verify": selectors.reads_everything(request.user),
     }
-    return render(request, "governance/audit_log.html", context, status=200 if valid else 422)
+    return render(request, "audit/audit_log.html", context, status=200 if valid else 422)
 
 
 # --- one event -----------------------------------------------------------------------------------
@@ -169,14 +171,14 @@ def event_detail(request: HttpRequest, seq: int) -> HttpResponse:
         .exclude(seq=seq).order_by("seq")[:50],
         "evidence_url": evidence_url(event.subject_type, event.subject_id),
     }
-    return render(request, "governance/event_detail.html", context)
+    return render(request, "audit/event_detail.html", context)
 
 
 def evidence_url(subject_type: str, subject_id: str) -> str | None:
     """The evidence bundle of an approval request."""
     if subject_type != REQUEST_SUBJECT or not subject_id.isdigit():
         return None
-    return reverse("governance:evidence", args=[int(subject_id)])
+    return reverse("evidence:page", args=[int(subject_id)])
 
 
 # --- progress shared by the web processes and the workers ----------------------------------------
@@ -324,7 +326,7 @@ def export(request: HttpRequest, fmt: str) -> HttpResponse:
 @login_required
 def export_progress(request: HttpRequest, token: str) -> HttpResponse:
     state = read_progress("export", token, request.user)
-    return render(request, "governance/audit_log.html#export-progress", {"export": state, "progress_token": token})
+    return render(request, "audit/audit_log.html#export-progress", {"export": state, "progress_token": token})
 
 
 # --- verification --------------------------------------------------------------------------------
@@ -462,22 +464,20 @@ def verify_page(request: HttpRequest) -> HttpResponse:
         "checkpoint": AuditCheckpoint.objects.order_by("-created_at", "-id").first(),
     }
     status = 422 if form.errors else 200
-    template = "governance/audit_verify.html" + ("#upload-result" if request.htmx else "")
+    template = "audit/audit_verify.html" + ("#upload-result" if request.htmx else "")
     return render(request, template, context, status=status)
 
 
 @require_POST
 @login_required
 def verify_start(request: HttpRequest) -> HttpResponse:
-    from governance.tasks import publish, verify_audit_chain
-
     _require_auditor(request)
     job = Progress("verify", uuid.uuid4().hex, request.user.pk, progress_store())
     job.save(state="queued", done=0, total=audit.head()[0], queued_at=timezone.now().isoformat())
-    if not publish(verify_audit_chain, (job.token, request.user.pk)):
+    if not publish("audit.tasks.verify_audit_chain", (job.token, request.user.pk)):
         job.save(state="failed", done=0, total=0,
                  error="the task queue is unreachable, so nothing was verified. Start it again in a moment.")
-    return redirect("governance:audit_verify_job", job=job.token)
+    return redirect("audit:verify_job", job=job.token)
 
 
 @require_GET
@@ -487,197 +487,5 @@ def verify_job(request: HttpRequest, job: str) -> HttpResponse:
     state = read_progress("verify", job, request.user)
     if state is None:
         raise denials.out_of_scope(request, "verification", job)
-    template = "governance/audit_verify_job.html" + ("#job" if request.htmx else "")
+    template = "audit/audit_verify_job.html" + ("#job" if request.htmx else "")
     return render(request, template, {"job": state, "job_id": job})
-
-
-# --- evidence bundle of a decision --------------------------------------------------------------
-
-def _chain_entries(events: Iterable[AuditEvent]) -> list[dict]:
-    return [{"seq": e.seq, "prev_hash": e.prev_hash, "hash": e.hash, "event": audit.event_payload(e),
-             "hash_ok": chain_hash(e.prev_hash, e.canonical) == e.hash} for e in events]
-
-
-def workflow_settings_before(workflow, seq: int) -> tuple[dict, int | None]:
-    """The workflow's governance settings as the audit trail had them just before event `seq`."""
-    settings_, source = {}, None
-    history = AuditEvent.objects.filter(
-        subject_type="governance.workflow", subject_id=str(workflow.pk), seq__lt=seq,
-        action__in=["workflow.created", "workflow.updated"]).order_by("seq")
-    for event in history:
-        if event.action == "workflow.created":
-            settings_ = dict(event.data)
-        else:
-            settings_.update({field: change["to"] for field, change in event.data.get("changes", {}).items()})
-        source = event.seq
-    return settings_, source
-
-
-def tier_in_force(workflow, settings_: dict, at) -> int:
-    """The autonomy tier the recorded settings gave at `at` (business or off hours)."""
-    if not settings_:
-        return workflow.tier_at(at)
-    then = Workflow(
-        autonomy_tier=settings_.get("autonomy_tier", workflow.autonomy_tier),
-        off_hours_tier=settings_.get("off_hours_tier", workflow.off_hours_tier),
-        timezone=settings_.get("timezone", workflow.timezone),
-        business_days=settings_.get("business_days", workflow.business_days),
-        business_start=dt.time.fromisoformat(str(settings_.get("business_start", workflow.business_start))),
-        business_end=dt.time.fromisoformat(str(settings_.get("business_end", workflow.business_end))),
-        holidays=settings_.get("holidays", []),  # none before holidays were recorded
-    )
-    return then.tier_at(at)
-
-
-def policy_in_force(req, seq: int) -> dict:
-    """The escalation policy that timed the request, with its levels as last defined before it."""
-    policy = req.policy
-    defined = (AuditEvent.objects.filter(subject_type="approvals.escalationpolicy", subject_id=str(policy.pk),
-                                         action="approval.policy_defined", seq__lt=seq).order_by("-seq").first())
-    if defined is not None:
-        levels = [{"position": i, **level} for i, level in enumerate(defined.data.get("levels", []))]
-    else:  # a built-in default policy: never redefined, so its levels are the ones stored
-        levels = [{"position": level.position, "groups": sorted(g.name for g in level.groups.all()),
-                   "people": sorted(p.get_username() for p in level.people.all()),
-                   "timeout_seconds": level.timeout_seconds} for level in policy.levels.order_by("position")]
-    return {"id": policy.pk, "applies_to": policy.workflow.slug if policy.workflow_id else "every workflow (default)",
-            "mode": policy.mode, "hours": policy.hours, "terminal_action": policy.terminal_action,
-            "levels": levels, "defined_in_event": defined.seq if defined else None}
-
-
-def signals_at_decisions(req, decisions: list) -> list[dict]:
-    """For a request about a rollout action: the latest sample of each of the plan's rule metrics
-    when each decision was taken (or when the request closed without one)."""
-    if req.subject_type != "rollouts.rolloutaction" or not req.subject_id.isdigit():
-        return []
-    from rollouts.models import RolloutAction, Signal
-
-    action = RolloutAction.objects.select_related("plan").filter(pk=int(req.subject_id)).first()
-    if action is None:
-        return []
-    plan = action.plan
-    metrics = {c.metric_id: c.metric.slug for c in plan.criteria.select_related("metric")}
-    metrics.update({t.metric_id: t.metric.slug for t in plan.triggers.select_related("metric")})
-    moments = [(f"{d.decided_by.get_username()} ({d.verdict})", d.decided_at) for d in decisions]
-    if not moments and req.closed_at:
-        moments = [(f"closed ({req.state})", req.closed_at)]
-    rows = []
-    for label, at in moments:
-        for metric_id, slug in sorted(metrics.items(), key=lambda m: m[1]):
-            sample = (Signal.objects.filter(plan=plan, metric_id=metric_id, observed_at__lte=at)
-                      .order_by("-observed_at").values_list("observed_at", "value").first())
-            if sample:
-                rows.append({"decision": label, "metric": slug, "value": sample[1], "at": sample[0]})
-    return rows
-
-
-def rule_that_asked(req) -> dict | None:
-    """The dispatch rule that asked for the request, as kept with it: its text and the values it read."""
-    if not req.rule:
-        return None
-    from approvals import explain
-
-    rule = req.rule
-    return {"id": rule.get("id"), "number": (rule.get("position") or 0) + 1, "text": explain.rule_line(rule),
-            "condition": rule.get("condition"), "outcome": rule.get("outcome"), "reason": rule.get("reason", ""),
-            "quorum": rule.get("quorum"), "approver_roles": rule.get("approver_roles", []),
-            "values": rule.get("values", {}), "values_read": explain.values_read(rule)}
-
-
-def execution_record(req, execution) -> dict | None:
-    """The execution an approved agent action granted: claimed, reported, or expired unclaimed."""
-    if execution is None and req.claim_by is None and req.claim_expired_at is None:
-        return None
-    entry = {"claim_by": req.claim_by, "claim_expired_at": req.claim_expired_at, "id": None, "state": None,
-             "claimed_at": None, "expires_at": None, "reported_at": None, "detail": ""}
-    if execution is not None:
-        entry.update(id=execution.pk, state=execution.state, claimed_at=execution.granted_at,
-                     expires_at=execution.expires_at, reported_at=execution.reported_at, detail=execution.detail)
-    return entry
-
-
-def evidence_bundle(req) -> dict:
-    """Everything an auditor needs to show what was decided on one request, by whom, on what evidence,
-    and what was then executed."""
-    from approvals import explain
-    from approvals.selectors import execution_of
-
-    events = list(AuditEvent.objects.filter(subject_type=REQUEST_SUBJECT, subject_id=str(req.pk)).order_by("seq"))
-    requested = next((e for e in events if e.action == "approval.requested"), None)
-    anchor = requested.seq if requested else (events[0].seq if events else audit.head()[0] + 1)
-    workflow_settings, settings_event = workflow_settings_before(req.workflow, anchor)
-    decisions = list(req.decisions.select_related("decided_by").order_by("decided_at", "pk"))
-    escalations = [{"seq": e.seq, "at": e.occurred_at, "by": e.actor_label,
-                    "level": e.data.get("level"), "due_at": e.data.get("due_at"), "reason": e.reason}
-                   for e in events if e.action == "approval.escalated"]
-    checkpoint = (AuditCheckpoint.objects.filter(head_seq__gte=events[-1].seq).order_by("head_seq", "id").first()
-                  if events else None)
-    first_decision = decisions[0].decided_at if decisions else None
-    execution = execution_of(req)
-    return {
-        "bundle": "ringfence-evidence", "version": 2,
-        "request": {
-            "id": req.pk, "workflow": req.workflow.slug, "workflow_name": req.workflow.name,
-            "kind": req.kind, "action": req.action, "parameters": req.parameters, "mode": req.mode,
-            "quorum": req.quorum, "approver_roles": req.approver_roles, "requested_by": req.requester_label,
-            "requested_by_kind": ("service" if req.requested_by_service_id
-                                  else "user" if req.requested_by_id else "system"),
-            "idempotency_key": req.idempotency_key, "confidence": req.confidence,
-            "subject": {"type": req.subject_type, "id": req.subject_id} if req.subject_type else None,
-            "created_at": req.created_at,
-        },
-        "in_force": {
-            "tier": tier_in_force(req.workflow, workflow_settings, req.created_at),
-            "business_hours": req.workflow.in_business_hours(req.created_at),
-            "workflow_settings": workflow_settings, "settings_from_event": settings_event,
-            "policy": policy_in_force(req, anchor),
-        },
-        "rule": rule_that_asked(req),
-        "evidence": {"summary": (req.evidence or {}).get("summary", ""), "metrics": req.evidence_metrics(),
-                     "links": req.evidence_links(), "other": req.evidence_extra()},
-        "signals": signals_at_decisions(req, decisions),
-        "decisions": [{"by": d.decided_by.get_username(), "name": d.decided_by.get_full_name(), "verdict": d.verdict,
-                       "justification": d.justification, "reason_category": d.reason, "level": d.level,
-                       "decided_at": d.decided_at} for d in decisions],
-        "timers": {
-            "created_at": req.created_at,
-            "first_due_at": requested.data.get("due_at") if requested else None,
-            "escalations": escalations, "level": req.level, "due_at": req.due_at, "remind_at": req.remind_at,
-            "closed_at": req.closed_at,
-            "seconds_to_first_decision": (first_decision - req.created_at).total_seconds() if first_decision else None,
-            "seconds_to_close": (req.closed_at - req.created_at).total_seconds() if req.closed_at else None,
-        },
-        "outcome": {"state": req.state, "closed_at": req.closed_at, "closed_by": req.closed_by_label,
-                    "summary": req.closed_summary(), "timeline": explain.execution_timeline(req, execution, dt.UTC)},
-        "execution": execution_record(req, execution),
-        "audit": {"events": _chain_entries(events),
-                  "checkpoint": json.loads(audit.checkpoint_line(checkpoint)) if checkpoint else None},
-    }
-
-
-def _request_in_scope(request: HttpRequest, pk: int):
-    from approvals.selectors import request_for
-
-    req = request_for(request.user, pk)
-    if req is None:
-        raise denials.out_of_scope(request, "approval request", pk)
-    return req
-
-
-@require_GET
-@login_required
-def evidence(request: HttpRequest, pk: int) -> HttpResponse:
-    bundle = evidence_bundle(_request_in_scope(request, pk))
-    return render(request, "approvals/evidence.html", {"bundle": bundle, "req_id": pk})
-
-
-@require_GET
-@login_required
-def evidence_json(request: HttpRequest, pk: int) -> HttpResponse:
-    from django.core.serializers.json import DjangoJSONEncoder
-
-    bundle = evidence_bundle(_request_in_scope(request, pk))
-    response = HttpResponse(json.dumps(bundle, cls=DjangoJSONEncoder, indent=2, ensure_ascii=False),
-                            content_type="application/json; charset=utf-8")
-    response["Content-Disposition"] = f'attachment; filename="ringfence-evidence-request-{pk}.json"'
-    return response

@@ -16,7 +16,7 @@ from ninja.errors import HttpError, ValidationError
 from ninja.parser import Parser
 from ninja.renderers import JSONRenderer
 
-from governance import idempotency, problems
+from core import idempotency, problems
 from governance.api_auth import TOKEN
 
 DESCRIPTION = """\

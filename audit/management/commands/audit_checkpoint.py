@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand
 
-from governance import audit
+from audit import log as audit
 
 
 class Command(BaseCommand):

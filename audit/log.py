@@ -26,10 +26,8 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import DatabaseError, connection, models, transaction
 
-from governance import clock
-from governance.db import row_of_batch
-from governance.models import AuditCheckpoint, AuditEvent, ServiceAccount, Workflow
-from governance.verify_audit import (
+from audit.models import AuditCheckpoint, AuditEvent
+from audit.verify_audit import (
     FORMAT_VERSION,
     GENESIS,
     Checkpoint,
@@ -42,6 +40,8 @@ from governance.verify_audit import (
     sign_checkpoint,
     verify,
 )
+from core import clock
+from core.db import row_of_batch
 
 # Arbitrary constant shared by every writer of the chain: pg_advisory_xact_lock(AUDIT_LOCK_KEY).
 AUDIT_LOCK_KEY = 0x52494E47  # "RING"
@@ -125,8 +125,8 @@ def describe_actor(actor: Any) -> tuple[str, str, str]:
         return "system", "", "system"
     if isinstance(actor, AbstractBaseUser):
         return "user", str(actor.pk), actor.get_username()
-    if isinstance(actor, ServiceAccount):
-        return "service", str(actor.pk), actor.name
+    if hasattr(actor, "audit_actor"):  # a service account names itself
+        return actor.audit_actor()
     if isinstance(actor, str):
         return "system", "", actor
     raise AuditError(f"unknown actor type {type(actor).__name__}")
@@ -141,14 +141,15 @@ def describe_subject(subject: Any) -> tuple[str, str]:
 
 
 def workflow_of(subject: Any) -> str:
-    if isinstance(subject, Workflow):
-        return subject.slug
-    workflow = getattr(subject, "workflow", None)
-    return workflow.slug if isinstance(workflow, Workflow) else ""
+    """The slug of the workflow a subject is (`audit_workflow`) or belongs to (its `workflow`)."""
+    own = getattr(subject, "audit_workflow", None)
+    if isinstance(own, str):
+        return own
+    return getattr(getattr(subject, "workflow", None), "audit_workflow", "") or ""
 
 
 def record(actor: Any, action: str, subject: Any, data: dict | None = None, reason: str = "",
-           *, workflow: Workflow | str | None = None) -> AuditEvent:
+           *, workflow: Any = None) -> AuditEvent:
     """Append one event to the chain inside the caller's transaction and return it."""
     if not connection.in_atomic_block:
         raise AuditError("audit.record() must run inside the transaction that makes the change")
@@ -158,7 +159,7 @@ def record(actor: Any, action: str, subject: Any, data: dict | None = None, reas
     subject_type, subject_id = describe_subject(subject)
     if subject_id in ("", "None"):
         raise AuditError("the subject must be saved before it is audited")
-    workflow_slug = workflow.slug if isinstance(workflow, Workflow) else (workflow or workflow_of(subject))
+    workflow_slug = workflow if isinstance(workflow, str) and workflow else workflow_of(workflow or subject)
     for name, value in (("actor", actor_label), ("subject type", subject_type), ("subject id", subject_id),
                         ("workflow", workflow_slug)):
         limit = COLUMN_LIMITS[name]

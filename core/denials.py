@@ -2,7 +2,7 @@
 
 Pages answer an object outside the person's scope with 404, so its existence is never confirmed,
 and a page their role does not allow with 403; the API answers 401/403/404 problem JSON
-(governance.problems). Every such denial, and every change a service refused as forbidden,
+(core.problems). Every such denial, and every change a service refused as forbidden,
 writes one record to the `ringfence.security` logger, never an audit event: a denial changes
 nothing.
 
@@ -19,7 +19,7 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import Model, QuerySet
 from django.http import Http404, HttpRequest
 
-from governance.errors import TransitionRefused
+from core.errors import TransitionRefused
 
 security_log = logging.getLogger("ringfence.security")
 M = TypeVar("M", bound=Model)

@@ -7,9 +7,9 @@ from celery import Celery, bootsteps
 from celery.app.amqp import AMQP
 from kombu import Connection
 
-from governance.worker_watchdog import StallWatchdog
+from core.worker_watchdog import StallWatchdog
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "governance.settings")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 logger = logging.getLogger(__name__)
 
 _ENSURE_ARGS = ("errback", "max_retries", "interval_start", "interval_step", "interval_max")

@@ -24,8 +24,8 @@ from django.db import DatabaseError, DataError, IntegrityError, InterfaceError, 
 from django.http import Http404, HttpRequest, HttpResponse
 from ninja.errors import AuthenticationError, HttpError, Throttled, ValidationError
 
-from governance import denials
-from governance.errors import TransitionRefused
+from core import denials
+from core.errors import TransitionRefused
 
 logger = logging.getLogger("ringfence.api")
 
