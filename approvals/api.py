@@ -3,21 +3,25 @@ discovery of workflows and actions, pause."""
 
 from __future__ import annotations
 
-import time
 from datetime import datetime
 from typing import Annotated, Literal
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import transaction
 from django.http import HttpRequest
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
 from ninja import Path, Query, Router, Schema, Status
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
+from approvals import callbacks, executions, waiting
 from approvals import dispatch as dispatching
-from approvals import executions
 from approvals import services as approval_services
-from approvals.models import ActionRule, ApprovalRequest, Execution
+from approvals.models import ActionRule, ApprovalRequest
+from approvals.representations import ApprovalOut, ExecutionOut, RuleOut, poll_url
+from approvals.representations import approval_out as _approval_out
+from approvals.representations import execution_out as _execution_out
 from core import clock
 from core.api_schemas import Command, Finite, JsonObject, Text
 from core.idempotency import header_value, idempotent
@@ -29,20 +33,12 @@ router = Router(tags=["approvals"])
 
 SLUG = slug_validator.regex.pattern
 MAX_ID = 2**63 - 1
-# What an agent should do once a request is closed.
-OUTCOME = {
-    ApprovalRequest.State.PENDING: "pending",
-    ApprovalRequest.State.APPROVED: "allow",
-    ApprovalRequest.State.AUTO_APPROVED: "allow",
-    ApprovalRequest.State.REJECTED: "deny",
-    ApprovalRequest.State.OVERRIDDEN: "deny",
-    ApprovalRequest.State.EXPIRED: "deny",
-    ApprovalRequest.State.CANCELLED: "deny",
-}
 
 
-def poll_url(approval_id: int) -> str:
-    return reverse("api:approval_status", kwargs={"approval_id": approval_id})
+def _callback_url(url: str) -> str:
+    if (problem := callbacks.url_problem(url)) is not None:
+        raise ValueError(problem)
+    return url
 
 
 class DispatchIn(Command):
@@ -51,39 +47,10 @@ class DispatchIn(Command):
     parameters: JsonObject = Field(default_factory=dict)
     evidence: JsonObject = Field(default_factory=dict)
     confidence: Annotated[Finite, Field(ge=0, le=1)] | None = None
-
-
-class ExecutionOut(Schema):
-    id: int
-    state: Literal["granted", "succeeded", "failed"]
-    action: str
-    approval_id: int | None = Field(description="The approval it was claimed on; null when dispatch allowed it.")
-    granted_at: datetime
-    expires_at: datetime = Field(description="Report the outcome by then.")
-    reported_at: datetime | None
-    detail: str
-    outcome_url: str
-
-
-def _execution_out(execution: Execution) -> ExecutionOut:
-    return ExecutionOut(
-        id=execution.pk, state=execution.state, action=execution.action, approval_id=execution.request_id,
-        granted_at=execution.granted_at, expires_at=execution.expires_at, reported_at=execution.reported_at,
-        detail=execution.detail,
-        outcome_url=reverse("api:execution_outcome", kwargs={"execution_id": execution.pk}),
-    )
-
-
-class RuleOut(Schema):
-    id: int
-    position: int = Field(description="0 for the first rule of the list.")
-    shadow: bool
-    condition: str = Field(description="The CEL condition.")
-    outcome: Literal["allow", "deny", "approve", "tier"]
-    reason: str
-    quorum: int | None = None
-    approver_roles: list[str] = Field(default_factory=list)
-    values: dict = Field(default_factory=dict, description="The values of the call the condition read.")
+    callback_url: Annotated[str, AfterValidator(_callback_url)] | None = Field(
+        None, max_length=callbacks.MAX_URL,
+        description="When the answer is pending: an http(s) URL that Ringfence POSTs the approval's JSON to, "
+                    "signed, once the request closes (see the README's API section). Then there is no need to wait.")
 
 
 class DispatchOut(Schema):
@@ -114,12 +81,16 @@ def dispatch(request: HttpRequest, payload: DispatchIn) -> DispatchOut:
     """Answers `allow` (with the one execution it grants), `deny` or `pending` (with the approval to
     poll, then claim). The action's rules decide first (CEL over `params`, `evidence`, `agent`,
     `workflow`, `now`, `business_hours`, `tags`), the autonomy tier when none holds. Never `allow`
-    on an error: a rule that cannot be decided for the call denies with `rule_error`."""
-    answer = dispatching.dispatch(
-        account=service_account_of(request), workflow=payload.workflow, action=payload.action,
-        parameters=payload.parameters, evidence=payload.evidence, confidence=payload.confidence,
-        idempotency_key=header_value(request) or "",
-    )
+    on an error: a rule that cannot be decided for the call denies with `rule_error`. With
+    `callback_url`, a pending answer's outcome is also POSTed there, signed, when it closes."""
+    with transaction.atomic(savepoint=False):  # the callback is registered with the request, or neither is
+        answer = dispatching.dispatch(
+            account=service_account_of(request), workflow=payload.workflow, action=payload.action,
+            parameters=payload.parameters, evidence=payload.evidence, confidence=payload.confidence,
+            idempotency_key=header_value(request) or "",
+        )
+        if payload.callback_url and answer.approval is not None:
+            callbacks.register(answer.approval, url=payload.callback_url, token=request.auth)
     approval = answer.approval
     return DispatchOut(
         decision=answer.decision, code=answer.code, reason=answer.reason, workflow=answer.workflow.slug,
@@ -131,75 +102,30 @@ def dispatch(request: HttpRequest, payload: DispatchIn) -> DispatchOut:
     )
 
 
-class DecisionOut(Schema):
-    verdict: str
-    decided_by: str
-    justification: str
-    reason: str
-    level: int
-    decided_at: datetime
-
-
-class ApprovalOut(Schema):
-    id: int
-    workflow: str
-    kind: str
-    action: str
-    parameters: dict
-    state: str
-    outcome: Literal["allow", "deny", "pending"] = Field(description="What the requester should do now.")
-    mode: str
-    level: int = Field(description="Escalation level, 0 for the first.")
-    quorum: int
-    due_at: datetime
-    created_at: datetime
-    closed_at: datetime | None
-    closed_by: str
-    decisions: list[DecisionOut]
-    approver_roles: list[str]
-    held: bool = Field(description="The workflow is paused: nobody decides it and its timers wait.")
-    claim_by: datetime | None = Field(description="An approved agent action is claimed (execute) by then.")
-    claim_expired: bool
-    execution: ExecutionOut | None
-    rule: RuleOut | None
-    poll_url: str
-    execute_url: str
-
-
-def _approval_out(req: ApprovalRequest) -> ApprovalOut:
-    return ApprovalOut(
-        id=req.pk, workflow=req.workflow.slug, kind=req.kind, action=req.action, parameters=req.parameters,
-        state=req.state, outcome=OUTCOME[req.state], mode=req.mode, level=req.level, quorum=req.quorum,
-        due_at=req.due_at, created_at=req.created_at, closed_at=req.closed_at, closed_by=req.closed_by_label,
-        decisions=[
-            DecisionOut(verdict=d.verdict, decided_by=d.decided_by.get_username(), justification=d.justification,
-                        reason=d.reason, level=d.level, decided_at=d.decided_at)
-            for d in req.decisions.select_related("decided_by")
-        ],
-        approver_roles=req.approver_roles, held=req.is_held, claim_by=req.claim_by,
-        claim_expired=req.claim_expired_at is not None,
-        execution=_execution_out(execution) if (execution := Execution.objects.filter(request=req).first()) else None,
-        rule=req.rule or None, poll_url=poll_url(req.pk),
-        execute_url=reverse("api:approval_execute", kwargs={"approval_id": req.pk}),
-    )
-
-
 @router.get("/approvals/{approval_id}", response=ApprovalOut, auth=TOKEN_OR_SESSION, url_name="approval_status",
             summary="State of an approval request, optionally waiting for a decision")
-def approval_status(
+async def approval_status(
     request: HttpRequest,
     approval_id: Annotated[int, Path(ge=1, le=MAX_ID)],
     wait: Annotated[Finite, Query(0, ge=0, le=60, description="Seconds to wait while the request is pending "
                                                            "(long-poll; capped by the server).")] = 0,
 ) -> ApprovalOut:
     """State, decisions, due time and level. With `wait`, answers as soon as the request closes."""
+    seconds = min(wait, settings.API_LONG_POLL_MAX_SECONDS)
+    read = sync_to_async(_visible_approval)
+    if seconds <= 0:
+        return await read(request, approval_id, release=False)
+    # Waits in the event loop, holding no worker and no database connection (approvals.waiting).
+    return await waiting.wait_while_pending(approval_id, lambda: read(request, approval_id, release=True),
+                                            lambda out: out.state == ApprovalRequest.State.PENDING, seconds)
+
+
+def _visible_approval(request: HttpRequest, approval_id: int, *, release: bool) -> ApprovalOut:
     requests = ApprovalRequest.objects.select_related("workflow").filter(workflow__in=workflows_in_scope(request))
-    deadline = time.monotonic() + min(wait, settings.API_LONG_POLL_MAX_SECONDS)
-    req = get_object_or_404(requests, pk=approval_id)
-    while req.is_pending and (remaining := deadline - time.monotonic()) > 0:
-        time.sleep(min(settings.API_LONG_POLL_INTERVAL_SECONDS, remaining))
-        req = get_object_or_404(requests, pk=approval_id)
-    return _approval_out(req)
+    approval = _approval_out(get_object_or_404(requests, pk=approval_id))
+    if release:
+        waiting.release_connection()
+    return approval
 
 
 class PauseIn(Command):

@@ -52,13 +52,6 @@ def named_by_level(user: AbstractBaseUser, req: ApprovalRequest) -> bool:
     return levels.filter(position__gte=start or 0).filter(Q(groups__user=user) | Q(people=user)).exists()
 
 
-def assigned_to(user: AbstractBaseUser, req: ApprovalRequest) -> bool:
-    """Named by the current level itself (what "assigned to me" means in the queue)."""
-    return EscalationLevel.objects.filter(policy_id=req.policy_id, position=req.level).filter(
-        Q(groups__user=user) | Q(people=user)
-    ).exists()
-
-
 def scope_refusal(actor: Any, req: ApprovalRequest) -> TransitionRefused | None:
     """Why `actor` may not decide anything of this workflow, or None."""
     if not isinstance(actor, AbstractBaseUser) or not actor.is_active:

@@ -6,6 +6,7 @@ Read-only. Apps whose subjects carry signals (rollouts) register a provider in S
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 from collections.abc import Callable, Iterable
@@ -19,6 +20,7 @@ from django.views.decorators.http import require_GET
 from approvals import explain
 from approvals.selectors import execution_of, request_for
 from audit import log as audit
+from audit import sequencing
 from audit.models import AuditCheckpoint, AuditEvent
 from audit.verify_audit import chain_hash
 from core import denials
@@ -33,7 +35,20 @@ SIGNAL_PROVIDERS: dict[str, Callable[..., list[dict]]] = {}
 
 def _chain_entries(events: Iterable[AuditEvent]) -> list[dict]:
     return [{"seq": e.seq, "prev_hash": e.prev_hash, "hash": e.hash, "event": audit.event_payload(e),
-             "hash_ok": chain_hash(e.prev_hash, e.canonical) == e.hash} for e in events]
+             "canonical": e.canonical, "hash_ok": chain_hash(e.prev_hash, e.canonical) == e.hash} for e in events]
+
+
+def inclusion_proofs(events: list[AuditEvent]) -> dict:
+    """Each event proved in the tree of the latest signed checkpoint, verifiable with only the log's
+    public key (`verify_audit.py --bundle`). Events newer than that checkpoint wait for the next one
+    (seconds: AUDIT_CHECKPOINT_INTERVAL_SECONDS)."""
+    signed = sequencing.latest_tree_head()
+    size = signed.tree_size if signed else 0
+    proofs = [{"seq": e.seq, "index": e.seq - 1, "tree_size": size,
+               "proof": [base64.b64encode(h).decode() for h in sequencing.inclusion_proof(e.seq - 1, size)]}
+              for e in events if e.seq <= size]
+    return {"checkpoint_note": signed.note if signed else None, "public_key": sequencing.vkey(), "proofs": proofs,
+            "not_yet_under_a_checkpoint": [e.seq for e in events if e.seq > size]}
 
 
 def workflow_settings_before(workflow, seq: int) -> tuple[dict, int | None]:
@@ -131,7 +146,7 @@ def evidence_bundle(req) -> dict:
     first_decision = decisions[0].decided_at if decisions else None
     execution = execution_of(req)
     return {
-        "bundle": "ringfence-evidence", "version": 2,
+        "bundle": "ringfence-evidence", "version": 3,
         "request": {
             "id": req.pk, "workflow": req.workflow.slug, "workflow_name": req.workflow.name,
             "kind": req.kind, "action": req.action, "parameters": req.parameters, "mode": req.mode,
@@ -167,7 +182,8 @@ def evidence_bundle(req) -> dict:
                     "summary": req.closed_summary(), "timeline": explain.execution_timeline(req, execution, dt.UTC)},
         "execution": execution_record(req, execution),
         "audit": {"events": _chain_entries(events),
-                  "checkpoint": json.loads(audit.checkpoint_line(checkpoint)) if checkpoint else None},
+                  "checkpoint": json.loads(audit.checkpoint_line(checkpoint)) if checkpoint else None,
+                  **inclusion_proofs(events)},
     }
 
 

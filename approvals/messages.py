@@ -1,4 +1,5 @@
-"""The approval timers' and deliveries' Celery messages, sent after commit.
+"""The approval timers' and outcome handlers' Celery messages, and the notification outbox's
+deliveries (approvals' and rollouts' notices), sent after commit.
 
 Publishing never breaks a committed transition: if the broker is away the message is dropped
 with a warning, and the sweep (beat, every TIMER_SWEEP_SECONDS) finds the work in the database.

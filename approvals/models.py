@@ -335,9 +335,6 @@ class ApprovalRequest(models.Model):
         summary = self.outcome_summary()
         return f"Already {summary[0].lower()}{summary[1:]}"
 
-    def subject_link(self) -> tuple[str, str] | None:
-        return (self.subject_type, self.subject_id) if self.subject_type else None
-
     def evidence_metrics(self) -> list[dict]:
         metrics = self.evidence.get("metrics") if isinstance(self.evidence, dict) else None
         return [m for m in metrics if isinstance(m, dict)] if isinstance(metrics, list) else []
@@ -422,8 +419,16 @@ class Decision(models.Model):
 
 
 class Notice(models.Model):
-    """One notification-worthy change of a request. Unique per (request, event, level): a notice
-    is created once however often the change is observed, so nobody is told twice."""
+    """One notification-worthy change, in the one outbox of approvals and rollouts.
+
+    An approval notice names its request and is rendered when it is delivered (to whoever the
+    request then waits for); it is unique per (request, event, level). Any other notice (a rollout's)
+    carries its subject, workflow, recipients and text, written by whoever opened it, and is unique
+    per (subject, event). Either way a change observed twice is told once."""
+
+    class Source(models.TextChoices):
+        APPROVAL = "approval"
+        ROLLOUT = "rollout"
 
     class Event(models.TextChoices):
         REQUESTED = "requested"
@@ -431,12 +436,27 @@ class Notice(models.Model):
         ESCALATED = "escalated"
         REMINDER = "reminder"
         DECIDED = "decided"
+        AUTONOMOUS_ACTION = "autonomous_action", "action taken without a person"
+        SIGNALS_LOST = "signals_lost", "signals lost"
 
-    request = models.ForeignKey(ApprovalRequest, on_delete=models.CASCADE, related_name="notices")
+    source = models.CharField(max_length=20, choices=Source.choices, default=Source.APPROVAL)
+    request = models.ForeignKey(ApprovalRequest, null=True, blank=True, on_delete=models.CASCADE,
+                                related_name="notices")
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="notices")
+    # What the notice is about, named as the audit log names subjects ("rollouts.signalloss", "7").
+    subject_type = models.CharField(max_length=64)
+    subject_id = models.CharField(max_length=64)
     event = models.CharField(max_length=20, choices=Event.choices)
-    level = models.PositiveSmallIntegerField()
+    level = models.PositiveSmallIntegerField(default=0)
+    # Written by the opener of a notice that is not an approval's; blank on approval notices.
+    title = models.CharField(max_length=300, blank=True)
+    body = models.TextField(blank=True)
+    link = models.CharField(max_length=500, blank=True)
+    recipients = models.JSONField(default=list, blank=True)  # email addresses
+    data = models.JSONField(default=dict, blank=True)  # the webhook's machine-readable event payload
     created_at = models.DateTimeField()
     attempted_at = models.DateTimeField(null=True, blank=True)
+    # Done with: every delivery sent, or out of attempts (its Delivery rows say which).
     delivered_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -445,14 +465,26 @@ class Notice(models.Model):
                                 name="notice_undelivered_idx")]
         constraints = [
             models.UniqueConstraint(fields=["request", "event", "level"], name="notice_once_per_change"),
+            models.UniqueConstraint(fields=["subject_type", "subject_id", "event"], condition=Q(request__isnull=True),
+                                    name="notice_once_per_subject"),
             models.CheckConstraint(
-                condition=Q(event__in=["requested", "window_opened", "escalated", "reminder", "decided"]),
+                condition=Q(event__in=["requested", "window_opened", "escalated", "reminder", "decided",
+                                       "autonomous_action", "signals_lost"]),
                 name="notice_event_valid",
             ),
+            models.CheckConstraint(condition=Q(source__in=["approval", "rollout"]), name="notice_source_valid"),
+            models.CheckConstraint(
+                condition=Q(source="approval", request__isnull=False)
+                | (Q(request__isnull=True) & ~Q(source="approval") & ~Q(title="")),
+                name="notice_request_or_text",
+            ),
+            models.CheckConstraint(condition=~Q(subject_type="") & ~Q(subject_id=""), name="notice_subject_named"),
         ]
 
     def __str__(self) -> str:
-        return f"{self.event} #{self.request_id} level {self.level}"
+        if self.request_id is not None:
+            return f"{self.event} #{self.request_id} level {self.level}"
+        return f"{self.source} {self.event} {self.subject_type} {self.subject_id}"
 
 
 class Delivery(models.Model):

@@ -1,42 +1,50 @@
-"""Telling people: email to whoever a request waits for, and a signed, Slack-compatible webhook.
+"""Telling people: the one notification outbox of approvals and rollouts, delivered by email and
+by a signed, Slack-compatible webhook.
 
-A `Notice` is opened inside the transition's transaction, once per (request, event, level), so a
-change observed twice is announced once. Delivery happens after commit, one `Delivery` row per
-channel and recipient, claimed before sending so duplicate task runs never send twice. A notice
-whose request has moved on (decided, or escalated past it) is not delivered any more.
+A `Notice` is opened inside the transaction of the change it tells, once per change: an approval's
+per (request, event, level) by `open_notice`, rendered at delivery for whoever the request then
+waits for; any other (a rollout's) per (subject, event) by `enqueue`, with the title, body, link and
+recipients its opener wrote. Delivery happens after commit (`messages.publish_delivery`), one
+`Delivery` row per channel and recipient, claimed before sending so duplicate task runs never send
+twice. A failed send, or a lost message, is taken up again by the sweep every RETRY_AFTER, at most
+MAX_ATTEMPTS times per delivery and never after GIVE_UP_AFTER. An approval notice whose request has
+moved on (decided, or escalated past it) is not delivered any more.
 
-Webhook (APPROVALS_WEBHOOK_URL): POST of Slack incoming-webhook JSON (`text`, `blocks`) with the
-machine-readable event in `metadata`, signed with HMAC-SHA256 over `<timestamp>.<body>`:
+Email goes to the notice's people (for approval notices only while APPROVALS_EMAIL is on). The
+webhook (APPROVALS_WEBHOOK_URL) gets every notice: a POST of Slack incoming-webhook JSON (`text`,
+`blocks`) with the machine-readable event in `metadata`, signed by core.signing:
 
     X-Ringfence-Timestamp: 1767225600
     X-Ringfence-Signature: v1=<hex hmac_sha256(APPROVALS_WEBHOOK_SECRET, "1767225600." + body)>
-    X-Ringfence-Event: approval.requested
-    Idempotency-Key: approval-notice-42
+    X-Ringfence-Event: approval.requested          (rollout.signals_lost, rollout.autonomous_action, …)
+    Idempotency-Key: approval-notice-42            (rollout-notice-43)
 
 Receivers recompute the signature, compare in constant time, and refuse timestamps older than a
-few minutes.
+few minutes (`core.signing.verify`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
 import urllib.error
 import urllib.request
+from collections.abc import Iterable
 from datetime import datetime, timedelta
+from functools import partial
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.mail import EmailMessage
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, models, transaction
 from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
 from approvals import eligibility, messages
 from approvals.models import ApprovalRequest, Delivery, EscalationLevel, Notice
-from core import clock
+from audit.log import describe_subject
+from core import clock, signing
+from governance.models import Workflow
 
 logger = logging.getLogger(__name__)
 Event = Notice.Event
@@ -53,8 +61,45 @@ class DeliveryFailed(Exception):
 
 def open_notice(req: ApprovalRequest, event: str) -> Notice:
     """Record, inside a transition, that `req` changed in a way people hear about. A transition
-    happens once per (request, event, level), so the notice is new; the unique constraint backs it."""
-    return Notice.objects.create(request=req, event=event, level=req.level, created_at=clock.now())
+    happens once per (request, event, level), so the notice is new; the unique constraint backs it.
+    The caller publishes its delivery after commit."""
+    return Notice.objects.create(source=Notice.Source.APPROVAL, request=req, workflow_id=req.workflow_id,
+                                 subject_type=req._meta.label_lower, subject_id=str(req.pk), event=event,
+                                 level=req.level, created_at=clock.now())
+
+
+def enqueue(*, source: str, event: str, subject: models.Model | tuple[str, str], workflow: Workflow,
+            recipients: Iterable[str], title: str, body: str, link: str = "", data: dict | None = None,
+            at_once: bool = False) -> Notice | None:
+    """Open a notice that is not an approval's (a rollout's) inside the caller's transaction, to be
+    emailed to `recipients` (addresses) and posted to the webhook. After commit its delivery is
+    published, or with `at_once` run in this process (for a caller that is itself a worker, so the
+    notice does not wait behind the queue); either way a failure is the sweep's to retry.
+    Once per (subject, event): None when that change was told already."""
+    if not connection.in_atomic_block:
+        raise RuntimeError("enqueue() belongs inside the transaction of the change it tells")
+    subject_type, subject_id = describe_subject(subject)
+    try:
+        with transaction.atomic():
+            notice = Notice.objects.create(
+                source=source, event=event, workflow=workflow, subject_type=subject_type, subject_id=subject_id,
+                title=title[:300], body=body, link=link[:500], recipients=sorted(set(recipients)), data=data or {},
+                created_at=clock.now())
+    except IntegrityError:
+        told = Notice.objects.filter(request__isnull=True, subject_type=subject_type, subject_id=subject_id,
+                                     event=event)
+        if told.exists():
+            return None
+        raise
+    transaction.on_commit(partial(_deliver_here if at_once else messages.publish_delivery, notice.pk))
+    return notice
+
+
+def _deliver_here(notice_id: int) -> None:
+    try:
+        deliver(notice_id)
+    except Exception:  # recorded on the delivery rows; the sweep tries again after RETRY_AFTER
+        logger.warning("notice %s not delivered at once", notice_id, exc_info=True)
 
 
 def open_reminder(req: ApprovalRequest) -> Notice | None:
@@ -104,11 +149,19 @@ def waiting_on(req: ApprovalRequest) -> list:
 
 
 def recipients(notice: Notice) -> list:
+    """The people an approval notice is for."""
     req = notice.request
     if notice.event == Event.DECIDED:
         ids = {req.requested_by_id, req.on_behalf_of_id} - {None}
         return list(get_user_model().objects.filter(pk__in=ids, is_active=True).order_by("username"))
     return waiting_on(req)
+
+
+def addresses(notice: Notice) -> list[str]:
+    """Where the notice is emailed: its approvers or requester, or the addresses its opener chose."""
+    if notice.request_id is None:
+        return list(notice.recipients)
+    return [p.email for p in recipients(notice) if p.email]
 
 
 def _local(value: datetime) -> str:
@@ -117,6 +170,8 @@ def _local(value: datetime) -> str:
 
 def describe(notice: Notice) -> tuple[str, str]:
     """Subject line and plain-text body, shared by the email and the webhook."""
+    if notice.request_id is None:
+        return notice.title, notice.body
     req = notice.request
     what = f"{req.action} on {req.workflow.slug}"
     subjects = {
@@ -144,7 +199,29 @@ def _slack_escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def _payload(notice: Notice) -> dict:
+    """Slack's `text` and `blocks` for a notice that is not an approval's, and its event."""
+    subject, body = describe(notice)
+    link = f" <{notice.link}|{notice.workflow.slug}>" if notice.link else ""
+    return {
+        "text": f"{_slack_escape(subject)}{link}",
+        "blocks": [
+            {"type": "section", "text": {"type": "mrkdwn", "text": f"*{_slack_escape(subject)}*"}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": _slack_escape(body)}},
+        ],
+        "metadata": {
+            "event_type": f"{notice.source}_{notice.event}",
+            "event_payload": {
+                **notice.data, "notice": notice.pk, "workflow": notice.workflow.slug,
+                "subject": {"type": notice.subject_type, "id": notice.subject_id}, "url": notice.link,
+            },
+        },
+    }
+
+
 def webhook_body(notice: Notice) -> bytes:
+    if notice.request_id is None:
+        return json.dumps(_payload(notice), sort_keys=True, separators=(",", ":")).encode("utf-8")
     req = notice.request
     subject, body = describe(notice)
     url = f"{settings.SITE_URL}{req.get_absolute_url()}"
@@ -166,20 +243,14 @@ def webhook_body(notice: Notice) -> bytes:
     return json.dumps(payload, sort_keys=True, separators=(",", ":")).encode("utf-8")
 
 
-def sign(secret: str, timestamp: str, body: bytes) -> str:
-    return "v1=" + hmac.new(secret.encode("utf-8"), timestamp.encode("ascii") + b"." + body, hashlib.sha256).hexdigest()
-
-
 def _post_webhook(notice: Notice, url: str) -> None:
     body = webhook_body(notice)
-    timestamp = str(int(clock.now().timestamp()))
     request = urllib.request.Request(url, data=body, method="POST", headers={
         "Content-Type": "application/json",
         "User-Agent": "Ringfence-Notifier/1",
-        "X-Ringfence-Timestamp": timestamp,
-        "X-Ringfence-Signature": sign(settings.APPROVALS_WEBHOOK_SECRET, timestamp, body),
-        "X-Ringfence-Event": f"approval.{notice.event}",
-        "Idempotency-Key": f"approval-notice-{notice.pk}",
+        **signing.sign(settings.APPROVALS_WEBHOOK_SECRET, body),
+        "X-Ringfence-Event": f"{notice.source}.{notice.event}",
+        "Idempotency-Key": f"{notice.source}-notice-{notice.pk}",
     })
     try:
         with urllib.request.urlopen(request, timeout=settings.APPROVALS_WEBHOOK_TIMEOUT_SECONDS) as response:
@@ -205,22 +276,24 @@ def _claim(delivery: Delivery, now: datetime) -> bool:
 
 def targets(notice: Notice) -> list[tuple[str, str]]:
     found = []
-    if settings.APPROVALS_EMAIL:
-        found += [(Delivery.Channel.EMAIL, p.email) for p in recipients(notice) if p.email]
+    if settings.APPROVALS_EMAIL or notice.request_id is None:
+        found += [(Delivery.Channel.EMAIL, address) for address in addresses(notice)]
     if settings.APPROVALS_WEBHOOK_URL:
         found.append((Delivery.Channel.WEBHOOK, settings.APPROVALS_WEBHOOK_URL))
     return found
 
 
 def is_moot(notice: Notice) -> bool:
-    """A notice about a request that has moved on since (decided, or escalated past it)."""
+    """An approval notice about a request that has moved on since (decided, or escalated past it)."""
     req = notice.request
+    if req is None:
+        return False
     return notice.event != Event.DECIDED and (not req.is_pending or req.level != notice.level)
 
 
 def deliver(notice_id: int) -> dict:
     """Send a notice on every channel, each recipient at most once; raise if any send failed."""
-    notice = Notice.objects.select_related("request__workflow").filter(pk=notice_id).first()
+    notice = Notice.objects.select_related("request__workflow", "workflow").filter(pk=notice_id).first()
     if notice is None or notice.delivered_at is not None:
         return {}
     now = clock.now()
@@ -247,10 +320,15 @@ def deliver(notice_id: int) -> dict:
             counts["sent"] += 1
     else:
         counts["skipped"] = 1
-    retryable = notice.deliveries.filter(status__in=[Delivery.Status.FAILED, Delivery.Status.PENDING],
-                                         attempts__lt=MAX_ATTEMPTS).exists()
-    if not retryable:
-        Notice.objects.filter(pk=notice.pk, delivered_at__isnull=True).update(delivered_at=clock.now())
+    # Done once nothing is left to try: every delivery sent, or out of attempts (given up). A send
+    # another run claimed a moment ago is that run's to finish, even if it fails.
+    unfinished = notice.deliveries.filter(
+        Q(status__in=[Delivery.Status.FAILED, Delivery.Status.PENDING], attempts__lt=MAX_ATTEMPTS)
+        | Q(status=Delivery.Status.SENDING, claimed_at__gte=now - STALE_CLAIM)).exists()
+    if not unfinished:
+        finished = Notice.objects.filter(pk=notice.pk, delivered_at__isnull=True).update(delivered_at=clock.now())
+        if finished and notice.deliveries.filter(status=Delivery.Status.FAILED).exists():
+            logger.error("notice %s given up: a delivery failed %s times", notice.pk, MAX_ATTEMPTS)
     if counts["failed"]:
         raise DeliveryFailed(f"{counts['failed']} delivery attempt(s) of notice {notice.pk} failed")
     return counts

@@ -24,7 +24,7 @@ from approvals.models import (
     ShadowDifference,
 )
 from audit.models import AuditEvent
-from governance.models import GovernedAction, ServiceAccount, Workflow
+from governance.models import GovernedAction, Workflow
 from governance.permissions import APPROVE, CONTAIN
 from governance.selectors import workflows_visible_to, workflows_with_perm
 
@@ -37,12 +37,6 @@ DIFFERENCES_SHOWN = 20
 def requests_visible_to(user: AbstractBaseUser) -> QuerySet[ApprovalRequest]:
     """Requests of the workflows the person may see (auditors: all). Anything else is a 404."""
     return ApprovalRequest.objects.filter(workflow__in=workflows_visible_to(user))
-
-
-def requests_visible_to_service(account: ServiceAccount) -> QuerySet[ApprovalRequest]:
-    if not account.active:
-        return ApprovalRequest.objects.none()
-    return ApprovalRequest.objects.filter(workflow__in=account.workflows.all())
 
 
 def request_for(user: AbstractBaseUser, pk: int) -> ApprovalRequest | None:
@@ -136,10 +130,6 @@ def history_of(req: ApprovalRequest) -> QuerySet[AuditEvent]:
     """The request's audit events, oldest first: its history as the trail recorded it."""
     return (AuditEvent.objects.filter(subject_type=ApprovalRequest._meta.label_lower, subject_id=str(req.pk))
             .order_by("seq"))
-
-
-def decisions_of(req: ApprovalRequest) -> QuerySet[Decision]:
-    return req.decisions.select_related("decided_by").order_by("decided_at", "pk")
 
 
 def execution_of(req: ApprovalRequest) -> Execution | None:

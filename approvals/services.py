@@ -7,8 +7,8 @@ Audit actions (never renamed or reused):
     approval.rejected       record_decision on a reject
     approval.overridden     record_decision on an override
     approval.escalated      escalate_request (timer or a person asking for the next level)
-    approval.expired        expire_request (last level ran out, terminal action reject)
-    approval.auto_approved  auto_approve_request (override window ran out, terminal action proceed)
+    approval.expired        handle_due / handle_all_due (last level ran out, terminal action reject)
+    approval.auto_approved  handle_due / handle_all_due (override window ran out, terminal action proceed)
     approval.cancelled      cancel_request
     approval.policy_defined define_policy
     approval.held           hold_requests (the workflow was paused: no decision, no timer)
@@ -31,7 +31,7 @@ from django.contrib.auth.models import AbstractBaseUser, Group
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from approvals import eligibility, executions, messages, notifications, rules
+from approvals import eligibility, executions, messages, notifications, rules, waiting
 from approvals.models import (
     MAX_JUSTIFICATION,
     ActionRule,
@@ -244,6 +244,7 @@ def _after_commit(req: ApprovalRequest, notice: Notice | None) -> None:
         transaction.on_commit(partial(messages.schedule_timer, req.pk, req.level, req.due_at))
     else:
         transaction.on_commit(partial(messages.publish_outcome, req.pk))
+        transaction.on_commit(partial(waiting.request_closed, req.pk))  # wake long-polls, send the callback
     if notice is not None:
         transaction.on_commit(partial(messages.publish_delivery, notice.pk))
 
@@ -384,34 +385,12 @@ def _escalate(req: ApprovalRequest, nxt: EscalationLevel, *, actor: AbstractBase
 
 
 def _run_out(req: ApprovalRequest, state: str) -> ApprovalRequest:
+    """The last level ran out: expired (terminal action reject) or auto-approved (proceed).
+    Audit: `approval.expired` / `approval.auto_approved`."""
     notice = _close(req, state, by="", now=clock.now())
     audit.record(TIMER_ACTOR, f"approval.{state}", req, data={"level": req.level, "due_at": req.due_at})
     _after_commit(req, notice)
     return req
-
-
-def _lock_run_out(request_id: int, level: int | None, terminal: str) -> ApprovalRequest:
-    req = _lock_pending(request_id, level)
-    require(not req.is_held, "paused", f"On hold: {req.hold_summary()}.")
-    _require_due(req)
-    require(_next_level(req) is None, "conflict", "This request escalates before it runs out.")
-    require(req.policy.terminal_action == terminal, "conflict",
-            f"This request's policy ends with {req.policy.get_terminal_action_display()}.")
-    return req
-
-
-@transaction.atomic
-def expire_request(request_id: int, *, level: int | None = None) -> ApprovalRequest:
-    """The last level ran out and the policy's terminal action is reject. Audit: `approval.expired`."""
-    req = _lock_run_out(request_id, level, EscalationPolicy.TerminalAction.REJECT)
-    return _run_out(req, State.EXPIRED)
-
-
-@transaction.atomic
-def auto_approve_request(request_id: int, *, level: int | None = None) -> ApprovalRequest:
-    """The override window ran out with nobody overriding: it proceeds. Audit: `approval.auto_approved`."""
-    req = _lock_run_out(request_id, level, EscalationPolicy.TerminalAction.PROCEED)
-    return _run_out(req, State.AUTO_APPROVED)
 
 
 @transaction.atomic

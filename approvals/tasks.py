@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from approvals import executions, messages, notifications, outcomes, services
+from approvals import callbacks, executions, messages, notifications, outcomes, services
 from approvals.models import ApprovalRequest
 
 SWEEP_LIMIT = 500
@@ -25,8 +25,9 @@ def fire_due_timer(request_id: int, level: int | None = None) -> str:
 def sweep_due() -> dict:
     """Beat, every TIMER_SWEEP_SECONDS: the safety net for lost, late and duplicate messages.
 
-    Fires every overdue timer, opens due reminders, and republishes deliveries and outcome
-    handlers whose messages were lost.
+    Fires every overdue timer, opens due reminders, and republishes outcome handlers whose messages
+    were lost, the outbox's deliveries (approvals' and rollouts' notices) that failed or never ran, and
+    agents' callbacks whose message was lost.
     """
     handled = services.handle_all_due(limit=SWEEP_LIMIT)
     unclaimed = executions.expire_unclaimed(limit=SWEEP_LIMIT)
@@ -37,8 +38,9 @@ def sweep_due() -> dict:
     requests = outcomes.stale_request_ids()
     for request_id in requests:
         messages.publish_outcome(request_id)
+    callbacks_resent = callbacks.resend_due()
     return {"timers": handled, "reminders": reminders, "deliveries": len(notices), "outcomes": len(requests),
-            "unclaimed_expired": unclaimed}
+            "unclaimed_expired": unclaimed, "callbacks": callbacks_resent}
 
 
 @shared_task(acks_late=True)

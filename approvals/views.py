@@ -9,11 +9,13 @@ import re
 from urllib.parse import urlencode
 
 from django import forms
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django.views.decorators.vary import vary_on_headers
 from django_htmx.middleware import HtmxDetails
@@ -83,6 +85,36 @@ def queue(request: HtmxHttpRequest) -> HttpResponse:
     return render(request, template, context)
 
 
+def _words(role: str) -> str:
+    return str(role).replace("_", " ")
+
+
+def _escalation_ladder(approval: ApprovalRequest) -> dict:
+    """Who the request's policy asks, level by level, and which of them decide now: a level adds
+    its people to the earlier levels' unless it replaces them (EscalationLevel.replaces_previous),
+    the rule approvals.eligibility applies."""
+    levels = list(approval.policy.levels.prefetch_related("groups", "people").order_by("position"))
+    rows = []
+    for level in levels:
+        who = [_words(g.name) + "s" for g in level.groups.all()] + [p.get_username() for p in level.people.all()]
+        rows.append({"number": level.position + 1, "who": ", ".join(who) or "nobody named",
+                     "timeout": level.timeout_seconds, "replaces": level.replaces_previous,
+                     "current": level.position == approval.level})
+    current = next((r for r in rows if r["current"]), None)
+    if current is None or not approval.is_pending:
+        how = ""
+    elif current["number"] == 1:
+        how = f"Level 1 asks {current['who']}."
+    elif current["replaces"]:
+        how = f"Level {current['number']} replaces the earlier levels: only {current['who']} decide now."
+    else:
+        how = f"Level {current['number']} adds {current['who']} to the earlier levels: all of them can decide."
+    if approval.approver_roles:
+        roles = " and ".join(f"a {_words(role)}" for role in approval.approver_roles)
+        how += f" The rule asks {roles} among the approvers, from the first level on."
+    return {"levels": rows, "how": how.strip(), "terminal": approval.policy.get_terminal_action_display()}
+
+
 def _detail_context(request: HttpRequest, approval: ApprovalRequest, form: DecisionForm | None = None) -> dict:
     refusal = eligibility.refusal(request.user, approval) if approval.is_pending else None
     mine = approval.decisions.filter(decided_by=request.user).first()
@@ -99,6 +131,7 @@ def _detail_context(request: HttpRequest, approval: ApprovalRequest, form: Decis
         "execution": explain.execution_status(approval, selectors.execution_of(approval), clock.now()),
         "history": selectors.history_of(approval),
         "reasons": Decision.Reason.choices,
+        "ladder": _escalation_ladder(approval),
     }
 
 
@@ -107,6 +140,13 @@ def _detail_context(request: HttpRequest, approval: ApprovalRequest, form: Decis
 def detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     approval = _request_in_scope(request, pk)
     return render(request, "approvals/request_detail.html", _detail_context(request, approval))
+
+
+def _back_to(request: HttpRequest) -> str:
+    """`next`: the page of ours a decision was taken from, if it is one."""
+    url = request.POST.get("next", "")
+    ok = url.startswith("/") and url_has_allowed_host_and_scheme(url, allowed_hosts={request.get_host()})
+    return url if ok else ""
 
 
 @require_POST
@@ -128,6 +168,10 @@ def decide(request: HtmxHttpRequest, pk: int) -> HttpResponse:
             status = refusal.status
             approval = selectors.request_for(request.user, pk) or approval
     if status == 200 and not request.htmx:
+        back = _back_to(request)
+        if back:  # decided from another page (a rollout's override window): back there, saying how it ended
+            messages.success(request, f"Request #{approval.pk}: {approval.outcome_summary()}")
+            return redirect(back)
         return redirect(approval)
     context = _detail_context(request, approval, form if status != 200 else None)
     if not request.htmx:

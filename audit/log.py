@@ -1,17 +1,16 @@
-"""The audit trail: the only code that writes AuditEvent and AuditCheckpoint.
+"""The audit trail's door: `record()` is the only way an audited change writes its record.
 
-`record()` appends one event inside the caller's transaction. The chain head is read under a
-transaction-scoped advisory lock (PostgreSQL), so appends are linear under concurrent writers;
-`UNIQUE(seq)` and `UNIQUE(prev_hash)` are the backstops. Call it as the last statement of a
-service transaction: the lock is held until COMMIT. On PostgreSQL the head read, the canonical
-bytes and their SHA-256 are one INSERT … SELECT, so the lock is held for one statement and the
-COMMIT (bench/audit_append.py).
+`record()` accepts one entry (AuditEntry) inside the caller's transaction, so a change and its
+record commit together, with one INSERT: no lock, no read of the log. The sequencer
+(audit.sequencing) then gives it its seq, its link in the hash chain and its leaf in the Merkle
+tree. Also here: the HMAC chain checkpoints of the log's first years, and the database verifier.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import hmac
 import json
 import math
 import re
@@ -26,7 +25,9 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import DatabaseError, connection, models, transaction
 
-from audit.models import AuditCheckpoint, AuditEvent
+from audit import sequencing
+from audit import verify_audit as tlog
+from audit.models import AuditCheckpoint, AuditEntry, AuditEvent, AuditTreeHead
 from audit.verify_audit import (
     FORMAT_VERSION,
     GENESIS,
@@ -36,15 +37,13 @@ from audit.verify_audit import (
     _settle,
     _Walk,
     canonical_json,
-    chain_hash,
     sign_checkpoint,
     verify,
 )
 from core import clock
-from core.db import row_of_batch
 
-# Arbitrary constant shared by every writer of the chain: pg_advisory_xact_lock(AUDIT_LOCK_KEY).
-AUDIT_LOCK_KEY = 0x52494E47  # "RING"
+# The inline writers' lock (audit.sequencing); the HMAC checkpoints read the head under it too.
+AUDIT_LOCK_KEY = sequencing.AUDIT_LOCK_KEY
 ACTION_PATTERN = re.compile(r"^[a-z][a-z_]*\.[a-z][a-z_.]*$")
 MAX_REASON = 10_000
 # Lengths of the AuditEvent columns that repeat parts of the hashed contents.
@@ -149,8 +148,9 @@ def workflow_of(subject: Any) -> str:
 
 
 def record(actor: Any, action: str, subject: Any, data: dict | None = None, reason: str = "",
-           *, workflow: Any = None) -> AuditEvent:
-    """Append one event to the chain inside the caller's transaction and return it."""
+           *, workflow: Any = None) -> AuditEvent | AuditEntry:
+    """Accept one entry inside the caller's transaction: it commits with the change. Returns the
+    event when sequenced inline (AUDIT_SEQUENCER=inline), else the entry the sequencer will place."""
     if not connection.in_atomic_block:
         raise AuditError("audit.record() must run inside the transaction that makes the change")
     if not isinstance(action, str) or not ACTION_PATTERN.fullmatch(action) or len(action) > 64:
@@ -173,48 +173,32 @@ def record(actor: Any, action: str, subject: Any, data: dict | None = None, reas
         "action": action, "subject_type": subject_type, "subject_id": subject_id, "workflow_slug": workflow_slug,
         "reason": reason, "data": payload_data,
     }
-    # Everything but the position in the chain is prepared before the chain lock is taken.
-    params = append_params(columns)
-    if connection.vendor == "postgresql":
-        seq, prev_hash, event_hash = _append_postgresql(params)
-        canonical = canonical_at(params, seq)
-    else:  # SQLite: writers are serialised by BEGIN IMMEDIATE
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT seq, hash FROM governance_auditevent ORDER BY seq DESC LIMIT 1")
-            head = cursor.fetchone()
-        seq, prev_hash = (head[0] + 1, head[1]) if head else (1, GENESIS)
-        canonical = canonical_at(params, seq)
-        event_hash = chain_hash(prev_hash, canonical)
-        return AuditEvent.objects.create(seq=seq, canonical=canonical, prev_hash=prev_hash, hash=event_hash,
-                                         **columns)
-    event = AuditEvent(seq=seq, canonical=canonical, prev_hash=prev_hash, hash=event_hash, **columns)
-    event._state.adding, event._state.db = False, connection.alias
-    return event
+    # The entry is accepted with the change and needs nothing from the log: no lock, no read of
+    # the head. The sequencer gives it its seq (audit.sequencing).
+    unsequenced = canonical_at(append_params(columns), 0)
+    mac = sequencing.entry_mac(unsequenced)
+    entry_id = _insert_entry(occurred_at, action, unsequenced, mac)
+    if settings.AUDIT_SEQUENCER == "inline":
+        return sequencing.append_inline(entry_id, unsequenced, mac)
+    return AuditEntry(pk=entry_id, occurred_at=occurred_at, action=action, canonical=unsequenced, mac=mac)
 
 
-_SEQ_PLACEHOLDER = '"seq":0,'
+_INSERT_ENTRY_SQL = {
+    "postgresql": "INSERT INTO audit_entry (xid, occurred_at, action, canonical, mac) "
+                  "VALUES (pg_current_xact_id()::text::bigint, %s, %s, %s, %s) RETURNING id",
+    "sqlite": "INSERT INTO audit_entry (xid, occurred_at, action, canonical, mac) VALUES (0, %s, %s, %s, %s) "
+              "RETURNING id",
+}
 
-# One statement under the lock: read the head, build the canonical bytes with seq = head + 1,
-# hash them with PostgreSQL's sha256() exactly as verify_audit.chain_hash does, insert. It is sent
-# with the lock in one round trip; being a statement of its own, it reads the head with a snapshot
-# taken once the lock is held. The lock is therefore held for one statement and the COMMIT.
-_LOCK_AND_APPEND_SQL = f"""
-SELECT pg_advisory_xact_lock({AUDIT_LOCK_KEY});
-WITH head AS (
-    SELECT top.seq + 1 AS seq, COALESCE(prev.hash, '{GENESIS}') AS prev_hash
-    FROM (SELECT COALESCE(max(seq), 0) AS seq FROM governance_auditevent) AS top
-    LEFT JOIN governance_auditevent AS prev ON prev.seq = top.seq
-)
-INSERT INTO governance_auditevent (seq, occurred_at, actor_kind, actor_id, actor_label, action, subject_type,
-                                   subject_id, workflow_slug, reason, data, canonical, prev_hash, hash)
-SELECT head.seq, %(occurred_at)s, %(actor_kind)s, %(actor_id)s, %(actor_label)s, %(action)s, %(subject_type)s,
-       %(subject_id)s, %(workflow_slug)s, %(reason)s, %(data)s::jsonb,
-       %(before_seq)s || head.seq::text || %(after_seq)s, head.prev_hash,
-       encode(sha256(decode(head.prev_hash, 'hex')
-                     || convert_to(%(before_seq)s || head.seq::text || %(after_seq)s, 'UTF8')), 'hex')
-FROM head
-RETURNING seq, prev_hash, hash
-"""
+
+def _insert_entry(occurred_at: dt.datetime, action: str, unsequenced: str, mac: str) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(_INSERT_ENTRY_SQL[connection.vendor],
+                       [connection.ops.adapt_datetimefield_value(occurred_at), action, unsequenced, mac])
+        return cursor.fetchone()[0]
+
+
+_SEQ_PLACEHOLDER = sequencing.SEQ_PLACEHOLDER
 
 
 def _canonical_around_seq(payload: dict) -> tuple[str, str]:
@@ -229,8 +213,7 @@ def _canonical_around_seq(payload: dict) -> tuple[str, str]:
 
 
 def append_params(columns: dict) -> dict:
-    """The parameters of _LOCK_AND_APPEND_SQL for an event's columns: its canonical JSON split around
-    the seq it is given under the lock, and its data as JSON text."""
+    """An event's canonical JSON split around the seq the sequencer gives it, and its data as JSON text."""
     before_seq, after_seq = _canonical_around_seq({
         "v": FORMAT_VERSION,
         "seq": 0,
@@ -247,13 +230,8 @@ def append_params(columns: dict) -> dict:
 
 
 def canonical_at(params: dict, seq: int) -> str:
-    """The event's canonical JSON from append_params once its seq is known (as the append SQL builds it)."""
+    """The event's canonical JSON from append_params once its seq is known (0 while unsequenced)."""
     return f"{params['before_seq']}{seq}{params['after_seq']}"
-
-
-def _append_postgresql(params: dict) -> tuple[int, str, str]:
-    with connection.cursor() as cursor:
-        return row_of_batch(cursor, _LOCK_AND_APPEND_SQL, params, statement=1)
 
 
 def event_payload(event: AuditEvent) -> dict:
@@ -314,7 +292,7 @@ def write_checkpoint_if_due() -> AuditCheckpoint | None:
     """
     _lock_chain()
     last = AuditCheckpoint.objects.order_by("-created_at").values_list("created_at", flat=True).first()
-    interval = dt.timedelta(seconds=settings.AUDIT_CHECKPOINT_INTERVAL_SECONDS)
+    interval = dt.timedelta(seconds=settings.AUDIT_CHAIN_CHECKPOINT_SECONDS)
     if last is not None and clock.now() - last < interval:
         return None
     return write_checkpoint("interval")
@@ -419,6 +397,86 @@ def verify_database(extra_checkpoints: list[Checkpoint] | None = None, *,
                 yield event
 
         report = verify(counted(_db_events()), checkpoints, settings.AUDIT_CHECKPOINT_KEY)
+    if report.ok:  # a broken chain is named first; the tree is rebuilt from a chain that holds
+        verify_tree(report)
+    verify_entries(report)
     if progress is not None:
         progress(report.events)
     return report
+
+
+_NODES_IN_CREATION_ORDER = """
+SELECT level, "index", hash FROM audit_tree_node ORDER BY (("index" + 1) << level) - 1, level
+"""
+
+
+def verify_tree(report: Report) -> None:
+    """The Merkle tree rebuilt from the events' canonical bytes: every stored node must be the one
+    rebuilt (named if not), and every signed checkpoint must carry the log's signature and the root
+    rebuilt at its size."""
+    heads = list(AuditTreeHead.objects.order_by("tree_size", "id"))
+    wanted_sizes = {h.tree_size for h in heads}
+    roots: dict[int, bytes] = {0: hashlib.sha256(b"").digest()} if 0 in wanted_sizes else {}
+    frontier: list[tuple[int, bytes]] = []
+    size = 0
+    with connection.cursor() as nodes_cursor:
+        nodes_cursor.execute(_NODES_IN_CREATION_ORDER)
+        stored = iter(nodes_cursor)
+        for canonical in AuditEvent.objects.order_by("seq").values_list("canonical", flat=True).iterator(5000):
+            expected = [(0, size, tlog.leaf_hash(canonical.encode("utf-8")))]
+            node, level = expected[0][2], 0
+            size += 1
+            while frontier and frontier[-1][0] == level:
+                node, level = tlog.node_hash(frontier.pop()[1], node), level + 1
+                expected.append((level, (size >> level) - 1, node))
+            frontier.append((level, node))
+            for want_level, want_index, want_hash in expected:
+                row = next(stored, None)
+                if row is None or (row[0], row[1]) != (want_level, want_index):
+                    report.fail(None, f"tree node {want_level}/{want_index} is missing from the stored tree")
+                    return
+                if bytes(row[2]) != want_hash:
+                    report.fail(None, f"tree node {want_level}/{want_index} does not match the events it covers")
+                    return
+            if size in wanted_sizes:
+                root = frontier[-1][1]
+                for _, left in reversed(frontier[:-1]):
+                    root = tlog.node_hash(left, root)
+                roots[size] = root
+        if next(stored, None) is not None:
+            report.fail(None, f"the stored tree has nodes beyond its {size} leaves")
+    try:
+        vkey = sequencing.vkey()
+    except Exception as exc:  # a key that cannot be read: say so, do not pass
+        report.fail(None, f"the checkpoints cannot be checked: {exc}")
+        return
+    for head_row in heads:
+        where = f"checkpoint {head_row.pk} (tree size {head_row.tree_size})"
+        try:
+            origin, signed_size, signed_root = tlog.parse_checkpoint(tlog.open_note(head_row.note, vkey))
+        except tlog.NoteError as exc:
+            report.fail(None, f"{where}: {exc}")
+            continue
+        if signed_size != head_row.tree_size or signed_root.hex() != head_row.root_hash:
+            report.fail(None, f"{where}: its row does not say what its signed note says")
+        elif signed_size > size:
+            report.fail(None, f"{where}: signs {signed_size} leaves, the log has {size}: events were removed")
+        elif roots.get(signed_size) != signed_root:
+            report.fail(None, f"{where}: the events up to #{signed_size} are not the ones it signed")
+        else:
+            report.notes.append(f"{where} verified with {origin}'s key")
+
+
+def verify_entries(report: Report) -> None:
+    """Entries not placed yet: each must still carry its MAC, and none may wait beyond the maximum
+    merge delay (AUDIT_MERGE_DELAY_SECONDS)."""
+    cutoff = clock.now() - dt.timedelta(seconds=settings.AUDIT_MERGE_DELAY_SECONDS)
+    pending = AuditEntry.objects.filter(event__isnull=True).order_by("id").values_list(
+        "id", "occurred_at", "canonical", "mac")
+    for entry_id, occurred_at, canonical, mac in pending.iterator(1000):
+        if not hmac.compare_digest(mac, sequencing.entry_mac(canonical)):
+            report.fail(None, f"entry {entry_id} was altered after it was accepted (its MAC does not match)")
+        elif occurred_at < cutoff:
+            waited = (clock.now() - occurred_at).total_seconds()
+            report.fail(None, f"entry {entry_id} accepted at {format_time(occurred_at)} is not sequenced after "
+                              f"{waited:.1f} s (maximum merge delay {settings.AUDIT_MERGE_DELAY_SECONDS:g} s)")

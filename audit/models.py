@@ -1,12 +1,44 @@
-"""The audit log's rows: events and signed checkpoints. Written only by audit.log."""
+"""The audit log's rows, all append-only (the database refuses UPDATE, DELETE and TRUNCATE):
+
+- AuditEntry: accepted with the change that caused it, in the same transaction (audit.log.record);
+- AuditEvent: an entry given its place (seq) by the sequencer, on the hash chain and a leaf of the
+  RFC 9162 Merkle tree whose perfect subtrees are AuditTreeNode rows (audit.sequencing);
+- AuditTreeHead: a signed checkpoint of the tree (C2SP tlog-checkpoint as an Ed25519 signed note);
+- AuditCheckpoint: the HMAC-signed chain heads written before the tree existed (still verifiable).
+"""
 
 from __future__ import annotations
 
 from django.db import models
 
 
+class AuditEntry(models.Model):
+    """An audit entry, durable from the commit of the change it records; waiting for its seq.
+
+    `canonical` is the event's canonical JSON with `"seq":0`; the sequencer writes the real seq in.
+    `mac` (HMAC-SHA256 under AUDIT_CHECKPOINT_KEY, a key the database never holds) lets the
+    sequencer and the verifier tell an entry altered before it was sequenced. `xid` is the writing
+    transaction's id (PostgreSQL's pg_current_xact_id(); 0 on SQLite): the sequencer takes entries
+    of transactions that have all ended, in (xid, id) order, so none is skipped or taken twice.
+    """
+
+    xid = models.BigIntegerField()
+    occurred_at = models.DateTimeField()
+    action = models.CharField(max_length=64)
+    canonical = models.TextField()
+    mac = models.CharField(max_length=64)
+
+    class Meta:
+        db_table = "audit_entry"
+        indexes = [models.Index(fields=["xid", "id"], name="audit_entry_order_idx")]
+
+    def __str__(self) -> str:
+        return f"entry {self.pk} {self.action}"
+
+
 class AuditEvent(models.Model):
-    """One link of the append-only, hash-chained audit trail. Written only by audit.log."""
+    """One event of the log: a link of the hash chain and leaf seq - 1 of the Merkle tree.
+    Written only by audit.sequencing (and, before the sequencer existed, by the old audit writer)."""
 
     seq = models.BigIntegerField(primary_key=True)
     occurred_at = models.DateTimeField(db_index=True)
@@ -22,6 +54,12 @@ class AuditEvent(models.Model):
     canonical = models.TextField()
     prev_hash = models.CharField(max_length=64, unique=True)
     hash = models.CharField(max_length=64, unique=True)
+    # The entry it was sequenced from, and when (none for events written before the sequencer existed).
+    # No foreign-key constraint: both tables refuse DELETE already, and PostgreSQL's deferred FK check
+    # would queue a trigger event on every insert of this append-only table.
+    entry = models.OneToOneField(AuditEntry, null=True, blank=True, on_delete=models.DO_NOTHING, related_name="event",
+                                 db_constraint=False)
+    sequenced_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         db_table = "governance_auditevent"  # the table predates the audit app
@@ -47,3 +85,36 @@ class AuditCheckpoint(models.Model):
 
     def __str__(self) -> str:
         return f"checkpoint @{self.head_seq}"
+
+
+class AuditTreeNode(models.Model):
+    """The hash of a perfect subtree of the Merkle tree: leaves [index·2^level, (index+1)·2^level).
+    Level 0 holds the leaf hashes SHA-256(0x00 ‖ canonical bytes). Written when complete, never changed."""
+
+    pk = models.CompositePrimaryKey("level", "index")
+    level = models.PositiveSmallIntegerField()
+    index = models.BigIntegerField()
+    hash = models.BinaryField(max_length=32)
+
+    class Meta:
+        db_table = "audit_tree_node"
+
+    def __str__(self) -> str:
+        return f"node {self.level}/{self.index}"
+
+
+class AuditTreeHead(models.Model):
+    """A signed checkpoint: the tree's size and root as a C2SP tlog-checkpoint in an Ed25519 signed note."""
+
+    created_at = models.DateTimeField()
+    tree_size = models.BigIntegerField()
+    root_hash = models.CharField(max_length=64)
+    note = models.TextField()
+
+    class Meta:
+        db_table = "audit_tree_head"
+        ordering = ["tree_size", "id"]
+        indexes = [models.Index(fields=["tree_size"], name="audit_tree_head_size_idx")]
+
+    def __str__(self) -> str:
+        return f"tree head @{self.tree_size}"

@@ -25,9 +25,9 @@ from django.core.cache import BaseCache, caches
 from django.core.cache.backends.filebased import FileBasedCache
 from django.core.paginator import Paginator
 from django.db import connection, transaction
-from django.db.models import Q, QuerySet, TextField, Value
+from django.db.models import Case, F, Q, QuerySet, TextField, Value, When
 from django.db.models.expressions import RawSQL
-from django.db.models.functions import Cast
+from django.db.models.functions import Cast, Concat
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -35,7 +35,8 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from audit import log as audit
-from audit.models import AuditCheckpoint, AuditEvent
+from audit import sequencing
+from audit.models import AuditCheckpoint, AuditEvent, AuditTreeHead
 from audit.verify_audit import (
     Checkpoint,
     DamagedLine,
@@ -225,16 +226,28 @@ AT_UTC = RawSQL("""to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI
                 output_field=TextField())
 
 
+# Free-text cells a spreadsheet would run as a formula (OWASP "CSV injection"): a cell starting with
+# = + - @, a tab or a carriage return is written with a leading apostrophe. `canonical` (and the hashes)
+# stay exact, so the file still verifies; the JSON Lines export is never altered.
+SPREADSHEET_UNSAFE = ("actor_id", "actor_label", "subject_type", "subject_id", "workflow_slug", "reason")
+
+
+def _spreadsheet_safe(column: str) -> Case:
+    return Case(When(**{f"{column}__regex": r"^[=+@\t\r-]"}, then=Concat(Value("'"), F(column))),
+                default=F(column), output_field=TextField())
+
+
 def _csv_body(events: QuerySet[AuditEvent]) -> Iterator[tuple[int, str | bytes]]:
     """CSV rows in CSV_COLUMNS order. On PostgreSQL the server renders them (COPY … TO STDOUT, the
     engine behind psql's \\copy); elsewhere Python's csv module does."""
     yield 0, ",".join(CSV_COLUMNS) + "\n"
     postgres = connection.vendor == "postgresql"
+    safe = {f"safe_{column}": _spreadsheet_safe(column) for column in SPREADSHEET_UNSAFE}
     rows = events.annotate(row_type=Value("event"), data_text=Cast("data", TextField()), signature=Value(""),
-                           **({"at": AT_UTC} if postgres else {})).values_list(
-        "row_type", "seq", "at" if postgres else "occurred_at", "actor_kind", "actor_id", "actor_label", "action",
-        "subject_type", "subject_id", "workflow_slug", "reason", "data_text", "prev_hash", "hash", "canonical",
-        "signature")
+                           **({"at": AT_UTC} if postgres else {}), **safe).values_list(
+        "row_type", "seq", "at" if postgres else "occurred_at", "actor_kind", "safe_actor_id", "safe_actor_label",
+        "action", "safe_subject_type", "safe_subject_id", "safe_workflow_slug", "safe_reason", "data_text", "prev_hash",
+        "hash", "canonical", "signature")
     if not postgres:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
@@ -275,8 +288,10 @@ EXPORT_FORMATS = {
 
 
 def export_stream(events: QuerySet[AuditEvent], fmt: str, cp: AuditCheckpoint,
-                  progress: Progress | None = None) -> Iterator[str | bytes]:
-    """The events up to the checkpoint's head in seq order, then the signed checkpoint.
+                  progress: Progress | None = None, tree_head: AuditTreeHead | None = None) -> Iterator[str | bytes]:
+    """The events up to the checkpoint's head in seq order, then the signed checkpoint, and (JSON
+    Lines of the whole log) the newest signed tree head it covers, which the offline verifier checks
+    with the log's public key by rebuilding the Merkle root from the exported events.
 
     Memory stays flat: rows come from a server-side cursor or COPY in chunks (inside a transaction,
     so nothing is materialised WITH HOLD) and each chunk is handed on at once.
@@ -295,6 +310,8 @@ def export_stream(events: QuerySet[AuditEvent], fmt: str, cp: AuditCheckpoint,
                 progress.save(state="running", done=done, total=total)
                 reported = done
     yield checkpoint_text(cp)
+    if tree_head is not None and fmt == "jsonl":
+        yield sequencing.tree_head_line(tree_head) + "\n"
     if progress:
         progress.save(state="done", done=done, total=total)
 
@@ -313,9 +330,12 @@ def export(request: HttpRequest, fmt: str) -> HttpResponse:
     progress = None
     if token and len(token) <= 64 and token.isalnum():
         progress = Progress("export", token, request.user.pk, progress_store())
-    response = StreamingHttpResponse(export_stream(events, fmt, cp, progress), content_type=EXPORT_FORMATS[fmt][2])
-    stamp = cp.created_at.strftime("%Y%m%dT%H%M%SZ")
     scope = "search" if form.is_filtered or not selectors.reads_everything(request.user) else "chain"
+    tree_head = (AuditTreeHead.objects.filter(tree_size__lte=cp.head_seq).order_by("-tree_size", "-id").first()
+                 if scope == "chain" else None)
+    response = StreamingHttpResponse(export_stream(events, fmt, cp, progress, tree_head),
+                                     content_type=EXPORT_FORMATS[fmt][2])
+    stamp = cp.created_at.strftime("%Y%m%dT%H%M%SZ")
     response["Content-Disposition"] = f'attachment; filename="ringfence-audit-{scope}-{stamp}-to-{cp.head_seq}.{fmt}"'
     response["X-Ringfence-Checkpoint-Seq"] = str(cp.head_seq)
     response["Cache-Control"] = "no-store"
@@ -427,8 +447,8 @@ def verify_upload(upload, key: str, *, excerpt: bool = False) -> Report:
     """A whole-chain export is checked exactly as the standalone script checks it; an excerpt
     (the export of a search) is checked against the chain in this database."""
     with _on_disk(upload) as path:
-        if not excerpt:
-            return verify_export(path, key)
+        if not excerpt:  # the signed tree heads in it are checked with this log's public key too
+            return verify_export(path, key, public_key=sequencing.vkey())
         with open(path, encoding="utf-8", errors="replace") as fh:
             checkpoints = export_checkpoints(fh, skip_damaged=True)
         with open(path, encoding="utf-8", errors="replace") as fh:

@@ -158,7 +158,7 @@ def seed(scenarios: list[Scenario], *, sustained: float, window: int) -> dict:
     from governance import services as governance
     from governance.models import ContainmentAssignment
     from governance.permissions import Role
-    from rollouts import services
+    from rollouts import plans
     from rollouts.models import Metric
 
     admin = User.objects.create_user("bench-admin", is_staff=True)
@@ -178,7 +178,7 @@ def seed(scenarios: list[Scenario], *, sustained: float, window: int) -> dict:
         # Tier 1 asks through an override window too when the evidence is thin (sparse) or a tag says so.
         approvals.define_policy(actor=admin, workflow=workflow, mode="override_window",
                                 levels=[{"groups": [Role.CONTAINMENT_OWNER], "timeout_seconds": window}])
-        plan = services.create_plan(
+        plan = plans.create_plan(
             actor=admin, workflow=workflow,
             fields={"name": "bench", "release_version": "v2", "stable_version": "v1", "fallback_mode": "human_review",
                     "executor": "flag"},
@@ -192,7 +192,7 @@ def seed(scenarios: list[Scenario], *, sustained: float, window: int) -> dict:
                        "window": dt.timedelta(minutes=2), "min_samples": 20}],
             triggers=[{"metric": metric["latency_p95_ms"], "operator": "gt", "threshold": Decimal(THRESHOLD),
                        "sustained_for": dt.timedelta(seconds=sustained), "min_samples": 3, "severity": "critical"}])
-        s.plan_id = services.mark_ready(plan.pk, actor=admin).pk
+        s.plan_id = plans.mark_ready(plan.pk, actor=admin).pk
         workflows.append(workflow)
     account = governance.create_service_account(actor=admin, name="bench-agents", owner=releaser, workflows=workflows)
     return {"owner": owner, "admin": admin, "token": governance.issue_token(account.pk, actor=admin).raw}
@@ -201,10 +201,10 @@ def seed(scenarios: list[Scenario], *, sustained: float, window: int) -> dict:
 def start(scenarios: list[Scenario], admin) -> None:
     """Start every plan just before its agent starts posting: a live plan that hears nothing for
     its triggers' no_data_after is "signals lost", and the set-up takes longer than that."""
-    from rollouts import services
+    from rollouts import plans
 
     for s in scenarios:
-        services.start_rollout(s.plan_id, actor=admin)
+        plans.start_rollout(s.plan_id, actor=admin)
 
 
 def spawn(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:

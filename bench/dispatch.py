@@ -1,23 +1,27 @@
-"""Dispatch throughput and latency beside the machine's own limit, measured in the same run.
+"""Dispatch throughput and latency beside the least any audited answer must do, measured in the same run.
 
     .venv/bin/python bench/dispatch.py [--seconds 8] [--concurrency 8] [--workers 2] [--pairs 3]
-                                       [--iterations 1000]
+                                       [--iterations 1000] [--server asgi|wsgi] [--quick]
 
-Starts gunicorn (the production server) on a fresh benchmark database, then drives it from a
-separate load process:
+Starts gunicorn the way production serves Ringfence (uvicorn workers, ASGI; `--server wsgi` for the
+sync workers) on a scratch database (ringfence_bench_api, created, migrated and dropped here), with
+AUDIT_SEQUENCER=background and a `manage.py audit_sequencer` process placing the audit entries, as in
+production; then drives it from a separate load process:
 
-1. a bare Django view doing one PostgreSQL query, through the same middleware: the ceiling
-   this machine, server and database allow;
-2. the floor (`/bench/floor`): the least a dispatch answering `allow` must do, in raw SQL with
-   no ORM, ninja or pydantic: one read (token, account, scope, action), the Redis rate-limit
-   script, one durable write in one round trip (workflow share lock, idempotency record, audit
-   append under the chain lock, commit);
-3. POST /api/v1/dispatch answering `allow` (token check, rate limit, idempotency key, audit);
-4. POST /api/v1/dispatch answering `pending` (plus an approval request, its timer and notice);
-5. the database alone: the floor's read and write driven by pgbench (when it is installed) from
+1. the reference: a bare Django view doing one durable INSERT (a row of audit_entry's shape into a
+   scratch table, in its own transaction, committed), through the same server and middleware: the
+   least any audited answer must do;
+2. a bare Django view doing one indexed read (no write at all): what the server and middleware cost;
+3. the floor (`/bench/floor`): the least a dispatch answering `allow` must do, in raw SQL with no ORM,
+   ninja or pydantic: one read (token, account, scope, action), the Redis rate-limit script, one
+   durable write in one round trip (workflow share lock, idempotency record, execution, audit entry,
+   commit);
+4. POST /api/v1/dispatch answering `allow` (token check, rate limit, idempotency key, execution, audit);
+5. POST /api/v1/dispatch answering `pending` (plus an approval request, its timer and notice);
+6. the database alone: the floor's read and write driven by pgbench (when it is installed) from
    as many connections as the server has workers, with no web server at all;
-6. both dispatch paths again at half of their measured rate, for latency under normal load;
-7. what the action's rules cost. The allowed action (`send_receipt`) carries a policy of 20 rules
+7. both dispatch paths again at half of their measured rate, for latency under normal load;
+8. what the action's rules cost. The allowed action (`send_receipt`) carries a policy of 20 rules
    whose deciding rule is the last, so every allow evaluates all 20; `send_invoice`, of the same
    risk, has none. Both are dispatched with the same body: in alternating closed-loop phases of
    the same length (their rates), then in turn on one connection per worker (their latencies, met
@@ -29,20 +33,24 @@ separate load process:
    of the same allow, and printed as a share of it and of the served dispatch (target: ≤ 5 %).
 
 Prints requests/s, p50 and p99, the CPU the server side (gunicorn, PostgreSQL, Redis) spent per
-answer, and the ratios (target: dispatch ≥ 50 % of the bare rate, p99 < 25 ms at half load).
-Configuration: RINGFENCE_BENCH_DATABASE_URL (default
-postgres://ringfence:ringfence@127.0.0.1:5432/ringfence_bench_api, dropped and recreated),
-RINGFENCE_BENCH_REDIS_URL (default redis://127.0.0.1:6379/0).
+answer, and the ratios (goals: allow ≥ 60 % and pending ≥ 40 % of the reference, p99 < 25 ms at half
+load), then the audit entries' sequencing lag during the run. Configuration: RINGFENCE_BENCH_DATABASE_URL
+(default postgres://ringfence:ringfence@127.0.0.1:5432/ringfence_bench_api, dropped and recreated, and
+dropped at the end), RINGFENCE_BENCH_REDIS_URL (default redis://127.0.0.1:6379/11: the rate limit and
+the broker; emptied at the start and at the end, so no timer message is left behind; database 0, the
+test suite's, is refused).
 
 The module also serves as the benchmark's URL configuration (`bench.dispatch.urlpatterns`) and
-WSGI application (`bench.dispatch:wsgi()`), so the bare view and the floor run in the very same
-server.
+application (`bench.dispatch:asgi()`, `bench.dispatch:wsgi()`), so the reference views and the
+floor run in the very same server as the real endpoint.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import glob
+import hashlib
 import http.client
 import json
 import math
@@ -66,7 +74,6 @@ from django.views.decorators.csrf import csrf_exempt
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DB = "postgres://ringfence:ringfence@127.0.0.1:5432/ringfence_bench_api"
-DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 RULED, UNRULED = "send_receipt", "send_invoice"  # the same risk; only the first has rules
 RULES = 20
 PARAMETERS = {"order": "A-1", "amount": 20.0}
@@ -90,8 +97,28 @@ def policy(size: int = RULES) -> list[dict]:
 
 # -- the server side ---------------------------------------------------------------------------
 
+DURABLE_TABLE = "bench_durable"
+DURABLE_INSERT = (f"INSERT INTO {DURABLE_TABLE} (xid, occurred_at, action, canonical, mac) "
+                  "VALUES (pg_current_xact_id()::text::bigint, %s, 'bench.durable', %s, %s) RETURNING id")
+
+
+@csrf_exempt
+def durable(request: HttpRequest) -> HttpResponse:
+    """The reference: one durable INSERT (a row of audit_entry's shape holding the request's body, in
+    its own transaction, committed before the answer), the least any audited answer must do."""
+    from django.db import connection, transaction
+
+    from core import clock
+
+    body = request.body.decode()
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(DURABLE_INSERT, [clock.now(), body, hashlib.sha256(request.body).hexdigest()])
+        row_id = cursor.fetchone()[0]
+    return HttpResponse(json.dumps({"id": row_id}), content_type="application/json")
+
+
 def bare(request: HttpRequest) -> HttpResponse:
-    """The yardstick: one indexed PostgreSQL query, a small JSON answer."""
+    """One indexed PostgreSQL query, a small JSON answer: what the server and middleware cost."""
     from django.db import connection
 
     with connection.cursor() as cursor:
@@ -103,8 +130,9 @@ def bare(request: HttpRequest) -> HttpResponse:
 # -- the floor: the least a dispatch answering `allow` must do ----------------------------------
 # Check the token and the account, find the workflow in the account's scope and the action's risk
 # (one read); count the request in Redis; then one durable write: share-lock the workflow (a pause
-# waits for it), store the answer under the idempotency key, append the audit event to the hash
-# chain under its lock, commit. Raw SQL in one round trip per step: no ORM, no ninja, no pydantic.
+# waits for it), store the answer under the idempotency key, grant the execution, accept the audit
+# entry (no lock, no read of the log: the sequencer places it), commit. Raw SQL in one round trip
+# per step: no ORM, no ninja, no pydantic.
 
 FLOOR_READ = """
 SELECT t.id, sa.id, sa.name, w.id, w.slug, w.paused, a.risk
@@ -123,39 +151,48 @@ INSERT INTO governance_idempotencykey (service_account_id, key, fingerprint, met
                                        response_content_type, response_body, created_at, expires_at)
 VALUES (%(account_id)s, %(key)s, %(fingerprint)s, 'POST', '/api/v1/dispatch', 'completed', 200,
         'application/json', %(answer)s, %(occurred_at)s, %(occurred_at)s + interval '24 hours');
-{append};
+INSERT INTO approvals_execution (workflow_id, action, parameters_digest, service_account_id, state, granted_at,
+                                 expires_at, detail)
+VALUES (%(workflow_id)s, %(action)s, %(digest)s, %(account_id)s, 'granted', %(occurred_at)s,
+        %(occurred_at)s + interval '15 minutes', '');
+INSERT INTO audit_entry (xid, occurred_at, action, canonical, mac)
+VALUES (pg_current_xact_id()::text::bigint, %(occurred_at)s, 'dispatch.allowed', %(canonical)s, %(mac)s);
 COMMIT
 """
 
 
 def floor_write_sql() -> str:
     """The floor's write transaction, sent in one round trip."""
-    from audit import log as audit
-
-    return FLOOR_WRITE.format(append=audit._LOCK_AND_APPEND_SQL.strip())
+    return FLOOR_WRITE
 
 
 def floor_params(body: dict, key: str, fingerprint: str, row: tuple) -> dict:
-    """Everything the write needs: the answer, the idempotency record and the audit event."""
+    """Everything the write needs: the answer, the idempotency record, the execution and the audit entry."""
     from audit import log as audit
+    from audit import sequencing
     from core import clock
 
     _token, account_id, account_name, workflow_id, slug, _paused, risk = row
     answer = json.dumps({"decision": "allow", "code": "within_autonomy", "workflow": slug, "action": body["action"],
                          "reason": f"{risk} risk runs without approval."})
-    event = audit.append_params({
-        "occurred_at": clock.now(), "actor_kind": "service", "actor_id": str(account_id), "actor_label": account_name,
+    now = clock.now()
+    parameters = body.get("parameters", {})
+    entry = audit.append_params({
+        "occurred_at": now, "actor_kind": "service", "actor_id": str(account_id), "actor_label": account_name,
         "action": "dispatch.allowed", "subject_type": "governance.workflow", "subject_id": str(workflow_id),
         "workflow_slug": slug, "reason": "",
-        "data": {"action": body["action"], "parameters": body.get("parameters", {}), "idempotency_key": key},
+        "data": {"action": body["action"], "parameters": parameters, "idempotency_key": key},
     })
-    return {**event, "workflow_id": workflow_id, "account_id": account_id, "key": key, "fingerprint": fingerprint,
-            "answer": answer}
+    canonical = audit.canonical_at(entry, 0)
+    digest = hashlib.sha256(json.dumps(parameters, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return {"occurred_at": now, "canonical": canonical, "mac": sequencing.entry_mac(canonical),
+            "workflow_id": workflow_id, "account_id": account_id, "key": key, "fingerprint": fingerprint,
+            "answer": answer, "action": body["action"], "digest": digest}
 
 
 @csrf_exempt
 def floor(request: HttpRequest) -> HttpResponse:
-    """The floor as a view, in the same server as the bare view and the real dispatch."""
+    """The floor as a view, in the same server as the reference views and the real dispatch."""
     from django.db import connection
 
     from core import idempotency, ratelimit
@@ -176,18 +213,35 @@ def floor(request: HttpRequest) -> HttpResponse:
 def __getattr__(name: str) -> list:
     """`urlpatterns`, built when the server asks (the load process never imports Django's apps)."""
     if name == "urlpatterns":
-        return [path("bench/bare", bare), path("bench/floor", floor), path("", include("governance.urls"))]
+        return [path("bench/durable", durable), path("bench/bare", bare), path("bench/floor", floor),
+                path("", include("config.urls"))]
     raise AttributeError(name)
 
 
-def wsgi():
-    """gunicorn's application factory: Ringfence's settings with this module's URLs."""
+def _bench_urls() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     from django.conf import settings
+
+    settings.ROOT_URLCONF = "bench.dispatch"
+
+
+def wsgi():
+    """gunicorn's application factory for sync workers: Ringfence's settings with this module's URLs."""
     from django.core.wsgi import get_wsgi_application
 
+    _bench_urls()
     application = get_wsgi_application()
-    settings.ROOT_URLCONF = "bench.dispatch"
+    _bench_urls()
+    return application
+
+
+def asgi():
+    """The same for uvicorn workers (ASGI), as production serves Ringfence (config.asgi)."""
+    from django.core.asgi import get_asgi_application
+
+    _bench_urls()
+    application = get_asgi_application()
+    _bench_urls()
     return application
 
 
@@ -295,12 +349,17 @@ def fresh_database(url: str) -> None:
 
 
 def server_env(database_url: str, redis_url: str) -> dict[str, str]:
+    """The server's environment: this process's, less its database, broker and Redis settings, plus
+    the bench's. Secrets already in this environment (a scratch database's) are kept, so every
+    process of a run shares them; the others are made up for the run."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RINGFENCE_", "DATABASE_", "CELERY_", "REDIS_"))}
+    made_up = {"SECRET_KEY": secrets.token_urlsafe(50), "AUDIT_CHECKPOINT_KEY": secrets.token_hex(32),
+               "ROLLOUT_WEBHOOK_SECRET": secrets.token_hex(32),
+               "AUDIT_SIGNING_KEY": base64.b64encode(secrets.token_bytes(32)).decode()}
+    env.update({name: os.environ.get(name) or value for name, value in made_up.items()})
     env.update(
         DJANGO_SETTINGS_MODULE="config.settings", PYTHONPATH=str(ROOT), DATABASE_URL=database_url,
-        REDIS_URL=redis_url, CELERY_BROKER_URL=redis_url, SECRET_KEY=secrets.token_urlsafe(50),
-        AUDIT_CHECKPOINT_KEY=secrets.token_hex(32), ROLLOUT_WEBHOOK_SECRET=secrets.token_hex(32),
-        RINGFENCE_VAR_DIR=str(ROOT / "var" / "bench"),
+        REDIS_URL=redis_url, CELERY_BROKER_URL=redis_url, RINGFENCE_VAR_DIR=str(ROOT / "var" / "bench"),
         ALLOWED_HOSTS="127.0.0.1", API_RATE_LIMIT_REQUESTS="1000000000", LOG_LEVEL="WARNING",
         DATABASE_CONN_MAX_AGE="60",
     )
@@ -328,13 +387,21 @@ print(services.issue_token(account.pk, actor=admin).raw)
 """
 
 
-def start_server(env: dict[str, str], workers: int, log: Path | None = None) -> tuple[subprocess.Popen, int]:
+SERVERS = {
+    # production (deploy/systemd/ringfence-web.service): uvicorn workers under gunicorn, ASGI
+    "asgi": ["bench.dispatch:asgi()", "--worker-class", "uvicorn_worker.UvicornWorker"],
+    "wsgi": ["bench.dispatch:wsgi()"],  # gunicorn's sync workers
+}
+
+
+def start_server(env: dict[str, str], workers: int, log: Path | None = None,
+                 server: str = "wsgi") -> tuple[subprocess.Popen, int]:
     """gunicorn on a free port, answering /bench/bare; its output goes to `log` when given."""
     port = free_port()
     out = open(log, "ab") if log is not None else None
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "bench.dispatch:wsgi()", "--bind", f"127.0.0.1:{port}",
+            [sys.executable, "-m", "gunicorn", *SERVERS[server], "--bind", f"127.0.0.1:{port}",
              "--workers", str(workers), "--log-level", "warning"],
             cwd=ROOT, env=env, start_new_session=True, stdout=out, stderr=subprocess.STDOUT if out else None,
         )
@@ -384,8 +451,9 @@ def measured(spec: dict) -> dict:
     return result
 
 
-def report(name: str, result: dict, bare_rps: float | None = None) -> None:
-    ratio = f"  {result['rps'] / bare_rps:6.1%} of bare" if bare_rps else ""
+def report(name: str, result: dict, reference_rps: float | None = None, bare_rps: float | None = None) -> None:
+    ratio = f"  {result['rps'] / reference_rps:6.1%} of reference" if reference_rps else ""
+    ratio += f"  {result['rps'] / bare_rps:6.1%} of bare read" if bare_rps else ""
     cpu = ("  CPU/req " + " ".join(f"{k} {v:.2f}" for k, v in result["cpu_ms"].items()) + " ms"
            if "cpu_ms" in result else "")
     print(f"{name:34} {result['rps']:8.1f} req/s  p50 {result['p50_ms']:6.1f} ms  p99 {result['p99_ms']:6.1f} ms"
@@ -555,6 +623,109 @@ def report_rules(args: argparse.Namespace, ruled: list[dict], unruled: list[dict
           f"{evaluated:.0f} µs), of the same dispatch() call")
 
 
+def last_entry_id() -> int:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT coalesce(max(id), 0) FROM audit_entry")
+        return cursor.fetchone()[0]
+
+
+def sequencing_lag(after_id: int, skip: tuple[int, int] = (0, 0)) -> str:
+    """The audit entries of the run (above `after_id`): wait until the sequencer has placed them all,
+    then their lag (the event's sequenced_at less the entry's occurred_at), p50 and p99. The entries
+    in `skip` (ids above the first and up to the second: pgbench's, all written with the time its
+    script was made) are placed too, but their lag says nothing."""
+    from django.db import connection
+
+    deadline = time.monotonic() + 120
+    with connection.cursor() as cursor:
+        while True:
+            cursor.execute("SELECT count(*) FROM audit_entry AS e WHERE e.id > %s AND NOT EXISTS "
+                           "(SELECT 1 FROM governance_auditevent AS ev WHERE ev.entry_id = e.id)", [after_id])
+            waiting = cursor.fetchone()[0]
+            if not waiting or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        cursor.execute("SELECT count(*), percentile_disc(0.5) WITHIN GROUP (ORDER BY lag), "
+                       "percentile_disc(0.99) WITHIN GROUP (ORDER BY lag), max(lag) FROM "
+                       "(SELECT extract(epoch FROM sequenced_at - occurred_at)::float8 AS lag "
+                       "FROM governance_auditevent WHERE entry_id > %s AND NOT (entry_id > %s AND entry_id <= %s)) "
+                       "AS lags", [after_id, *skip])
+        placed, p50, p99, worst = cursor.fetchone()
+    if not placed:
+        return f"sequencing: nothing placed ({waiting} entries waiting)"
+    verdict = "meets" if p99 <= 1.0 and not waiting else "misses"
+    return (f"sequencing lag of the run's {placed:,} audit entries (background sequencer): p50 {p50 * 1000:.0f} ms, "
+            f"p99 {p99 * 1000:.0f} ms, max {worst * 1000:.0f} ms, {waiting} still waiting: {verdict} the ≤ 1 s goal")
+
+
+def run_phases(args: argparse.Namespace, env: dict[str, str], token: str, port: int,
+               database_url: str) -> tuple[int, int]:
+    """Every phase, printed as it ends; returns the audit entries pgbench wrote (ids above, up to)."""
+    base = {"host": "127.0.0.1", "port": port, "seconds": args.seconds, "concurrency": args.concurrency, "rate": 0}
+    api = {**base, "method": "POST", "path": "/api/v1/dispatch",
+           "headers": {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}}
+    allow = {**api, "body": {"workflow": "refund-agent", "action": RULED, "parameters": PARAMETERS}}
+    unruled = {**api, "body": {**allow["body"], "action": UNRULED}}
+    pending = {**api, "body": {"workflow": "refund-agent", "action": "refund_customer",
+                               "parameters": PARAMETERS, "evidence": {"summary": "bench"}}}
+    reference_spec = {**allow, "path": "/bench/durable"}  # the same request, headers and body as an allow
+    bare_spec = {**base, "method": "GET", "path": "/bench/bare", "headers": {}, "body": None}
+    floor_spec = {**allow, "path": "/bench/floor"}
+    run_load({**bare_spec, "seconds": 2})  # warm up
+
+    print(f"gunicorn {args.workers} workers ({args.server.upper()}), load from a separate process with "
+          f"{args.concurrency} connections, {args.seconds:g} s per phase, {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.1f}; AUDIT_SEQUENCER=background with a sequencer process")
+    reference = measured(reference_spec)
+    report("reference: one durable INSERT", reference)
+    ref_rps = reference["rps"]
+    bare_result = measured(bare_spec)
+    report("bare view, one read", bare_result, ref_rps)
+    bare_rps = bare_result["rps"]
+    floor_result = measured(floor_spec)
+    report("floor: least an allow must do", floor_result, ref_rps, bare_rps)
+    allow_result = measured(allow)
+    report(f"dispatch → allow ({RULES} rules)", allow_result, ref_rps, bare_rps)
+    pending_result = measured(pending)
+    report("dispatch → pending", pending_result, ref_rps, bare_rps)
+    pgbench_entries = last_entry_id()
+    alone = database_alone(database_url, env, token, allow["body"], args.workers, args.seconds)
+    pgbench_entries = (pgbench_entries, last_entry_id())
+    if alone is None:
+        print("database alone: pgbench not found, skipped")
+    else:
+        print(f"{'database alone: the floor via pgbench':34} {alone:8.1f} tx/s  ({args.workers} connections, no web "
+              f"server)  {alone / ref_rps:6.1%} of reference  {alone / bare_rps:6.1%} of bare read")
+    for name, spec, result in (("allow", allow, allow_result), ("pending", pending, pending_result)):
+        half = max(1.0, result["rps"] / 2)
+        paced = run_load({**spec, "rate": half})
+        report(f"dispatch → {name} at {half:.0f} req/s (half)", paced)
+        verdict = "meets" if paced["p99_ms"] < 25 else "misses"
+        print(f"{'':34} p99 at half load {paced['p99_ms']:.1f} ms: {verdict} the < 25 ms goal")
+    print("ratios to the reference (a bare view doing one durable INSERT, same server, same run):")
+    for name, result, goal in (("floor", floor_result, None), ("allow", allow_result, 0.60),
+                               ("pending", pending_result, 0.40)):
+        ratio = result["rps"] / ref_rps
+        verdict = f" ({'meets' if ratio >= goal else 'misses'} the ≥ {goal:.0%} goal)" if goal else ""
+        print(f"  {name:8} {ratio:6.1%} of the reference, {result['rps'] / bare_rps:6.1%} of the bare read{verdict}")
+    ruled_runs, unruled_runs = [], []
+    for index in range(args.pairs):  # in turn without then with, with then without: drift falls on both
+        for spec in ((unruled, allow) if index % 2 == 0 else (allow, unruled)):
+            (ruled_runs if spec is allow else unruled_runs).append(measured(spec))
+    # One connection per worker, each sending the two in turn: no request waits for a worker, and
+    # both kinds meet the same load at the same moments, so their latencies differ by their work.
+    mixed = run_load({**allow, "body": None, "bodies": [allow["body"], unruled["body"]],
+                      "concurrency": args.workers, "seconds": args.pairs * args.seconds})
+    cost = json.loads(subprocess.run(
+        [sys.executable, __file__, "--rules-cost"], cwd=ROOT, env=env, capture_output=True, text=True, check=True,
+        input=json.dumps({"token": token, "body": allow["body"], "iterations": args.iterations,
+                          "warmup": max(20, args.iterations // 10)})).stdout.strip().splitlines()[-1])
+    report_rules(args, ruled_runs, unruled_runs, mixed, cost)
+    return pgbench_entries
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=8.0)
@@ -563,71 +734,48 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=3,
                         help="pairs of allow phases without and with the rules, in alternating order")
     parser.add_argument("--iterations", type=int, default=1000, help="in-process timings of the rules")
+    parser.add_argument("--server", choices=sorted(SERVERS), default="asgi",
+                        help="asgi: uvicorn workers, as production (default); wsgi: gunicorn's sync workers")
+    parser.add_argument("--quick", action="store_true", help="a sanity run: 2 s phases, 1 pair, 100 iterations")
     args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.pairs, args.iterations = 2.0, 1, 100
     if args.pairs < 1 or args.iterations < 1:
         parser.error("--pairs and --iterations are at least 1")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from export import BENCH_REDIS_URL, empty_redis, scratch_database, sequencer_process
+
     database_url = os.environ.get("RINGFENCE_BENCH_DATABASE_URL", DEFAULT_DB)
-    redis_url = os.environ.get("RINGFENCE_BENCH_REDIS_URL", DEFAULT_REDIS)
+    redis_url = os.environ.get("RINGFENCE_BENCH_REDIS_URL", BENCH_REDIS_URL)
+    parts = urlsplit(database_url)
+    empty_redis(redis_url)  # refuses the test suite's database 0
+    with scratch_database(parts.path.lstrip("/"), server=parts._replace(path="").geturl()):
+        from django.db import connection, connections
 
-    fresh_database(database_url)
-    env = server_env(database_url, redis_url)
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
-    token = subprocess.run([sys.executable, "-c", SEED], cwd=ROOT, env=env, check=True, capture_output=True,
-                           text=True).stdout.strip().splitlines()[-1]
-    proc, port = start_server(env, args.workers)
-    try:
-        base = {"host": "127.0.0.1", "port": port, "seconds": args.seconds, "concurrency": args.concurrency,
-                "rate": 0}
-        api = {**base, "method": "POST", "path": "/api/v1/dispatch",
-               "headers": {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}}
-        allow = {**api, "body": {"workflow": "refund-agent", "action": RULED, "parameters": PARAMETERS}}
-        unruled = {**api, "body": {**allow["body"], "action": UNRULED}}
-        pending = {**api, "body": {"workflow": "refund-agent", "action": "refund_customer",
-                                   "parameters": PARAMETERS, "evidence": {"summary": "bench"}}}
-        floor_spec = {**allow, "path": "/bench/floor"}
-        run_load({**base, "method": "GET", "path": "/bench/bare", "headers": {}, "body": None, "seconds": 2})  # warm up
-
-        print(f"gunicorn {args.workers} workers, load from a separate process with {args.concurrency} connections, "
-              f"{args.seconds:g} s per phase, {os.cpu_count()} CPUs")
-        bare_result = measured({**base, "method": "GET", "path": "/bench/bare", "headers": {}, "body": None})
-        report("bare view, one query", bare_result)
-        floor_result = measured(floor_spec)
-        report("floor: least an allow must do", floor_result, bare_result["rps"])
-        allow_result = measured(allow)
-        report(f"dispatch → allow ({RULES} rules)", allow_result, bare_result["rps"])
-        pending_result = measured(pending)
-        report("dispatch → pending", pending_result, bare_result["rps"])
-        alone = database_alone(database_url, env, token, allow["body"], args.workers, args.seconds)
-        if alone is None:
-            print("database alone: pgbench not found, skipped")
-        else:
-            print(f"{'database alone: the floor via pgbench':34} {alone:8.1f} tx/s  "
-                  f"({args.workers} connections, no web server)  {alone / bare_result['rps']:6.1%} of bare")
-        for name, spec, result in (("allow", allow, allow_result), ("pending", pending, pending_result)):
-            half = max(1.0, result["rps"] / 2)
-            paced = run_load({**spec, "rate": half})
-            report(f"dispatch → {name} at {half:.0f} req/s (half)", paced)
-            verdict = "meets" if paced["p99_ms"] < 25 else "misses"
-            print(f"{'':34} p99 at half load {paced['p99_ms']:.1f} ms: {verdict} the 25 ms target")
-        for name, result in (("floor", floor_result), ("allow", allow_result), ("pending", pending_result)):
-            ratio = result["rps"] / bare_result["rps"]
-            print(f"ratio {name} / bare: {ratio:.2f} ({'meets' if ratio >= 0.5 else 'misses'} the 0.50 target)")
-        ruled_runs, unruled_runs = [], []
-        for index in range(args.pairs):  # in turn without then with, with then without: drift falls on both
-            for spec in ((unruled, allow) if index % 2 == 0 else (allow, unruled)):
-                (ruled_runs if spec is allow else unruled_runs).append(measured(spec))
-        # One connection per worker, each sending the two in turn: no request waits for a worker, and
-        # both kinds meet the same load at the same moments, so their latencies differ by their work.
-        mixed = run_load({**allow, "body": None, "bodies": [allow["body"], unruled["body"]],
-                          "concurrency": args.workers, "seconds": args.pairs * args.seconds})
-        cost = json.loads(subprocess.run(
-            [sys.executable, __file__, "--rules-cost"], cwd=ROOT, env=env, capture_output=True, text=True, check=True,
-            input=json.dumps({"token": token, "body": allow["body"], "iterations": args.iterations,
-                              "warmup": max(20, args.iterations // 10)})).stdout.strip().splitlines()[-1])
-        report_rules(args, ruled_runs, unruled_runs, mixed, cost)
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+        with connection.cursor() as cursor:
+            cursor.execute(f"CREATE TABLE {DURABLE_TABLE} (LIKE audit_entry INCLUDING ALL)")
+        env = server_env(database_url, redis_url)
+        env.update(RINGFENCE_VAR_DIR=os.environ["RINGFENCE_VAR_DIR"], AUDIT_SEQUENCER="background")
+        (Path(env["RINGFENCE_VAR_DIR"]) / "staticfiles").mkdir(exist_ok=True)
+        if args.server == "asgi":
+            env["DATABASE_CONN_MAX_AGE"] = "0"  # as production under ASGI (config/asgi.py)
+        token = subprocess.run([sys.executable, "-c", SEED], cwd=ROOT, env=env, check=True, capture_output=True,
+                               text=True).stdout.strip().splitlines()[-1]
+        try:
+            with sequencer_process(env):
+                proc, port = start_server(env, args.workers, server=args.server)
+                mark = last_entry_id()  # the seed's entries are not the run's
+                try:
+                    pgbench_entries = run_phases(args, env, token, port, database_url)
+                finally:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                    proc.wait(timeout=30)
+                print(sequencing_lag(mark, pgbench_entries))
+        finally:
+            connections.close_all()
+            left = empty_redis(redis_url)
+            print(f"Redis {redis_url}: {left} key(s) the run left (queued timer and notice messages, rate-limit "
+                  "windows), now emptied")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -50,23 +51,82 @@ COLUMNS = ("seq", "occurred_at", "actor_kind", "actor_id", "actor_label", "actio
            "workflow_slug", "reason", "data", "canonical", "prev_hash", "hash")
 
 
+# The benches' own log key (base64 of a 32-byte Ed25519 seed) unless AUDIT_SIGNING_KEY is set.
+BENCH_SIGNING_KEY = "cmluZ2ZlbmNlLWJlbmNoLWxvZy1rZXktMzItYnl0ZXM="  # b"ringfence-bench-log-key-32-bytes"
+# Benches that need Redis (the rate limit, the broker) use this database and leave it empty.
+BENCH_REDIS_URL = os.environ.get("RINGFENCE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/11")
+
+
 def log(message: str) -> None:
     print(message, flush=True)
 
 
+def percentile(values: list[float], pct: float) -> float:
+    """Nearest-rank percentile; NaN for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
+
+
 @contextlib.contextmanager
-def scratch_database(name: str) -> Iterator[str]:
+def sequencer_process(env: dict[str, str] | None = None, log_path: Path | None = None) -> Iterator[subprocess.Popen]:
+    """A real `manage.py audit_sequencer` (background mode) for the length of the block, in the
+    environment `env` (default: this process's, which scratch_database has pointed at its database);
+    stopped with SIGTERM, as its supervisor would, and waited for."""
+    env = {**(env if env is not None else os.environ), "AUDIT_SEQUENCER": "background", "PYTHONUNBUFFERED": "1"}
+    out = open(log_path, "ab") if log_path is not None else subprocess.DEVNULL
+    proc = subprocess.Popen([sys.executable, "manage.py", "audit_sequencer"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=out, start_new_session=True)
+    try:
+        first = proc.stdout.readline()  # "audit sequencer: running" once it has started
+        if b"running" not in first:
+            proc.wait(timeout=10)
+            raise RuntimeError(f"the audit sequencer did not start (exit {proc.returncode}): {first!r}")
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        proc.stdout.close()
+        if log_path is not None:
+            out.close()
+
+
+def empty_redis(url: str = BENCH_REDIS_URL) -> int:
+    """Empty the benches' Redis database (its broker queues, unacknowledged and scheduled messages,
+    rate-limit windows); returns how many keys were left in it. Refuses db 0, the test suite's."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    if client.connection_pool.connection_kwargs.get("db", 0) == 0:
+        raise SystemExit(f"{url}: the benches do not use Redis database 0 (the test suite's); pick another")
+    try:
+        left = client.dbsize()
+        client.flushdb()
+        return left
+    finally:
+        client.close()
+
+
+@contextlib.contextmanager
+def scratch_database(name: str, server: str = SERVER) -> Iterator[str]:
     """Create the scratch database, point Django at it, migrate; drop it afterwards whatever happens."""
     import psycopg
 
-    url = f"{SERVER}/{name}"
-    with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as admin:
+    url = f"{server}/{name}"
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.execute(f'CREATE DATABASE "{name}"')
     var_dir = tempfile.mkdtemp(prefix=f"{name}-")
     os.environ.update({
         "DATABASE_URL": url, "RINGFENCE_VAR_DIR": var_dir, "DJANGO_SETTINGS_MODULE": "config.settings",
         "AUDIT_CHECKPOINT_KEY": os.environ.get("AUDIT_CHECKPOINT_KEY", "bench-checkpoint-key-" + "b" * 40),
+        "AUDIT_SIGNING_KEY": os.environ.get("AUDIT_SIGNING_KEY", BENCH_SIGNING_KEY),
         "SECRET_KEY": os.environ.get("SECRET_KEY", "bench-secret-key-" + "s" * 50),
         "ROLLOUT_WEBHOOK_SECRET": os.environ.get("ROLLOUT_WEBHOOK_SECRET", "bench-webhook-secret-" + "w" * 40),
         "DATABASE_STATEMENT_TIMEOUT_MS": "0", "ALLOWED_HOSTS": "testserver,localhost",
@@ -82,7 +142,7 @@ def scratch_database(name: str) -> Iterator[str]:
         from django.db import connections
 
         connections.close_all()
-        with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as admin:
+        with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 

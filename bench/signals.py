@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Signal ingest benchmark: samples/s through `POST /api/v1/signals` (parse, validate, authorise,
-one bulk INSERT … ON CONFLICT DO NOTHING) and through `rollouts.services.ingest_signals` alone,
+one bulk INSERT … ON CONFLICT DO NOTHING) and through `rollouts.signals.ingest_signals` alone,
 beside a raw `COPY` of the same rows into the same table in the same run, and the ratios.
 
     .venv/bin/python bench/signals.py          # BENCH_BATCHES=20 batches of BENCH_BATCH=10000
@@ -42,7 +42,7 @@ def setup() -> dict:
     from governance import services as governance
     from governance.models import ContainmentAssignment
     from governance.permissions import Role
-    from rollouts import services
+    from rollouts import plans as rollout_plans
     from rollouts.models import Metric
 
     admin = User.objects.create_user("bench-admin", password="x" * 20, is_staff=True)
@@ -55,7 +55,7 @@ def setup() -> dict:
                                               autonomy_tier=3)
         for duty in ContainmentAssignment.Duty.values:
             governance.assign_containment(workflow.pk, actor=admin, user=owner, duty=duty)
-        plan = services.create_plan(
+        plan = rollout_plans.create_plan(
             actor=admin, workflow=workflow,
             fields={"name": "bench", "release_version": "v2", "stable_version": "v1", "fallback_mode": "human_review",
                     "executor": "flag"},
@@ -67,7 +67,7 @@ def setup() -> dict:
                        "window": dt.timedelta(hours=1), "min_samples": 10}],
             triggers=[{"metric": metric["latency_p95_ms"], "operator": "gt", "threshold": 10_000,
                        "sustained_for": dt.timedelta(minutes=5), "min_samples": 3, "severity": "critical"}])
-        plans[variant] = services.start_rollout(plan.pk, actor=admin)
+        plans[variant] = rollout_plans.start_rollout(plan.pk, actor=admin)
     account = governance.create_service_account(actor=admin, name="bench-agent", owner=owner,
                                                 workflows=[p.workflow for p in plans.values()])
     token = governance.issue_token(account.pk, actor=admin).raw
@@ -106,12 +106,12 @@ def api_variant(plan, token: str) -> Callable[[list], float]:
 
 
 def service_variant(plan, metric_ids: dict) -> Callable[[list], float]:
-    from rollouts import services
+    from rollouts import signals
 
     def run(batch) -> float:
         began = time.perf_counter()
         rows = [(metric_ids[m], 0, s, t, v) for m, s, t, v in batch]
-        assert services.ingest_signals(plan, rows).stored == BATCH
+        assert signals.ingest_signals(plan, rows).stored == BATCH
         return time.perf_counter() - began
     return run
 
@@ -138,7 +138,7 @@ def main() -> int:
         plans, ids = context["plans"], context["metric_ids"]
         variants = {
             "COPY (baseline)": (copy_variant(conn, plans["copy"], ids), batches(1)),
-            "services.ingest_signals": (service_variant(plans["service"], ids), batches(2)),
+            "signals.ingest_signals": (service_variant(plans["service"], ids), batches(2)),
             "POST /api/v1/signals": (api_variant(plans["api"], context["token"]), batches(3)),
         }
         results = dict.fromkeys(variants, 0.0)
@@ -154,7 +154,7 @@ def main() -> int:
         rate = total / seconds
         log(f"{name:<26}{rate:>12,.0f}{1000 * seconds / BATCHES:>10.1f}{rate / baseline:>9.2f}")
     log(f"ratio API / COPY = {total / results['POST /api/v1/signals'] / baseline:.2f}; "
-        f"ratio service / COPY = {total / results['services.ingest_signals'] / baseline:.2f}")
+        f"ratio service / COPY = {total / results['signals.ingest_signals'] / baseline:.2f}")
     return 0
 
 

@@ -129,6 +129,6 @@ api = RingfenceAPI(
 for _exc in (Exception, HttpError, ValidationError, problems.Http404):
     api.add_exception_handler(_exc, problems.handle_exception)
 
-for _module in ("approvals.api", "rollouts.api", "configuration.api"):
+for _module in ("audit.api", "approvals.api", "rollouts.api", "configuration.api"):
     if importlib.util.find_spec(_module) is not None:
         api.add_router("", importlib.import_module(_module).router)

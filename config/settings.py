@@ -311,14 +311,31 @@ TIMER_SWEEP_SECONDS = env_float("TIMER_SWEEP_SECONDS", 5.0, minimum=0.1)
 
 # Audit trail: checkpoints are signed with a key the database never holds.
 AUDIT_CHECKPOINT_KEY = _secret("AUDIT_CHECKPOINT_KEY", 32)
-AUDIT_CHECKPOINT_INTERVAL_SECONDS = env_int("AUDIT_CHECKPOINT_INTERVAL_SECONDS", 3600, minimum=1)
+# The HMAC chain checkpoints of the log's first years (audit.log.write_checkpoint), still written hourly.
+AUDIT_CHAIN_CHECKPOINT_SECONDS = env_int("AUDIT_CHAIN_CHECKPOINT_SECONDS", 3600, minimum=1)
 AUDIT_CHECKPOINT_FILE = Path(env_str("AUDIT_CHECKPOINT_FILE", str(VAR_DIR / "audit-checkpoints.jsonl")))
+# The transparency log (audit.sequencing): entries are sequenced within AUDIT_MERGE_DELAY_SECONDS, by a
+# background sequencer (production) or inline in the writing transaction (zero-setup SQLite, the tests).
+AUDIT_SEQUENCER = env_str("AUDIT_SEQUENCER", "inline" if ZERO_SETUP or TESTING else "background")
+if AUDIT_SEQUENCER not in ("inline", "background"):
+    raise ImproperlyConfigured(f"AUDIT_SEQUENCER={AUDIT_SEQUENCER!r}: use inline or background.")
+AUDIT_MERGE_DELAY_SECONDS = env_float("AUDIT_MERGE_DELAY_SECONDS", 1.0, minimum=0.01)
+AUDIT_SEQUENCE_BATCH = env_int("AUDIT_SEQUENCE_BATCH", 2000, minimum=1)
+AUDIT_SEQUENCER_POLL_SECONDS = env_float("AUDIT_SEQUENCER_POLL_SECONDS", 0.05, minimum=0.001)
+# Signed checkpoints (C2SP tlog-checkpoint, Ed25519 signed note): when the tree grew, at most this often;
+# at least every AUDIT_CHECKPOINT_IDLE_SECONDS when nothing happens.
+AUDIT_CHECKPOINT_INTERVAL_SECONDS = env_float("AUDIT_CHECKPOINT_INTERVAL_SECONDS", 5.0, minimum=0.1)
+AUDIT_CHECKPOINT_IDLE_SECONDS = env_float("AUDIT_CHECKPOINT_IDLE_SECONDS", 3600.0, minimum=1)
+AUDIT_SIGNING_KEY = _secret("AUDIT_SIGNING_KEY", 44)  # base64 of a 32-byte Ed25519 seed, outside the database
+AUDIT_LOG_ORIGIN = env_str("AUDIT_LOG_ORIGIN", "ringfence.local/audit")
 
 CELERY_BEAT_SCHEDULE = {
     "audit-checkpoint": {
         "task": "audit.tasks.write_checkpoint_if_due",
-        "schedule": min(60.0, float(AUDIT_CHECKPOINT_INTERVAL_SECONDS)),
+        "schedule": min(60.0, float(AUDIT_CHAIN_CHECKPOINT_SECONDS)),
     },
+    # The safety net of the sequencer process, and the signed checkpoints' clock.
+    "audit-sequence": {"task": "audit.tasks.sequence", "schedule": AUDIT_MERGE_DELAY_SECONDS},
     # Fires overdue approval timers, opens due reminders, republishes lost messages.
     "sweep-due-timers": {"task": "approvals.tasks.sweep_due", "schedule": TIMER_SWEEP_SECONDS},
 }
@@ -336,6 +353,8 @@ LOGGING = {
 API_RATE_LIMIT_REQUESTS = env_int("API_RATE_LIMIT_REQUESTS", 600, minimum=1)
 API_RATE_LIMIT_WINDOW_SECONDS = env_float("API_RATE_LIMIT_WINDOW_SECONDS", 60.0, minimum=0.001)
 API_RATE_LIMIT_REDIS_TIMEOUT = env_float("API_RATE_LIMIT_REDIS_TIMEOUT", 0.5, minimum=0.01)
+API_TOKEN_MAX_DAYS = env_int("API_TOKEN_MAX_DAYS", 90, minimum=1)
+API_TOKEN_ROTATION_OVERLAP_HOURS = env_int("API_TOKEN_ROTATION_OVERLAP_HOURS", 24, minimum=0)
 IDEMPOTENCY_KEY_TTL_HOURS = env_int("IDEMPOTENCY_KEY_TTL_HOURS", 24, minimum=1)
 IDEMPOTENCY_WAIT_SECONDS = env_float("IDEMPOTENCY_WAIT_SECONDS", 2.0, minimum=0.001)
 API_LONG_POLL_MAX_SECONDS = env_float("API_LONG_POLL_MAX_SECONDS", 25.0, minimum=0)

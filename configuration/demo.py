@@ -11,6 +11,7 @@ from django.contrib.auth.models import User
 
 from configuration import loading, planning
 from configuration.document import Document
+from core import clock
 from governance import services
 from governance.models import ApiToken, ServiceAccount
 
@@ -43,7 +44,7 @@ def seed() -> DemoResult:
         return result
     token_file = settings.VAR_DIR / "demo-agent-token"
     existing = token_file.read_text().strip() if token_file.exists() else ""
-    if not existing or not ApiToken.objects.usable().filter(digest=ApiToken.digest_of(existing)).exists():
+    if not existing or not ApiToken.objects.usable(clock.now()).filter(digest=ApiToken.digest_of(existing)).exists():
         issued = services.issue_token(account.pk, actor=admin, label="demo")
         token_file.write_text(issued.raw + "\n")
         token_file.chmod(0o600)

@@ -176,7 +176,7 @@ class ServiceAccount(Strict):
     workflows: list[Slug] = Field(default_factory=list)
     description: str = Field("", max_length=300)
     active: bool = True
-    permissions: list[Literal["config"]] = Field(default_factory=list,
+    permissions: list[Literal["config", "audit"]] = Field(default_factory=list,
                                                  description="config: may plan and apply configuration over the API.")
 
 

@@ -47,7 +47,7 @@ from core.errors import TransitionRefused
 from governance import services as governance_services
 from governance.models import ContainmentAssignment, GovernedAction, ServiceAccount, Workflow, validate_timezone
 from rollouts import metrics as rollout_metrics
-from rollouts import services as rollout_services
+from rollouts import plans as rollout_plans
 from rollouts.models import Metric, RolloutPlan
 
 SHORT = {"view_workflow": "view", "approve_workflow": "approve", "contain_workflow": "contain",
@@ -529,18 +529,18 @@ def _apply_plan(change: Change, actor: AbstractBaseUser, full: dict) -> None:
             no_data_after=None if t["no_data_after_seconds"] is None else timedelta(seconds=t["no_data_after_seconds"]))
         triggers.append(trigger)
     if change.op == "create":
-        plan = rollout_services.create_plan(actor=actor, workflow=workflow,
-                                            fields={**fields, "release_version": version},
-                                            rings=rings, criteria=criteria, triggers=triggers)
+        plan = rollout_plans.create_plan(actor=actor, workflow=workflow,
+                                         fields={**fields, "release_version": version},
+                                         rings=rings, criteria=criteria, triggers=triggers)
     else:
         plan = (RolloutPlan.objects.filter(workflow=workflow, release_version=version,
                                            state__in=RolloutPlan.EDITABLE_STATES).order_by("-created_at").first())
         if set(change.fields) != {"ready"} or not full["ready"]:
             # Any other change (or un-marking it) rewrites the plan, which returns it to draft.
-            plan = rollout_services.update_plan(plan.pk, actor=actor, fields=fields, rings=rings, criteria=criteria,
-                                                triggers=triggers)
+            plan = rollout_plans.update_plan(plan.pk, actor=actor, fields=fields, rings=rings, criteria=criteria,
+                                             triggers=triggers)
     if full["ready"]:
-        rollout_services.mark_ready(plan.pk, actor=actor)
+        rollout_plans.mark_ready(plan.pk, actor=actor)
 
 
 def _keeps(assignment: ContainmentAssignment, full: dict) -> bool:

@@ -19,6 +19,7 @@ from functools import wraps
 from http import HTTPStatus
 from typing import Any
 
+from asgiref.sync import iscoroutinefunction, sync_to_async
 from django.core.exceptions import PermissionDenied, RequestDataTooBig, TooManyFieldsSent
 from django.db import DatabaseError, DataError, IntegrityError, InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, HttpResponse
@@ -309,7 +310,21 @@ def _converted(request: HttpRequest, response: HttpResponse) -> HttpResponse:
 
 
 def problem_view(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
-    """Wrap an API URL's view: every error it answers or raises leaves as problem JSON."""
+    """Wrap an API URL's view: every error it answers or raises leaves as problem JSON. An async
+    view (a path with an `async def` operation, e.g. the approval long-poll) stays async."""
+    if iscoroutinefunction(view):
+
+        @wraps(view)
+        async def async_wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            try:
+                response = await view(request, *args, **kwargs)
+            except Exception as exc:
+                return await sync_to_async(handle_exception)(request, exc)
+            if response.status_code >= 400 and not is_problem(response):
+                return await sync_to_async(_converted)(request, response)
+            return response
+
+        return async_wrapper
 
     @wraps(view)
     def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:

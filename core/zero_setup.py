@@ -7,6 +7,7 @@ the web server, the worker and beat all read the same secrets from `var/`. Stand
 
 from __future__ import annotations
 
+import base64
 import secrets
 from pathlib import Path
 
@@ -15,6 +16,7 @@ SECRETS = {
     "SECRET_KEY": ("secret_key", lambda: secrets.token_urlsafe(64)),
     "AUDIT_CHECKPOINT_KEY": ("audit_checkpoint_key", lambda: secrets.token_hex(32)),
     "ROLLOUT_WEBHOOK_SECRET": ("rollout_webhook_secret", lambda: secrets.token_hex(32)),
+    "AUDIT_SIGNING_KEY": ("audit_signing_key", lambda: base64.b64encode(secrets.token_bytes(32)).decode()),
 }
 FOLDERS = ("staticfiles", "celery/queue", "celery/processed", "celery/control", "mail")
 

@@ -20,6 +20,7 @@ from ninja.security import APIKeyCookie, HttpBearer
 from ninja.utils import check_csrf
 
 from core import ratelimit
+from core.problems import Problem
 from governance import selectors, services
 from governance.models import ApiToken, ServiceAccount, Workflow
 
@@ -28,7 +29,10 @@ class ServiceTokenAuth(HttpBearer):
     """Bearer token of a service account; `request.auth` is the ApiToken."""
 
     def authenticate(self, request: HttpRequest, token: str) -> ApiToken | None:
-        api_token = services.authenticate_token(token.strip())
+        try:
+            api_token = services.authenticate_token(token.strip())
+        except services.TokenRefused as refused:  # a known token that ended: say why (401)
+            raise Problem(401, refused.code, refused.detail) from None
         if api_token is None:
             return None
         ratelimit.enforce(f"token:{api_token.pk}")

@@ -80,6 +80,18 @@ class WorkflowForm(forms.ModelForm):
         return sorted(days)
 
 
+class WorkflowAdminForm(forms.ModelForm):
+    """The Django admin's workflow form (WorkflowAdmin.form): business days as weekday checkboxes,
+    not a raw JSON list such as [0, 1, 2, 3, 4]."""
+
+    business_days = forms.TypedMultipleChoiceField(choices=WEEKDAYS, coerce=int, widget=forms.CheckboxSelectMultiple,
+                                                   help_text="The days business hours apply.")
+
+    class Meta:
+        model = Workflow
+        fields = "__all__"
+
+
 class ActionForm(forms.ModelForm):
     """Declare a governed action (`declaring`) or change its risk, quorum and description."""
 

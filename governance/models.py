@@ -12,6 +12,8 @@ from django.db.models import Q
 from django.urls import reverse
 from guardian.models import GroupObjectPermissionBase, UserObjectPermissionBase
 
+from core import clock
+
 slug_validator = RegexValidator(r"^[a-z0-9][a-z0-9_-]{0,62}$", "Use lowercase letters, digits, '-' and '_'.")
 
 
@@ -217,11 +219,12 @@ class ServiceAccount(models.Model):
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="service_accounts")
     workflows = models.ManyToManyField(Workflow, related_name="service_accounts", blank=True)
     active = models.BooleanField(default=True)
-    # What the account may do beyond its workflows: "config" plans and applies configuration.
+    # What the account may do beyond its workflows: "config" plans and applies configuration, "audit"
+    # reads the audit log's checkpoints, entries and proofs.
     permissions = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
-    PERMISSIONS = ("config",)
+    PERMISSIONS = ("config", "audit")
 
     class Meta:
         ordering = ["name"]
@@ -235,8 +238,8 @@ class ServiceAccount(models.Model):
 
 
 class ApiTokenQuerySet(models.QuerySet):
-    def usable(self) -> ApiTokenQuerySet:
-        return self.filter(revoked_at__isnull=True, service_account__active=True)
+    def usable(self, now: datetime) -> ApiTokenQuerySet:
+        return self.filter(revoked_at__isnull=True, expires_at__gt=now, service_account__active=True)
 
 
 TOKEN_PREFIX_LENGTH = 12
@@ -253,6 +256,10 @@ class ApiToken(models.Model):
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
                                    related_name="+")
     last_used_at = models.DateTimeField(null=True, blank=True)
+    # Every token ends (API_TOKEN_MAX_DAYS after it was issued); a rotation brings the end of the old
+    # one forward to the overlap's end.
+    expires_at = models.DateTimeField()
+    replaced_by = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     revoked_at = models.DateTimeField(null=True, blank=True)
     revoked_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
                                    related_name="+")
@@ -272,3 +279,18 @@ class ApiToken(models.Model):
     @property
     def is_revoked(self) -> bool:
         return self.revoked_at is not None
+
+    @property
+    def is_expired(self) -> bool:
+        return self.expires_at <= clock.now()
+
+    def refusal_at(self, now: datetime) -> tuple[str, str] | None:
+        """Why the token is refused at `now` (code, words for the caller), or None when usable."""
+        if self.revoked_at is not None:
+            return "token_revoked", f"This token was revoked on {self.revoked_at:%Y-%m-%d %H:%M} UTC."
+        if self.expires_at <= now:
+            return "token_expired", (f"This token expired on {self.expires_at:%Y-%m-%d %H:%M} UTC; ask an "
+                                     "administrator for a new one (rotate it before it ends).")
+        if not self.service_account.active:
+            return "service_account_disabled", "This token's service account is disabled."
+        return None

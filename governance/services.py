@@ -1,4 +1,26 @@
-"""Governance transitions: one function each; lock, check, change, audit (last), on_commit."""
+"""Governance transitions: one function each; lock, check, change, audit (last), on_commit.
+
+Audit actions (never renamed or reused):
+    workflow.created          create_workflow
+    workflow.updated          update_workflow (only when something changed)
+    workflow.paused           pause_workflow (the kill switch)
+    workflow.resumed          resume_workflow
+    workflow.action_defined   define_action (declared or changed)
+    workflow.action_removed   remove_action
+    containment.assigned      assign_containment
+    containment.removed       remove_containment
+    scope.granted             grant_scope
+    scope.revoked             revoke_scope
+    role.granted              set_role (member)
+    role.revoked              set_role (not a member)
+    user.flags_changed        set_user_flags (active, staff, superuser)
+    user.roles_changed        set_user_groups
+    service_account.created   create_service_account
+    service_account.updated   update_service_account
+    token.issued              issue_token
+    token.revoked             revoke_token
+    token.rotated             rotate_token (a new token; the old one ends after the overlap)
+"""
 
 from __future__ import annotations
 
@@ -9,6 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, Group
 from django.core.exceptions import ValidationError
@@ -27,6 +50,14 @@ from governance.models import (
     Workflow,
 )
 from governance.permissions import CONTAIN, MANAGE_ROLLOUTS, SCOPED_PERMISSIONS, VIEW, Role, perm
+
+# Every audit action this module writes (the module docstring says which function writes which).
+AUDIT_ACTIONS = (
+    "workflow.created", "workflow.updated", "workflow.paused", "workflow.resumed", "workflow.action_defined",
+    "workflow.action_removed", "containment.assigned", "containment.removed", "scope.granted", "scope.revoked",
+    "role.granted", "role.revoked", "user.flags_changed", "user.roles_changed", "service_account.created",
+    "service_account.updated", "token.issued", "token.revoked", "token.rotated",
+)
 
 # What a kill switch reaches beyond the workflow row: apps register a call made inside
 # pause_workflow / resume_workflow's transaction with (workflow, actor, now), e.g. approvals holds
@@ -404,14 +435,47 @@ def issue_token(service_account_id: int, *, actor: AbstractBaseUser, label: str 
     account = ServiceAccount.objects.select_for_update().filter(pk=service_account_id).first()
     require(account is not None, "not_found", "This service account does not exist.")
     require(account.active, "invalid", "This service account is disabled.")
+    token, raw = _new_token(account, actor, label)
+    audit.record(actor, "token.issued", token,
+                 data={"service_account": account.name, "prefix": token.prefix, "label": label[:100],
+                       "expires_at": token.expires_at})
+    return IssuedToken(token=token, raw=raw)
+
+
+def _new_token(account: ServiceAccount, actor: AbstractBaseUser, label: str) -> tuple[ApiToken, str]:
     raw = "rf_" + secrets.token_urlsafe(32)
     token = ApiToken.objects.create(
-        service_account=account, label=label[:100], prefix=raw[:TOKEN_PREFIX_LENGTH],
-        digest=ApiToken.digest_of(raw), created_by=actor,
+        service_account=account, label=label[:100], prefix=raw[:TOKEN_PREFIX_LENGTH], digest=ApiToken.digest_of(raw),
+        created_by=actor, expires_at=clock.now() + timedelta(days=settings.API_TOKEN_MAX_DAYS),
     )
-    audit.record(actor, "token.issued", token,
-                 data={"service_account": account.name, "prefix": token.prefix, "label": label[:100]})
-    return IssuedToken(token=token, raw=raw)
+    return token, raw
+
+
+@transaction.atomic
+def rotate_token(token_id: int, *, actor: AbstractBaseUser, overlap: timedelta | None = None) -> IssuedToken:
+    """Issue the token's successor (same account and label) and end the old one after `overlap`
+    (API_TOKEN_ROTATION_OVERLAP_HOURS by default), so the agent can switch without a gap.
+
+    Refuses: not an administrator (403), a revoked, expired or already rotated token (409), an
+    overlap that is negative or longer than the token has left (422). Audit: `token.rotated`.
+    """
+    require(is_administrator(actor), "forbidden", "Only administrators rotate tokens.")
+    old = ApiToken.objects.select_for_update().select_related("service_account").filter(pk=token_id).first()
+    require(old is not None, "not_found", "This token does not exist.")
+    now = clock.now()
+    require(old.revoked_at is None, "conflict", "This token is revoked: issue a new one instead.")
+    require(old.expires_at > now, "conflict", "This token has expired: issue a new one instead.")
+    require(old.replaced_by_id is None, "conflict", "This token was already rotated.")
+    require(old.service_account.active, "invalid", "This service account is disabled.")
+    overlap = timedelta(hours=settings.API_TOKEN_ROTATION_OVERLAP_HOURS) if overlap is None else overlap
+    require(overlap >= timedelta(0), "invalid", "The overlap cannot be negative.", field="overlap")
+    new, raw = _new_token(old.service_account, actor, old.label)
+    old.expires_at, old.replaced_by = min(old.expires_at, now + overlap), new
+    old.save(update_fields=["expires_at", "replaced_by"])
+    audit.record(actor, "token.rotated", old,
+                 data={"service_account": old.service_account.name, "prefix": old.prefix, "new_prefix": new.prefix,
+                       "old_expires_at": old.expires_at, "new_expires_at": new.expires_at})
+    return IssuedToken(token=new, raw=raw)
 
 
 @transaction.atomic
@@ -448,17 +512,28 @@ def define_action(workflow_id: int, *, actor: AbstractBaseUser, name: str, risk:
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
+class TokenRefused(Exception):
+    """A token that exists but no longer opens the API: revoked, expired, or its account disabled."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code, self.detail = code, detail
+
+
 def authenticate_token(raw: str) -> ApiToken | None:
-    """The usable token for a raw bearer value, or None; its last use is recorded, to the minute,
-    on success only."""
+    """The usable token for a raw bearer value, or None when no token has that value; raises
+    TokenRefused naming why a known token is refused. Its last use is recorded, to the minute, on
+    success only."""
     if not raw or not raw.startswith("rf_") or len(raw) > 100:
         return None
     digest = ApiToken.digest_of(raw)
     # The owner comes along: dispatch's rules read it (agent.owner) on every call.
-    tokens = ApiToken.objects.usable().filter(prefix=raw[:TOKEN_PREFIX_LENGTH])
+    tokens = ApiToken.objects.filter(prefix=raw[:TOKEN_PREFIX_LENGTH])
     for token in tokens.select_related("service_account__owner"):
         if hmac.compare_digest(token.digest, digest):
             now = clock.now()
+            if (refusal := token.refusal_at(now)) is not None:
+                raise TokenRefused(*refusal)
             # Recorded to the minute: a write and a commit on every call would cost each API call more
             # than the rest of its checks.
             if token.last_used_at is None or now - token.last_used_at >= LAST_USED_RESOLUTION:

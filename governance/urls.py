@@ -19,6 +19,8 @@ urlpatterns = [
     path("workflows/<slug:slug>/scope/", views.scope, name="scope"),
     path("workflows/<slug:slug>/service-accounts/", views.service_accounts, name="service_accounts"),
     path("workflows/<slug:slug>/service-accounts/<int:pk>/tokens/", views.token_issue, name="token_issue"),
+    path("workflows/<slug:slug>/service-accounts/<int:pk>/tokens/<int:token_id>/rotate/", views.token_rotate,
+         name="token_rotate"),
     path("workflows/<slug:slug>/service-accounts/<int:pk>/tokens/<int:token_id>/revoke/", views.token_revoke,
          name="token_revoke"),
     path("people/", views.people, name="people"),

@@ -330,6 +330,23 @@ def token_issue(request: HttpRequest, slug: str, pk: int) -> HttpResponse:
 
 @require_POST
 @login_required
+def token_rotate(request: HttpRequest, slug: str, pk: int, token_id: int) -> HttpResponse:
+    """Issue the token's successor, shown on this answer only; the old one ends after the overlap."""
+    workflow = workflow_in_scope(request, slug)
+    account = denials.get_in_scope(request, workflow.service_accounts.all(), "service account", pk=pk)
+    token = denials.get_in_scope(request, account.tokens.all(), "token", pk=token_id)
+    try:
+        issued = services.rotate_token(token.pk, actor=request.user)
+    except TransitionRefused as refusal:
+        denials.refused(request, refusal, f"rotate token={token_id}")
+        return _accounts_page(request, workflow, error=refusal.message, status=refusal.status)
+    response = _accounts_page(request, workflow, issued=issued)
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@require_POST
+@login_required
 def token_revoke(request: HttpRequest, slug: str, pk: int, token_id: int) -> HttpResponse:
     workflow = workflow_in_scope(request, slug)
     account = denials.get_in_scope(request, workflow.service_accounts.all(), "service account", pk=pk)

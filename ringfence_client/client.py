@@ -93,17 +93,23 @@ class RingfenceClient:
 
     def dispatch(self, workflow: str, action: str, parameters: Mapping[str, Any] | None = None, *,
                  evidence: Mapping[str, Any] | None = None, confidence: float | None = None,
-                 idempotency_key: str | None = None) -> DispatchResult:
+                 idempotency_key: str | None = None, callback_url: str | None = None) -> DispatchResult:
         """Ask whether `action` may run now: allow, deny, or pending with an approval to wait for.
 
         Pass the same `idempotency_key` only when asking again for the same intent (the same job
         or ticket, e.g. after a restart) to get the same answer and the same approval request; an
         allow answered again carries the same execution, which the first run may have used.
+
+        With `callback_url` (http or https), a pending request's outcome is also POSTed there when
+        it closes, signed with this client's token: check it with
+        `ringfence_client.callbacks.verify_callback(token, headers, body)` instead of waiting.
         """
         body: JSON = {"workflow": workflow, "action": action, "parameters": dict(parameters or {}),
                       "evidence": dict(evidence or {})}
         if confidence is not None:
             body["confidence"] = confidence
+        if callback_url is not None:
+            body["callback_url"] = callback_url
         response = self._call("POST", "/dispatch", body=body, idempotency_key=idempotency_key or _new_key())
         return DispatchResult.from_json(response.body, replayed=response.headers.get("Idempotent-Replayed") == "true")
 

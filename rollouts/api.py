@@ -23,7 +23,8 @@ from core.idempotency import header_value, idempotent
 from core.problems import FieldError, Problem
 from governance.api_auth import TOKEN_OR_SESSION, actor_of, workflows_in_scope
 from governance.models import Workflow, slug_validator
-from rollouts import selectors, services
+from rollouts import containment, proposals, selectors, signals
+from rollouts import tags as rollout_tags
 from rollouts.models import ContextTag, FallbackMode, RolloutAction, RolloutPlan, SegmentKind
 
 router = Router(tags=["rollouts"])
@@ -173,7 +174,7 @@ def post_signals(request: HttpRequest, payload: SignalsIn) -> SignalsOut:
         ring if ring is not None else of_segment for ring, of_segment in zip(ring_col, derived, strict=True))
     rows = list(zip(map(metrics.__getitem__, metric_col), ring_values, segment_col, observed_col,
                     [s.value for s in samples], strict=True))
-    result = services.ingest_signals(plan, rows)
+    result = signals.ingest_signals(plan, rows)
     return SignalsOut(plan=plan.pk, received=result.received, stored=result.stored, duplicates=result.duplicates,
                       late=result.late, evaluation="scheduled")
 
@@ -233,11 +234,11 @@ def propose(request: HttpRequest, payload: ProposalIn) -> Status:
     workflow = _workflow(request, payload.workflow)
     plan = _plan_for(request, workflow, payload.plan)
     now = clock.now()
-    tier, handling, tag = services.handling_for(plan, now, metric=payload.metric)
+    tier, handling, tag = proposals.handling_for(plan, now, metric=payload.metric)
     evidence = {**payload.evidence, "agent_reason": payload.reason, "metric": payload.metric}
     if tag:
         evidence["context_tag"] = tag
-    proposal = services.propose_action(
+    proposal = proposals.propose_action(
         plan.pk, kind=payload.kind, handling=handling, tier=tier, origin=RolloutAction.Origin.AGENT,
         evidence=evidence, reason=payload.reason, requester=actor_of(request),
         confidence=Decimal(str(payload.confidence)).quantize(Decimal("0.001")),
@@ -271,7 +272,7 @@ def route(
                                                           "percent by hash.")] = "",
 ) -> RouteOut:
     """Read on every agent call: a rollback or fallback takes effect on the next one."""
-    return RouteOut(**services.current_route(_workflow(request, workflow), segment_kind, segment_value, key))
+    return RouteOut(**selectors.current_route(_workflow(request, workflow), segment_kind, segment_value, key))
 
 
 # -- context tags ----------------------------------------------------------------------------
@@ -321,7 +322,7 @@ def add_context_tag(request: HttpRequest, payload: ContextTagIn) -> Status:
     workflow = _workflow(request, payload.workflow)
     plan = get_object_or_404(_plans(request), pk=payload.plan, workflow=workflow) if payload.plan else None
     percent = payload.expected_change_percent
-    tag = services.create_context_tag(
+    tag = rollout_tags.create_context_tag(
         actor=actor_of(request), workflow=workflow, plan=plan, kind=payload.kind, metric=payload.metric,
         expected_change_percent=Decimal(str(percent)).quantize(Decimal("0.01")) if percent is not None else None,
         starts_at=payload.starts_at, ends_at=payload.ends_at, reason=payload.reason,
@@ -382,5 +383,5 @@ def contain(request: HttpRequest, plan_id: Annotated[int, Path(ge=1, le=MAX_ID)]
         kwargs["mode"] = payload.mode or ""
     if action == "narrow":
         kwargs.update(to_ring=payload.to_ring, exposure_percent=payload.exposure_percent)
-    done = services.CONTAINMENT[action](plan.pk, **kwargs)
+    done = containment.CONTAINMENT[action](plan.pk, **kwargs)
     return Status(202 if done.state == RolloutAction.State.SCHEDULED else 200, _action_out(done))

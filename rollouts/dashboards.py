@@ -13,11 +13,29 @@ import statistics
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from functools import cached_property
 
 from django.contrib.auth.decorators import login_required
-from django.db.models import Avg, Count, Max, Min, Q, QuerySet
-from django.db.models.functions import TruncDay, TruncHour, TruncMinute
+from django.core.cache import cache
+from django.db import connection
+from django.db.models import (
+    Aggregate,
+    Avg,
+    Count,
+    Exists,
+    FloatField,
+    Max,
+    Min,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Value,
+)
+from django.db.models.expressions import RawSQL
+from django.db.models.fields.json import KeyTextTransform
+from django.db.models.functions import Coalesce, TruncDate, TruncDay, TruncHour, TruncMinute
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
@@ -37,6 +55,8 @@ DECIDED_BY_A_PERSON = (ApprovalRequest.State.APPROVED, ApprovalRequest.State.REJ
 TIME_LEFT = [  # (label, upper bound in seconds)
     ("overdue", 0), ("< 1 min", 60), ("1–5 min", 300), ("5–15 min", 900), ("15–60 min", 3600), ("> 1 h", None)]
 BREACHING = {"gt": "value__gt", "gte": "value__gte", "lt": "value__lt", "lte": "value__lte"}
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+HEALTH_SECONDS = 15  # how long dashboard readers share a live plan's evaluated health
 RING_EVENTS = ("rollout.started", "rollout.ring_opened", "rollout.narrowed", "rollout.rolled_back",
                "rollout.fallback_engaged")
 
@@ -56,6 +76,11 @@ class Scope:
     @property
     def workflows(self) -> QuerySet[Workflow]:
         return workflows_visible_to(self.user)
+
+    @cached_property
+    def workflow_ids(self) -> list[int]:
+        """The workflows in scope, read once per page (each chart filters by them)."""
+        return list(self.workflows.values_list("pk", flat=True))
 
 
 def scope_of(request: HttpRequest) -> Scope:
@@ -89,13 +114,34 @@ class PlanRow:
 
 
 def health_of(plan: RolloutPlan, now: datetime) -> tuple[str, str]:
-    """A short verdict a manager reads at a glance, and its colour (ok, warn, danger)."""
+    """A short verdict a manager reads at a glance, and its colour (ok, warn, danger).
+
+    A live plan's comes from evaluating its signals; every dashboard reader shares it for up to
+    HEALTH_SECONDS (the evaluator itself looks every ROLLOUT_EVALUATION_SECONDS), and a change of
+    the plan's state, ring, exposure or rules gives it a fresh one at once."""
     closed = {RolloutPlan.State.COMPLETED: ("completed", "ok"),
               RolloutPlan.State.ROLLED_BACK: ("rolled back", "danger"),
               RolloutPlan.State.DRAFT: ("not started", ""), RolloutPlan.State.READY: ("ready to start", "")}
     if not plan.is_live:
         return closed[plan.state]
-    checks = selectors.evaluate(plan, now)
+    key = (f"rollouts:dashboard-health:{plan.pk}:{plan.state}:{plan.current_ring}:{plan.exposure_override}:"
+           f"{plan.active_fallback_mode}:{plan.updated_at.timestamp()}")
+    try:
+        cached = cache.get(key)
+    except Exception:  # a cache outage costs time, never the answer
+        cached = None
+    if cached is not None:
+        return tuple(cached)
+    health = _evaluated_health(plan, now)
+    try:
+        cache.set(key, list(health), timeout=HEALTH_SECONDS)
+    except Exception:  # noqa: S110  (the answer stands without the cache)
+        pass
+    return health
+
+
+def _evaluated_health(plan: RolloutPlan, now: datetime) -> tuple[str, str]:
+    checks = selectors.evaluate(plan, now, count_late=False)
     fired = [c for c in checks.triggers if c.status == evaluation.FIRED]
     if fired:
         return "breaching: " + "; ".join(c.rule for c in fired), "danger"
@@ -127,8 +173,18 @@ def plan_row(plan: RolloutPlan, now: datetime) -> PlanRow:
     return PlanRow(plan, label, exposure, health, style, getattr(plan, "last_signal", None))
 
 
+def _last_signal() -> Subquery:
+    """A plan's newest sample: the newest of each metric's, each one backward step of the signals'
+    (plan, metric, time) index, instead of a scan of every sample the plan ever had."""
+    newest_of_metric = (Signal.objects.filter(plan_id=OuterRef(OuterRef("pk")), metric_id=OuterRef("pk"))
+                        .order_by("-observed_at").values("observed_at")[:1])
+    newest = (Metric.objects.annotate(last=Subquery(newest_of_metric)).filter(last__isnull=False)
+              .order_by("-last").values("last")[:1])
+    return Subquery(newest)
+
+
 def _plans(user) -> QuerySet[RolloutPlan]:
-    return (selectors.plans_visible_to(user).annotate(last_signal=Max("signals__observed_at"))
+    return (selectors.plans_visible_to(user).annotate(last_signal=_last_signal())
             .prefetch_related("rings").order_by("workflow__slug", "-created_at"))
 
 
@@ -151,7 +207,7 @@ def overview_chart(rows: list[PlanRow]) -> charts.Chart:
 # --- SLA health of the approval queue ------------------------------------------------------------
 
 def _requests(scope: Scope) -> QuerySet[ApprovalRequest]:
-    return ApprovalRequest.objects.filter(workflow__in=scope.workflows)
+    return ApprovalRequest.objects.filter(workflow_id__in=scope.workflow_ids)
 
 
 def sla_pending(scope: Scope) -> charts.Chart:
@@ -163,52 +219,72 @@ def sla_pending(scope: Scope) -> charts.Chart:
     return charts.bars("sla-pending", "Pending requests by time left", labels,
                        {"pending": [counts[lb] for lb in labels]},
                        y_title="requests", columns=("time left", "pending requests"),
-                       rows=[(lb, counts[lb]) for lb in labels], colors=[charts.WARN])
+                       rows=[(lb, counts[lb]) for lb in labels], integers=True)
 
 
 def sla_breaches(scope: Scope) -> charts.Chart:
-    """A breach: the first deadline ran out before anyone decided (escalated, or expired)."""
-    per_day: dict[date, list[int]] = defaultdict(lambda: [0, 0])
-    requests = _requests(scope).filter(created_at__gte=scope.start).values_list("created_at", "escalated_at", "state")
-    for created_at, escalated_at, state in requests:
-        day = per_day[_day(created_at)]
-        day[0] += 1
-        day[1] += escalated_at is not None or state == ApprovalRequest.State.EXPIRED
+    """A breach: the first deadline ran out before anyone decided (escalated, or expired).
+    Counted per UTC day by the database."""
+    breached = Q(escalated_at__isnull=False) | Q(state=ApprovalRequest.State.EXPIRED)
+    per_day = {row["day"]: [row["requests"], row["breaches"]] for row in (
+        _requests(scope).filter(created_at__gte=scope.start).annotate(day=TruncDate("created_at", tzinfo=UTC))
+        .values("day").annotate(requests=Count("pk"), breaches=Count("pk", filter=breached)).order_by("day"))}
     days = sorted(per_day)
     return charts.timeline(
         "sla-breaches", "SLA breaches per day", {"requests": (days, [per_day[d][0] for d in days]),
                                                  "breaches": (days, [per_day[d][1] for d in days])},
-        modes={"requests": "lines+markers", "breaches": "bars"}, y_title="requests",
+        modes={"requests": "lines+markers", "breaches": "bars"}, y_title="requests", integers=True,
         columns=("day", "requests", "breaches"), rows=[(d, *per_day[d]) for d in days],
         note="A breach: the first deadline ran out before anyone decided (the request escalated or expired).")
 
 
 def sla_escalations(scope: Scope) -> charts.Chart:
-    levels = Counter(
-        (data or {}).get("level") for data in audit_events_visible_to(scope.user).filter(
-            action="approval.escalated", occurred_at__gte=scope.start).values_list("data", flat=True))
-    ordered = sorted(level for level in levels if isinstance(level, int))
+    rows = (audit_events_visible_to(scope.user).filter(action="approval.escalated", occurred_at__gte=scope.start)
+            .annotate(level=KeyTextTransform("level", "data")).values("level").annotate(n=Count("pk")))
+    levels = Counter({int(row["level"]): row["n"] for row in rows if str(row["level"]).isdigit()})
+    ordered = sorted(levels)
     labels = [f"level {level + 1}" for level in ordered]
     return charts.bars("sla-escalations", "Escalations per level", labels,
                        {"escalations": [levels[lv] for lv in ordered]},
                        y_title="escalations", columns=("escalated to", "escalations"),
                        rows=[(label, levels[lv]) for label, lv in zip(labels, ordered, strict=True)],
-                       colors=[charts.DANGER])
+                       integers=True)
+
+
+class _Percentile(Aggregate):
+    """PostgreSQL's percentile_cont: linear interpolation, as statistics.quantiles(method="inclusive")."""
+
+    function = "percentile_cont"
+    template = "%(function)s(%(fraction)s) WITHIN GROUP (ORDER BY %(expressions)s)"
+    output_field = FloatField()
+
+    def __init__(self, expression: object, fraction: float) -> None:
+        super().__init__(expression, fraction=float(fraction))
+
+
+def _decision_minutes(scope: Scope) -> list[tuple[str, int, float, float]]:
+    """(workflow, decisions, median, 90th percentile) of the minutes from request to decision."""
+    closed = _requests(scope).filter(state__in=DECIDED_BY_A_PERSON, closed_at__gte=scope.start)
+    if connection.vendor == "postgresql":
+        minutes = RawSQL('EXTRACT(EPOCH FROM ("approvals_approvalrequest"."closed_at" - '
+                         '"approvals_approvalrequest"."created_at")) / 60.0', [])
+        rows = (closed.values("workflow__slug").annotate(n=Count("pk"), median=_Percentile(minutes, 0.5),
+                                                         p90=_Percentile(minutes, 0.9)).order_by("workflow__slug"))
+        return [(r["workflow__slug"], r["n"], r["median"], r["p90"]) for r in rows]
+    per_workflow: dict[str, list[float]] = defaultdict(list)
+    for slug, created_at, closed_at in closed.values_list("workflow__slug", "created_at", "closed_at"):
+        per_workflow[slug].append((closed_at - created_at).total_seconds() / 60)
+    return [(slug, len(values), statistics.median(values), _quantile(values, 0.9))
+            for slug, values in sorted(per_workflow.items())]
 
 
 def sla_time_to_decision(scope: Scope) -> charts.Chart:
-    per_workflow: dict[str, list[float]] = defaultdict(list)
-    closed = _requests(scope).filter(state__in=DECIDED_BY_A_PERSON, closed_at__gte=scope.start).values_list(
-        "workflow__slug", "created_at", "closed_at")
-    for slug, created_at, closed_at in closed:
-        per_workflow[slug].append((closed_at - created_at).total_seconds() / 60)
-    slugs = sorted(per_workflow)
-    medians = [round(statistics.median(per_workflow[s]), 2) for s in slugs]
-    p90s = [round(_quantile(per_workflow[s], 0.9), 2) for s in slugs]
+    stats = [(slug, n, round(median, 2), round(p90, 2)) for slug, n, median, p90 in _decision_minutes(scope)]
+    slugs = [row[0] for row in stats]
     return charts.bars("sla-time-to-decision", "Time to decision (minutes)", slugs,
-                       {"median": medians, "90th percentile": p90s},
+                       {"median": [row[2] for row in stats], "90th percentile": [row[3] for row in stats]},
                        y_title="minutes", columns=("workflow", "decisions", "median (min)", "90th percentile (min)"),
-                       rows=[(s, len(per_workflow[s]), m, p) for s, m, p in zip(slugs, medians, p90s, strict=True)],
+                       rows=stats,
                        note="From the request to the decision that closed it, for requests decided by people.")
 
 
@@ -216,9 +292,9 @@ def sla_time_to_decision(scope: Scope) -> charts.Chart:
 
 def _false_positive_sources(scope: Scope) -> tuple[QuerySet[ActionReview], QuerySet[Decision]]:
     """Post-facto reviews of autonomous rollbacks and fallbacks, and overrides of proposed ones."""
-    reviews = ActionReview.objects.filter(workflow__in=scope.workflows, action__kind__in=CONTAINMENT_KINDS,
+    reviews = ActionReview.objects.filter(workflow_id__in=scope.workflow_ids, action__kind__in=CONTAINMENT_KINDS,
                                           reviewed_at__gte=scope.start).exclude(verdict="")
-    overrides = Decision.objects.filter(request__workflow__in=scope.workflows, verdict=Decision.Verdict.OVERRIDE,
+    overrides = Decision.objects.filter(request__workflow_id__in=scope.workflow_ids, verdict=Decision.Verdict.OVERRIDE,
                                         request__kind__in=CONTAINMENT_KINDS, decided_at__gte=scope.start)
     return reviews, overrides
 
@@ -246,7 +322,7 @@ def false_positives_by_workflow(scope: Scope) -> charts.Chart:
     return charts.bars(
         "false-positives", "False-positive rollbacks by workflow", slugs,
         {"false positive (review)": [r[3] for r in rows], "overridden (override reason)": [r[4] for r in rows]},
-        stacked=True, y_title="rollbacks and fallbacks", colors=[charts.DANGER, charts.WARN],
+        stacked=True, y_title="rollbacks and fallbacks", integers=True,
         columns=("workflow", "reviewed", "correct", "false positive (review)", "overridden", "false positives",
                  "false-positive rate %", "reason categories"), rows=rows,
         note="Autonomous rollbacks and fallbacks a containment owner judged a false positive, plus proposed ones a "
@@ -266,37 +342,83 @@ def false_positives_over_time(scope: Scope) -> charts.Chart:
         {"false positive (review)": (days, [per_day[d][0] for d in days]),
          "overridden": (days, [per_day[d][1] for d in days])},
         modes={"false positive (review)": "bars", "overridden": "bars"}, y_title="rollbacks and fallbacks",
+        integers=True,
         columns=("day", "false positive (review)", "overridden"), rows=[(d, *per_day[d]) for d in days])
 
 
 # --- time to containment -------------------------------------------------------------------------
 
-def first_breaching_sample(action: RolloutAction) -> datetime | None:
-    """The first sample of the breach that led to the rollback: the start of the run of breaching
-    samples of the trigger's metric that ends when the rollback was proposed."""
+def breach_rule(action: RolloutAction, metric_ids: dict[str, int]) -> tuple[int, str, float] | None:
+    """(metric id, operator, threshold) of the trigger behind a rollback: as its evidence kept it
+    (the threshold in force), else the trigger's own."""
     rule = (action.evidence or {}).get("trigger") or {}
     metric, operator, threshold = rule.get("metric"), rule.get("operator"), rule.get("threshold")
     if (metric is None or operator not in BREACHING) and action.trigger_id:
         metric, operator, threshold = (action.trigger.metric.slug, action.trigger.operator,
                                        float(action.trigger.threshold))
-    if metric is None or operator not in BREACHING or threshold is None:
+    if metric is None or operator not in BREACHING or threshold is None or metric not in metric_ids:
         return None
-    samples = Signal.objects.filter(plan_id=action.plan_id, metric__slug=metric, observed_at__lte=action.created_at)
+    return metric_ids[metric], operator, float(threshold)
+
+
+def first_breaching_sample(action: RolloutAction, metric_ids: dict[str, int] | None = None) -> datetime | None:
+    """The first sample of the breach that led to the rollback: the start of the run of breaching
+    samples of the trigger's metric that ends when the rollback was proposed."""
+    rule = breach_rule(action, metric_ids or dict(Metric.objects.values_list("slug", "pk")))
+    if rule is None:
+        return None
+    metric_id, operator, threshold = rule
+    samples = Signal.objects.filter(plan_id=action.plan_id, metric_id=metric_id, observed_at__lte=action.created_at)
     breaching = Q(**{BREACHING[operator]: threshold})
-    last_ok = samples.exclude(breaching).order_by("-observed_at").values_list("observed_at", flat=True).first()
-    run = samples.filter(breaching)
-    if last_ok is not None:
-        run = run.filter(observed_at__gt=last_ok)
+    last_ok = samples.exclude(breaching).order_by("-observed_at").values("observed_at")[:1]
+    run = samples.filter(breaching, observed_at__gt=Coalesce(Subquery(last_ok), Value(EPOCH)))
     return run.order_by("observed_at").values_list("observed_at", flat=True).first()
 
 
+FIRST_BREACHES_SQL = """
+SELECT r.action_id, (
+    SELECT min(s.observed_at) FROM rollouts_signal s
+    WHERE s.plan_id = r.plan_id AND s.metric_id = r.metric_id AND s.observed_at <= r.created_at
+      AND ({beyond} s.value)
+      AND s.observed_at > COALESCE((
+          SELECT max(o.observed_at) FROM rollouts_signal o
+          WHERE o.plan_id = r.plan_id AND o.metric_id = r.metric_id AND o.observed_at <= r.created_at
+            AND NOT ({beyond} o.value)), '-infinity'::timestamptz))
+FROM (VALUES {rows}) AS r(action_id, plan_id, metric_id, created_at, operator, threshold)
+"""
+# `threshold < value` is `value > threshold`: the operator of each rollback's rule, read from the row.
+BEYOND_SQL = ("CASE r.operator WHEN 'gt' THEN r.threshold < {v} WHEN 'gte' THEN r.threshold <= {v} "
+              "WHEN 'lt' THEN r.threshold > {v} WHEN 'lte' THEN r.threshold >= {v} END")
+
+
+def first_breaching_samples(actions: list[RolloutAction]) -> dict[int, datetime | None]:
+    """first_breaching_sample of every rollback, in one statement on PostgreSQL."""
+    metric_ids = dict(Metric.objects.values_list("slug", "pk"))
+    rules = {a.pk: (a, rule) for a in actions if (rule := breach_rule(a, metric_ids)) is not None}
+    if connection.vendor != "postgresql" or not rules:
+        return {a.pk: first_breaching_sample(a, metric_ids) if a.pk in rules else None for a in actions}
+    params: list = []
+    for action, (metric_id, operator, threshold) in rules.values():
+        params += [action.pk, action.plan_id, metric_id, action.created_at, operator, threshold]
+    values = ", ".join(["(%s::bigint, %s::bigint, %s::bigint, %s::timestamptz, %s::text, %s::float8)"] * len(rules))
+    sql = (FIRST_BREACHES_SQL.replace("{rows}", values)
+           .replace("({beyond} s.value)", "(" + BEYOND_SQL.format(v="s.value") + ")")
+           .replace("({beyond} o.value)", "(" + BEYOND_SQL.format(v="o.value") + ")"))
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        found = dict(cursor.fetchall())
+    return {a.pk: found.get(a.pk) for a in actions}
+
+
 def containment_rows(scope: Scope) -> list[tuple]:
-    rollbacks = (RolloutAction.objects.filter(plan__workflow__in=scope.workflows, kind=RolloutAction.Kind.ROLLBACK,
-                                              state=RolloutAction.State.SUCCEEDED, closed_at__gte=scope.start)
-                 .select_related("plan__workflow", "trigger__metric").order_by("closed_at"))
+    rollbacks = list(RolloutAction.objects.filter(
+        plan__workflow_id__in=scope.workflow_ids, kind=RolloutAction.Kind.ROLLBACK,
+        state=RolloutAction.State.SUCCEEDED, closed_at__gte=scope.start,
+    ).select_related("plan__workflow", "trigger__metric").order_by("closed_at"))
+    firsts = first_breaching_samples(rollbacks)
     rows = []
     for action in rollbacks:
-        first = first_breaching_sample(action)
+        first = firsts[action.pk]
         if first is not None:
             rows.append((action.plan.workflow.slug, action.plan.release_version, action.pk, first, action.closed_at,
                          round((action.closed_at - first).total_seconds(), 1)))
@@ -382,23 +504,23 @@ def plan_rules(plan: RolloutPlan, metric: Metric) -> list[charts.Rule]:
 def plan_metrics(plan: RolloutPlan) -> list[Metric]:
     ids = (set(plan.criteria.values_list("metric_id", flat=True))
            | set(plan.triggers.values_list("metric_id", flat=True)))
-    ids |= set(Signal.objects.filter(plan=plan).values_list("metric_id", flat=True).distinct())
-    return list(Metric.objects.filter(pk__in=ids).order_by("slug"))
+    sampled = Exists(Signal.objects.filter(plan_id=plan.pk, metric_id=OuterRef("pk")))  # one index probe each
+    return list(Metric.objects.filter(Q(pk__in=ids) | sampled).order_by("slug"))
 
 
-def signal_chart(plan: RolloutPlan, metric: Metric) -> charts.Chart:
+def signal_chart(plan: RolloutPlan, metric: Metric, rings: list[charts.Mark] | None = None) -> charts.Chart:
     points = signal_points(plan, metric)
     chart = charts.signal_chart(
         f"signal-{metric.slug}", f"{metric.label or metric.slug} against its thresholds", metric.unit or metric.slug,
-        points, plan_rules(plan, metric), ring_marks(plan), tag_windows(plan, metric),
+        points, plan_rules(plan, metric), ring_marks(plan) if rings is None else rings, tag_windows(plan, metric),
         note="" if len(points) < RAW_POINTS else "Averaged per time bucket; the band shows each bucket's range.")
     chart.params = {"plan": plan.pk}
     return chart
 
 
-def exposure_chart(plan: RolloutPlan) -> charts.Chart:
+def exposure_chart(plan: RolloutPlan, rings: list[charts.Mark] | None = None) -> charts.Chart:
     opened = {}
-    for mark in ring_marks(plan):
+    for mark in ring_marks(plan) if rings is None else rings:
         if mark.label.endswith(" opened"):
             opened.setdefault(mark.label.split()[1], mark.start)
     rows = []
@@ -412,7 +534,7 @@ def exposure_chart(plan: RolloutPlan) -> charts.Chart:
     chart = charts.bars(
         "exposure", "Exposure by ring", [f"ring {r[0]} · {r[1]}" for r in rows],
         {"planned %": [r[2] for r in rows], "exposed now %": [r[3] for r in rows]},
-        colors=[charts.MUTED, charts.ACCENT], y_title="% of the segment's traffic",
+        y_title="% of the segment's traffic",
         columns=("ring", "segment", "planned exposure %", "exposed now %", "opened (UTC)", "minimum soak",
                  "approval point"), rows=rows)
     chart.params = {"plan": plan.pk}
@@ -420,7 +542,8 @@ def exposure_chart(plan: RolloutPlan) -> charts.Chart:
 
 
 def plan_charts(plan: RolloutPlan) -> list[charts.Chart]:
-    return [exposure_chart(plan), *(signal_chart(plan, metric) for metric in plan_metrics(plan))]
+    rings = ring_marks(plan)  # read once for every chart of the plan
+    return [exposure_chart(plan, rings), *(signal_chart(plan, metric, rings) for metric in plan_metrics(plan))]
 
 
 # --- views ---------------------------------------------------------------------------------------

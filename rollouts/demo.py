@@ -25,7 +25,7 @@ from django.db import transaction
 from core import clock
 from governance import services as governance_services
 from governance.models import ContainmentAssignment, Workflow
-from rollouts import executors, services
+from rollouts import containment, evaluator, executors, plans, signals, tags
 from rollouts.models import ContextTag, Metric, RolloutPlan
 
 HISTORY = timedelta(minutes=45)
@@ -125,7 +125,7 @@ def _create(result: DemoResult, workflow: Workflow, rhea: User, *, name: str, re
     plan = _plan(workflow, release)
     if plan is not None:
         return plan, False
-    plan = services.create_plan(
+    plan = plans.create_plan(
         actor=rhea, workflow=workflow,
         fields={"name": name, "release_version": release, "stable_version": stable, "fallback_mode": fallback,
                 "executor": "flag", "notes": notes},
@@ -142,24 +142,24 @@ def _migration_night(result: DemoResult, workflow: Workflow, rhea: User) -> None
                              release="billing-v5-migration-r1", stable="billing-v4", rings=rings,
                              notes="The migration ran without a context tag.")
     if created:
-        first = services.start_rollout(first.pk, actor=rhea)
+        first = plans.start_rollout(first.pk, actor=rhea)
         rise = {"latency_p95_ms": lambda at, rng: round((780 if at < now - timedelta(minutes=6) else 897)
                                                         + rng.uniform(-6, 6), 1)}
-        services.ingest_signals(first, _samples(first, now - timedelta(minutes=20), now, key=MIGRATION, override=rise))
-        services.evaluate_plan(first.pk)  # tier 1, untagged: the rollback executes at once
+        signals.ingest_signals(first, _samples(first, now - timedelta(minutes=20), now, key=MIGRATION, override=rise))
+        evaluator.evaluate_plan(first.pk)  # tier 1, untagged: the rollback executes at once
         for action in first.actions.filter(state="scheduled"):
             executors.run(action.pk, worker="demo")
     second, created = _create(result, workflow, rhea, name="Billing summary v5: database migration (tagged)",
                               release="billing-v5-migration", stable="billing-v4", rings=rings,
                               notes="The same migration again, with the expected latency rise tagged.")
     if created:
-        second = services.start_rollout(second.pk, actor=rhea)
-        services.create_context_tag(actor=rhea, workflow=workflow, plan=second,
-                                    kind=ContextTag.Kind.EXPECTED_LATENCY_INCREASE,
-                                    expected_change_percent=Decimal("15"), ends_at=now + timedelta(hours=12),
-                                    reason=MIGRATION_REASON)
-        services.ingest_signals(second, _samples(second, now - HISTORY, now))
-        services.evaluate_plan(second.pk)  # within the widened threshold: holds, and says which tag did it
+        second = plans.start_rollout(second.pk, actor=rhea)
+        tags.create_context_tag(actor=rhea, workflow=workflow, plan=second,
+                                kind=ContextTag.Kind.EXPECTED_LATENCY_INCREASE,
+                                expected_change_percent=Decimal("15"), ends_at=now + timedelta(hours=12),
+                                reason=MIGRATION_REASON)
+        signals.ingest_signals(second, _samples(second, now - HISTORY, now))
+        evaluator.evaluate_plan(second.pk)  # within the widened threshold: holds, and says which tag did it
 
 
 def _ring_rollout(result: DemoResult, workflow: Workflow, rhea: User, olivia: User) -> None:
@@ -169,10 +169,10 @@ def _ring_rollout(result: DemoResult, workflow: Workflow, rhea: User, olivia: Us
     plan, created = _create(result, workflow, rhea, name="Support reply prompt v8", release="reply-prompt-v8",
                             stable="reply-prompt-v7", rings=rings, fallback="simpler_route")
     if created:
-        services.start_rollout(plan.pk, actor=rhea)
-        services.expand_rollout(plan.pk, actor=olivia, reason="Support ops signed off after a day on v8.")
+        plans.start_rollout(plan.pk, actor=rhea)
+        containment.expand_rollout(plan.pk, actor=olivia, reason="Support ops signed off after a day on v8.")
         plan.refresh_from_db()
-        services.ingest_signals(plan, _samples(plan, clock.now() - HISTORY, clock.now()))
+        signals.ingest_signals(plan, _samples(plan, clock.now() - HISTORY, clock.now()))
 
 
 def _fallback(result: DemoResult, workflow: Workflow, rhea: User, olivia: User) -> None:
@@ -180,14 +180,14 @@ def _fallback(result: DemoResult, workflow: Workflow, rhea: User, olivia: User) 
     plan, created = _create(result, workflow, rhea, name="Refund agent v12", release="refund-v12", stable="refund-v11",
                             rings=rings)
     if created:
-        plan = services.start_rollout(plan.pk, actor=rhea)
+        plan = plans.start_rollout(plan.pk, actor=rhea)
         now = clock.now()
         errors = {"error_rate": lambda at, rng: round((0.02 if at < now - timedelta(minutes=8) else 0.071)
                                                       + rng.uniform(-0.004, 0.004), 4)}
-        services.ingest_signals(plan, _samples(plan, now - HISTORY, now, override=errors))
-        action = services.engage_fallback(plan.pk, actor=olivia, mode="human_review",
-                                          reason="Error rate 7 % on payments-ops since 10 minutes: refunds go to "
-                                                 "human review while we look.")
+        signals.ingest_signals(plan, _samples(plan, now - HISTORY, now, override=errors))
+        action = containment.engage_fallback(plan.pk, actor=olivia, mode="human_review",
+                                             reason="Error rate 7 % on payments-ops since 10 minutes: refunds go to "
+                                                    "human review while we look.")
         executors.run(action.pk, worker="demo")
 
 
@@ -230,5 +230,5 @@ def feed() -> int:
         last = plan.signals.order_by("-observed_at").values_list("observed_at", flat=True).first()
         since = max(last + STEP, now - HISTORY) if last else now - HISTORY
         if since <= now:
-            stored += services.ingest_signals(plan, _samples(plan, since, now)).stored
+            stored += signals.ingest_signals(plan, _samples(plan, since, now)).stored
     return stored

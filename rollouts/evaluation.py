@@ -23,7 +23,7 @@ and the time. The rules:
   at once: an override window, never an automatic action; otherwise it is *inconclusive*.
 - **No data is an event.** Fewer than `min_samples` samples received within `no_data_after`
   (default twice the sustained-for time) is *signals lost*: the owners are told, the trigger's
-  `on_no_data` is done and expansion freezes (rollouts.services). A trigger whose last window
+  `on_no_data` is done and expansion freezes (rollouts.signals). A trigger whose last window
   breached before its signal went quiet still fires.
 - **Context tags cover only what they expect.** A tag expecting a change of the trigger's metric
   widens that threshold by the change; a breach beyond the widened threshold is handled by the

@@ -1,31 +1,28 @@
 """Rollback and fallback executors: the I/O at the edge.
 
 `flag` has no I/O: the effect is the plan's state, which the route API reads on the agent's next
-call. `webhook` POSTs the action to the plan's URL with an HMAC-SHA256 signature and an
-Idempotency-Key header (the same key on every attempt, so the receiver applies the effect once).
+call. `webhook` POSTs the action to the plan's URL signed with ROLLOUT_WEBHOOK_SECRET (core.signing,
+the scheme the notification webhook uses) and an Idempotency-Key header (the same key on every
+attempt, so the receiver applies the effect once).
 
-`run(action_id)` is one attempt: services.begin_attempt (lease, attempt row), the executor,
-services.record_action_attempt (result, effect, next attempt). The Celery task retries.
+`run(action_id)` is one attempt: execution.begin_attempt (lease, attempt row), the executor,
+execution.record_action_attempt (result, effect, next attempt). The Celery task retries.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import socket
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
 from django.conf import settings
 
-from rollouts import services
+from core import signing
+from rollouts import execution
 from rollouts.models import ActionAttempt
 
-SIGNATURE_HEADER = "X-Ringfence-Signature"
-TIMESTAMP_HEADER = "X-Ringfence-Timestamp"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 # 408 timeout, 409 the same key still in flight at the receiver, 425 too early, 429 throttled.
 RETRYABLE_STATUS = {408, 409, 425, 429}
@@ -42,29 +39,17 @@ def body_of(payload: dict) -> bytes:
     return json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
 
 
-def signature(secret: str, timestamp: str, body: bytes) -> str:
-    """`v1=` + hex HMAC-SHA256 over `<timestamp>.<body>` (as the approval notices are signed)."""
-    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
-    return "v1=" + mac.hexdigest()
-
-
-def verify_signature(secret: str, timestamp: str, body: bytes, header: str) -> bool:
-    return hmac.compare_digest(signature(secret, timestamp, body), header or "")
-
-
 def webhook_request(url: str, idempotency_key: str, payload: dict) -> urllib.request.Request:
     body = body_of(payload)
-    timestamp = str(int(time.time()))
     return urllib.request.Request(url, data=body, method="POST", headers={
         "Content-Type": "application/json",
         "User-Agent": "Ringfence-rollouts/1",
         IDEMPOTENCY_HEADER: idempotency_key,
-        TIMESTAMP_HEADER: timestamp,
-        SIGNATURE_HEADER: signature(settings.ROLLOUT_WEBHOOK_SECRET, timestamp, body),
+        **signing.sign(settings.ROLLOUT_WEBHOOK_SECRET, body),
     })
 
 
-def call_webhook(ticket: services.Ticket) -> Outcome:
+def call_webhook(ticket: execution.Ticket) -> Outcome:
     request = webhook_request(ticket.webhook_url, ticket.idempotency_key, ticket.payload)
     try:
         with urllib.request.urlopen(request, timeout=settings.ROLLOUT_WEBHOOK_TIMEOUT_SECONDS) as response:
@@ -92,9 +77,9 @@ EXECUTORS = {
 }
 
 
-def run(action_id: int, *, worker: str = "") -> services.AttemptResult | None:
+def run(action_id: int, *, worker: str = "") -> execution.AttemptResult | None:
     """One attempt. None when there was nothing to do (finished, leased elsewhere, backing off)."""
-    ticket = services.begin_attempt(action_id, worker=worker)
+    ticket = execution.begin_attempt(action_id, worker=worker)
     if ticket is None:
         return None
     executor = EXECUTORS.get(ticket.executor)
@@ -103,5 +88,5 @@ def run(action_id: int, *, worker: str = "") -> services.AttemptResult | None:
                                                             f"unknown executor {ticket.executor!r}")
     except Exception as exc:  # an executor bug is recorded as a failed attempt, then retried
         outcome = Outcome(ActionAttempt.Outcome.RETRYABLE_ERROR, None, f"{type(exc).__name__}: {exc}")
-    return services.record_action_attempt(ticket.attempt_id, outcome=outcome.outcome,
-                                          http_status=outcome.http_status, detail=outcome.detail)
+    return execution.record_action_attempt(ticket.attempt_id, outcome=outcome.outcome,
+                                           http_status=outcome.http_status, detail=outcome.detail)

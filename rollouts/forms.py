@@ -27,7 +27,7 @@ from rollouts.models import (
     Severity,
     SilenceAction,
 )
-from rollouts.services import PLAN_FIELDS
+from rollouts.plans import PLAN_FIELDS
 
 MINUTES = {"min_value": 0, "max_value": 60 * 24 * 30}
 # Rows of the editor's tables start empty (no initial values, a blank first choice), so an
@@ -69,11 +69,12 @@ class PlanForm(forms.ModelForm):
 
 
 class RingForm(forms.Form):
-    segment_kind = forms.ChoiceField(choices=BLANK + SegmentKind.choices)
+    segment_kind = forms.ChoiceField(label="Segment kind", choices=BLANK + SegmentKind.choices)
     segment_value = forms.CharField(max_length=100)
     exposure_percent = forms.IntegerField(label="Exposure (%)", min_value=1, max_value=100)
     min_soak_minutes = forms.IntegerField(label="Minimum soak (min)", **MINUTES)
-    approval_point = forms.BooleanField(required=False, help_text="A person approves before this ring opens.")
+    approval_point = forms.BooleanField(label="Approval point", required=False,
+                                        help_text="A person approves before this ring opens.")
 
     def row(self) -> dict:
         d = self.cleaned_data
@@ -93,7 +94,7 @@ class RuleForm(forms.Form):
     metric = forms.ModelChoiceField(queryset=Metric.objects.all(), to_field_name="slug")
     operator = forms.ChoiceField(choices=BLANK + Operator.choices)
     threshold = forms.DecimalField(**THRESHOLD)
-    min_samples = forms.IntegerField(min_value=1, max_value=1_000_000)
+    min_samples = forms.IntegerField(label="Minimum samples", min_value=1, max_value=1_000_000)
 
     def clean_threshold(self) -> Decimal:
         value = self.cleaned_data["threshold"]
@@ -150,6 +151,9 @@ class TriggerForm(RuleForm):
                    "no_data_minutes", "on_no_data", "reask_worse_percent", "on_silence"]
     OPTIONAL = ("breach_statistic", "breach_share", "flap_breaches", "flap_windows", "reask_worse_percent",
                 "on_no_data", "on_silence")
+    # The editor folds these away under "Breach rules": blank takes the default shown.
+    FOLDED = ("breach_statistic", "breach_share", "flap_breaches", "flap_windows", "lateness_seconds",
+              "no_data_minutes", "on_no_data", "reask_worse_percent", "on_silence")
 
     def clean(self) -> dict:
         data = super().clean()

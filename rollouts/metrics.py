@@ -1,5 +1,8 @@
 """The built-in metric slugs (DESIGN "Metric names"); custom slugs are registered by
-`define_metric` (the configuration file or a page)."""
+`define_metric` (the configuration file or a page).
+
+Audit actions: `metric.defined`.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +19,8 @@ from governance.services import is_administrator
 
 if TYPE_CHECKING:
     from rollouts.models import Metric
+
+AUDIT_ACTIONS = ("metric.defined",)
 
 # slug, label, unit, direction
 BUILTIN = [

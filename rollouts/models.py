@@ -1,7 +1,8 @@
 """Rollout plans, their rings, criteria, triggers and context tags; signals; rollout actions.
 
-States are enums that the database also enforces; the allowed plan transitions are data
-(`RolloutPlan.TRANSITIONS`) read by the services and the pages. No I/O, no logic in save().
+States are enums that the database also enforces; the allowed transitions are data
+(`RolloutPlan.TRANSITIONS`, `RolloutAction.TRANSITIONS`) read by the services and the pages.
+No I/O, no logic in save().
 """
 
 from __future__ import annotations
@@ -492,7 +493,7 @@ class Signal(models.Model):
 class SignalLoss(models.Model):
     """"Signals lost": a trigger of a live plan had fewer than its minimum samples within its
     `no_data_after`. Raised once (the owners are told, the trigger's `on_no_data` is done, expansion
-    freezes) and closed when samples are back; written only by the services."""
+    freezes) and closed when samples are back; written only by rollouts.signals."""
 
     plan = models.ForeignKey(RolloutPlan, on_delete=models.CASCADE, related_name="signal_losses")
     trigger = models.ForeignKey(RollbackTrigger, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
@@ -570,6 +571,8 @@ class RolloutAction(models.Model):
     Executor = ActionExecutor
 
     OPEN_STATES = frozenset({State.PENDING_APPROVAL, State.SCHEDULED, State.EXECUTING})
+    # Created in its first state; afterwards changed only by rollouts.actions.move_action, which
+    # checks this table and writes the transition's audit event.
     TRANSITIONS: dict[str, frozenset[str]] = {
         State.PENDING_APPROVAL: frozenset({State.SCHEDULED, State.SUCCEEDED, State.CANCELLED}),
         State.SCHEDULED: frozenset({State.EXECUTING, State.CANCELLED}),
@@ -657,7 +660,7 @@ class AttemptOutcome(models.TextChoices):
 
 
 class ActionAttempt(models.Model):
-    """One run of an executor for an action; written only through services.record_action_attempt."""
+    """One run of an executor for an action; written only by rollouts.execution."""
 
     Outcome = AttemptOutcome
 

@@ -1,14 +1,24 @@
 """Notices to containment owners: an action that ran without a person before it (tier 1, or an
 override window that ran out), with its evidence and the review that is due; and "signals lost",
-the moment a trigger's samples stop arriving, with what was done about it."""
+the moment a trigger's samples stop arriving, with what was done about it.
+
+Both go through the one notification outbox (`approvals.notifications.enqueue`): the notice is
+opened in a transaction here and, once committed, delivered by this process (a worker: the
+evaluation that noticed, or the task the change published), not behind the queue, by email to the
+owners and to the notification webhook; a failed or lost delivery is retried, then given up, by the
+outbox's sweep. Each is told once: a notice is unique per (subject, event), and a signal loss is
+claimed in the transaction that opens its notice.
+"""
 
 from __future__ import annotations
 
 from django.conf import settings
-from django.core.mail import EmailMessage
+from django.db import transaction
 
+from approvals import notifications as outbox
+from approvals.models import Notice
 from governance.models import ContainmentAssignment, Workflow
-from rollouts import services
+from rollouts import signals
 from rollouts.models import DUTY_FOR_ACTION, RolloutAction, SignalLoss
 
 PAST = {"rollback": "rolled back", "fallback": "switched to its fallback mode", "expand": "opened its next ring"}
@@ -38,19 +48,25 @@ def describe(action: RolloutAction) -> tuple[str, str]:
 
 
 def notify_autonomous_action(action_id: int) -> int:
-    """Email the primary and backup owners of the action's duty; returns how many were sent."""
+    """Tell the primary and backup owners of the action's duty, once; returns how many people the
+    notice is addressed to (0 when there is no such action or it was told already)."""
     action = RolloutAction.objects.select_related("plan__workflow").filter(pk=action_id).first()
     if action is None:
         return 0
+    plan = action.plan
     duty = DUTY_FOR_ACTION[action.kind]
     addresses = sorted({a.user.email for a in ContainmentAssignment.objects.filter(
-        workflow=action.plan.workflow, duty=duty).select_related("user") if a.user.email and a.user.is_active})
-    if not addresses:
-        return 0
+        workflow=plan.workflow, duty=duty).select_related("user") if a.user.email and a.user.is_active})
     subject, body = describe(action)
-    for address in addresses:
-        EmailMessage(f"[Ringfence] {subject}", body, settings.DEFAULT_FROM_EMAIL, [address]).send()
-    return len(addresses)
+    with transaction.atomic():
+        notice = outbox.enqueue(
+            source=Notice.Source.ROLLOUT, event=Notice.Event.AUTONOMOUS_ACTION, subject=action,
+            workflow=plan.workflow, recipients=addresses, title=subject, body=body,
+            link=f"{settings.SITE_URL}{plan.get_absolute_url()}",
+            data={"plan": plan.pk, "action": action.pk, "kind": action.kind, "tier": action.tier,
+                  "handling": action.handling, "release_version": plan.release_version, "duty": duty},
+            at_once=True)
+    return len(addresses) if notice is not None else 0
 
 
 def owners_of(workflow: Workflow) -> list[str]:
@@ -83,18 +99,23 @@ def describe_loss(loss: SignalLoss) -> tuple[str, str]:
 
 
 def notify_signals_lost(loss_id: int) -> int:
-    """Email every containment owner of the workflow; returns how many were sent. Once: the loss is
-    claimed before sending (a second caller sends nothing) and released if sending fails."""
-    if not services.claim_loss_notice(loss_id):
-        return 0
-    loss = SignalLoss.objects.select_related("plan__workflow", "metric").get(pk=loss_id)
-    addresses = owners_of(loss.plan.workflow)
-    subject, body = describe_loss(loss)
-    try:
-        for address in addresses:
-            EmailMessage(f"[Ringfence] {subject}", body, settings.DEFAULT_FROM_EMAIL, [address]).send()
-    except Exception:
-        services.release_loss_notice(loss_id)
-        raise
-    services.note_loss_notified(loss_id, len(addresses))
+    """Tell every containment owner of the workflow, once; returns how many people the notice is
+    addressed to. The loss is claimed in the transaction that opens the notice: a second caller
+    tells nobody, and a failure leaves the loss unclaimed for the next evaluation."""
+    with transaction.atomic():
+        if not signals.claim_loss_notice(loss_id):
+            return 0
+        loss = SignalLoss.objects.select_related("plan__workflow", "metric").get(pk=loss_id)
+        plan = loss.plan
+        addresses = owners_of(plan.workflow)
+        subject, body = describe_loss(loss)
+        notice = outbox.enqueue(
+            source=Notice.Source.ROLLOUT, event=Notice.Event.SIGNALS_LOST, subject=loss, workflow=plan.workflow,
+            recipients=addresses, title=subject, body=body, link=f"{settings.SITE_URL}{plan.get_absolute_url()}",
+            data={"plan": plan.pk, "signal_loss": loss.pk, "metric": loss.metric.slug, "rule": loss.rule,
+                  "since": loss.since.isoformat(), "on_no_data": loss.on_no_data, "outcome": loss.outcome},
+            at_once=True)
+        if notice is None:
+            return 0
+        signals.note_loss_notified(loss_id, len(addresses))
     return len(addresses)

@@ -1,8 +1,11 @@
 """Review of autonomous actions: containment owners judge each action that ran with no person
 before it (a rollout action at tier 1 or after an override window ran out, or an agent action
 dispatch allowed at tier 1) as correct or a false positive with a reason category. The judgement
-goes through `services.review_action` (audited as `rollout.action_reviewed`) and feeds the
-dashboards' false-positive figures."""
+goes through `review_action` (audited as `rollout.action_reviewed`) and feeds the dashboards'
+false-positive figures; the reviews page is below it.
+
+Audit actions: `rollout.action_reviewed`.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +15,8 @@ from dataclasses import dataclass
 
 from django import forms
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
@@ -19,15 +24,52 @@ from django.views.decorators.http import require_GET, require_POST
 from django.views.decorators.vary import vary_on_headers
 
 from approvals import explain
+from audit import log as audit
 from audit.models import AuditEvent
-from core import denials
-from core.errors import TransitionRefused
+from core import clock, denials
+from core.errors import TransitionRefused, require
 from governance.models import ContainmentAssignment
 from governance.selectors import workflows_visible_to
-from rollouts import services
+from rollouts import selectors
+from rollouts.actions import MAX_REASON, is_user
 from rollouts.models import ActionReview
 
+AUDIT_ACTIONS = ("rollout.action_reviewed",)
 RECENT = 20
+
+
+@transaction.atomic
+def review_action(review_id: int, *, actor: AbstractBaseUser, verdict: str, reason: str = "",
+                  note: str = "") -> ActionReview:
+    """A containment owner judges an autonomous action: correct, or a false positive with a
+    reason category. Audit: `rollout.action_reviewed`."""
+    review = (ActionReview.objects.select_for_update(of=("self",)).select_related("workflow", "action", "execution")
+              .filter(pk=review_id).first())
+    require(review is not None, "not_found", "This review does not exist.")
+    require(is_user(actor) and bool(selectors.duties_of(actor, review.workflow)), "forbidden",
+            f"Only containment owners of {review.workflow.slug} review its autonomous actions.")
+    require(review.is_pending, "already_decided",
+            f"{review.reviewed_by.get_username() if review.reviewed_by_id else 'Someone'} "
+            "already reviewed this action.")
+    require(verdict in (ActionReview.Verdict.CORRECT, ActionReview.Verdict.FALSE_POSITIVE), "invalid",
+            "Choose correct or false positive.", field="verdict")
+    if verdict == ActionReview.Verdict.FALSE_POSITIVE:
+        require(reason in ActionReview.Reason.values and reason, "invalid",
+                "Say why it was a false positive (expected behaviour, noise, known change, other).", field="reason")
+    else:
+        reason = ""
+    note = (note or "").strip()
+    require(len(note) <= MAX_REASON, "invalid", "Keep the note under 2,000 characters.", field="note")
+    review.verdict, review.reason, review.note = verdict, reason, note
+    review.reviewed_by, review.reviewed_at = actor, clock.now()
+    review.save(update_fields=["verdict", "reason", "note", "reviewed_by", "reviewed_at"])
+    if review.action_id is not None:
+        subject, what = review.action.plan, {"action": review.action_id, "kind": review.action.kind}
+    else:
+        subject, what = review.execution, {"execution": review.execution_id, "kind": "agent_action"}
+    audit.record(actor, "rollout.action_reviewed", subject, workflow=review.workflow,
+                 data={"review": review.pk, **what, "verdict": verdict, "reason_category": reason}, reason=note)
+    return review
 
 
 class ReviewForm(forms.Form):
@@ -105,7 +147,7 @@ def review(request: HttpRequest, pk: int) -> HttpResponse:
     status = 200
     if form.is_valid():
         try:
-            target = services.review_action(target.pk, actor=request.user, **form.cleaned_data)
+            target = review_action(target.pk, actor=request.user, **form.cleaned_data)
         except TransitionRefused as refusal:
             denials.refused(request, refusal, f"review={pk}")
             form.add_error(refusal.field if refusal.field in form.fields else None, refusal.message)

@@ -17,7 +17,6 @@ from governance.selectors import workflows_visible_to, workflows_with_perm
 from rollouts import evaluation
 from rollouts.models import (
     DUTY_FOR_ACTION,
-    ActionReview,
     ContextTag,
     Metric,
     RollbackTrigger,
@@ -36,12 +35,6 @@ def plans_visible_to(user: AbstractBaseUser) -> QuerySet[RolloutPlan]:
 
 def workflows_user_manages(user: AbstractBaseUser) -> QuerySet[Workflow]:
     return workflows_with_perm(user, MANAGE_ROLLOUTS)
-
-
-def plans_of_service(account: ServiceAccount) -> QuerySet[RolloutPlan]:
-    if not account.active:
-        return RolloutPlan.objects.none()
-    return RolloutPlan.objects.filter(workflow__in=account.workflows.all()).select_related("workflow")
 
 
 def live_plan(workflow: Workflow) -> RolloutPlan | None:
@@ -389,11 +382,6 @@ def fallback_exit(plan: RolloutPlan) -> RolloutAction | None:
     if last is not None and (last.is_open or last.state == RolloutAction.State.FAILED):
         return last
     return None
-
-
-def pending_reviews(user: AbstractBaseUser) -> QuerySet[ActionReview]:
-    return ActionReview.objects.filter(verdict="", workflow__in=workflows_visible_to(user)).select_related(
-        "action__plan", "workflow")
 
 
 def metric_ids(slugs: set[str]) -> dict[str, int]:

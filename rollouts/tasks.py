@@ -19,7 +19,7 @@ from django.conf import settings
 
 from core import clock
 from core.publishing import publish
-from rollouts import executors, messages, notifications, services
+from rollouts import evaluator, execution, executors, messages, notifications, proposals, signals
 from rollouts.models import RolloutAction, RolloutPlan
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def execute_action(self, action_id: int) -> str:
 def tell_lost_signals(plan_id: int | None = None) -> int:
     """Tell the owners of lost signals from this process, not behind the queue (once per loss)."""
     told = 0
-    for loss_id in services.untold_losses(plan_id):
+    for loss_id in signals.untold_losses(plan_id):
         try:
             told += notifications.notify_signals_lost(loss_id)
         except Exception:  # released: the next evaluation tries again
@@ -76,9 +76,9 @@ def _run_scheduled(plan_id: int, worker: str) -> list[str]:
 def evaluate_plan(self, plan_id: int, queued_at: float | None = None) -> str:
     """The debounced evaluation after a batch of signals (`queued_at`: when it was scheduled).
     A rollback or fallback it schedules (tier 1) runs here at once."""
-    if queued_at is not None and services.evaluation_covered(plan_id, queued_at):
+    if queued_at is not None and messages.evaluation_covered(plan_id, queued_at):
         return "covered"
-    decision = services.evaluate_plan(plan_id)
+    decision = evaluator.evaluate_plan(plan_id)
     if decision is not None and decision.is_action:
         _run_scheduled(plan_id, _worker_label(self))
     tell_lost_signals(plan_id)
@@ -87,11 +87,11 @@ def evaluate_plan(self, plan_id: int, queued_at: float | None = None) -> str:
 
 @shared_task(bind=True, acks_late=True)
 def check_signals(self, plan_id: int, due: float) -> str:
-    """Armed for the moment a trigger's signals would count as lost (services.schedule_signal_check)."""
+    """Armed for the moment a trigger's signals would count as lost (messages.schedule_signal_check)."""
     if time.time() < due - EARLY_SLACK_SECONDS:
         publish("rollouts.tasks.check_signals", (plan_id, due), eta=datetime.fromtimestamp(due, clock.now().tzinfo))
         return "early"
-    decision = services.evaluate_plan(plan_id)
+    decision = evaluator.evaluate_plan(plan_id)
     if decision is not None and decision.is_action:
         _run_scheduled(plan_id, _worker_label(self))
     tell_lost_signals(plan_id)
@@ -108,7 +108,7 @@ def act_at_deadline(self, action_id: int, due: float) -> str:
         return "early"
     if early > 0:
         time.sleep(early)  # what is left of the lead: the moment itself is the deadline
-    state, next_due = services.reach_deadline(action_id)
+    state, next_due = proposals.reach_deadline(action_id)
     if next_due is not None and next_due > clock.now():  # escalated, or this message came early
         messages.arm_deadline(action_id, next_due)
     if state == RolloutAction.State.SCHEDULED:
@@ -119,7 +119,7 @@ def act_at_deadline(self, action_id: int, due: float) -> str:
 def on_approval_closed(request_id: int) -> None:
     """The outcome handler (registered in apps.py): apply the approval's outcome, and run the action
     it scheduled in this process rather than behind the queue."""
-    action = services.handle_approval_outcome(request_id)
+    action = proposals.handle_approval_outcome(request_id)
     if action is not None and action.state == RolloutAction.State.SCHEDULED and action.attempts == 0:
         run_now(action.pk)
 
@@ -130,7 +130,7 @@ def evaluate_live_plans() -> int:
     ids = list(RolloutPlan.objects.filter(state__in=RolloutPlan.LIVE_STATES).values_list("pk", flat=True))
     for plan_id in ids:
         try:
-            services.evaluate_plan(plan_id)
+            evaluator.evaluate_plan(plan_id)
         except Exception:  # one broken plan must not stop the others' evaluation
             log.exception("evaluation of rollout plan %s failed", plan_id)
     tell_lost_signals()
@@ -139,7 +139,7 @@ def evaluate_live_plans() -> int:
 
 @shared_task
 def sweep_actions() -> int:
-    return services.sweep_actions(limit=100)
+    return execution.sweep_actions(limit=100)
 
 
 @shared_task(acks_late=True)

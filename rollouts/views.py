@@ -3,6 +3,7 @@ context tag form and the metrics. Thin: selectors read, services decide; htmx ge
 
 from __future__ import annotations
 
+import hashlib
 from datetime import timedelta
 
 from django.conf import settings
@@ -15,10 +16,13 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django.views.decorators.vary import vary_on_headers
 from django_htmx.middleware import HtmxDetails
 
+from approvals import eligibility
+from approvals.models import Decision
 from core import clock, denials
 from core.errors import TransitionRefused
 from governance import selectors as governance_selectors
-from rollouts import selectors, services
+from rollouts import containment, selectors, tags
+from rollouts import plans as rollout_plans
 from rollouts.forms import (
     ContainmentForm,
     ContextTagForm,
@@ -32,7 +36,7 @@ from rollouts.forms import (
     TriggerFormSet,
 )
 from rollouts.metrics import define_metric
-from rollouts.models import RolloutPlan
+from rollouts.models import FallbackMode, RolloutAction, RolloutPlan
 
 
 class HtmxHttpRequest(HttpRequest):
@@ -63,6 +67,9 @@ def _editor(request: HttpRequest, plan: RolloutPlan | None) -> HttpResponse:
     workflows = selectors.workflows_user_manages(request.user)
     if plan is not None and not workflows.filter(pk=plan.workflow_id).exists():
         raise denials.out_of_scope(request, "rollout plan", plan.pk)
+    if plan is None and not workflows.exists():  # no empty form for people who cannot write a plan
+        raise denials.forbidden(request, "Rollout plans are written by the release managers of a workflow; "
+                                         "no workflow's rollouts are yours to manage.")
     data = request.POST if request.method == "POST" else None
     adding = data.get("add") if data is not None else None
     if adding in ("rings", "criteria", "triggers"):
@@ -86,10 +93,11 @@ def _editor(request: HttpRequest, plan: RolloutPlan | None) -> HttpResponse:
             children = {"rings": rings.rows(), "criteria": criteria.rows(), "triggers": triggers.rows()}
             try:
                 if plan is None:
-                    plan = services.create_plan(actor=request.user, workflow=plan_form.cleaned_data["workflow"],
-                                                fields=plan_form.plan_fields(), **children)
+                    plan = rollout_plans.create_plan(actor=request.user, workflow=plan_form.cleaned_data["workflow"],
+                                                     fields=plan_form.plan_fields(), **children)
                 else:
-                    plan = services.update_plan(plan.pk, actor=request.user, fields=plan_form.plan_fields(), **children)
+                    plan = rollout_plans.update_plan(plan.pk, actor=request.user, fields=plan_form.plan_fields(),
+                                                     **children)
                 return redirect(plan)
             except TransitionRefused as refusal:
                 denials.refused(request, refusal, f"plan edit {plan.pk if plan else 'new'}")
@@ -141,12 +149,62 @@ def _ring_rows(plan: RolloutPlan, evaluation: selectors.PlanEvaluation | None) -
     return rows
 
 
+def _what_it_does(plan: RolloutPlan, action: RolloutAction) -> tuple[str, str]:
+    """What a pending action does when it goes ahead, and what overriding it keeps, in words."""
+    release = plan.release_version
+    if action.kind == RolloutAction.Kind.ROLLBACK:
+        return f"roll back to {action.parameters.get('to_version') or plan.stable_version}", f"keep {release} live"
+    if action.kind == RolloutAction.Kind.FALLBACK:
+        mode = action.parameters.get("mode") or plan.fallback_mode
+        label = FallbackMode(mode).label if mode in FallbackMode.values else "the plan's"
+        return f"engage the fallback mode ({label})", f"keep {release} as it is"
+    if action.kind == RolloutAction.Kind.EXPAND:
+        ring = action.parameters.get("to_ring", (plan.current_ring or 0) + 1)
+        return f"open ring {ring}", f"stay at ring {plan.current_ring}"
+    if action.parameters.get("from") == "fallback":
+        return "leave the fallback mode", "stay in the fallback mode"
+    return action.get_kind_display().lower(), "leave the rollout as it is"
+
+
+def _pending_rows(request: HttpRequest, plan: RolloutPlan, open_actions: list[RolloutAction]) -> list[dict]:
+    """The plan's open actions, each with what it does, its deadline and whether this person may
+    decide it here (the approval service checks again when they do)."""
+    rows = []
+    for action in open_actions:
+        effect, keep = _what_it_does(plan, action)
+        title = ("Leaving the fallback mode" if action.parameters.get("from") == "fallback"
+                 else action.get_kind_display().capitalize())
+        row = {"action": action, "request": action.approval_request, "effect": effect, "keep": keep, "title": title,
+               "may_decide": False, "mine": None, "refusal": None}
+        req = action.approval_request
+        if req is not None and req.is_pending:
+            row["refusal"] = eligibility.refusal(request.user, req)
+            row["mine"] = req.decisions.filter(decided_by=request.user).first()
+            row["may_decide"] = not req.is_held and row["refusal"] is None and row["mine"] is None
+        rows.append(row)
+    return rows
+
+
+def _panels(plan: RolloutPlan, context: dict) -> str:
+    """A fingerprint of what the containment and pending panels show: the page's refresh redraws
+    them only when it changed, so a reason being typed is never wiped for nothing."""
+    exit_ = context["fallback_exit"]
+    shown = (plan.state, plan.current_ring, plan.exposure_override, plan.active_fallback_mode,
+             [a.action for a in context["available"]], context["duties"],
+             [(r["action"].pk, r["action"].state, r["action"].attempts, r["may_decide"], bool(r["mine"]),
+               r["request"] and (r["request"].state, r["request"].level, r["request"].due_at.isoformat(),
+                                 r["request"].held_at is not None)) for r in context["pending_rows"]],
+             exit_ and (exit_.pk, exit_.state))
+    return hashlib.sha256(repr(shown).encode()).hexdigest()[:16]
+
+
 def _detail_context(request: HttpRequest, plan: RolloutPlan, **extra: object) -> dict:
     now = clock.now()
     evaluation = selectors.evaluate(plan, now) if plan.state not in (RolloutPlan.State.DRAFT,) else None
     workflow = plan.workflow
     fallback_exit = selectors.fallback_exit(plan)
-    return {
+    open_actions = list(selectors.open_actions(plan))
+    context = {
         "plan": plan,
         "workflow": workflow,
         "now": now,
@@ -155,7 +213,10 @@ def _detail_context(request: HttpRequest, plan: RolloutPlan, **extra: object) ->
         "ring_rows": _ring_rows(plan, evaluation),
         "tags": selectors.tags_in_force(workflow, plan, now),
         "losses": list(selectors.recent_losses(plan)),
-        "open_actions": list(selectors.open_actions(plan)),
+        "open_actions": open_actions,
+        "pending_rows": _pending_rows(request, plan, open_actions),
+        "under_way": [a for a in open_actions if a.state != RolloutAction.State.PENDING_APPROVAL],
+        "reasons": Decision.Reason.choices,
         "recent_actions": list(selectors.recent_actions(plan, 15)),
         "fallback_exit": fallback_exit,
         "available": selectors.available_actions(plan, request.user,
@@ -169,27 +230,43 @@ def _detail_context(request: HttpRequest, plan: RolloutPlan, **extra: object) ->
         "refresh_seconds": settings.ROLLOUT_PAGE_REFRESH_SECONDS,
         **extra,
     }
+    context["panels"] = _panels(plan, context)
+    return context
+
+
+def _panels_out_of_band(request: HttpRequest, context: dict) -> str:
+    """The pending and containment panels, to be swapped in wherever they are on the page."""
+    context = {**context, "oob": True}
+    return (render_to_string("rollouts/plan_detail.html#pending", context, request=request)
+            + render_to_string("rollouts/plan_detail.html#containment", context, request=request))
 
 
 @require_GET
 @login_required
 @vary_on_headers("HX-Request")
 def plan_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    """The plan page. htmx's refresh gets the live part, and the pending and containment panels
+    too when what they show changed (`panels`: the fingerprint the page was drawn with)."""
     plan = _plan_in_scope(request, pk)
-    template = "rollouts/plan_detail.html"
-    if request.htmx and not request.htmx.boosted:
-        template += "#live"
-    return render(request, template, _detail_context(request, plan))
+    context = _detail_context(request, plan)
+    if not request.htmx or request.htmx.boosted:
+        return render(request, "rollouts/plan_detail.html", context)
+    html = render_to_string("rollouts/plan_detail.html#live", context, request=request)
+    if request.GET.get("panels") != context["panels"]:
+        html += _panels_out_of_band(request, context)
+    return HttpResponse(html)
 
 
 def _plan_answer(request: HtmxHttpRequest, plan: RolloutPlan, context: dict, status: int) -> HttpResponse:
-    """htmx: the containment panel in place and the live status out of band; otherwise the page."""
+    """htmx: the containment panel in place, the live status and the pending panel out of band;
+    otherwise the page."""
     if not request.htmx:
         if status == 200:
             return redirect(plan)
         return render(request, "rollouts/plan_detail.html", context, status=status)
     html = render_to_string("rollouts/plan_detail.html#containment", context, request=request)
     html += render_to_string("rollouts/plan_detail.html#live", {**context, "oob": True}, request=request)
+    html += render_to_string("rollouts/plan_detail.html#pending", {**context, "oob": True}, request=request)
     return HttpResponse(html, status=status)
 
 
@@ -199,7 +276,7 @@ def plan_action(request: HtmxHttpRequest, pk: int, action: str) -> HttpResponse:
     """A containment action: 200 (done or scheduled), 422 (what to fix), 409 (the state moved on),
     403 (not the owner of that duty). Nothing changes unless the service accepts it."""
     plan = _plan_in_scope(request, pk)
-    if action not in services.CONTAINMENT:
+    if action not in containment.CONTAINMENT:
         raise Http404("No such action.")
     form = ContainmentForm(request.POST)
     status = 422
@@ -211,7 +288,7 @@ def plan_action(request: HtmxHttpRequest, pk: int, action: str) -> HttpResponse:
         if action == "narrow":
             kwargs.update(to_ring=data["to_ring"], exposure_percent=data["exposure_percent"])
         try:
-            done = services.CONTAINMENT[action](plan.pk, **kwargs)
+            done = containment.CONTAINMENT[action](plan.pk, **kwargs)
             status = 200
             form = ContainmentForm()
             form.done = done
@@ -228,7 +305,7 @@ def plan_action(request: HtmxHttpRequest, pk: int, action: str) -> HttpResponse:
 def plan_launch(request: HtmxHttpRequest, pk: int, step: str) -> HttpResponse:
     """Mark ready, or start. Refused with the readiness items that are missing."""
     plan = _plan_in_scope(request, pk)
-    change = {"ready": services.mark_ready, "start": services.start_rollout}.get(step)
+    change = {"ready": rollout_plans.mark_ready, "start": rollout_plans.start_rollout}.get(step)
     if change is None:
         raise Http404("No such step.")
     try:
@@ -257,7 +334,7 @@ def tag_create(request: HttpRequest, pk: int) -> HttpResponse:
             data = form.cleaned_data
             now = clock.now()
             try:
-                services.create_context_tag(
+                tags.create_context_tag(
                     actor=request.user, workflow=plan.workflow, plan=None if data["all_plans"] else plan,
                     kind=data["kind"], metric=data["metric"].slug if data["metric"] else None,
                     expected_change_percent=data["expected_change_percent"], starts_at=now,
@@ -277,7 +354,7 @@ def tag_withdraw(request: HttpRequest, pk: int, tag_id: int) -> HttpResponse:
     plan = _plan_in_scope(request, pk)
     tag = denials.get_in_scope(request, plan.workflow.context_tags.all(), "tag", pk=tag_id)
     try:
-        services.withdraw_context_tag(tag.pk, actor=request.user, reason=request.POST.get("reason", ""))
+        tags.withdraw_context_tag(tag.pk, actor=request.user, reason=request.POST.get("reason", ""))
     except TransitionRefused as refusal:
         denials.refused(request, refusal, f"withdraw tag={tag_id}")
         return render(request, "rollouts/plan_detail.html",

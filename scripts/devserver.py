@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""`make run`: migrate, seed the demo, then run web + Celery worker + beat as one process tree.
+"""`make run`: migrate, seed the demo, then run web (uvicorn) + Celery worker + beat as one process tree.
 
 A small supervisor restarts the worker or beat when either dies (Celery's worker can exit on a
 broker restart); Ctrl-C stops everything. Configuration comes from the environment, as in
@@ -45,7 +45,10 @@ def main() -> int:
     manage("migrate", "--verbosity", "0")
     manage("seed_demo", *(["--print-logins"] if zero_setup_mode else []))
     commands = {
-        "web": [PY, "manage.py", "runserver", f"{HOST}:{PORT}", "--noreload", "--skip-checks"],
+        # ASGI, as in production: the approval long-poll waits in the event loop (approvals.waiting);
+        # whitenoise (a middleware) serves /static/ here as there.
+        "web": [PY, "-m", "uvicorn", "config.asgi:application", "--host", HOST, "--port", PORT, "--lifespan", "off",
+                "--timeout-graceful-shutdown", "10"],
         "worker": [PY, "-m", "celery", "-A", "config", "worker", "--loglevel", "INFO", "--concurrency", "2",
                    "--pool", "threads" if zero_setup_mode else "prefork", "--hostname", f"worker@{HOST}-{PORT}"],
         "beat": [PY, "-m", "celery", "-A", "config", "beat", "--loglevel", "INFO",

@@ -9,7 +9,8 @@ from tests.support.flush import retry_flush_on_deadlock
 
 retry_flush_on_deadlock()  # Celery workers kept across tests can deadlock a test's closing flush
 
-AUDIT_TABLES = ("governance_auditevent", "governance_auditcheckpoint")
+AUDIT_TABLES = ("governance_auditevent", "governance_auditcheckpoint", "audit_entry", "audit_tree_node",
+                "audit_tree_head")
 
 
 @pytest.fixture(autouse=True)

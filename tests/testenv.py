@@ -19,6 +19,9 @@ os.environ["REDIS_URL"] = _redis
 os.environ.setdefault("AUDIT_CHECKPOINT_KEY", "test-checkpoint-key-" + "k" * 40)
 os.environ.setdefault("SECRET_KEY", "test-secret-key-" + "s" * 50)
 os.environ.setdefault("ROLLOUT_WEBHOOK_SECRET", "test-webhook-secret-" + "w" * 40)
+# Fixtures issue tokens at frozen past dates and use them today: the tests of token expiry set their own.
+os.environ.setdefault("API_TOKEN_MAX_DAYS", "36500")
+os.environ.setdefault("AUDIT_SIGNING_KEY", "dGVzdC1zaWduaW5nLWtleS0zMi1ieXRlcy1sb25nLSE=")  # 32 bytes
 os.environ.setdefault("RINGFENCE_VAR_DIR", tempfile.mkdtemp(prefix="ringfence-test-var-"))
 os.makedirs(os.path.join(os.environ["RINGFENCE_VAR_DIR"], "staticfiles"), exist_ok=True)
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")

@@ -34,3 +34,22 @@ def duration(seconds: int) -> str:
         if seconds >= unit and seconds % unit == 0:
             return f"{seconds // unit} {name}"
     return f"{seconds} s"
+
+
+@register.filter
+def role_words(roles: object, separator: str = ", ") -> str:
+    """Role names as people say them: `["senior_approver", "approver"]` → `senior approver, approver`."""
+    if isinstance(roles, str):
+        roles = [roles]
+    return separator.join(words(role) for role in roles or [])
+
+
+@register.filter
+def outcome_sentence(summary: str) -> str:
+    """How a request ended, as a record states it: "Already approved by Alice at 10:02." (what a
+    late-comer is told) reads "Approved by Alice at 10:02." in the evidence bundle."""
+    text = str(summary)
+    if text.startswith("Already "):
+        text = text[len("Already "):]
+        text = text[:1].upper() + text[1:]
+    return text

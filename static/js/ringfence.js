@@ -70,3 +70,36 @@
     if (box && evt.detail.successful) box.hidden = true;
   });
 })();
+
+// "Add a row" in the editors' formsets without reloading the page: a button marked
+// data-add-row="PREFIX" copies the <template data-row-template="PREFIX"> (the formset's empty form)
+// into [data-rows="PREFIX"], numbers it and counts it in PREFIX-TOTAL_FORMS. Without JavaScript the
+// button submits the form and the server adds the row.
+(function () {
+  "use strict";
+  document.addEventListener("click", function (evt) {
+    const button = evt.target.closest("[data-add-row]");
+    if (!button) return;
+    const prefix = button.getAttribute("data-add-row");
+    const form = button.form || document;
+    const template = form.querySelector('template[data-row-template="' + prefix + '"]');
+    const rows = form.querySelector('[data-rows="' + prefix + '"]');
+    const total = form.querySelector('input[name="' + prefix + '-TOTAL_FORMS"]');
+    const max = form.querySelector('input[name="' + prefix + '-MAX_NUM_FORMS"]');
+    if (!template || !rows || !total) return;
+    evt.preventDefault();
+    const index = parseInt(total.value, 10) || 0;
+    if (max && index >= parseInt(max.value, 10)) {
+      button.disabled = true;
+      return;
+    }
+    const html = template.innerHTML.replace(/__prefix__/g, String(index)).replace(/__number__/g, String(index + 1));
+    const holder = document.createElement("div");
+    holder.innerHTML = html;
+    const row = holder.firstElementChild;
+    rows.appendChild(row);
+    total.value = String(index + 1);
+    const first = row.querySelector("input:not([type=hidden]), select, textarea");
+    if (first) first.focus();
+  });
+})();

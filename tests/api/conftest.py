@@ -96,15 +96,15 @@ def live_plan(workflow, admin_user, containment_owner):
     """A rollout of the refund workflow started at ring 0, every containment duty owned."""
     from governance.models import ContainmentAssignment
     from governance.permissions import Role
-    from rollouts import services as rollout_services
+    from rollouts import plans as rollout_plans
     from tests.rollouts.conftest import plan_spec
 
     for duty in ContainmentAssignment.Duty:
         services.assign_containment(workflow.pk, actor=admin_user, user=containment_owner, duty=duty)
     manager = factories.make_user("rhea", role=Role.RELEASE_MANAGER)
     factories.scope(manager, workflow)
-    plan = rollout_services.create_plan(actor=manager, workflow=workflow, **plan_spec())
-    return rollout_services.start_rollout(plan.pk, actor=manager)
+    plan = rollout_plans.create_plan(actor=manager, workflow=workflow, **plan_spec())
+    return rollout_plans.start_rollout(plan.pk, actor=manager)
 
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

@@ -138,4 +138,4 @@ def test_revoked_token_is_refused_at_once(api, actions, agent, admin_user):
     assert dispatch(api, "send_receipt").status_code == 200
     token = agent.account.tokens.get()
     services.revoke_token(token.pk, actor=admin_user)
-    assert_problem(dispatch(api, "send_receipt"), 401, "unauthenticated")
+    assert_problem(dispatch(api, "send_receipt"), 401, "token_revoked")

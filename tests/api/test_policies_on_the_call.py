@@ -23,8 +23,9 @@ from core.errors import TransitionRefused
 from governance import services
 from governance.models import GovernedAction
 from governance.permissions import Role
+from rollouts import containment as rollout_containment
 from rollouts import executors
-from rollouts import services as rollout_services
+from rollouts import tags as rollout_tags
 from rollouts.models import ActionReview
 from tests import factories
 from tests.api.conftest import assert_problem, dispatch
@@ -147,8 +148,8 @@ def test_shadow_rules_change_nothing_and_count_where_they_differ(api, refunds, a
 def test_a_window_tag_lowers_dispatch_to_gated_and_rules_read_tags(api, actions, admin_user, workflow, clock,
                                                                   containment_owner):
     assert dispatch(api, "send_receipt").json()["decision"] == "allow"  # low risk at tier 2
-    rollout_services.create_context_tag(actor=containment_owner, workflow=workflow, kind="migration_window",
-                                        ends_at=TUESDAY_10 + dt.timedelta(hours=2), reason="database migration")
+    rollout_tags.create_context_tag(actor=containment_owner, workflow=workflow, kind="migration_window",
+                                    ends_at=TUESDAY_10 + dt.timedelta(hours=2), reason="database migration")
     body = dispatch(api, "send_receipt").json()
     assert (body["decision"], body["tier"]) == ("pending", 3)
     assert "migration window tag" in body["reason"] and "database migration" in body["reason"]
@@ -162,8 +163,8 @@ def test_a_window_tag_lowers_dispatch_to_gated_and_rules_read_tags(api, actions,
 
 @pytest.mark.django_db
 def test_read_only_fallback_denies_agent_actions(api, actions, live_plan, containment_owner, clock):
-    executors.run(rollout_services.engage_fallback(live_plan.pk, actor=containment_owner, reason="slow answers",
-                                                   mode="read_only").pk)
+    executors.run(rollout_containment.engage_fallback(live_plan.pk, actor=containment_owner, reason="slow answers",
+                                                      mode="read_only").pk)
     body = dispatch(api, "send_receipt").json()
     assert (body["decision"], body["code"]) == ("deny", "fallback_read_only")
     assert "read-only fallback" in body["reason"] and "Prompt v2" in body["reason"]

@@ -168,6 +168,22 @@ def test_a_failed_webhook_is_recorded_and_retried_without_resending_email(make_r
     assert len(mailoutbox) == 1 and len(receiver.received) == 2
 
 
+def test_a_send_another_run_has_in_flight_is_left_to_it_and_retried_if_it_fails(make_request, approver, mailoutbox,
+                                                                               frozen):
+    req = make_request()
+    notice = Notice.objects.get(request=req)
+    email = Delivery.objects.create(notice=notice, channel="email", recipient="alice@example.com")
+    Delivery.objects.filter(pk=email.pk).update(status="sending", attempts=1, claimed_at=T0)  # another worker's
+    assert notifications.deliver(notice.pk) == {"sent": 0, "failed": 0, "skipped": 0}  # the other run's send
+    assert mailoutbox == [] and Notice.objects.get(pk=notice.pk).delivered_at is None
+    Delivery.objects.filter(pk=email.pk).update(status="failed", last_error="SMTP 451")  # and it failed
+    frozen.shift(dt.timedelta(seconds=61))
+    assert notifications.stale_notice_ids() == [notice.pk]
+    notifications.deliver(notice.pk)
+    assert [m.to for m in mailoutbox] == [["alice@example.com"]]
+    assert Delivery.objects.get(pk=email.pk).status == "sent" and Notice.objects.get(pk=notice.pk).delivered_at
+
+
 @pytest.mark.django_db(transaction=True)
 def test_the_worker_delivers_after_commit(make_request, approver):
     """End to end: the request commits, a real worker delivers the notice to the real endpoint."""

@@ -9,6 +9,7 @@ from django.db import transaction
 from audit import log as audit
 from governance.permissions import Role
 from tests import factories
+from tests.governance.conftest import figures  # noqa: F401  (measured figures, listed at the end of a run)
 
 T0 = dt.datetime(2026, 3, 2, 9, 0, tzinfo=dt.UTC)
 

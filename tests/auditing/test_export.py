@@ -120,3 +120,21 @@ def test_export_reports_its_progress_to_its_owner(auditor_client, auditor, appro
 
 def test_unknown_export_format_is_not_found(auditor_client, decision_log):
     assert auditor_client.get(reverse("audit:export", args=["xml"])).status_code == 404
+
+
+@pytest.mark.parametrize("reason", ["=HYPERLINK(\"http://evil.example\",\"x\")", "+1+1", "-2", "@SUM(A1)",
+                                    "\tcmd", "\rcmd"])
+def test_a_formula_in_a_csv_cell_reaches_the_spreadsheet_as_text_while_canonical_stays_exact(auditor_client,
+                                                                                             workflow, reason):
+    from django.db import transaction
+
+    from audit import log as audit_log
+
+    with transaction.atomic():
+        audit_log.record("system:test", "test.formula", workflow, reason=reason)
+    text, _ = download(auditor_client, "csv")
+    row = next(r for r in csv.DictReader(io.StringIO(text)) if r["action"] == "test.formula")
+    assert row["reason"] == "'" + reason
+    assert json.loads(row["canonical"])["reason"] == reason
+    event = AuditEvent.objects.get(action="test.formula")
+    assert row["canonical"] == event.canonical and row["hash"] == event.hash

@@ -23,8 +23,7 @@ from approvals import services as approvals
 from governance import services as governance
 from governance.models import ContainmentAssignment
 from governance.permissions import Role
-from rollouts import executors
-from rollouts import services as rollouts
+from rollouts import containment, evaluator, executors, plans, signals, tags
 from rollouts.models import ActionReview, Metric, RolloutAction, RolloutPlan
 from tests import factories
 from tests.rollouts.conftest import plan_spec
@@ -58,7 +57,7 @@ class Story:
 def add(plan: RolloutPlan, metric: str, start, values: list[float], every: int = 30, ring: int = 0) -> None:
     metric_id = Metric.objects.get(slug=metric).pk
     rows = [(metric_id, ring, "", start + timedelta(seconds=every * i), v) for i, v in enumerate(values)]
-    rollouts.ingest_signals(plan, rows)
+    signals.ingest_signals(plan, rows)
 
 
 def tell(workflow, other_workflow, admin_user, containment_owner, approver) -> Story:
@@ -72,10 +71,10 @@ def tell(workflow, other_workflow, admin_user, containment_owner, approver) -> S
             governance.assign_containment(wf.pk, actor=admin_user, user=containment_owner, duty=duty)
     factories.scope(containment_owner, other_workflow)
     with at(0):
-        plan = rollouts.create_plan(actor=rhea, workflow=workflow, **plan_spec())
-        plan = rollouts.start_rollout(plan.pk, actor=rhea)
-        other = rollouts.create_plan(actor=rhea, workflow=other_workflow, **plan_spec(release_version="disable-v7"))
-        other = rollouts.start_rollout(other.pk, actor=rhea)
+        plan = plans.create_plan(actor=rhea, workflow=workflow, **plan_spec())
+        plan = plans.start_rollout(plan.pk, actor=rhea)
+        other = plans.create_plan(actor=rhea, workflow=other_workflow, **plan_spec(release_version="disable-v7"))
+        other = plans.start_rollout(other.pk, actor=rhea)
     with at(12):
         for p in (plan, other):
             add(p, "quality_score", base, [0.9] * 20)
@@ -83,17 +82,17 @@ def tell(workflow, other_workflow, admin_user, containment_owner, approver) -> S
             add(p, "error_rate", base, [0.01] * 20)
             add(p, "latency_p95_ms", base, [700 + i for i in range(20)])
     with at(15):
-        rollouts.expand_rollout(plan.pk, actor=containment_owner, reason="ring 0 healthy for 10 min")
+        containment.expand_rollout(plan.pk, actor=containment_owner, reason="ring 0 healthy for 10 min")
     with at(18):
-        rollouts.create_context_tag(actor=rhea, workflow=workflow, plan=plan, kind="expected_latency_increase",
-                                    expected_change_percent=Decimal("10"), starts_at=base + timedelta(minutes=20),
-                                    ends_at=base + timedelta(minutes=30),
-                                    reason="cache warm-up after the index rebuild")
+        tags.create_context_tag(actor=rhea, workflow=workflow, plan=plan, kind="expected_latency_increase",
+                                expected_change_percent=Decimal("10"), starts_at=base + timedelta(minutes=20),
+                                ends_at=base + timedelta(minutes=30),
+                                reason="cache warm-up after the index rebuild")
     spike_start = base + timedelta(minutes=40)
     with at(41.5):
         add(plan, "latency_p95_ms", base + timedelta(minutes=16), [720] * 47, ring=1)  # up to 39 min 30 s
         add(plan, "latency_p95_ms", spike_start, [905, 930, 950, 990], ring=1)
-        rollouts.evaluate_plan(plan.pk)
+        evaluator.evaluate_plan(plan.pk)
         rollback = RolloutAction.objects.get(plan=plan, kind="rollback")
         executors.run(rollback.pk)
     rollback.refresh_from_db()

@@ -10,7 +10,7 @@ from django.utils import timezone
 from approvals import services as approvals
 from governance import services as governance
 from governance.permissions import Role
-from rollouts import services as rollouts
+from rollouts import evaluator, plans
 from rollouts.models import RolloutAction
 from tests import factories
 from tests.dashboards.conftest import DUTIES, add
@@ -26,11 +26,11 @@ def test_bundle_of_a_proposed_rollback_holds_the_signals_when_it_was_decided(cli
         governance.assign_containment(workflow.pk, actor=admin_user, user=containment_owner, duty=duty)
     base = timezone.now().replace(microsecond=0) - timedelta(minutes=30)
     with time_machine.travel(base, tick=False):
-        plan = rollouts.start_rollout(rollouts.create_plan(actor=rhea, workflow=workflow, **plan_spec()).pk, actor=rhea)
+        plan = plans.start_rollout(plans.create_plan(actor=rhea, workflow=workflow, **plan_spec()).pk, actor=rhea)
     with time_machine.travel(base + timedelta(minutes=3), tick=False):
         add(plan, "latency_p95_ms", base + timedelta(minutes=1), [905, 930, 950, 990])
         add(plan, "error_rate", base + timedelta(minutes=1), [0.01] * 4)
-        rollouts.evaluate_plan(plan.pk)
+        evaluator.evaluate_plan(plan.pk)
     action = RolloutAction.objects.get(plan=plan, kind="rollback")
     with time_machine.travel(base + timedelta(minutes=4), tick=False):
         approvals.record_decision(action.approval_request_id, actor=containment_owner, verdict="override",

@@ -28,7 +28,7 @@ MENU = {
     Role.CONTAINMENT_OWNER: {"Queue", "Rollouts", "Reviews", "Workflows"},
     Role.RELEASE_MANAGER: {"Rollouts", "Dashboards", "Workflows", "Metrics"},
     Role.MANAGER: {"Rollouts", "Dashboards", "Workflows"},
-    Role.AUDITOR: {"Workflows", "Audit trail"},
+    Role.AUDITOR: {"Rollouts", "Dashboards", "Workflows", "Audit trail"},
 }
 DOCUMENT = configuration_demo.document()
 ALL_WORKFLOWS = {wf.slug for wf in DOCUMENT.workflows}

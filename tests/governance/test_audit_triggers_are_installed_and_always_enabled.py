@@ -7,7 +7,7 @@ import pytest
 from django.db import connection
 
 ROW, BEFORE, DELETE, UPDATE, TRUNCATE = 1, 2, 8, 16, 32  # pg_trigger.tgtype bits
-TABLES = ("governance_auditevent", "governance_auditcheckpoint")
+TABLES = ("governance_auditevent", "governance_auditcheckpoint", "audit_entry", "audit_tree_node", "audit_tree_head")
 
 
 @pytest.mark.django_db(transaction=True)  # the harness switches the TRUNCATE guard back on for these

@@ -1,4 +1,4 @@
-"""AUD-08: beat's heartbeat signs the chain head once per AUDIT_CHECKPOINT_INTERVAL_SECONDS even when
+"""AUD-08: beat's heartbeat signs the chain head once per AUDIT_CHAIN_CHECKPOINT_SECONDS even when
 nothing happens, and ships each checkpoint to AUDIT_CHECKPOINT_FILE, so an auditor can tell
 "nothing happened" from "the newest events were removed"."""
 
@@ -21,7 +21,7 @@ INTERVALS = 3
 
 @pytest.mark.django_db(transaction=True)  # real commits: the file is written on commit
 def test_idle_chain_gets_exactly_one_signed_checkpoint_per_interval(settings, tmp_path, figures):
-    settings.AUDIT_CHECKPOINT_INTERVAL_SECONDS = INTERVAL
+    settings.AUDIT_CHAIN_CHECKPOINT_SECONDS = INTERVAL
     settings.AUDIT_CHECKPOINT_FILE = tmp_path / "shipped" / "checkpoints.jsonl"
     beat = django_settings.CELERY_BEAT_SCHEDULE["audit-checkpoint"]
     assert beat["task"] == "audit.tasks.write_checkpoint_if_due"

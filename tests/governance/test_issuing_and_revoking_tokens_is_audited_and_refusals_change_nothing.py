@@ -34,7 +34,8 @@ def test_an_issued_token_is_stored_only_as_prefix_and_digest(admin_user, account
     [event] = events_since(start)
     assert event.action == "token.issued" and secret not in event.canonical
     assert audit.event_payload(event)["data"] == {"service_account": "refund-bot", "prefix": token.prefix,
-                                                  "label": "ci pipeline"}
+                                                  "label": "ci pipeline", "expires_at": audit.format_time(
+                                                      token.expires_at)}
     assert services.authenticate_token(issued.raw) == token
 
 

@@ -109,7 +109,7 @@ def test_make_run_serves_the_app_with_no_configuration_and_ctrl_c_stops_every_pr
 
         tree = descendants(proc.pid)
         commands = list(tree.values())
-        assert any("runserver" in c for c in commands), commands
+        assert any("uvicorn" in c and "config.asgi" in c for c in commands), commands
         assert any("celery" in c and " worker" in c for c in commands), commands
         assert any("celery" in c and " beat" in c for c in commands), commands
         assert (tmp_path / "var" / "ringfence.sqlite3").exists()

@@ -54,13 +54,13 @@ def _fill(route: str, values: dict[str, str]) -> str | None:
 
 def _out_of_scope_objects(admin, other_workflow) -> list[tuple[str, dict[str, str]]]:
     """URL prefixes (most specific first) and the ids, under them, of another workflow's objects."""
-    from rollouts import services as rollout_services
+    from rollouts import plans as rollout_plans
 
     account = factories.make_service_account("other-bot", owner=admin, workflows=[other_workflow])
     approval = approval_services.create_request(workflow=other_workflow, kind="agent_action",
                                                 action="disable_account", parameters={"account": "C-7"},
                                                 requester=account)
-    plan = rollout_services.create_plan(actor=admin, workflow=other_workflow, fields={
+    plan = rollout_plans.create_plan(actor=admin, workflow=other_workflow, fields={
         "name": "Other v2", "release_version": "other-v2", "stable_version": "other-v1", "executor": "flag"})
     event = AuditEvent.objects.filter(workflow_slug=other_workflow.slug).order_by("-seq").first()
     common = {"slug": other_workflow.slug, "seq": str(event.seq), "step": "ready", "action": "pause", "tag_id": "1"}

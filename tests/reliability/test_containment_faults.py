@@ -12,7 +12,7 @@ from django.conf import settings
 from audit.models import AuditEvent
 from governance import services as governance_services
 from governance.permissions import Role
-from rollouts import services as rollout_services
+from rollouts import plans as rollout_plans
 from rollouts.models import ActionState, RolloutAction, RolloutPlan
 from tests import factories
 from tests.reliability.waiting import wait_until
@@ -38,9 +38,9 @@ def test_a_rollback_asked_while_redis_is_down_commits_at_once_and_is_executed_on
         governance_services.assign_containment(workflow.pk, actor=admin_user, user=containment_owner, duty=duty)
     release_manager = factories.make_user("rhea", role=Role.RELEASE_MANAGER)
     factories.scope(release_manager, workflow)
-    plan = rollout_services.create_plan(actor=release_manager, workflow=workflow,
-                                        **plan_spec(executor="webhook", webhook_url=receiver.url))
-    rollout_services.start_rollout(plan.pk, actor=release_manager)
+    plan = rollout_plans.create_plan(actor=release_manager, workflow=workflow,
+                                     **plan_spec(executor="webhook", webhook_url=receiver.url))
+    rollout_plans.start_rollout(plan.pk, actor=release_manager)
     env = {"ROLLOUT_SWEEP_SECONDS": SWEEP_S, "ROLLOUT_EXECUTOR_STALL_SECONDS": STALL_S,
            "ROLLOUT_WEBHOOK_SECRET": settings.ROLLOUT_WEBHOOK_SECRET}
     web = services.web(ready=False, **env)

@@ -13,7 +13,7 @@ from django.contrib.auth.models import User
 from governance import services as governance_services
 from governance.models import ContainmentAssignment, Workflow
 from governance.permissions import Role
-from rollouts import services
+from rollouts import plans
 from rollouts.models import Metric, RolloutPlan
 from tests import factories
 from tests.support.celery_processes import celery_processes
@@ -97,7 +97,7 @@ def plan_spec(**overrides) -> dict:
 def make_plan(workflow, release_manager):
     def make(*, wf: Workflow | None = None, **overrides) -> RolloutPlan:
         spec = plan_spec(**overrides)
-        return services.create_plan(actor=release_manager, workflow=wf or workflow, **spec)
+        return plans.create_plan(actor=release_manager, workflow=wf or workflow, **spec)
 
     return make
 
@@ -106,7 +106,7 @@ def make_plan(workflow, release_manager):
 def live_plan(make_plan, owner, release_manager) -> RolloutPlan:
     """A plan started at ring 0 (the workflow's containment duties all have an owner)."""
     plan = make_plan()
-    return services.start_rollout(plan.pk, actor=release_manager)
+    return plans.start_rollout(plan.pk, actor=release_manager)
 
 
 # A real worker and beat for the modules that need them (end to end, browser), on the test database

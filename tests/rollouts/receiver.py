@@ -1,7 +1,7 @@
 """A real local HTTP receiver for the webhook executor, the way a deploy system would implement
-one: it checks the HMAC signature, applies the effect once per Idempotency-Key and answers a
-repeated key with the stored answer. It can hold its first answer, so a test can kill the worker
-while the request is in flight."""
+one: it checks the HMAC signature (core.signing.verify: the timestamp within 5 minutes), applies
+the effect once per Idempotency-Key and answers a repeated key with the stored answer. It can hold
+its first answer, so a test can kill the worker while the request is in flight."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from django.conf import settings
 
-from rollouts.executors import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
+from core import signing
+from rollouts.executors import IDEMPOTENCY_HEADER
 
 
 @dataclass
@@ -41,8 +42,7 @@ class Receiver:
     def handle(self, handler: BaseHTTPRequestHandler) -> None:
         body = handler.rfile.read(int(handler.headers.get("Content-Length", 0)))
         key = handler.headers.get(IDEMPOTENCY_HEADER, "")
-        signed = verify_signature(self.secret, handler.headers.get(TIMESTAMP_HEADER, ""), body,
-                                  handler.headers.get(SIGNATURE_HEADER, ""))
+        signed = signing.verify(self.secret, body, handler.headers)
         with self.lock:
             self.requests.append({"key": key, "signed": signed, "body": json.loads(body or b"{}")})
             first = len(self.requests) == 1

@@ -193,10 +193,10 @@ def route(api: Client, kind="internal_team", value="support-ops", **extra):
 def test_the_route_serves_the_release_to_exposed_rings_only(api, live_plan, owner):
     assert route(api).json()["version"] == "prompt-v2"
     assert route(api, "customer_group", "partners").json()["version"] == "prompt-v1"
-    from rollouts import services
+    from rollouts import containment
 
-    services.expand_rollout(live_plan.pk, actor=owner)
-    services.expand_rollout(live_plan.pk, actor=owner)
+    containment.expand_rollout(live_plan.pk, actor=owner)
+    containment.expand_rollout(live_plan.pk, actor=owner)
     broad = route(api, "account_type", "enterprise").json()
     assert (broad["ring"], broad["exposure_percent"]) == (2, 25)
     keyed = [route(api, "account_type", "enterprise", key=f"user-{i}").json()["version"] for i in range(100)]

@@ -17,13 +17,14 @@ import time_machine
 from django.db import connection
 from django.test import Client
 
+from approvals import notifications as outbox
 from approvals import services as approval_services
-from approvals.models import ApprovalRequest
+from approvals.models import ApprovalRequest, Notice
 from audit.models import AuditEvent
 from core import clock
 from governance.models import Workflow
 from rollouts import evaluation as ev
-from rollouts import executors, notifications, selectors, services
+from rollouts import evaluator, executors, notifications, plans, proposals, selectors, signals, tags
 from rollouts.models import Metric, RolloutAction, RolloutPlan, Signal, SignalLoss
 from tests.rollouts.conftest import metric, plan_spec
 
@@ -59,7 +60,7 @@ def start_plan(make_plan, owner, release_manager, workflow):
         rings = plan_spec()["rings"]
         rings[0]["min_soak"] = timedelta(hours=1)
         plan = make_plan(rings=rings, triggers=fast_triggers(**trigger_overrides))
-        return services.start_rollout(plan.pk, actor=release_manager)
+        return plans.start_rollout(plan.pk, actor=release_manager)
     return start
 
 
@@ -68,7 +69,7 @@ def send(plan: RolloutPlan, **values: float) -> None:
     delay = values.pop("delay", 0)
     ids = dict(Metric.objects.filter(slug__in=values).values_list("slug", "pk"))
     at = clock.now() - timedelta(seconds=delay)
-    services.ingest_signals(plan, [(ids[m], 0, "internal_team:support-ops", at, v) for m, v in values.items()])
+    signals.ingest_signals(plan, [(ids[m], 0, "internal_team:support-ops", at, v) for m, v in values.items()])
 
 
 def tick(frozen, plan: RolloutPlan, seconds: int, **values: float) -> None:
@@ -76,7 +77,7 @@ def tick(frozen, plan: RolloutPlan, seconds: int, **values: float) -> None:
     for _ in range(seconds):
         frozen.shift(timedelta(seconds=1))
         send(plan, **values)
-        services.evaluate_plan(plan.pk)
+        evaluator.evaluate_plan(plan.pk)
 
 
 def actions(plan: RolloutPlan, kind: str = "rollback") -> list[RolloutAction]:
@@ -176,7 +177,7 @@ def test_an_outage_right_after_a_breach_began_is_an_event_not_a_silent_pass(star
     assert not result.lost and result.next_check_at == last - timedelta(seconds=2) + timedelta(seconds=60)
     frozen.move_to(result.next_check_at + timedelta(milliseconds=1))  # the armed check fires
     with django_capture_on_commit_callbacks() as callbacks:
-        services.evaluate_plan(plan.pk)
+        evaluator.evaluate_plan(plan.pk)
     losses = {loss.metric.slug: loss for loss in SignalLoss.objects.filter(plan=plan)}
     assert set(losses) == {"latency_p95_ms", "error_rate"}
     assert all(loss.is_open and loss.on_no_data == "pause" for loss in losses.values())
@@ -185,6 +186,8 @@ def test_an_outage_right_after_a_breach_began_is_an_event_not_a_silent_pass(star
     assert (pause.origin, pause.handling) == ("trigger", "on_no_data")
     assert len(callbacks) >= 2  # one notice per loss, after the commit
     assert notifications.notify_signals_lost(losses["latency_p95_ms"].pk) == 1
+    assert notifications.notify_signals_lost(losses["latency_p95_ms"].pk) == 0  # told once
+    outbox.deliver(Notice.objects.get(event="signals_lost", subject_id=str(losses["latency_p95_ms"].pk)).pk)
     assert mailoutbox[0].to == ["olivia@example.com"]
     assert "signals lost" in mailoutbox[0].subject and "rollout paused" in mailoutbox[0].body
     events = list(AuditEvent.objects.filter(action__in=["rollout.signals_lost", "rollout.paused"])
@@ -208,7 +211,7 @@ def test_signals_lost_freezes_expansion_and_cancels_a_pending_expansion(start_pl
     tick(frozen, plan, 20, latency_p95_ms=700, error_rate=0.01, quality_score=0.9, cost_per_task=0.02)
     expansion = RolloutAction.objects.get(plan=plan, kind="expand", state="pending_approval")
     frozen.shift(timedelta(seconds=70))
-    services.evaluate_plan(plan.pk)
+    evaluator.evaluate_plan(plan.pk)
     expansion.refresh_from_db()
     assert expansion.state == "cancelled" and expansion.result["cancelled"].startswith("signals lost")
     assert ApprovalRequest.objects.get(pk=expansion.approval_request_id).state == "cancelled"
@@ -221,17 +224,17 @@ def test_one_sample_a_minute_at_8_percent_asks_a_person_within_the_sustained_for
     for _ in range(3):
         frozen.shift(timedelta(minutes=1))
         send(plan, latency_p95_ms=700, error_rate=0.01)
-        services.evaluate_plan(plan.pk)
+        evaluator.evaluate_plan(plan.pk)
     assert state_of(plan) == "paused"  # 1 sample a minute is too few for a 30 s trigger: signals lost
     frozen.shift(timedelta(minutes=1))
     send(plan, latency_p95_ms=700, error_rate=0.08)
-    services.evaluate_plan(plan.pk)  # on arrival: within the sustained-for time
+    evaluator.evaluate_plan(plan.pk)  # on arrival: within the sustained-for time
     rollback = actions(plan)[0]
     request = ApprovalRequest.objects.get(rollout_actions=rollback)
     assert (rollback.handling, request.mode) == ("override_window", "override_window")
     assert "a person is asked" in rollback.reason
     frozen.shift(timedelta(seconds=121))  # silence: the override window proceeds
-    state, _ = services.reach_deadline(rollback.pk)
+    state, _ = proposals.reach_deadline(rollback.pk)
     assert state == "scheduled"
     executors.run(rollback.pk)
     assert state_of(plan) == "rolled_back"
@@ -240,9 +243,9 @@ def test_one_sample_a_minute_at_8_percent_asks_a_person_within_the_sustained_for
 # -- 4. tags cover only what they expect -----------------------------------------------------------------
 
 def tag(workflow, release_manager, **fields):
-    return services.create_context_tag(actor=release_manager, workflow=workflow,
-                                       ends_at=clock.now() + timedelta(hours=4),
-                                       reason="the 23:00 database migration", **fields)
+    return tags.create_context_tag(actor=release_manager, workflow=workflow,
+                                   ends_at=clock.now() + timedelta(hours=4),
+                                   reason="the 23:00 database migration", **fields)
 
 
 def test_an_80_percent_rise_in_a_15_percent_tagged_window_rolls_back_at_tier_1(start_plan, frozen, workflow,
@@ -268,7 +271,7 @@ def test_a_migration_window_alone_makes_an_error_rise_an_override_window_that_si
     assert rollback.evidence["context_tag"]["label"] == "migration_window: true"
     assert rollback.evidence["context_tag"]["effect"] == "override_window"
     frozen.shift(timedelta(seconds=121))
-    assert services.reach_deadline(rollback.pk)[0] == "scheduled"
+    assert proposals.reach_deadline(rollback.pk)[0] == "scheduled"
     executors.run(rollback.pk)
     assert state_of(plan) == "rolled_back"
 
@@ -287,7 +290,7 @@ def test_an_expired_gate_starts_no_cool_down_and_the_breach_is_proposed_again_at
     tick(frozen, plan, 35, latency_p95_ms=950, error_rate=0.01)
     first = actions(plan)[0]
     frozen.shift(timedelta(seconds=61))
-    assert services.reach_deadline(first.pk)[0] == "cancelled"
+    assert proposals.reach_deadline(first.pk)[0] == "cancelled"
     first.refresh_from_db()
     assert first.result["approval"] == "expired"
     assert state_of(plan) == "paused"  # silence leads to containment: nothing widens meanwhile
@@ -302,7 +305,7 @@ def test_a_trigger_may_only_ask_again_when_nobody_answers(start_plan, frozen, on
     plan = start_plan(3, on_silence="ask")
     tick(frozen, plan, 35, latency_p95_ms=950, error_rate=0.01)
     frozen.shift(timedelta(seconds=61))
-    assert services.reach_deadline(actions(plan)[0].pk)[0] == "cancelled"
+    assert proposals.reach_deadline(actions(plan)[0].pk)[0] == "cancelled"
     assert state_of(plan) == "active"
     tick(frozen, plan, 1, latency_p95_ms=950, error_rate=0.01)
     assert len(actions(plan)) == 2
@@ -315,7 +318,7 @@ def test_a_rejected_rollback_is_asked_again_at_once_only_if_the_breach_got_mater
     first = actions(plan)[0]
     approval_services.record_decision(first.approval_request_id, actor=owner, verdict="reject",
                                       justification="the cache is warming up")
-    services.handle_approval_outcome(first.approval_request_id)
+    proposals.handle_approval_outcome(first.approval_request_id)
     tick(frozen, plan, 60, latency_p95_ms=1100, error_rate=0.01)  # worse, but by less than 25 % of 800
     assert len(actions(plan)) == 1
     tick(frozen, plan, 30, latency_p95_ms=1160, error_rate=0.01)  # 950 + 200: materially worse
@@ -323,7 +326,7 @@ def test_a_rejected_rollback_is_asked_again_at_once_only_if_the_breach_got_mater
     second = actions(plan)[1]
     approval_services.record_decision(second.approval_request_id, actor=owner, verdict="reject",
                                       justification="still the cache")
-    services.handle_approval_outcome(second.approval_request_id)
+    proposals.handle_approval_outcome(second.approval_request_id)
     frozen.shift(timedelta(seconds=899))
     tick(frozen, plan, 1, latency_p95_ms=1160, error_rate=0.01)
     assert len(actions(plan)) == 2  # the same breach: not within the cool-down

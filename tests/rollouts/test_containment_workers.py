@@ -14,9 +14,9 @@ import redis
 from django.conf import settings
 
 from approvals import services as approval_services
-from approvals.models import ApprovalRequest
+from approvals.models import ApprovalRequest, Delivery
 from core import clock
-from rollouts import services
+from rollouts import plans, signals
 from rollouts.models import Metric, RolloutAction, RolloutPlan, SignalLoss
 from tests.rollouts.conftest import WORKER_ENV, metric
 from tests.rollouts.test_end_to_end import set_tier
@@ -45,30 +45,34 @@ def five_second_triggers() -> list[dict]:
 def send(plan: RolloutPlan, **values: float) -> None:
     ids = dict(Metric.objects.filter(slug__in=values).values_list("slug", "pk"))
     now = clock.now()
-    services.ingest_signals(plan, [(ids[m], 0, "internal_team:support-ops", now, v) for m, v in values.items()])
+    signals.ingest_signals(plan, [(ids[m], 0, "internal_team:support-ops", now, v) for m, v in values.items()])
 
 
 def test_an_outage_is_told_to_the_owners_within_no_data_after_plus_10_s(celery, workflow, make_plan, owner,
                                                                          release_manager, capsys):
     set_tier(workflow, 3)
-    plan = services.start_rollout(make_plan(triggers=five_second_triggers()).pk, actor=release_manager)
+    plan = plans.start_rollout(make_plan(triggers=five_second_triggers()).pk, actor=release_manager)
     for _ in range(16):  # 8 s of healthy samples, then the signal stops
         send(plan, latency_p95_ms=700, error_rate=0.01)
         time.sleep(0.5)
     stopped = clock.now()
-    loss = celery.wait_for(lambda: SignalLoss.objects.filter(plan=plan, notified__gt=0).first(), 40,
-                           "the owners were told the signals are lost")
-    told = (loss.notified_at - stopped).total_seconds()
+    email = celery.wait_for(lambda: Delivery.objects.filter(notice__workflow=workflow, notice__event="signals_lost",
+                                                            channel="email", status="sent").first(), 40,
+                            "the owners were emailed that the signals are lost")
+    told = (email.sent_at - stopped).total_seconds()  # through the outbox: noticed, then delivered
     no_data_after = 10.0
     assert told <= no_data_after + 10, told
+    loss = SignalLoss.objects.get(plan=plan, pk=email.notice.subject_id)
     assert loss.notified == 1 and RolloutPlan.objects.get(pk=plan.pk).state == "paused"
+    assert "approvals.tasks.deliver_notice" in celery.log()
     assert "rollouts.tasks.check_signals" in celery.log()  # the armed check, not beat, noticed it
     # The file backend writes every message a connection sends into one file, each followed by a rule.
     mail = [message_from_bytes(part.strip()) for p in (celery.workdir / "var" / "mail").glob("*")
             for part in p.read_bytes().split(b"\n" + b"-" * 79 + b"\n") if part.strip()]
     assert any("signals lost" in (m["Subject"] or "") and m["To"] == "olivia@example.com" for m in mail)
     with capsys.disabled():
-        print(f"\n[signals lost] last sample → owners told: {told:.2f} s (no_data_after {no_data_after:g} s)")
+        print(f"\n[signals lost] last sample → notice opened {(loss.notified_at - stopped).total_seconds():.2f} s, "
+              f"owners emailed {told:.2f} s (no_data_after {no_data_after:g} s)")
 
 
 def test_a_tier_2_override_window_rolls_back_within_2_s_of_its_deadline_behind_a_busy_queue(
@@ -76,7 +80,7 @@ def test_a_tier_2_override_window_rolls_back_within_2_s_of_its_deadline_behind_a
     set_tier(workflow, 2)
     approval_services.define_policy(actor=admin_user, workflow=workflow, mode="override_window",
                                     levels=[{"groups": ["containment_owner"], "timeout_seconds": 4}])
-    plan = services.start_rollout(make_plan(triggers=five_second_triggers()).pk, actor=release_manager)
+    plan = plans.start_rollout(make_plan(triggers=five_second_triggers()).pk, actor=release_manager)
     for _ in range(4):
         send(plan, latency_p95_ms=950, error_rate=0.01)
         time.sleep(0.3)

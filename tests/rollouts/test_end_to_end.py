@@ -22,7 +22,7 @@ from django.test import Client
 from approvals import services as approval_services
 from approvals.models import ApprovalRequest
 from core import clock
-from rollouts import services
+from rollouts import containment, plans
 from rollouts.models import ActionAttempt, ActionReview, RolloutAction, RolloutPlan
 from tests.rollouts.conftest import WORKER_ENV
 from tests.rollouts.receiver import running_receiver
@@ -155,12 +155,12 @@ def answering_receiver():
 
 def test_a_webhook_plan_leaves_its_fallback_in_the_worker_once_the_receiver_answered(
         celery, make_plan, owner, release_manager, answering_receiver):
-    plan = services.start_rollout(make_plan(executor="webhook", webhook_url=answering_receiver.url).pk,
-                                  actor=release_manager)
-    services.engage_fallback(plan.pk, actor=owner, reason="answers are slow")
+    plan = plans.start_rollout(make_plan(executor="webhook", webhook_url=answering_receiver.url).pk,
+                               actor=release_manager)
+    containment.engage_fallback(plan.pk, actor=owner, reason="answers are slow")
     celery.wait_for(lambda: plan_state(plan) == "fallback", 15, "the worker engaged the fallback")
     answering_receiver.failures = [503]
-    action = services.resume_rollout(plan.pk, actor=owner, reason="latency back to normal")
+    action = containment.resume_rollout(plan.pk, actor=owner, reason="latency back to normal")
     assert plan_state(plan) == "fallback"
     celery.wait_for(lambda: plan_state(plan) == "active", 20, "the worker's retry was answered and the plan left")
     action.refresh_from_db()
@@ -183,8 +183,8 @@ def start_worker(env: dict[str, str], log) -> subprocess.Popen:
 def test_tmr03_a_rollback_whose_worker_is_killed_mid_request_completes_once(celery, make_plan, owner,
                                                                               release_manager, receiver, capsys):
     plan = make_plan(executor="webhook", webhook_url=receiver.url)
-    plan = services.start_rollout(plan.pk, actor=release_manager)
-    action = services.roll_back(plan.pk, actor=owner, reason="p95 doubled after the release")
+    plan = plans.start_rollout(plan.pk, actor=release_manager)
+    action = containment.roll_back(plan.pk, actor=owner, reason="p95 doubled after the release")
     wait_until(lambda: receiver.requests, 20, "the worker's webhook request reached the receiver")
     os.killpg(celery.worker.pid, signal.SIGKILL)  # mid-request: the answer never reaches it
     celery.worker.wait(timeout=10)

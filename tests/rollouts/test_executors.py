@@ -13,7 +13,7 @@ from django.test import Client
 from audit.models import AuditEvent
 from core import clock
 from core.errors import TransitionRefused
-from rollouts import executors, services
+from rollouts import containment, execution, executors, plans, selectors
 from rollouts.models import RolloutPlan
 from tests.rollouts.receiver import running_receiver
 
@@ -29,11 +29,11 @@ def receiver():
 @pytest.fixture
 def webhook_plan(make_plan, owner, release_manager, receiver) -> RolloutPlan:
     plan = make_plan(executor="webhook", webhook_url=receiver.url)
-    return services.start_rollout(plan.pk, actor=release_manager)
+    return plans.start_rollout(plan.pk, actor=release_manager)
 
 
 def test_a_rollback_is_posted_signed_with_its_idempotency_key(webhook_plan, owner, receiver):
-    action = services.roll_back(webhook_plan.pk, actor=owner, reason="p95 doubled")
+    action = containment.roll_back(webhook_plan.pk, actor=owner, reason="p95 doubled")
     result = executors.run(action.pk)
     assert result.action.state == "succeeded" and result.retry_in is None
     request = receiver.requests[0]
@@ -45,7 +45,7 @@ def test_a_rollback_is_posted_signed_with_its_idempotency_key(webhook_plan, owne
 
 def test_a_wrong_secret_is_refused_by_the_receiver_and_the_action_fails(webhook_plan, owner, receiver):
     receiver.secret = "another-secret-" + "x" * 40
-    action = services.roll_back(webhook_plan.pk, actor=owner, reason="p95 doubled")
+    action = containment.roll_back(webhook_plan.pk, actor=owner, reason="p95 doubled")
     result = executors.run(action.pk)
     assert result.action.state == "failed"
     assert AuditEvent.objects.filter(action="rollout.action_failed").get().reason.startswith("HTTP 401")
@@ -55,7 +55,7 @@ def test_a_wrong_secret_is_refused_by_the_receiver_and_the_action_fails(webhook_
 
 def test_server_errors_are_retried_with_backoff_then_succeed_once(webhook_plan, owner, receiver):
     receiver.failures = [503, 502]
-    action = services.roll_back(webhook_plan.pk, actor=owner, reason="p95 doubled")
+    action = containment.roll_back(webhook_plan.pk, actor=owner, reason="p95 doubled")
     with time_machine.travel(clock.now(), tick=False) as traveller:
         first = executors.run(action.pk)
         assert first.retry_in == settings.ROLLOUT_EXECUTOR_BACKOFF_SECONDS
@@ -72,9 +72,9 @@ def test_server_errors_are_retried_with_backoff_then_succeed_once(webhook_plan, 
 
 
 def test_an_unreachable_receiver_uses_up_the_attempts_and_the_action_fails(make_plan, owner, release_manager):
-    plan = services.start_rollout(make_plan(executor="webhook", webhook_url="http://127.0.0.1:9/down").pk,
-                                  actor=release_manager)
-    action = services.roll_back(plan.pk, actor=owner, reason="p95 doubled")
+    plan = plans.start_rollout(make_plan(executor="webhook", webhook_url="http://127.0.0.1:9/down").pk,
+                               actor=release_manager)
+    action = containment.roll_back(plan.pk, actor=owner, reason="p95 doubled")
     with time_machine.travel(clock.now(), tick=False) as traveller:
         for _ in range(settings.ROLLOUT_EXECUTOR_MAX_ATTEMPTS):
             result = executors.run(action.pk)
@@ -88,11 +88,11 @@ def test_an_unreachable_receiver_uses_up_the_attempts_and_the_action_fails(make_
 
 
 def test_the_sweep_resends_an_action_whose_message_was_lost(live_plan, owner, django_capture_on_commit_callbacks):
-    action = services.roll_back(live_plan.pk, actor=owner, reason="p95 doubled")
-    assert services.sweep_actions() == 0  # just scheduled: its message is on its way
+    action = containment.roll_back(live_plan.pk, actor=owner, reason="p95 doubled")
+    assert execution.sweep_actions() == 0  # just scheduled: its message is on its way
     with time_machine.travel(clock.now() + timedelta(seconds=settings.ROLLOUT_EXECUTOR_STALL_SECONDS + 1)):
         with django_capture_on_commit_callbacks() as callbacks:
-            assert services.sweep_actions() == 1
+            assert execution.sweep_actions() == 1
     assert len(callbacks) == 1
     executors.run(action.pk)
     live_plan.refresh_from_db()
@@ -102,14 +102,14 @@ def test_the_sweep_resends_an_action_whose_message_was_lost(live_plan, owner, dj
 # -- leaving a fallback goes through the executor too ----------------------------------------------
 
 def in_fallback(plan: RolloutPlan, owner) -> RolloutPlan:
-    executors.run(services.engage_fallback(plan.pk, actor=owner, reason="answers are slow").pk)
+    executors.run(containment.engage_fallback(plan.pk, actor=owner, reason="answers are slow").pk)
     plan.refresh_from_db()
     assert plan.state == "fallback"
     return plan
 
 
 def route_mode(plan: RolloutPlan) -> str:
-    return services.current_route(plan.workflow, "internal_team", "support-ops")["mode"]
+    return selectors.current_route(plan.workflow, "internal_team", "support-ops")["mode"]
 
 
 def plan_page(plan: RolloutPlan, user) -> str:
@@ -127,14 +127,14 @@ def test_leaving_a_fallback_is_posted_and_the_plan_is_active_only_once_the_recei
         webhook_plan, owner, receiver):
     plan = in_fallback(webhook_plan, owner)
     receiver.failures = [503]
-    action = services.resume_rollout(plan.pk, actor=owner, reason="latency back to normal")
+    action = containment.resume_rollout(plan.pk, actor=owner, reason="latency back to normal")
     assert (action.kind, action.state, action.executor) == ("resume", "scheduled", "webhook")
     plan.refresh_from_db()
     assert (plan.state, plan.active_fallback_mode, route_mode(plan)) == ("fallback", "human_review", "human_review")
     page = plan_page(plan, owner)
     assert "Leaving the fallback mode: the webhook executor is telling the receiver" in page
     assert "Leave the fallback mode</button>" not in page
-    refusal = pytest.raises(TransitionRefused, services.resume_rollout, plan.pk, actor=owner).value
+    refusal = pytest.raises(TransitionRefused, containment.resume_rollout, plan.pk, actor=owner).value
     assert (refusal.code, refusal.message) == (
         "conflict", f"Leaving the fallback mode of this rollout is already being executed (action {action.pk}).")
 
@@ -155,8 +155,8 @@ def test_leaving_a_fallback_is_posted_and_the_plan_is_active_only_once_the_recei
         ("retryable_error", 503), ("ok", 200)]
     plan.refresh_from_db()
     assert (plan.state, plan.active_fallback_mode, route_mode(plan)) == ("active", "", "normal")
-    assert trail(plan)[-4:] == ["rollout.fallback_engaged", "rollout.fallback_exit_requested",
-                                "rollout.action_retry", "rollout.resumed"]
+    assert trail(plan)[-5:] == ["rollout.fallback_engaged", "rollout.fallback_exit_requested",
+                                "rollout.action_started", "rollout.action_retry", "rollout.resumed"]
     resumed = AuditEvent.objects.filter(action="rollout.resumed").get()
     assert resumed.data["state_from"] == "fallback" and resumed.data["idempotency_key"] == action.idempotency_key
     assert "Leaving the fallback mode" not in plan_page(plan, owner)
@@ -166,7 +166,7 @@ def test_a_failed_exit_leaves_the_plan_in_fallback_with_the_failure_on_the_page_
         webhook_plan, owner, receiver):
     plan = in_fallback(webhook_plan, owner)
     receiver.secret = "another-secret-" + "x" * 40  # the receiver refuses the signature: 401, not retried
-    action = services.resume_rollout(plan.pk, actor=owner, reason="latency back to normal")
+    action = containment.resume_rollout(plan.pk, actor=owner, reason="latency back to normal")
     assert executors.run(action.pk).action.state == "failed"
     plan.refresh_from_db()
     assert (plan.state, route_mode(plan)) == ("fallback", "human_review")
@@ -177,7 +177,7 @@ def test_a_failed_exit_leaves_the_plan_in_fallback_with_the_failure_on_the_page_
     assert "Leave the fallback mode</button>" in page  # the owner may try again
 
     receiver.secret = settings.ROLLOUT_WEBHOOK_SECRET
-    again = services.resume_rollout(plan.pk, actor=owner, reason="receiver fixed")
+    again = containment.resume_rollout(plan.pk, actor=owner, reason="receiver fixed")
     executors.run(again.pk)
     plan.refresh_from_db()
     assert plan.state == "active" and "Leaving the fallback mode failed" not in plan_page(plan, owner)
@@ -185,8 +185,8 @@ def test_a_failed_exit_leaves_the_plan_in_fallback_with_the_failure_on_the_page_
 
 def test_a_rollback_while_the_exit_is_pending_wins_and_the_exit_is_cancelled(webhook_plan, owner, receiver):
     plan = in_fallback(webhook_plan, owner)
-    leave = services.resume_rollout(plan.pk, actor=owner, reason="looks fine")
-    executors.run(services.roll_back(plan.pk, actor=owner, reason="it is not fine").pk)
+    leave = containment.resume_rollout(plan.pk, actor=owner, reason="looks fine")
+    executors.run(containment.roll_back(plan.pk, actor=owner, reason="it is not fine").pk)
     assert executors.run(leave.pk) is None
     leave.refresh_from_db()
     plan.refresh_from_db()
@@ -197,11 +197,11 @@ def test_a_rollback_while_the_exit_is_pending_wins_and_the_exit_is_cancelled(web
 
 def test_with_the_flag_executor_leaving_a_fallback_is_immediate_and_a_pause_is_never_sent(live_plan, owner):
     plan = in_fallback(live_plan, owner)
-    action = services.resume_rollout(plan.pk, actor=owner)
+    action = containment.resume_rollout(plan.pk, actor=owner)
     plan.refresh_from_db()
     assert (action.state, action.executor, plan.state) == ("succeeded", "none", "active")
-    services.pause_rollout(plan.pk, actor=owner, reason="look")
-    assert services.resume_rollout(plan.pk, actor=owner).executor == "none"
+    containment.pause_rollout(plan.pk, actor=owner, reason="look")
+    assert containment.resume_rollout(plan.pk, actor=owner).executor == "none"
 
 
 def test_the_api_answers_202_for_an_exit_the_executor_still_runs(webhook_plan, owner):

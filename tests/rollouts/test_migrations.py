@@ -9,7 +9,7 @@ import pytest
 from django.db import IntegrityError, connection
 from django.db.migrations.executor import MigrationExecutor
 
-from rollouts import services
+from rollouts import containment, proposals
 from rollouts.models import RolloutAction
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -32,9 +32,9 @@ def _back_to_the_latest_migration():
 
 
 def test_approval_request_ids_survive_and_an_orphan_id_moves_to_the_result(live_plan, owner):
-    gated = services.propose_action(live_plan.pk, kind="rollback", handling="gate", tier=3, origin="trigger",
-                                    evidence={}, reason="p95 above 800 ms").action
-    paused = services.pause_rollout(live_plan.pk, actor=owner, reason="quality dip")
+    gated = proposals.propose_action(live_plan.pk, kind="rollback", handling="gate", tier=3, origin="trigger",
+                                     evidence={}, reason="p95 above 800 ms").action
+    paused = containment.pause_rollout(live_plan.pk, actor=owner, reason="quality dip")
     request_id = gated.approval_request_id
     migrate(BEFORE)
     try:

@@ -12,7 +12,7 @@ from django.test.utils import CaptureQueriesContext
 from approvals import services as approval_services
 from audit.models import AuditEvent
 from core import clock
-from rollouts import services
+from rollouts import proposals, tags
 from rollouts.models import ContextTag, RolloutAction, RolloutPlan
 
 pytestmark = pytest.mark.django_db
@@ -81,9 +81,9 @@ def test_people_without_the_rollout_scope_cannot_open_the_editor_of_a_plan(live_
 
 
 def test_the_plan_page_shows_rings_signals_tags_and_the_owners_actions(live_plan, owner, release_manager):
-    services.create_context_tag(actor=release_manager, workflow=live_plan.workflow, plan=live_plan,
-                                kind="expected_latency_increase", expected_change_percent=15,
-                                ends_at=clock.now() + timedelta(hours=3), reason="migration")
+    tags.create_context_tag(actor=release_manager, workflow=live_plan.workflow, plan=live_plan,
+                            kind="expected_latency_increase", expected_change_percent=15,
+                            ends_at=clock.now() + timedelta(hours=3), reason="migration")
     page = client_for(owner).get(live_plan.get_absolute_url()).content.decode()
     for text in ("Ring 0", "internal team", "latency_p95_ms &gt; 800 sustained for 2 min", "inconclusive",
                  "expected_latency_increase: 15%", "Open ring 1", "Pause", "Engage fallback", "Roll back"):
@@ -156,14 +156,14 @@ def test_the_navigation_links_to_rollouts(release_manager):
 
 
 def _gated_rollback(plan: RolloutPlan) -> RolloutAction:
-    return services.propose_action(plan.pk, kind="rollback", handling="gate", tier=3, origin="trigger",
-                                   evidence={"metric": "latency_p95_ms"}, reason="p95 above 800 ms").action
+    return proposals.propose_action(plan.pk, kind="rollback", handling="gate", tier=3, origin="trigger",
+                                    evidence={"metric": "latency_p95_ms"}, reason="p95 above 800 ms").action
 
 
 def _reject(action: RolloutAction, owner) -> None:
     approval_services.record_decision(action.approval_request_id, actor=owner, verdict="reject",
                                       justification="noise from a load test")
-    services.handle_approval_outcome(action.approval_request_id)
+    proposals.handle_approval_outcome(action.approval_request_id)
 
 
 def test_the_plan_page_shows_each_actions_approval_request_and_its_state_without_a_query_each(live_plan, owner):

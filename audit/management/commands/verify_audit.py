@@ -3,6 +3,7 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand, CommandError
 
 from audit import log as audit
+from audit import sequencing
 from audit.verify_audit import UnusableInput, default_workers, export_checkpoints, verify_export
 
 
@@ -22,7 +23,8 @@ class Command(BaseCommand):
                 with open(checkpoints, encoding="utf-8") as fh:
                     extra = export_checkpoints(fh)
             if export:
-                report = verify_export(export, settings.AUDIT_CHECKPOINT_KEY, extra, workers=default_workers())
+                report = verify_export(export, settings.AUDIT_CHECKPOINT_KEY, extra, workers=default_workers(),
+                                       public_key=sequencing.vkey())
             else:
                 report = audit.verify_database(extra)
         except (OSError, UnusableInput) as exc:

@@ -5,7 +5,8 @@ import re
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connection
 
-AUDIT_TABLES = ("governance_auditevent", "governance_auditcheckpoint")
+AUDIT_TABLES = ("governance_auditevent", "governance_auditcheckpoint", "audit_entry", "audit_tree_node",
+                "audit_tree_head")
 
 
 class Command(BaseCommand):

@@ -1,0 +1,16 @@
+"""The ASGI application: production serves it with gunicorn and uvicorn workers, `make run` with uvicorn.
+
+    gunicorn config.asgi:application -k uvicorn_worker.UvicornWorker --workers 4
+
+Pages and most endpoints are sync Django views, which Django runs in a thread of their own per
+request; the approval long-poll is async and waits in the event loop, so a waiting agent holds no
+worker (approvals.waiting). Keep DATABASE_CONN_MAX_AGE at 0 under ASGI: each request's sync code
+runs in a fresh thread, so a persistent connection would never be reused, only left open.
+"""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+application = get_asgi_application()
