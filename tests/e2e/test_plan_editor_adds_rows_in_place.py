@@ -4,6 +4,8 @@ plan. People who cannot write a plan are not offered the form."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from playwright.sync_api import expect
 
@@ -56,7 +58,7 @@ def test_add_a_ring_adds_a_labelled_row_in_place_and_it_is_saved(page, release_m
     trigger = page.locator("#triggers-section fieldset.rule-row").first
     trigger.get_by_label("Metric").select_option("latency_p95_ms")
     trigger.get_by_label("Operator").select_option("gt")
-    trigger.get_by_label("Threshold", exact=True).fill("1200")
+    trigger.get_by_label(re.compile(r"^Threshold")).fill("1200")
     trigger.get_by_label("Sustained for (min)").fill("5")
     trigger.get_by_label("Minimum samples").fill("3")
     trigger.get_by_label("Severity").select_option("critical")
