@@ -14,7 +14,8 @@ from django.conf import settings
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(60)]
 
 UNITS = Path(__file__).resolve().parents[2] / "deploy" / "systemd"
-SUPERVISED = ("ringfence-web.service", "ringfence-worker.service", "ringfence-beat.service")
+SUPERVISED = ("ringfence-web.service", "ringfence-worker.service", "ringfence-beat.service",
+              "ringfence-sequencer.service")
 
 
 def _unit(name: str) -> configparser.ConfigParser:
