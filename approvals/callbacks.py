@@ -18,9 +18,9 @@ min, MAX_ATTEMPTS in all); another answer, a redirect (never followed) or the la
 Audit: `approval.callback_registered` (with the dispatch), `approval.callback_delivered` or
 `approval.callback_failed` (once, with the attempts), on the approval request.
 
-The model lives here, with the task; Django sees both because approvals' AppConfig.ready() imports
-services, which import approvals.waiting and so this module. `deliver` publishes its retries
-itself; `resend_due()` is the safety net for a lost message, for the timer sweep to call.
+The model is approvals.models.ApprovalCallback and the task approvals.tasks.deliver_callback (named
+TASK); `attempt_delivery` publishes its retries itself; `resend_due()` is the safety net for a lost
+message, called by the timer sweep.
 """
 
 from __future__ import annotations
@@ -34,12 +34,11 @@ from datetime import timedelta
 from functools import partial
 from urllib.parse import urlsplit
 
-from celery import shared_task
 from django.conf import settings
-from django.db import models, transaction
+from django.db import transaction
 from django.db.models import Q
 
-from approvals.models import ApprovalRequest
+from approvals.models import ApprovalCallback, ApprovalRequest
 from approvals.representations import approval_json
 from audit import log as audit
 from core import clock, signing
@@ -50,7 +49,7 @@ logger = logging.getLogger(__name__)
 TASK = "approvals.callbacks.deliver"
 AUDIT_ACTIONS = ("approval.callback_registered", "approval.callback_delivered", "approval.callback_failed")
 ACTOR = "system:callbacks"
-MAX_URL = 2000
+MAX_URL = ApprovalCallback.MAX_URL
 MAX_ATTEMPTS = 10
 BACKOFF_SECONDS = (1.0, 300.0)  # first pause, longest pause
 # 408 timeout, 409 the same key still in flight at the receiver, 425 too early, 429 throttled.
@@ -79,41 +78,6 @@ def destination(url: str) -> str:
     """The URL as audited: scheme, host and path; never credentials or the query, which may carry secrets."""
     parts = urlsplit(url)
     return f"{parts.scheme.lower()}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path}"
-
-
-class ApprovalCallback(models.Model):
-    """Where to POST a request's outcome when it closes, and how delivering it went."""
-
-    class State(models.TextChoices):
-        PENDING = "pending", "pending"
-        DELIVERED = "delivered", "delivered"
-        FAILED = "failed", "failed"
-
-    request = models.OneToOneField("approvals.ApprovalRequest", on_delete=models.CASCADE, related_name="callback")
-    url = models.CharField(max_length=MAX_URL)
-    # Whose digest signs it; a deleted token leaves nothing to sign with, and delivery gives up.
-    token = models.ForeignKey("governance.ApiToken", null=True, on_delete=models.SET_NULL, related_name="+")
-    state = models.CharField(max_length=10, choices=State.choices, default=State.PENDING)
-    attempts = models.PositiveSmallIntegerField(default=0)
-    # No attempt before this: the backoff after a failure, or the lease of an attempt under way.
-    next_attempt_at = models.DateTimeField(null=True, blank=True)
-    last_status = models.PositiveSmallIntegerField(null=True, blank=True)
-    last_error = models.TextField(blank=True)
-    created_at = models.DateTimeField()
-    finished_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        app_label = "approvals"
-        indexes = [models.Index(fields=["state", "next_attempt_at"], name="callback_due_idx")]
-        constraints = [
-            models.CheckConstraint(condition=Q(state__in=["pending", "delivered", "failed"]),
-                                   name="callback_state_valid"),
-            models.CheckConstraint(condition=Q(state="pending") | Q(finished_at__isnull=False),
-                                   name="callback_finished_iff_done"),
-        ]
-
-    def __str__(self) -> str:
-        return f"callback of request {self.request_id} to {destination(self.url)} ({self.state})"
 
 
 def register(req: ApprovalRequest, *, url: str, token: ApiToken) -> ApprovalCallback:
@@ -272,6 +236,3 @@ def resend_due(limit: int = 100) -> int:
     return len(ids)
 
 
-@shared_task(name=TASK, acks_late=True)
-def deliver(callback_id: int) -> str:
-    return attempt_delivery(callback_id)

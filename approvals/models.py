@@ -657,3 +657,39 @@ class Execution(models.Model):
     @property
     def is_granted(self) -> bool:
         return self.state == ExecutionState.GRANTED
+
+
+class ApprovalCallback(models.Model):
+    """Where to POST a request's outcome when it closes, and how delivering it went."""
+
+    class State(models.TextChoices):
+        PENDING = "pending", "pending"
+        DELIVERED = "delivered", "delivered"
+        FAILED = "failed", "failed"
+
+    request = models.OneToOneField("approvals.ApprovalRequest", on_delete=models.CASCADE, related_name="callback")
+    MAX_URL = 2000
+
+    url = models.CharField(max_length=MAX_URL)
+    # Whose digest signs it; a deleted token leaves nothing to sign with, and delivery gives up.
+    token = models.ForeignKey("governance.ApiToken", null=True, on_delete=models.SET_NULL, related_name="+")
+    state = models.CharField(max_length=10, choices=State.choices, default=State.PENDING)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    # No attempt before this: the backoff after a failure, or the lease of an attempt under way.
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["state", "next_attempt_at"], name="callback_due_idx")]
+        constraints = [
+            models.CheckConstraint(condition=Q(state__in=["pending", "delivered", "failed"]),
+                                   name="callback_state_valid"),
+            models.CheckConstraint(condition=Q(state="pending") | Q(finished_at__isnull=False),
+                                   name="callback_finished_iff_done"),
+        ]
+
+    def __str__(self) -> str:
+        return f"callback of request {self.request_id} ({self.state})"

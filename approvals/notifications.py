@@ -199,48 +199,34 @@ def _slack_escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def _payload(notice: Notice) -> dict:
-    """Slack's `text` and `blocks` for a notice that is not an approval's, and its event."""
-    subject, body = describe(notice)
-    link = f" <{notice.link}|{notice.workflow.slug}>" if notice.link else ""
-    return {
+def _slack_message(subject: str, body: str, link: str, event_type: str, event_payload: dict) -> bytes:
+    """A notice as the webhook posts it: Slack's `text` and `blocks`, and the event in `metadata`."""
+    payload = {
         "text": f"{_slack_escape(subject)}{link}",
         "blocks": [
             {"type": "section", "text": {"type": "mrkdwn", "text": f"*{_slack_escape(subject)}*"}},
             {"type": "section", "text": {"type": "mrkdwn", "text": _slack_escape(body)}},
         ],
-        "metadata": {
-            "event_type": f"{notice.source}_{notice.event}",
-            "event_payload": {
-                **notice.data, "notice": notice.pk, "workflow": notice.workflow.slug,
-                "subject": {"type": notice.subject_type, "id": notice.subject_id}, "url": notice.link,
-            },
-        },
+        "metadata": {"event_type": event_type, "event_payload": event_payload},
     }
+    return json.dumps(payload, sort_keys=True, separators=(",", ":")).encode("utf-8")
 
 
 def webhook_body(notice: Notice) -> bytes:
-    if notice.request_id is None:
-        return json.dumps(_payload(notice), sort_keys=True, separators=(",", ":")).encode("utf-8")
-    req = notice.request
     subject, body = describe(notice)
+    if notice.request_id is None:  # a rollout's notice, told in its own words
+        return _slack_message(
+            subject, body, f" <{notice.link}|{notice.workflow.slug}>" if notice.link else "",
+            f"{notice.source}_{notice.event}",
+            {**notice.data, "notice": notice.pk, "workflow": notice.workflow.slug,
+             "subject": {"type": notice.subject_type, "id": notice.subject_id}, "url": notice.link})
+    req = notice.request
     url = f"{settings.SITE_URL}{req.get_absolute_url()}"
-    payload = {
-        "text": f"{_slack_escape(subject)} <{url}|#{req.pk}>",
-        "blocks": [
-            {"type": "section", "text": {"type": "mrkdwn", "text": f"*{_slack_escape(subject)}*"}},
-            {"type": "section", "text": {"type": "mrkdwn", "text": _slack_escape(body)}},
-        ],
-        "metadata": {
-            "event_type": f"approval_{notice.event}",
-            "event_payload": {
-                "notice": notice.pk, "request": req.pk, "workflow": req.workflow.slug, "kind": req.kind,
-                "action": req.action, "mode": req.mode, "state": req.state, "level": req.level,
-                "due_at": req.due_at.isoformat(), "url": url,
-            },
-        },
-    }
-    return json.dumps(payload, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    return _slack_message(
+        subject, body, f" <{url}|#{req.pk}>", f"approval_{notice.event}",
+        {"notice": notice.pk, "request": req.pk, "workflow": req.workflow.slug, "kind": req.kind,
+         "action": req.action, "mode": req.mode, "state": req.state, "level": req.level,
+         "due_at": req.due_at.isoformat(), "url": url})
 
 
 def _post_webhook(notice: Notice, url: str) -> None:

@@ -51,3 +51,9 @@ def run_outcome_handlers(request_id: int) -> int:
 @shared_task(acks_late=True)
 def deliver_notice(notice_id: int) -> dict:
     return notifications.deliver(notice_id)
+
+
+@shared_task(name=callbacks.TASK, acks_late=True)
+def deliver_callback(callback_id: int) -> str:
+    """One attempt at an agent's callback; a retryable failure is published again after its backoff."""
+    return callbacks.attempt_delivery(callback_id)

@@ -18,7 +18,7 @@ from audit import sequencing
 from audit.models import AuditEvent
 from core.problems import Problem
 from governance import selectors
-from governance.api_auth import TOKEN_OR_SESSION, service_account_of
+from governance.api_auth import TOKEN_OR_SESSION, require_account_permission, service_account_of
 
 router = Router(tags=["audit"], auth=TOKEN_OR_SESSION)
 MAX_INDEX = 2**62
@@ -27,8 +27,7 @@ MAX_INDEX = 2**62
 def _require_audit_reader(request: HttpRequest) -> None:
     account = service_account_of(request)
     if account is not None:
-        if "audit" not in (account.permissions or []):
-            raise Problem(403, "forbidden", "This token's service account does not hold the audit permission.")
+        require_account_permission(account, "audit")
         return
     if not selectors.reads_everything(request.auth):
         raise Problem(403, "forbidden", "Only auditors read the audit log's proofs.")

@@ -175,7 +175,7 @@ def record(actor: Any, action: str, subject: Any, data: dict | None = None, reas
     }
     # The entry is accepted with the change and needs nothing from the log: no lock, no read of
     # the head. The sequencer gives it its seq (audit.sequencing).
-    unsequenced = canonical_at(append_params(columns), 0)
+    unsequenced = unsequenced_canonical(columns)
     mac = sequencing.entry_mac(unsequenced)
     entry_id = _insert_entry(occurred_at, action, unsequenced, mac)
     if settings.AUDIT_SEQUENCER == "inline":
@@ -198,23 +198,10 @@ def _insert_entry(occurred_at: dt.datetime, action: str, unsequenced: str, mac: 
         return cursor.fetchone()[0]
 
 
-_SEQ_PLACEHOLDER = sequencing.SEQ_PLACEHOLDER
-
-
-def _canonical_around_seq(payload: dict) -> tuple[str, str]:
-    """The canonical JSON split around the value of the top-level seq (written with seq = 0).
-
-    Keys are sorted and every string is escaped, so the last unescaped `"seq":0,` is the
-    top-level one (only "subject", "v" and "workflow" come after it).
-    """
-    canonical = canonical_json(payload)
-    at = canonical.rindex(_SEQ_PLACEHOLDER) + len('"seq":')
-    return canonical[:at], canonical[at + 1:]
-
-
-def append_params(columns: dict) -> dict:
-    """An event's canonical JSON split around the seq the sequencer gives it, and its data as JSON text."""
-    before_seq, after_seq = _canonical_around_seq({
+def unsequenced_canonical(columns: dict) -> str:
+    """An entry's canonical JSON with `"seq":0`, as accepted; the sequencer writes its seq in
+    (sequencing.with_seq)."""
+    return canonical_json({
         "v": FORMAT_VERSION,
         "seq": 0,
         "at": format_time(columns["occurred_at"]),
@@ -225,13 +212,6 @@ def append_params(columns: dict) -> dict:
         "data": columns["data"],
         "reason": columns["reason"],
     })
-    return {**columns, "data": json.dumps(columns["data"], ensure_ascii=False, allow_nan=False),
-            "before_seq": before_seq, "after_seq": after_seq}
-
-
-def canonical_at(params: dict, seq: int) -> str:
-    """The event's canonical JSON from append_params once its seq is known (0 while unsequenced)."""
-    return f"{params['before_seq']}{seq}{params['after_seq']}"
 
 
 def event_payload(event: AuditEvent) -> dict:
@@ -252,9 +232,7 @@ def checkpoint_line(cp: AuditCheckpoint) -> str:
                        "at": format_time(cp.created_at), "signature": cp.signature}, sort_keys=True)
 
 
-def head() -> tuple[int, str]:
-    last = AuditEvent.objects.order_by("-seq").values_list("seq", "hash").first()
-    return last if last else (0, GENESIS)
+head = sequencing.head  # (seq, hash) of the newest event
 
 
 def _lock_chain() -> None:
@@ -273,15 +251,8 @@ def write_checkpoint(reason: str = "interval") -> AuditCheckpoint:
     cp = AuditCheckpoint.objects.create(
         created_at=created_at, head_seq=seq, head_hash=head_hash, signature=signature, reason=reason
     )
-    transaction.on_commit(lambda: _ship_checkpoint(cp))
+    transaction.on_commit(lambda: sequencing.ship(checkpoint_line(cp)))
     return cp
-
-
-def _ship_checkpoint(cp: AuditCheckpoint) -> None:
-    path = settings.AUDIT_CHECKPOINT_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(checkpoint_line(cp) + "\n")
 
 
 @transaction.atomic
@@ -416,21 +387,27 @@ def verify_tree(report: Report) -> None:
     rebuilt at its size."""
     heads = list(AuditTreeHead.objects.order_by("tree_size", "id"))
     wanted_sizes = {h.tree_size for h in heads}
-    roots: dict[int, bytes] = {0: hashlib.sha256(b"").digest()} if 0 in wanted_sizes else {}
-    frontier: list[tuple[int, bytes]] = []
+    roots: dict[int, bytes] = {}
+    # The right edge of the tree rebuilt so far: the only nodes tlog.new_nodes and tree_root read.
+    edge: dict[tuple[int, int], bytes] = {}
+
+    def node(level: int, index: int) -> bytes:
+        return edge[(level, index)]
+
     size = 0
     with connection.cursor() as nodes_cursor:
         nodes_cursor.execute(_NODES_IN_CREATION_ORDER)
         stored = iter(nodes_cursor)
+        if 0 in wanted_sizes:
+            roots[0] = tlog.tree_root(0, node)
         for canonical in AuditEvent.objects.order_by("seq").values_list("canonical", flat=True).iterator(5000):
-            expected = [(0, size, tlog.leaf_hash(canonical.encode("utf-8")))]
-            node, level = expected[0][2], 0
+            made = tlog.new_nodes(size, [tlog.leaf_hash(canonical.encode("utf-8"))], node)
             size += 1
-            while frontier and frontier[-1][0] == level:
-                node, level = tlog.node_hash(frontier.pop()[1], node), level + 1
-                expected.append((level, (size >> level) - 1, node))
-            frontier.append((level, node))
-            for want_level, want_index, want_hash in expected:
+            edge.update(((level, index), digest) for level, index, digest in made)
+            keep = set(sequencing.frontier(size))
+            for key in [key for key in edge if key not in keep]:
+                del edge[key]
+            for want_level, want_index, want_hash in made:
                 row = next(stored, None)
                 if row is None or (row[0], row[1]) != (want_level, want_index):
                     report.fail(None, f"tree node {want_level}/{want_index} is missing from the stored tree")
@@ -439,10 +416,7 @@ def verify_tree(report: Report) -> None:
                     report.fail(None, f"tree node {want_level}/{want_index} does not match the events it covers")
                     return
             if size in wanted_sizes:
-                root = frontier[-1][1]
-                for _, left in reversed(frontier[:-1]):
-                    root = tlog.node_hash(left, root)
-                roots[size] = root
+                roots[size] = tlog.tree_root(size, node)
         if next(stored, None) is not None:
             report.fail(None, f"the stored tree has nodes beyond its {size} leaves")
     try:

@@ -24,7 +24,7 @@ import hmac
 import json
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -46,8 +46,7 @@ class SequencingError(Exception):
     pass
 
 
-@dataclass(frozen=True)
-class Head:
+class Head(NamedTuple):
     """The log's head: its size (= the last seq = the number of leaves) and the chain hash there."""
 
     size: int
@@ -81,9 +80,8 @@ class Nodes:
 
     def __init__(self, size: int) -> None:
         self.cache: dict[tuple[int, int], bytes] = {}
-        frontier = _frontier(size)
-        if frontier:
-            self._load(frontier)
+        if size:
+            self._load(frontier(size))
 
     def _load(self, keys: Iterable[tuple[int, int]]) -> None:
         keys = [k for k in keys if k not in self.cache]
@@ -110,7 +108,7 @@ class Nodes:
             self.cache[(level, index)] = node
 
 
-def _frontier(size: int) -> list[tuple[int, int]]:
+def frontier(size: int) -> list[tuple[int, int]]:
     """The perfect subtrees a tree of `size` leaves is made of, left to right (its right edge)."""
     keys, start = [], 0
     for level in range(size.bit_length() - 1, -1, -1):
@@ -268,7 +266,7 @@ def sign_tree_head(now: dt.datetime | None = None) -> AuditTreeHead:
     body = tlog.checkpoint_body(settings.AUDIT_LOG_ORIGIN, size, tree_root)
     note = tlog.sign_note(body, settings.AUDIT_LOG_ORIGIN, signing_seed())
     signed = AuditTreeHead.objects.create(created_at=now, tree_size=size, root_hash=tree_root.hex(), note=note)
-    transaction.on_commit(lambda: _ship(signed))
+    transaction.on_commit(lambda: ship(tree_head_line(signed)))
     return signed
 
 
@@ -293,11 +291,12 @@ def tree_head_line(signed: AuditTreeHead) -> str:
     return json.dumps({"type": "tlog_checkpoint", "note": signed.note}, ensure_ascii=False)
 
 
-def _ship(signed: AuditTreeHead) -> None:
+def ship(line: str) -> None:
+    """Append a signed checkpoint's line to AUDIT_CHECKPOINT_FILE, outside the database (after commit)."""
     path = settings.AUDIT_CHECKPOINT_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as fh:
-        fh.write(tree_head_line(signed) + "\n")
+        fh.write(line + "\n")
 
 
 # --- proofs -----------------------------------------------------------------------------------------

@@ -321,8 +321,9 @@ PARALLEL_MIN_BYTES = 16 << 20  # the least a process is given: below it, startin
 _FIRST_HEADER = re.compile(rb'\{"type":"event","seq":([1-9][0-9]{0,18}),"prev_hash":"([0-9a-f]{64})",')
 
 
-def export_checkpoints(lines: Iterable[str | bytes], *, skip_damaged: bool = False) -> list[Checkpoint]:
-    checkpoints = []
+def _export_items(lines: Iterable[str | bytes], kind: type, skip_damaged: bool) -> list:
+    """The non-event lines of an export of one kind (Checkpoint or TlogCheckpoint), in order."""
+    items = []
     for number, line in enumerate(lines, 1):
         if line[:22] in (EVENT_PREFIX, _EVENT_PREFIX_TEXT):
             continue
@@ -332,26 +333,18 @@ def export_checkpoints(lines: Iterable[str | bytes], *, skip_damaged: bool = Fal
             if skip_damaged:  # reported in order by the walk over the events
                 continue
             raise
-        if isinstance(item, Checkpoint):
-            checkpoints.append(item)
-    return checkpoints
+        if isinstance(item, kind):
+            items.append(item)
+    return items
+
+
+def export_checkpoints(lines: Iterable[str | bytes], *, skip_damaged: bool = False) -> list[Checkpoint]:
+    return _export_items(lines, Checkpoint, skip_damaged)
 
 
 def export_tlog_checkpoints(lines: Iterable[str | bytes], *, skip_damaged: bool = False) -> list[TlogCheckpoint]:
     """The tlog checkpoint lines of an export or of a checkpoints file shipped outside the database."""
-    heads = []
-    for number, line in enumerate(lines, 1):
-        if line[:22] in (EVENT_PREFIX, _EVENT_PREFIX_TEXT):
-            continue
-        try:
-            item = parse_line(number, line)
-        except UnusableInput:
-            if skip_damaged:
-                continue
-            raise
-        if isinstance(item, TlogCheckpoint):
-            heads.append(item)
-    return heads
+    return _export_items(lines, TlogCheckpoint, skip_damaged)
 
 
 def default_workers() -> int:

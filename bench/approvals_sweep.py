@@ -291,11 +291,10 @@ def raw_audited_factory():
     from audit import sequencing
     from core import clock
 
-    params = audit.append_params({
+    canonical = audit.unsequenced_canonical({
         "occurred_at": clock.now(), "actor_kind": "system", "actor_id": "", "actor_label": "system:timer",
         "action": "approval.expired", "subject_type": "approvals.approvalrequest", "subject_id": "100000",
         "workflow_slug": "bench-sweep", "reason": "", "data": audit.normalize({"level": 0, "due_at": clock.now()})})
-    canonical = audit.canonical_at(params, 0)
     mac = sequencing.entry_mac(canonical)
     fire = ("UPDATE approvals_approvalrequest AS r SET state = 'expired', closed_at = now() FROM ("
             "SELECT id FROM approvals_approvalrequest WHERE state = 'pending' AND due_at <= now() "

@@ -103,11 +103,10 @@ def raw_variant(name: str, url: str) -> Variant:
     from audit import sequencing
     from core import clock
 
-    params = audit.append_params({
+    canonical = audit.unsequenced_canonical({
         "occurred_at": clock.now(), "actor_kind": "system", "actor_id": "", "actor_label": "bench-writer-0",
         "action": "bench.appended", "subject_type": "bench.item", "subject_id": "1000", "workflow_slug": "refund-agent",
         "reason": "benchmark", "data": audit.normalize(DATA)})
-    canonical = audit.canonical_at(params, 0)
     mac = sequencing.entry_mac(canonical)
     insert = ("INSERT INTO bench_raw_entry (xid, occurred_at, action, canonical, mac) "
               "VALUES (pg_current_xact_id()::text::bigint, %s, %s, %s, %s) RETURNING id")

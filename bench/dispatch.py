@@ -177,13 +177,12 @@ def floor_params(body: dict, key: str, fingerprint: str, row: tuple) -> dict:
                          "reason": f"{risk} risk runs without approval."})
     now = clock.now()
     parameters = body.get("parameters", {})
-    entry = audit.append_params({
+    canonical = audit.unsequenced_canonical({
         "occurred_at": now, "actor_kind": "service", "actor_id": str(account_id), "actor_label": account_name,
         "action": "dispatch.allowed", "subject_type": "governance.workflow", "subject_id": str(workflow_id),
         "workflow_slug": slug, "reason": "",
         "data": {"action": body["action"], "parameters": parameters, "idempotency_key": key},
     })
-    canonical = audit.canonical_at(entry, 0)
     digest = hashlib.sha256(json.dumps(parameters, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
     return {"occurred_at": now, "canonical": canonical, "mac": sequencing.entry_mac(canonical),
             "workflow_id": workflow_id, "account_id": account_id, "key": key, "fingerprint": fingerprint,

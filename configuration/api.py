@@ -18,7 +18,7 @@ from configuration import document, loading, planning
 from core.idempotency import idempotent
 from core.problems import FieldError, Problem
 from governance import services as governance_services
-from governance.api_auth import service_account_of
+from governance.api_auth import require_account_permission, service_account_of
 
 router = Router(tags=["configuration"])
 MAX_BODY = 2 * 1024 * 1024
@@ -81,8 +81,9 @@ def _invalid(exc: loading.ConfigError) -> Problem:
 
 def _account_with_config(request: HttpRequest):
     account = service_account_of(request)
-    if account is None or "config" not in (account.permissions or []):
+    if account is None:
         raise Problem(403, "forbidden", "This token's service account does not hold the config permission.")
+    require_account_permission(account, "config")
     return account
 
 

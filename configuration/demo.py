@@ -44,7 +44,9 @@ def seed() -> DemoResult:
         return result
     token_file = settings.VAR_DIR / "demo-agent-token"
     existing = token_file.read_text().strip() if token_file.exists() else ""
-    if not existing or not ApiToken.objects.usable(clock.now()).filter(digest=ApiToken.digest_of(existing)).exists():
+    token = (ApiToken.objects.select_related("service_account").filter(digest=ApiToken.digest_of(existing)).first()
+             if existing else None)
+    if token is None or token.refusal_at(clock.now()) is not None:
         issued = services.issue_token(account.pk, actor=admin, label="demo")
         token_file.write_text(issued.raw + "\n")
         token_file.chmod(0o600)

@@ -75,6 +75,13 @@ def service_account_of(request: HttpRequest) -> ServiceAccount | None:
     return auth.service_account if isinstance(auth, ApiToken) else None
 
 
+def require_account_permission(account: ServiceAccount, name: str) -> None:
+    """A service account may do what lies beyond its workflows (ServiceAccount.PERMISSIONS) only when
+    it holds that permission: 403 problem otherwise."""
+    if name not in (account.permissions or []):
+        raise Problem(403, "forbidden", f"This token's service account does not hold the {name} permission.")
+
+
 def workflows_in_scope(request: HttpRequest) -> QuerySet[Workflow]:
     """Workflows the caller may read: a token's workflows, or a person's guardian scope."""
     actor = actor_of(request)

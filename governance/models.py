@@ -237,11 +237,6 @@ class ServiceAccount(models.Model):
         return "service", str(self.pk), self.name
 
 
-class ApiTokenQuerySet(models.QuerySet):
-    def usable(self, now: datetime) -> ApiTokenQuerySet:
-        return self.filter(revoked_at__isnull=True, expires_at__gt=now, service_account__active=True)
-
-
 TOKEN_PREFIX_LENGTH = 12
 
 
@@ -263,8 +258,6 @@ class ApiToken(models.Model):
     revoked_at = models.DateTimeField(null=True, blank=True)
     revoked_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
                                    related_name="+")
-
-    objects = ApiTokenQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at"]

@@ -323,6 +323,11 @@ def token_issue(request: HttpRequest, slug: str, pk: int) -> HttpResponse:
         denials.refused(request, refusal, f"issue token account={pk}")
         form.add_error(None, refusal.message)
         return _accounts_page(request, workflow, token_form=form, token_account=account.pk, status=refusal.status)
+    return _issued_page(request, workflow, issued)
+
+
+def _issued_page(request: HttpRequest, workflow: Workflow, issued: services.IssuedToken) -> HttpResponse:
+    """The page with a new token on it, once: never stored, so never redirected to or cached."""
     response = _accounts_page(request, workflow, issued=issued)
     response["Cache-Control"] = "no-store"
     return response
@@ -340,9 +345,7 @@ def token_rotate(request: HttpRequest, slug: str, pk: int, token_id: int) -> Htt
     except TransitionRefused as refusal:
         denials.refused(request, refusal, f"rotate token={token_id}")
         return _accounts_page(request, workflow, error=refusal.message, status=refusal.status)
-    response = _accounts_page(request, workflow, issued=issued)
-    response["Cache-Control"] = "no-store"
-    return response
+    return _issued_page(request, workflow, issued)
 
 
 @require_POST

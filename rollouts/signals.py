@@ -192,10 +192,6 @@ def claim_loss_notice(loss_id: int) -> bool:
     return SignalLoss.objects.filter(pk=loss_id, notified_at__isnull=True).update(notified_at=clock.now()) == 1
 
 
-def release_loss_notice(loss_id: int) -> None:
-    SignalLoss.objects.filter(pk=loss_id, notified=0).update(notified_at=None)
-
-
 def note_loss_notified(loss_id: int, recipients: int) -> None:
     SignalLoss.objects.filter(pk=loss_id).update(notified_at=clock.now(), notified=recipients)
 

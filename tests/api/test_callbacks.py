@@ -11,8 +11,7 @@ import pytest
 from django.test import Client
 
 from approvals import services as approval_services
-from approvals.callbacks import ApprovalCallback
-from approvals.models import ApprovalRequest
+from approvals.models import ApprovalCallback, ApprovalRequest
 from audit.models import AuditEvent
 from ringfence_client.callbacks import InvalidCallback, verify_callback
 from tests.api.conftest import assert_problem

@@ -16,7 +16,8 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
-from audit.log import append_params, canonical_at, format_time
+from audit.log import format_time, unsequenced_canonical
+from audit.sequencing import with_seq
 from audit.verify_audit import GENESIS, chain_hash, sign_checkpoint
 from tests.support.celery_processes import ROOT, current_database_url, process_env
 
@@ -62,7 +63,7 @@ def _old_rows(cur: psycopg.Cursor) -> tuple[int, str]:
                    "actor_label": "olduser", "action": "workflow.updated", "subject_type": "governance.workflow",
                    "subject_id": "1", "workflow_slug": "refund-agent", "reason": f"change {seq}",
                    "data": {"n": seq}}
-        canonical = canonical_at(append_params(columns), seq)
+        canonical = with_seq(unsequenced_canonical(columns), seq)
         event_hash = chain_hash(prev, canonical)
         cur.execute(
             "INSERT INTO governance_auditevent (seq, occurred_at, actor_kind, actor_id, actor_label, action,"
