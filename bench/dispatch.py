@@ -676,7 +676,9 @@ def run_phases(args: argparse.Namespace, env: dict[str, str], token: str, port: 
 
     print(f"gunicorn {args.workers} workers ({args.server.upper()}), load from a separate process with "
           f"{args.concurrency} connections, {args.seconds:g} s per phase, {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.1f}; AUDIT_SEQUENCER=background with a sequencer process")
+          f"load average {os.getloadavg()[0]:.1f}; AUDIT_SEQUENCER=background with a sequencer process; "
+          + (f"a pool of {args.pool} PostgreSQL connections per worker" if args.server == "asgi" and args.pool
+             else "DATABASE_CONN_MAX_AGE " + ("0" if args.server == "asgi" else "60")))
     reference = measured(reference_spec)
     report("reference: one durable INSERT", reference)
     ref_rps = reference["rps"]
@@ -735,6 +737,8 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=1000, help="in-process timings of the rules")
     parser.add_argument("--server", choices=sorted(SERVERS), default="asgi",
                         help="asgi: uvicorn workers, as production (default); wsgi: gunicorn's sync workers")
+    parser.add_argument("--pool", type=int, default=8,
+                        help="PostgreSQL connections pooled per ASGI worker (0: one connection per request)")
     parser.add_argument("--quick", action="store_true", help="a sanity run: 2 s phases, 1 pair, 100 iterations")
     args = parser.parse_args()
     if args.quick:
@@ -758,6 +762,7 @@ def main() -> None:
         (Path(env["RINGFENCE_VAR_DIR"]) / "staticfiles").mkdir(exist_ok=True)
         if args.server == "asgi":
             env["DATABASE_CONN_MAX_AGE"] = "0"  # as production under ASGI (config/asgi.py)
+            env["DATABASE_POOL_MAX_SIZE"] = str(args.pool)  # as the web unit (deploy/systemd)
         token = subprocess.run([sys.executable, "-c", SEED], cwd=ROOT, env=env, check=True, capture_output=True,
                                text=True).stdout.strip().splitlines()[-1]
         try:

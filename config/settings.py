@@ -116,6 +116,15 @@ if _db["ENGINE"].endswith("postgresql"):
             env_int("DATABASE_STATEMENT_TIMEOUT_MS", 30000, minimum=0),
         ),
     }
+    # A pool per process (psycopg_pool) instead of a new connection, and its SCRAM handshake, per
+    # request: ASGI closes connections at each request's end, so without it every answer pays a
+    # connect. 0 (the default) keeps one connection per request or CONN_MAX_AGE's persistent ones.
+    if pool_size := env_int("DATABASE_POOL_MAX_SIZE", 0, minimum=0):
+        _db["CONN_MAX_AGE"] = 0  # Django refuses persistent connections beside a pool
+        _db["OPTIONS"]["pool"] = {
+            "min_size": min(2, pool_size), "max_size": pool_size,
+            "timeout": env_int("DATABASE_POOL_TIMEOUT_SECONDS", 5, minimum=1),
+        }
     if test_name := env_str("DATABASE_TEST_NAME"):
         _db["TEST"] = {"NAME": test_name}
 else:
