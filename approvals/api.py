@@ -3,6 +3,7 @@ discovery of workflows and actions, pause."""
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from typing import Annotated, Literal
 
@@ -22,7 +23,7 @@ from approvals.models import ActionRule, ApprovalRequest
 from approvals.representations import ApprovalOut, ExecutionOut, RuleOut, poll_url
 from approvals.representations import approval_out as _approval_out
 from approvals.representations import execution_out as _execution_out
-from core import clock
+from core import clock, metrics
 from core.api_schemas import Command, Finite, JsonObject, Text
 from core.idempotency import header_value, idempotent
 from governance import services as governance_services
@@ -83,6 +84,7 @@ def dispatch(request: HttpRequest, payload: DispatchIn) -> DispatchOut:
     `workflow`, `now`, `business_hours`, `tags`), the autonomy tier when none holds. Never `allow`
     on an error: a rule that cannot be decided for the call denies with `rule_error`. With
     `callback_url`, a pending answer's outcome is also POSTed there, signed, when it closes."""
+    started = time.perf_counter()
     with transaction.atomic(savepoint=False):  # the callback is registered with the request, or neither is
         answer = dispatching.dispatch(
             account=service_account_of(request), workflow=payload.workflow, action=payload.action,
@@ -91,6 +93,8 @@ def dispatch(request: HttpRequest, payload: DispatchIn) -> DispatchOut:
         )
         if payload.callback_url and answer.approval is not None:
             callbacks.register(answer.approval, url=payload.callback_url, token=request.auth)
+    metrics.observe_dispatch(answer.workflow.slug, answer.decision, answer.code,
+                             str((answer.rule or {}).get("id", "")), time.perf_counter() - started)
     approval = answer.approval
     return DispatchOut(
         decision=answer.decision, code=answer.code, reason=answer.reason, workflow=answer.workflow.slug,

@@ -5,6 +5,7 @@ import os
 
 from celery import Celery, bootsteps
 from celery.app.amqp import AMQP
+from celery.signals import setup_logging
 from kombu import Connection
 
 from core.worker_watchdog import StallWatchdog
@@ -74,6 +75,19 @@ class RingfenceCelery(Celery):
         kwargs.setdefault("connect_timeout", settings.REDIS_SOCKET_TIMEOUT_SECONDS)
         return super().connection_for_write(url, **kwargs)
 
+
+def _log_through_django(**_) -> None:
+    """With LOG_FORMAT=json the worker and beat log through Django's LOGGING (JSON lines, each with its
+    task's request id) instead of Celery's own format, which Celery keeps unless this signal is answered."""
+    import logging.config
+
+    from django.conf import settings
+
+    logging.config.dictConfig(settings.LOGGING)
+
+
+if os.environ.get("LOG_FORMAT", "").strip().lower() == "json":
+    setup_logging.connect(_log_through_django, weak=False)
 
 app = RingfenceCelery("ringfence", amqp=BrokerAMQP)
 app.config_from_object("django.conf:settings", namespace="CELERY")

@@ -14,7 +14,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils.csp import CSP
 
 from core import zero_setup
-from core.envparse import env_bool, env_float, env_int, env_list, env_str, parse_database_url
+from core.envparse import env_bool, env_float, env_int, env_list, env_networks, env_str, parse_database_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("RINGFENCE_VAR_DIR", str(BASE_DIR / "var"))).resolve()
@@ -66,6 +66,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "core.requestlog.RequestLogMiddleware",  # first: its line times and names every answer
+    "config.observability.OperabilityMiddleware",  # /metrics, /healthz, /readyz: before host checks
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -349,14 +351,34 @@ CELERY_BEAT_SCHEDULE = {
     "sweep-due-timers": {"task": "approvals.tasks.sweep_due", "schedule": TIMER_SWEEP_SECONDS},
 }
 
+# LOG_FORMAT=json: one JSON object per line (python-json-logger), with the request id of the request
+# or task on every line (core.requestlog); `plain` is for a terminal.
+LOG_FORMAT = env_str("LOG_FORMAT", "plain").strip().lower()
+if LOG_FORMAT not in ("plain", "json"):
+    raise ImproperlyConfigured(f"LOG_FORMAT={LOG_FORMAT!r}: use plain or json.")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"request_id": {"()": "core.requestlog.RequestIdFilter"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
+        "json": {"()": "pythonjsonlogger.json.JsonFormatter", "timestamp": True,
+                 "fmt": "%(levelname)s %(name)s %(message)s %(request_id)s",
+                 "rename_fields": {"levelname": "level", "name": "logger"}},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["request_id"]}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"ringfence.security": {"level": "INFO"}},
+    "loggers": {
+        "ringfence.security": {"level": "INFO"},
+        # One line per request (core.requestlog); set LOG_REQUESTS=false when the proxy's access log is enough.
+        "ringfence.request": {"level": "INFO" if env_bool("LOG_REQUESTS", True) else "WARNING"},
+    },
 }
+
+# Operability (config.observability): /metrics for Prometheus, /healthz and /readyz for supervisors.
+METRICS_TOKEN = env_str("METRICS_TOKEN").strip()
+METRICS_ALLOWED_NETWORKS = env_networks("METRICS_ALLOWED_NETWORKS", ["127.0.0.0/8", "::1/128"])
+READY_TIMEOUT_SECONDS = env_float("READY_TIMEOUT_SECONDS", 2.0, minimum=0.1)
 
 # Agent API (README "Agent and CI API"): per-caller rate limit, idempotency keys, long-poll.
 API_RATE_LIMIT_REQUESTS = env_int("API_RATE_LIMIT_REQUESTS", 600, minimum=1)

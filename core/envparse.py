@@ -7,6 +7,7 @@ silently reading "false" as true or an empty list as one empty host.
 from __future__ import annotations
 
 import os
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
@@ -67,6 +68,18 @@ def env_list(name: str, default: list[str]) -> list[str]:
     if any(not item for item in items):
         raise ImproperlyConfigured(f"{name}={raw!r} has an empty item; separate values with single commas.")
     return items
+
+
+def env_networks(name: str, default: list[str] | tuple[str, ...] = ()) -> list[IPv4Network | IPv6Network]:
+    """A comma-separated list of networks in CIDR notation (`10.20.0.0/16,fd00::/8`)."""
+    networks = []
+    for item in env_list(name, list(default)):
+        try:
+            networks.append(ip_network(item))
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"{name}: {item!r} is not a network in CIDR notation such as 10.20.0.0/16 "
+                                       f"or fd00::/8 ({exc}).") from None
+    return networks
 
 
 def parse_database_url(name: str, url: str) -> dict:
