@@ -22,7 +22,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	@sh scripts/ensure-services
-	@$(PY) -m pytest -m "not reliability" $(PYTEST_ARGS)
+	@$(PY) -m pytest -m "not reliability" -n 2 --dist loadfile $(PYTEST_ARGS)
 
 # Fault injection on private PostgreSQL/Redis the tests start themselves (tests/reliability);
 # pytest's exit code 5 ("no tests selected", e.g. a PYTEST_ARGS filter) is not a failure.

@@ -14,7 +14,9 @@ The key is the hex SHA-256 of the bearer token that dispatched (what Ringfence s
 agent verifies with its own token (`ringfence_client.callbacks.verify_callback`) and no secret has
 to be handed out; one agent cannot forge another's callbacks. A 2xx answer delivers it; 5xx, 408,
 409, 425, 429, a timeout or a refused connection are tried again with backoff (1 s, 2 s, 4 s … 5
-min, MAX_ATTEMPTS in all); another answer, a redirect (never followed) or the last failure gives up.
+min, MAX_ATTEMPTS in all); another answer, a redirect (never followed), a target core.outbound refuses
+(an address on loopback, a private network, … outside WEBHOOK_ALLOWED_NETWORKS) or the last failure
+gives up.
 Audit: `approval.callback_registered` (with the dispatch), `approval.callback_delivered` or
 `approval.callback_failed` (once, with the attempts), on the approval request.
 
@@ -26,9 +28,6 @@ message, called by the timer sweep.
 from __future__ import annotations
 
 import logging
-import socket
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
@@ -41,7 +40,7 @@ from django.db.models import Q
 from approvals.models import ApprovalCallback, ApprovalRequest
 from approvals.representations import approval_json
 from audit import log as audit
-from core import clock, signing
+from core import clock, outbound, signing
 from core.publishing import publish
 from governance.models import ApiToken
 
@@ -57,7 +56,9 @@ RETRYABLE_STATUS = {408, 409, 425, 429}
 
 
 def url_problem(url: str) -> str | None:
-    """Why `url` cannot be a callback URL, or None: an absolute http(s) URL with a host, no spaces."""
+    """Why `url` cannot be a callback URL, or None: an absolute http(s) URL with a host, no spaces, and
+    not an address written literally that Ringfence does not send to (core.outbound; a name is checked
+    when the callback is sent)."""
     if len(url) > MAX_URL:
         return f"Use at most {MAX_URL} characters."
     if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in url):
@@ -71,6 +72,8 @@ def url_problem(url: str) -> str | None:
         return "Only http:// and https:// callback URLs are accepted."
     if not parts.hostname:
         return "The URL needs a host."
+    if (problem := outbound.target_problem(url, label="callback target")) is not None:
+        return f"{problem[0].upper()}{problem[1:]}."  # an address Ringfence does not send to
     return None
 
 
@@ -150,37 +153,30 @@ def _begin(callback_id: int) -> _Attempt | str:
                     approval_json(callback.request), f"approval-callback-{callback.request_id}")
 
 
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args, **kwargs):  # a 3xx comes back as an HTTPError: not delivered
-        return None
-
-
-_opener = urllib.request.build_opener(_NoRedirects)
-
-
 def _post(attempt: _Attempt) -> _Result:
     if not attempt.key:
         return _Result(False, False, None, "the token that registered the callback is gone: nothing to sign with")
-    request = urllib.request.Request(attempt.url, data=attempt.body, method="POST", headers={
+    headers = {
         "Content-Type": "application/json",
         "User-Agent": "Ringfence-callbacks/1",
         **signing.sign(attempt.key, attempt.body),
         "X-Ringfence-Event": "approval.closed",
         "Idempotency-Key": attempt.idempotency_key,
-    })
+    }
     timeout = settings.APPROVALS_WEBHOOK_TIMEOUT_SECONDS
     try:
-        with _opener.open(request, timeout=timeout) as response:
-            response.read(1024)
-            return _Result(True, False, response.status)
-    except urllib.error.HTTPError as exc:
-        retryable = exc.code >= 500 or exc.code in RETRYABLE_STATUS
-        what = "redirects are not followed" if 300 <= exc.code < 400 else f"HTTP {exc.code}"
-        return _Result(False, retryable, exc.code, what)
-    except (TimeoutError, socket.timeout):
+        answer = outbound.post(attempt.url, attempt.body, headers, timeout=timeout, label="callback target")
+    except outbound.Refused as refusal:  # nothing was sent, and nothing ever will be: no retry
+        return _Result(False, False, None, str(refusal))
+    except TimeoutError:
         return _Result(False, True, None, f"no answer within {timeout} s")
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        return _Result(False, True, None, f"connection failed: {getattr(exc, 'reason', exc)}")
+    except OSError as exc:
+        return _Result(False, True, None, f"connection failed: {exc.strerror or exc}")
+    if 200 <= answer.status < 300:
+        return _Result(True, False, answer.status)
+    retryable = answer.status >= 500 or answer.status in RETRYABLE_STATUS
+    what = "redirects are not followed" if 300 <= answer.status < 400 else f"HTTP {answer.status}"
+    return _Result(False, retryable, answer.status, what)
 
 
 @transaction.atomic

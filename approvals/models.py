@@ -13,9 +13,11 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.contrib.auth.models import Group
+from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import Q
 from django.urls import reverse
@@ -438,6 +440,8 @@ class Notice(models.Model):
         DECIDED = "decided"
         AUTONOMOUS_ACTION = "autonomous_action", "action taken without a person"
         SIGNALS_LOST = "signals_lost", "signals lost"
+        ROLLBACK_EXECUTED = "rollback_executed", "rollback executed"
+        ROLLBACK_FAILED = "rollback_failed", "rollback failed"
 
     source = models.CharField(max_length=20, choices=Source.choices, default=Source.APPROVAL)
     request = models.ForeignKey(ApprovalRequest, null=True, blank=True, on_delete=models.CASCADE,
@@ -469,7 +473,8 @@ class Notice(models.Model):
                                     name="notice_once_per_subject"),
             models.CheckConstraint(
                 condition=Q(event__in=["requested", "window_opened", "escalated", "reminder", "decided",
-                                       "autonomous_action", "signals_lost"]),
+                                       "autonomous_action", "signals_lost", "rollback_executed",
+                                       "rollback_failed"]),
                 name="notice_event_valid",
             ),
             models.CheckConstraint(condition=Q(source__in=["approval", "rollout"]), name="notice_source_valid"),
@@ -488,11 +493,14 @@ class Notice(models.Model):
 
 
 class Delivery(models.Model):
-    """One channel's attempt to deliver a notice to one recipient (an address or the webhook)."""
+    """One channel's attempt to deliver a notice to one recipient: an address, the webhook's URL, a Slack
+    channel, or the name of the environment variable holding a PagerDuty routing key."""
 
     class Channel(models.TextChoices):
         EMAIL = "email"
         WEBHOOK = "webhook"
+        SLACK = "slack"
+        PAGERDUTY = "pagerduty", "PagerDuty"
 
     class Status(models.TextChoices):
         PENDING = "pending"
@@ -515,7 +523,8 @@ class Delivery(models.Model):
         ordering = ["notice", "channel", "recipient"]
         constraints = [
             models.UniqueConstraint(fields=["notice", "channel", "recipient"], name="delivery_once_per_recipient"),
-            models.CheckConstraint(condition=Q(channel__in=["email", "webhook"]), name="delivery_channel_valid"),
+            models.CheckConstraint(condition=Q(channel__in=["email", "webhook", "slack", "pagerduty"]),
+                                  name="delivery_channel_valid"),
             models.CheckConstraint(condition=Q(status__in=["pending", "sending", "sent", "failed", "skipped"]),
                                    name="delivery_status_valid"),
         ]
@@ -693,3 +702,110 @@ class ApprovalCallback(models.Model):
 
     def __str__(self) -> str:
         return f"callback of request {self.request_id} ({self.state})"
+
+
+class NotificationRoute(models.Model):
+    """Where one workflow's notices go, for some of its events (none listed: every event).
+
+    A workflow with routes is told only through them; one without keeps the installation's
+    APPROVALS_EMAIL and APPROVALS_WEBHOOK_URL. The PagerDuty routing key is a credential and never
+    stored: the route names the environment variable that holds it. Written by approvals.routing
+    (ringfence.yaml `notify:`)."""
+
+    EVENTS = (*Notice.Event.values, "last_level")
+
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="notification_routes")
+    position = models.PositiveSmallIntegerField(default=0)
+    events = models.JSONField(default=list, blank=True)
+    emails = models.JSONField(default=list, blank=True)
+    slack_channel = models.CharField(max_length=100, blank=True)
+    webhook_url = models.URLField(max_length=2000, blank=True)
+    pagerduty_routing_key_env = models.CharField(
+        max_length=100, blank=True, validators=[RegexValidator(r"^[A-Z_][A-Z0-9_]*$", "Name an environment variable, "
+                                                               "e.g. PD_PAYMENTS.")])
+
+    class Meta:
+        ordering = ["workflow", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["workflow", "position"], name="notification_route_unique_position"),
+            models.CheckConstraint(
+                condition=~Q(emails=[]) | ~Q(slack_channel="") | ~Q(webhook_url="") | ~Q(pagerduty_routing_key_env=""),
+                name="notification_route_goes_somewhere"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.workflow.slug} route {self.position + 1}: {', '.join(self.events) or 'every event'}"
+
+    @property
+    def webhook_host(self) -> str:
+        """Where the webhook goes, without the path (which may carry a token) for the pages."""
+        return urlsplit(self.webhook_url).netloc
+
+    def matches(self, names: set[str]) -> bool:
+        """Whether a notice known by `names` (its event, and `last_level` at a policy's last level) goes here."""
+        return not self.events or bool(names & set(self.events))
+
+    def as_data(self) -> dict:
+        """The route as ringfence.yaml and the audit trail write it."""
+        data: dict = {}
+        if self.events:
+            data["events"] = list(self.events)
+        if self.emails:
+            data["email"] = list(self.emails)
+        if self.slack_channel:
+            data["slack"] = self.slack_channel
+        if self.webhook_url:
+            data["webhook"] = self.webhook_url
+        if self.pagerduty_routing_key_env:
+            data["pagerduty"] = {"routing_key_env": self.pagerduty_routing_key_env}
+        return data
+
+
+class SlackMessage(models.Model):
+    """The Slack message that tells a request in one channel (as its route names it), updated in
+    place by every later notice of the request (approvals.slack)."""
+
+    request = models.ForeignKey(ApprovalRequest, on_delete=models.CASCADE, related_name="slack_messages")
+    channel = models.CharField(max_length=100)  # as the route names it: "#refunds" or "C0123ABCD"
+    channel_id = models.CharField(max_length=32, blank=True)  # as Slack answered; chat.update needs it
+    ts = models.CharField(max_length=32, blank=True)  # blank while the first post is under way
+    posted_at = models.DateTimeField()
+    updated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["request", "channel"]
+        constraints = [
+            models.UniqueConstraint(fields=["request", "channel"], name="slack_message_once_per_channel"),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.request_id} in {self.channel} ({self.ts or 'not posted'})"
+
+
+class SlackLink(models.Model):
+    """A Slack user who acts in Ringfence as `user`, linked by an administrator (approvals.slack)."""
+
+    team_id = models.CharField(max_length=32, blank=True)  # blank: the user id in any workspace
+    slack_user_id = models.CharField(max_length=32)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="slack_links")
+    linked_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["slack_user_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["team_id", "slack_user_id"], name="slack_link_one_per_slack_user"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.slack_user_id} → {self.user}"
+
+
+class SlackDecision(models.Model):
+    """Where a decision was taken in Slack, and by which Slack user (decisions on the web have none)."""
+
+    decision = models.OneToOneField(Decision, on_delete=models.PROTECT, related_name="slack")
+    team_id = models.CharField(max_length=32, blank=True)
+    slack_user_id = models.CharField(max_length=32)
+
+    def __str__(self) -> str:
+        return f"decision {self.decision_id} by {self.slack_user_id} in Slack"

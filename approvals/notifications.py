@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import urllib.error
-import urllib.request
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from functools import partial
@@ -40,10 +38,11 @@ from django.db import IntegrityError, connection, models, transaction
 from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
-from approvals import eligibility, messages
+from approvals import eligibility, messages, pagerduty, routing, slack
 from approvals.models import ApprovalRequest, Delivery, EscalationLevel, Notice
+from approvals.sending import DeliveryFailed
 from audit.log import describe_subject
-from core import clock, signing
+from core import clock, outbound, signing
 from governance.models import Workflow
 
 logger = logging.getLogger(__name__)
@@ -53,10 +52,6 @@ MAX_ATTEMPTS = 5
 STALE_CLAIM = timedelta(minutes=5)
 RETRY_AFTER = timedelta(seconds=60)
 GIVE_UP_AFTER = timedelta(days=1)
-
-
-class DeliveryFailed(Exception):
-    pass
 
 
 def open_notice(req: ApprovalRequest, event: str) -> Notice:
@@ -230,21 +225,26 @@ def webhook_body(notice: Notice) -> bytes:
 
 
 def _post_webhook(notice: Notice, url: str) -> None:
+    """POST the notice through core.outbound: a target it refuses (loopback, private, … outside
+    WEBHOOK_ALLOWED_NETWORKS) or a redirect is a failed delivery; the answer's body is never read."""
     body = webhook_body(notice)
-    request = urllib.request.Request(url, data=body, method="POST", headers={
+    headers = {
         "Content-Type": "application/json",
         "User-Agent": "Ringfence-Notifier/1",
         **signing.sign(settings.APPROVALS_WEBHOOK_SECRET, body),
         "X-Ringfence-Event": f"{notice.source}.{notice.event}",
         "Idempotency-Key": f"{notice.source}-notice-{notice.pk}",
-    })
+    }
     try:
-        with urllib.request.urlopen(request, timeout=settings.APPROVALS_WEBHOOK_TIMEOUT_SECONDS) as response:
-            response.read(1024)
-    except urllib.error.HTTPError as exc:
-        raise DeliveryFailed(f"webhook answered {exc.code}") from None
-    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+        answer = outbound.post(url, body, headers, timeout=settings.APPROVALS_WEBHOOK_TIMEOUT_SECONDS)
+    except outbound.Refused as refusal:
+        raise DeliveryFailed(str(refusal)) from None
+    except OSError as exc:
         raise DeliveryFailed(f"webhook unreachable: {exc}") from None
+    if 300 <= answer.status < 400:
+        raise DeliveryFailed(f"webhook answered {answer.status}: redirects are not followed")
+    if not 200 <= answer.status < 300:
+        raise DeliveryFailed(f"webhook answered {answer.status}")
 
 
 def _send_email(notice: Notice, address: str) -> None:
@@ -261,12 +261,52 @@ def _claim(delivery: Delivery, now: datetime) -> bool:
 
 
 def targets(notice: Notice) -> list[tuple[str, str]]:
-    found = []
-    if settings.APPROVALS_EMAIL or notice.request_id is None:
-        found += [(Delivery.Channel.EMAIL, address) for address in addresses(notice)]
-    if settings.APPROVALS_WEBHOOK_URL:
-        found.append((Delivery.Channel.WEBHOOK, settings.APPROVALS_WEBHOOK_URL))
+    """(channel, recipient) for each send: the routes of the notice's workflow that take its event,
+    else the installation's settings; and PagerDuty's resolve wherever the incident was triggered."""
+    routes = routing.routes_of(notice.workflow_id)
+    if not routes:
+        found = []
+        if settings.APPROVALS_EMAIL or notice.request_id is None:
+            found += [(Delivery.Channel.EMAIL, address) for address in addresses(notice)]
+        if settings.APPROVALS_WEBHOOK_URL:
+            found.append((Delivery.Channel.WEBHOOK, settings.APPROVALS_WEBHOOK_URL))
+    else:
+        found = _routed(notice, routes)
+    if pagerduty.event_action(notice) == pagerduty.RESOLVE:
+        found += [(Delivery.Channel.PAGERDUTY, env) for env in pagerduty.paged_on(notice)]
+    return list(dict.fromkeys(found))
+
+
+def _routed(notice: Notice, routes: list) -> list[tuple[str, str]]:
+    names = routing.event_names(notice)
+    pages = pagerduty.event_action(notice) == pagerduty.TRIGGER
+    found: list[tuple[str, str]] = []
+    for route in routes:
+        if not route.matches(names):
+            continue
+        found += [(Delivery.Channel.EMAIL, address) for address in route.emails]
+        if route.slack_channel:
+            found.append((Delivery.Channel.SLACK, route.slack_channel))
+        if route.webhook_url:
+            found.append((Delivery.Channel.WEBHOOK, route.webhook_url))
+        if route.pagerduty_routing_key_env and pages:
+            found.append((Delivery.Channel.PAGERDUTY, route.pagerduty_routing_key_env))
     return found
+
+
+def _send(notice: Notice, channel: str, recipient: str) -> bool:
+    """One send on one channel; False when the channel found nothing to send. Raises on failure."""
+    if channel == Delivery.Channel.WEBHOOK:
+        if len(settings.APPROVALS_WEBHOOK_SECRET) < 32:
+            raise DeliveryFailed("APPROVALS_WEBHOOK_SECRET (at least 32 characters) is needed to sign webhooks")
+        _post_webhook(notice, recipient)
+    elif channel == Delivery.Channel.SLACK:
+        slack.deliver(notice, recipient)
+    elif channel == Delivery.Channel.PAGERDUTY:
+        return pagerduty.deliver(notice, recipient)
+    else:
+        _send_email(notice, recipient)
+    return True
 
 
 def is_moot(notice: Notice) -> bool:
@@ -291,15 +331,16 @@ def deliver(notice_id: int) -> dict:
             if not _claim(delivery, now):
                 continue
             try:
-                if channel == Delivery.Channel.WEBHOOK:
-                    _post_webhook(notice, recipient)
-                else:
-                    _send_email(notice, recipient)
+                sent = _send(notice, channel, recipient)
             except Exception as exc:  # noqa: BLE001 - recorded on the row and retried by the sweep
                 Delivery.objects.filter(pk=delivery.pk).update(status=Delivery.Status.FAILED,
                                                                last_error=str(exc)[:2000])
                 logger.warning("notice %s via %s to %s failed: %s", notice.pk, channel, recipient, exc)
                 counts["failed"] += 1
+                continue
+            if not sent:
+                Delivery.objects.filter(pk=delivery.pk).update(status=Delivery.Status.SKIPPED, last_error="")
+                counts["skipped"] += 1
                 continue
             Delivery.objects.filter(pk=delivery.pk).update(status=Delivery.Status.SENT, sent_at=clock.now(),
                                                            last_error="")

@@ -49,6 +49,7 @@ MAX_REASON = 10_000
 # Lengths of the AuditEvent columns that repeat parts of the hashed contents.
 COLUMN_LIMITS = {"actor": 150, "subject type": 64, "subject id": 64, "workflow": 63}
 MAX_INT_BITS = 10_000  # ~3,000 digits: below Python's int/str conversion limit, so exports stay readable
+AUDIT_ACTIONS = ("audit.checkpoint_signed",)
 
 
 class AuditError(Exception):
@@ -243,7 +244,10 @@ def _lock_chain() -> None:
 
 @transaction.atomic
 def write_checkpoint(reason: str = "interval") -> AuditCheckpoint:
-    """Sign the current head; the line is also appended to AUDIT_CHECKPOINT_FILE after commit."""
+    """Sign the chain head with the HMAC key; the line is also appended to AUDIT_CHECKPOINT_FILE after
+    commit. Written by beat's hourly heartbeat and `manage.py audit_checkpoint`, never by a page: the
+    signed tree heads (audit.sequencing) are the log's checkpoints now; these keep the chain provable
+    with nothing but the standard library and the key."""
     _lock_chain()
     seq, head_hash = head()
     created_at = clock.now()
@@ -253,6 +257,19 @@ def write_checkpoint(reason: str = "interval") -> AuditCheckpoint:
     )
     transaction.on_commit(lambda: sequencing.ship(checkpoint_line(cp)))
     return cp
+
+
+@transaction.atomic
+def sign_checkpoint_now(actor: AbstractBaseUser) -> AuditTreeHead:
+    """A signed checkpoint of the log as it stands, asked for by a person (the desk's "Sign a
+    checkpoint now"), beside the ones the sequencer signs on its own. The door checks who may ask
+    (auditors) and how often; this signs, and records who asked in the same transaction.
+
+    Audit: `audit.checkpoint_signed` (the tree size and root it signs). Ships the note after commit.
+    """
+    signed = sequencing.sign_tree_head()
+    record(actor, "audit.checkpoint_signed", signed, data={"tree_size": signed.tree_size, "root": signed.root_hash})
+    return signed
 
 
 @transaction.atomic

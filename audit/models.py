@@ -5,10 +5,16 @@
   RFC 9162 Merkle tree whose perfect subtrees are AuditTreeNode rows (audit.sequencing);
 - AuditTreeHead: a signed checkpoint of the tree (C2SP tlog-checkpoint as an Ed25519 signed note);
 - AuditCheckpoint: the HMAC-signed chain heads written before the tree existed (still verifiable).
+
+Not part of the log: VerifyUpload (and its chunks), an export file an auditor handed to the verify
+page, kept only until a worker has checked it.
 """
 
 from __future__ import annotations
 
+import uuid
+
+from django.conf import settings
 from django.db import models
 
 
@@ -118,3 +124,50 @@ class AuditTreeHead(models.Model):
 
     def __str__(self) -> str:
         return f"tree head @{self.tree_size}"
+
+
+class VerifyUpload(models.Model):
+    """An export file uploaded to the auditors' verify page, waiting for a worker to check it.
+
+    The bytes live in the database (VerifyUploadChunk, 1 MiB a row) rather than on the web server's
+    disk: a worker on any machine reads them, they go when the row goes, and neither side holds
+    the whole file in memory. The row is deleted once the file is checked (the verdict is kept
+    with the job's progress, audit.jobs), and rows left by a lost job go after PROGRESS_TTL.
+    """
+
+    class Kind(models.TextChoices):
+        CHAIN = "chain", "the whole chain"
+        EXCERPT = "excerpt", "an excerpt"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    name = models.CharField(max_length=255)
+    kind = models.CharField(max_length=10, choices=Kind)
+    size = models.BigIntegerField(default=0)
+    sha256 = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "audit_verify_upload"
+        constraints = [
+            models.CheckConstraint(condition=models.Q(kind__in=["chain", "excerpt"]), name="audit_verify_upload_kind"),
+            models.CheckConstraint(condition=models.Q(size__gte=0), name="audit_verify_upload_size"),
+        ]
+
+    def __str__(self) -> str:
+        return f"upload {self.name} ({self.size} bytes)"
+
+
+class VerifyUploadChunk(models.Model):
+    """One stretch of an uploaded file's bytes, in order by `index`."""
+
+    upload = models.ForeignKey(VerifyUpload, on_delete=models.CASCADE, related_name="chunks")
+    index = models.PositiveIntegerField()
+    data = models.BinaryField()
+
+    class Meta:
+        db_table = "audit_verify_upload_chunk"
+        constraints = [models.UniqueConstraint(fields=["upload", "index"], name="audit_verify_upload_chunk_once")]
+
+    def __str__(self) -> str:
+        return f"chunk {self.index} of {self.upload_id}"

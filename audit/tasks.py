@@ -4,9 +4,8 @@ import logging
 
 from celery import shared_task
 
+from audit import jobs, sequencing
 from audit import log as audit
-from audit import sequencing
-from audit import views as auditing
 
 logger = logging.getLogger(__name__)
 
@@ -31,4 +30,11 @@ def write_checkpoint_if_due() -> int | None:
 @shared_task(soft_time_limit=3600, time_limit=3660)
 def verify_audit_chain(job_id: str, owner: int) -> None:
     """The auditors' "verify" page: run the verifier over the database chain, reporting progress."""
-    auditing.run_chain_verification(job_id, owner)
+    jobs.run_chain_verification(job_id, owner)
+
+
+# Read-only: a redelivery checks the file again, or finds it already checked and gone.
+@shared_task(soft_time_limit=3600, time_limit=3660)
+def verify_audit_upload(upload_id: str) -> str:
+    """The auditors' "verify" page: check an uploaded export file, reporting progress, then drop it."""
+    return jobs.run_upload_verification(upload_id)

@@ -22,7 +22,9 @@ compared with the Merkle root of the export's events at its tree size. --bundle 
 bundle's events against their inclusion proofs and signed checkpoint; --consistency checks that a
 newer signed checkpoint extends an older one (a forked log is named).
 
-Exit status 0 when intact, 1 when broken (the first broken thing is named), 2 on unusable input.
+Exit status 0 when intact, 1 when broken (the first broken thing is named), 2 on unusable input:
+a file, key or proof that cannot be read, or a line that is not an export line, named with its
+first problem ("line 7: seq is not a whole number"), never a traceback.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ import threading
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from itertools import chain, repeat
+from itertools import chain, islice, repeat
 from typing import BinaryIO, Callable, Iterable, Iterator, Sequence
 
 FORMAT_VERSION = 1
@@ -117,7 +119,7 @@ class Report:
         return "\n".join(lines)
 
 
-def verify(events: Iterable[tuple[int, str, str, str] | DamagedLine], checkpoints: Iterable[Checkpoint] = (),
+def verify(events: Iterable[tuple[int, str, str, str]], checkpoints: Iterable[Checkpoint] = (),
            key: str | None = None, *, stop_at_first: bool = True) -> Report:
     """Check (seq, prev_hash, hash, canonical) tuples in seq order, then the checkpoints."""
     cps = list(checkpoints)
@@ -151,13 +153,9 @@ class _Walk:
         self.marks: dict[int, CompactRange] = {}
         self.heads: list[TlogCheckpoint] = []
 
-    def step(self, item: tuple[int, str, str, str] | DamagedLine) -> bool:
+    def step(self, item: tuple[int, str, str, str]) -> bool:
         """Check one event; False when the walk stops here."""
         report = self.report
-        if isinstance(item, DamagedLine):
-            report.fail(self.expected_seq, f"line {item.number} of the export is damaged ({item.problem}): event "
-                                           f"#{self.expected_seq} or a checkpoint there was altered.")
-            return not self.stop_at_first
         seq, prev_hash, event_hash, canonical = item
         report.events += 1
         problem = None
@@ -233,23 +231,110 @@ def _check_checkpoints(report: Report, cps: list[Checkpoint], hashes: dict[int, 
         report.checkpoints += 1
 
 
-def parse_line(number: int, line: str) -> tuple[int, str, str, str] | Checkpoint | TlogCheckpoint | None:
+MAX_SEQ = 2**63 - 1  # the database's bigint
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+class _Malformed(ValueError):
+    """One named problem of a line (its message is what the person reads)."""
+
+
+def _refuse_constant(name: str) -> float:
+    raise _Malformed(f"it holds {name}, which JSON does not allow")
+
+
+def _loads(line: str | bytes) -> object:
+    """Strict JSON: UTF-8, no NaN or Infinity, nesting the parser can hold. (A number out of a
+    float's range, 1e999, reads as infinity: it is refused where it stands, by field.)"""
+    if isinstance(line, bytes):
+        try:
+            line = line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _Malformed("it is not UTF-8 text") from None
+    try:
+        return json.loads(line, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise _Malformed("JSON nested too deeply") from None
+    except _Malformed:
+        raise
+    except ValueError as exc:  # json.JSONDecodeError, or an integer of thousands of digits
+        if "integer string conversion" in str(exc):
+            raise _Malformed("a number has more than 4,300 digits") from None
+        raise _Malformed(f"not a Ringfence export line (not JSON: {exc})") from None
+
+
+def _whole(obj: dict, name: str, least: int) -> int:
+    value = obj.get(name)
+    if name not in obj:
+        raise _Malformed(f"{name} is missing")
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _Malformed(f"{name} is not a whole number")
+    if not least <= value <= MAX_SEQ:
+        raise _Malformed(f"{name} {value if abs(value) < 10**24 else '…'} is out of range ({least} to 2^63 - 1)")
+    return value
+
+
+def _hex64(obj: dict, name: str) -> str:
+    value = obj.get(name)
+    if name not in obj:
+        raise _Malformed(f"{name} is missing")
+    if not isinstance(value, str) or not _HEX64.fullmatch(value):
+        raise _Malformed(f"{name} is not 64 hex digits")
+    return value
+
+
+def _text(obj: dict, name: str) -> str:
+    value = obj.get(name)
+    if not isinstance(value, str):
+        raise _Malformed(f"{name} is {'missing' if name not in obj else 'not text'}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _Malformed(f"{name} holds a lone surrogate, which UTF-8 cannot carry") from None
+    return value
+
+
+def _contents(obj: dict) -> str:
+    """The event's canonical JSON, as the exporter hashed it."""
+    if "event" not in obj:
+        raise _Malformed("event is missing")
+    if not isinstance(obj["event"], dict):
+        raise _Malformed("event is not a JSON object")
+    try:
+        canonical = canonical_json(obj["event"])
+        canonical.encode("utf-8")
+    except RecursionError:
+        raise _Malformed("JSON nested too deeply") from None
+    except UnicodeEncodeError:
+        raise _Malformed("event holds a lone surrogate, which UTF-8 cannot carry") from None
+    except ValueError:  # canonical_json allows no infinity
+        raise _Malformed("event holds a number out of range (such as 1e999)") from None
+    return canonical
+
+
+def parse_line(number: int, line: str | bytes) -> tuple[int, str, str, str] | Checkpoint | TlogCheckpoint | None:
+    """One line of an export: an event (seq, prev_hash, hash, canonical contents), a checkpoint,
+    a tlog checkpoint, or None for a blank line. A line that is none of these raises UnusableInput
+    naming the line and its first problem ("line 7: seq is not a whole number")."""
     if not line.strip():
         return None
     try:
-        obj = json.loads(line)
+        obj = _loads(line)
+        if not isinstance(obj, dict):
+            raise _Malformed("not a Ringfence export line (not a JSON object)")
         kind = obj.get("type")
-        if kind == "checkpoint":
-            return Checkpoint(int(obj["seq"]), str(obj["hash"]), str(obj["at"]), str(obj["signature"]))
-        if kind == "tlog_checkpoint":
-            if not isinstance(obj["note"], str):
-                raise ValueError("a tlog_checkpoint's note is not text")
-            return TlogCheckpoint(obj["note"], number)
         if kind == "event":
-            return int(obj["seq"]), str(obj["prev_hash"]), str(obj["hash"]), canonical_json(obj["event"])
-        raise ValueError(f"unknown line type {kind!r}")
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise UnusableInput(f"line {number}: not a Ringfence export line ({exc}).", problem=str(exc)) from None
+            return _whole(obj, "seq", 1), _hex64(obj, "prev_hash"), _hex64(obj, "hash"), _contents(obj)
+        if kind == "checkpoint":
+            return Checkpoint(_whole(obj, "seq", 0), _hex64(obj, "hash"), _text(obj, "at"), _hex64(obj, "signature"))
+        if kind == "tlog_checkpoint":
+            return TlogCheckpoint(_text(obj, "note"), number)
+        if "type" not in obj:
+            raise _Malformed("not a Ringfence export line (it has no \"type\")")
+        shown = repr(kind) if isinstance(kind, str) and len(kind) < 40 else "of another kind"
+        raise _Malformed(f"not a Ringfence export line (its type is {shown})")
+    except _Malformed as exc:
+        raise UnusableInput(f"line {number}: {exc}.", problem=str(exc)) from None
 
 
 @dataclass
@@ -279,31 +364,11 @@ class UnusableInput(Exception):
         self.problem = problem or message
 
 
-@dataclass
-class DamagedLine:
-    """A line after the first readable one that is no longer a valid export line: tampering, not
-    unusable input, so it is reported as a broken chain at that point."""
-
-    number: int
-    problem: str
-
-
-def export_events(lines: Iterable[str]) -> Iterator[tuple[int, str, str, str] | DamagedLine]:
+def export_events(lines: Iterable[str | bytes]) -> Iterator[tuple[int, str, str, str]]:
     """Events in file order (a reordered file is a broken chain), one line in memory at a time.
-
-    An unreadable first line means the file is not an export (UnusableInput); an unreadable
-    later line is yielded as a DamagedLine.
-    """
-    readable = False
+    A line that is not an export line, wherever it is, raises UnusableInput naming it."""
     for number, line in enumerate(lines, 1):
-        try:
-            item = parse_line(number, line)
-        except UnusableInput as exc:
-            if not readable:
-                raise
-            yield DamagedLine(number, exc.problem)
-            continue
-        readable = readable or item is not None
+        item = parse_line(number, line)
         if isinstance(item, tuple):
             yield item
 
@@ -353,7 +418,8 @@ def default_workers() -> int:
 
 def verify_export(path: str, key: str | None, extra_checkpoints: list[Checkpoint] = (), *,
                   workers: int = 1, min_stretch: int = PARALLEL_MIN_BYTES,
-                  public_key: str | NoteVerifier | None = None, extra_heads: list[TlogCheckpoint] = ()) -> Report:
+                  public_key: str | NoteVerifier | None = None, extra_heads: list[TlogCheckpoint] = (),
+                  progress: Callable[[int], None] | None = None) -> Report:
     """Check an export file in one read. The checkpoints in it name the event they follow (the
     export's head), or one before; the hash of an earlier event named by a checkpoint met later
     is looked up in a second read, only then.
@@ -365,7 +431,10 @@ def verify_export(path: str, key: str | None, extra_checkpoints: list[Checkpoint
 
     With `public_key` (a vkey), the tlog checkpoints (signed tree heads) in the file and in
     `extra_heads` are checked too: each note's signature, and its root against the Merkle tree of
-    the events (leaf index = seq - 1), built during the same walk."""
+    the events (leaf index = seq - 1), built during the same walk.
+
+    A line that is not an export line raises UnusableInput naming it, and so does a file with no
+    export line at all. `progress(bytes)` follows the walk's reading (not the processes')."""
     extra, found = list(extra_checkpoints), []
     verifier = parse_vkey(public_key) if isinstance(public_key, str) else public_key
     walk = _Walk(Report(), {cp.seq for cp in extra}, stop_at_first=True)
@@ -374,7 +443,9 @@ def verify_export(path: str, key: str | None, extra_checkpoints: list[Checkpoint
         walk.wanted |= {cp.size for cp in extra_heads if cp.size is not None}
     offset, lines_before = _parallel_prefix(path, walk, found, workers, min_stretch) if workers > 1 else (0, 0)
     with open(path, "rb") as fh:
-        _walk_export(fh, walk, found, offset, lines_before)
+        _walk_export(fh, walk, found, offset, lines_before, progress)
+    if not (walk.report.events or walk.report.problems or found or walk.heads):
+        raise UnusableInput("the file holds no events and no checkpoints: it is not a Ringfence audit export.")
     earlier = {cp.seq for cp in found if 0 < cp.seq <= walk.report.head_seq} - walk.hashes.keys()
     if earlier and walk.report.ok:
         with open(path, "rb") as fh:
@@ -437,9 +508,14 @@ def _exact_events(lines: Iterator[bytes], expected: int, prev_hex: bytes, wanted
     return expected, prev_hex, None
 
 
-def _lines(fh: BinaryIO, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+PROGRESS_LINES = 8192  # lines between two calls of a walk's progress callback
+
+
+def _lines(fh: BinaryIO, start: int = 0, end: int | None = None,
+           progress: Callable[[int], None] | None = None) -> Iterator[bytes]:
     """The file's lines from byte `start` up to byte `end` (line starts; None: the end of the file),
-    read from a memory map: the cheapest way to have them as bytes, one at a time."""
+    read from a memory map: the cheapest way to have them as bytes, one at a time. With `progress`,
+    it is called with the bytes read so far every PROGRESS_LINES lines (and at the end)."""
     size = os.fstat(fh.fileno())
     if not stat.S_ISREG(size.st_mode):  # a pipe: read on from where it stands
         return chain.from_iterable(iter(lambda: fh.readlines(1 << 20), []))
@@ -451,34 +527,39 @@ def _lines(fh: BinaryIO, start: int = 0, end: int | None = None) -> Iterator[byt
     if hasattr(mapped, "madvise") and hasattr(mmap, "MADV_SEQUENTIAL"):
         mapped.madvise(mmap.MADV_SEQUENTIAL)
     mapped.seek(start - base)
-    return iter(mapped.readline, b"")
+    lines = iter(mapped.readline, b"")
+    if progress is None:
+        return lines
+
+    def blocks() -> Iterator[Iterator[bytes]]:
+        # Python runs here once per block, not once per line: the lines themselves stay in C.
+        while mapped.tell() < len(mapped):
+            progress(base + mapped.tell())
+            yield islice(lines, PROGRESS_LINES)
+        progress(base + len(mapped))
+
+    return chain.from_iterable(blocks())
 
 
 def _walk_export(fh: BinaryIO, walk: _Walk, checkpoints: list[Checkpoint], offset: int = 0,
-                 lines_before: int = 0) -> None:
+                 lines_before: int = 0, progress: Callable[[int], None] | None = None) -> None:
     """The walk over an export file from byte `offset` (after `lines_before` lines, all events the
     walk accepted). Lines in the exporter's layout are checked on their bytes; the first that
     is not exactly as expected is handed to the walk's own checks, and the byte checks resume from
-    where the walk then stands. Checkpoint lines are collected into `checkpoints`."""
-    lines = _lines(fh, offset)
-    number, readable = lines_before, lines_before > 0
+    where the walk then stands. Checkpoint lines are collected into `checkpoints`. A line that is
+    not an export line raises UnusableInput naming it. `progress(bytes read)` is called now and then."""
+    lines = _lines(fh, offset, progress=progress)
+    number = lines_before
     while True:
         first = walk.expected_seq
         expected, prev_hex, line = _exact_events(lines, first, walk.prev.encode(), walk.wanted, walk.hashes,
                                                  walk.tree, walk.marks)
         _settle(walk, expected, prev_hex.decode())
         number += expected - first
-        readable = readable or expected > first
         if line is None:
             return
         number += 1
-        try:
-            item = parse_line(number, line)
-        except UnusableInput as exc:
-            if not readable:
-                raise
-            item = DamagedLine(number, exc.problem)
-        readable = readable or item is not None
+        item = parse_line(number, line)
         if isinstance(item, Checkpoint):
             checkpoints.append(item)
             if item.seq >= walk.expected_seq:
@@ -1376,6 +1457,8 @@ def _read_json(path: str) -> object:
     with open(path, encoding="utf-8") as fh:
         try:
             return json.load(fh)
+        except RecursionError:
+            raise UnusableInput(f"{path}: JSON nested too deeply.") from None
         except ValueError as exc:
             raise UnusableInput(f"{path}: not JSON ({exc}).") from None
 
@@ -1439,6 +1522,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (UnusableInput, ImportError) as exc:
         print(exc, file=sys.stderr)
+        return 2
+    except (RecursionError, MemoryError, OverflowError, ValueError, TypeError) as exc:
+        # Input no check above foresaw: still unusable input, named, never a traceback.
+        print(f"cannot verify this input: {type(exc).__name__}: {str(exc)[:300]}", file=sys.stderr)
         return 2
     print(report.summary())
     return 0 if report.ok else 1

@@ -1,54 +1,51 @@
-"""The auditors' desk: search the decision log, read one event, export a search, verify the chain.
+"""The auditors' desk: search the decision log, read one event, export a search, verify the log.
 
-Read-only: nothing here changes state. An export signs a checkpoint of the chain head (a statement
-about the chain, not a change to it) and streams the events up to that head, so the file ends
-with the signature that proves it. Scope: auditors read every workflow; everyone else only the
-events of the workflows they may see (`selectors.audit_events_visible_to`).
+Reading never writes: an export streams the events up to the newest signed checkpoint already
+written (the sequencer signs one within seconds of every change) and ends with it; only an
+auditor's POST ("Sign a checkpoint now", audited, at most one per CHECKPOINT_COOLDOWN_SECONDS each)
+signs a new one. Checks of the chain and of uploaded files run as background jobs (audit.jobs).
+Scope: auditors read every workflow and see the checkpoints; everyone else only the events of the
+workflows they may see (`selectors.audit_events_visible_to`), with no checkpoint (it would tell
+them the size of the whole log).
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
+import datetime as dt
 import io
 import json
-import tempfile
+import math
+import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import batched
 
 from django import forms
 from django.conf import settings
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.cache import BaseCache, caches
-from django.core.cache.backends.filebased import FileBasedCache
+from django.core.cache import caches
+from django.core.files.uploadhandler import FileUploadHandler, StopUpload
 from django.core.paginator import Paginator
 from django.db import connection, transaction
 from django.db.models import Case, F, Q, QuerySet, TextField, Value, When
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Cast, Concat
-from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, QueryDict, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.csrf import csrf_exempt, csrf_protect
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from audit import jobs, sequencing
 from audit import log as audit
-from audit import sequencing
-from audit.models import AuditCheckpoint, AuditEvent, AuditTreeHead
-from audit.verify_audit import (
-    Checkpoint,
-    DamagedLine,
-    Report,
-    UnusableInput,
-    chain_hash,
-    export_checkpoints,
-    export_events,
-    sign_checkpoint,
-    verify_export,
-)
-from core import denials
+from audit.jobs import Progress, progress_store, read_progress
+from audit.models import AuditCheckpoint, AuditEvent, AuditTreeHead, VerifyUpload
+from audit.verify_audit import chain_hash
+from core import clock, denials
 from core.publishing import publish
 from governance import selectors
 
@@ -56,7 +53,6 @@ PAGE_SIZE = 50
 REQUEST_SUBJECT = "approvals.approvalrequest"
 EXPORT_CHUNK = 5000
 PROGRESS_EVERY = 20_000
-PROGRESS_TTL = 6 * 3600
 CSV_COLUMNS = (
     "type", "seq", "at", "actor_kind", "actor_id", "actor", "action", "subject_type", "subject_id",
     "workflow", "reason", "data", "prev_hash", "hash", "canonical", "signature",
@@ -122,8 +118,8 @@ def search_events(user, criteria: dict) -> QuerySet[AuditEvent]:
     return events
 
 
-def _search_form(request: HttpRequest) -> AuditSearchForm:
-    params = request.GET.copy()
+def _search_form(request: HttpRequest, params: QueryDict | None = None) -> AuditSearchForm:
+    params = (request.GET if params is None else params).copy()
     for transient in ("page", "progress"):
         params.pop(transient, None)
     return AuditSearchForm(params or None, user=request.user)
@@ -133,21 +129,27 @@ def _query_string(form: AuditSearchForm) -> str:
     return form.data.urlencode() if form.is_bound else ""
 
 
-@require_GET
-@login_required
-def search(request: HttpRequest) -> HttpResponse:
-    form = _search_form(request)
+def _log_context(request: HttpRequest, form: AuditSearchForm) -> dict:
     valid = not form.is_bound or form.is_valid()
     events = search_events(request.user, form.cleaned_data if form.is_bound and valid else {})
     page = Paginator(events.order_by("-seq"), PAGE_SIZE).get_page(request.GET.get("page")) if valid else None
-    context = {
+    auditor = selectors.reads_everything(request.user)
+    return {
         "form": form,
         "page": page,
         "query": _query_string(form),
         "progress_token": uuid.uuid4().hex,
-        "may_verify": selectors.reads_everything(request.user),
+        "may_verify": auditor,
+        "signed": newest_signed() if auditor else None,
     }
-    return render(request, "audit/audit_log.html", context, status=200 if valid else 422)
+
+
+@require_GET
+@login_required
+def search(request: HttpRequest) -> HttpResponse:
+    form = _search_form(request)
+    context = _log_context(request, form)
+    return render(request, "audit/audit_log.html", context, status=200 if context["page"] is not None else 422)
 
 
 # --- one event -----------------------------------------------------------------------------------
@@ -182,38 +184,36 @@ def evidence_url(subject_type: str, subject_id: str) -> str | None:
     return reverse("evidence:page", args=[int(subject_id)])
 
 
-# --- progress shared by the web processes and the workers ----------------------------------------
-
-def progress_store() -> BaseCache:
-    """Redis when configured (shared by every web process and worker), else files under var/."""
-    if settings.REDIS_URL:
-        return caches["default"]
-    return FileBasedCache(str(settings.VAR_DIR / "progress"), {"TIMEOUT": PROGRESS_TTL})
-
-
-def _progress_key(kind: str, token: str) -> str:
-    return f"ringfence:{kind}:{token}"
-
-
-@dataclass
-class Progress:
-    kind: str
-    token: str
-    owner: int
-    store: BaseCache
-
-    def save(self, **state: object) -> None:
-        self.store.set(_progress_key(self.kind, self.token), {"owner": self.owner, **state}, PROGRESS_TTL)
-
-
-def read_progress(kind: str, token: str, user) -> dict | None:
-    state = progress_store().get(_progress_key(kind, token))
-    if state is None or state.get("owner") != user.pk:
-        return None
-    return state
-
-
 # --- export --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Signed:
+    """Where an export stops: the newest signed checkpoints already written, and the log size they bound."""
+
+    size: int
+    tree_head: AuditTreeHead | None  # the newest Ed25519 checkpoint (C2SP tlog-checkpoint)
+    checkpoint: AuditCheckpoint | None  # the newest HMAC checkpoint of the chain
+
+    @property
+    def at(self) -> dt.datetime | None:
+        """When the checkpoint at `size` was signed; None when nothing is signed yet."""
+        times = []
+        if self.tree_head is not None and self.tree_head.tree_size == self.size:
+            times.append(self.tree_head.created_at)
+        if self.checkpoint is not None and self.checkpoint.head_seq == self.size:
+            times.append(self.checkpoint.created_at)
+        return max(times, default=None)
+
+
+def newest_signed() -> Signed:
+    """Exports read this and write nothing. With no checkpoint at all (a log seconds old) they
+    stop at the head, unsigned."""
+    tree_head = sequencing.latest_tree_head()
+    checkpoint = AuditCheckpoint.objects.order_by("-head_seq", "-created_at", "-id").first()
+    sizes = [tree_head.tree_size] if tree_head else []
+    sizes += [checkpoint.head_seq] if checkpoint else []
+    return Signed(max(sizes) if sizes else audit.head()[0], tree_head, checkpoint)
+
 
 def _jsonl_body(events: QuerySet[AuditEvent]) -> Iterator[tuple[int, str]]:
     rows = events.values_list("seq", "prev_hash", "hash", "canonical").iterator(chunk_size=EXPORT_CHUNK)
@@ -240,7 +240,6 @@ def _spreadsheet_safe(column: str) -> Case:
 def _csv_body(events: QuerySet[AuditEvent]) -> Iterator[tuple[int, str | bytes]]:
     """CSV rows in CSV_COLUMNS order. On PostgreSQL the server renders them (COPY … TO STDOUT, the
     engine behind psql's \\copy); elsewhere Python's csv module does."""
-    yield 0, ",".join(CSV_COLUMNS) + "\n"
     postgres = connection.vendor == "postgresql"
     safe = {f"safe_{column}": _spreadsheet_safe(column) for column in SPREADSHEET_UNSAFE}
     rows = events.annotate(row_type=Value("event"), data_text=Cast("data", TextField()), signature=Value(""),
@@ -271,49 +270,88 @@ def _csv_body(events: QuerySet[AuditEvent]) -> Iterator[tuple[int, str | bytes]]
                 yield len(block), b"".join(block)
 
 
-def _checkpoint_csv(cp: AuditCheckpoint) -> str:
+def _csv_row(**values: object) -> str:
     buffer = io.StringIO()
     row = dict.fromkeys(CSV_COLUMNS, "")
-    row.update(type="checkpoint", seq=cp.head_seq, at=audit.format_time(cp.created_at), hash=cp.head_hash,
-               signature=cp.signature)
+    row.update(values)
     csv.writer(buffer, lineterminator="\n").writerow(row.values())
     return buffer.getvalue()
 
 
+def _checkpoint_csv(cp: AuditCheckpoint) -> str:
+    return _csv_row(type="checkpoint", seq=cp.head_seq, at=audit.format_time(cp.created_at), hash=cp.head_hash,
+                    signature=cp.signature)
+
+
+def _tree_head_csv(signed: AuditTreeHead) -> str:
+    """The signed note whole in `signature` (a quoted cell of several lines); `hash` is the root, hex."""
+    return _csv_row(type="tlog_checkpoint", seq=signed.tree_size, at=audit.format_time(signed.created_at),
+                    hash=signed.root_hash, signature=signed.note)
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    header: str
+    body: Callable[[QuerySet[AuditEvent]], Iterator[tuple[int, str | bytes]]]
+    checkpoint: Callable[[AuditCheckpoint], str]
+    tree_head: Callable[[AuditTreeHead], str]
+    content_type: str
+
+
 EXPORT_FORMATS = {
-    # name: (body renderer, checkpoint line, content type)
-    "jsonl": (_jsonl_body, lambda cp: audit.checkpoint_line(cp) + "\n", "application/x-ndjson; charset=utf-8"),
-    "csv": (_csv_body, _checkpoint_csv, "text/csv; charset=utf-8"),
+    "jsonl": ExportFormat("", _jsonl_body, lambda cp: audit.checkpoint_line(cp) + "\n",
+                          lambda signed: sequencing.tree_head_line(signed) + "\n",
+                          "application/x-ndjson; charset=utf-8"),
+    "csv": ExportFormat(",".join(CSV_COLUMNS) + "\n", _csv_body, _checkpoint_csv, _tree_head_csv,
+                        "text/csv; charset=utf-8"),
 }
 
 
-def export_stream(events: QuerySet[AuditEvent], fmt: str, cp: AuditCheckpoint,
-                  progress: Progress | None = None, tree_head: AuditTreeHead | None = None) -> Iterator[str | bytes]:
-    """The events up to the checkpoint's head in seq order, then the signed checkpoint, and (JSON
-    Lines of the whole log) the newest signed tree head it covers, which the offline verifier checks
-    with the log's public key by rebuilding the Merkle root from the exported events.
+def export_stream(events: QuerySet[AuditEvent], fmt: str, cp: AuditCheckpoint | None,
+                  progress: Progress | None = None, tree_head: AuditTreeHead | None = None, *,
+                  size: int | None = None) -> Iterator[str | bytes]:
+    """The events up to `size` (by default the newest of the two checkpoints given) in seq order,
+    each signed checkpoint right after the last event it covers: the file ends with the newest, and
+    the offline verifier meets each where it checks it fastest. A JSON Lines export of the whole
+    log is verified offline with the log's public key (the tree head: the Merkle root rebuilt from
+    the events) and, with nothing but the standard library, with the HMAC key (the chain checkpoint).
 
     Memory stays flat: rows come from a server-side cursor or COPY in chunks (inside a transaction,
     so nothing is materialised WITH HOLD) and each chunk is handed on at once.
     """
-    render_body, checkpoint_text, _ = EXPORT_FORMATS[fmt]
-    events = events.filter(seq__lte=cp.head_seq).order_by("seq")
+    render_as = EXPORT_FORMATS[fmt]
+    cuts = [(cp.head_seq, 0, render_as.checkpoint(cp))] if cp else []
+    if tree_head:
+        cuts.append((tree_head.tree_size, 1, render_as.tree_head(tree_head)))
+    cuts.sort()
+    if size is None:
+        size = cuts[-1][0] if cuts else audit.head()[0]
+    events = events.filter(seq__lte=size).order_by("seq")
     total = events.count() if progress else 0
     done = reported = 0
     if progress:
         progress.save(state="running", done=0, total=total)
+    if render_as.header:
+        yield render_as.header
     with transaction.atomic():
-        for count, chunk in render_body(events):
-            yield chunk
-            done += count
-            if progress and done - reported >= PROGRESS_EVERY:
-                progress.save(state="running", done=done, total=total)
-                reported = done
-    yield checkpoint_text(cp)
-    if tree_head is not None and fmt == "jsonl":
-        yield sequencing.tree_head_line(tree_head) + "\n"
+        low = 0
+        for seq, _, text in [*cuts, (size, 2, "")]:
+            if seq > low:
+                for count, chunk in render_as.body(events.filter(seq__gt=low, seq__lte=seq)):
+                    yield chunk
+                    done += count
+                    if progress and done - reported >= PROGRESS_EVERY:
+                        progress.save(state="running", done=done, total=total)
+                        reported = done
+                low = seq
+            if text:
+                yield text
     if progress:
-        progress.save(state="done", done=done, total=total)
+        progress.save(state="done", done=done, total=total, signed=bool(cuts))
+
+
+def _stamp(at: dt.datetime) -> str:
+    return at.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
 @require_GET
@@ -325,19 +363,22 @@ def export(request: HttpRequest, fmt: str) -> HttpResponse:
     if form.is_bound and not form.is_valid():
         return search(request)
     events = search_events(request.user, form.cleaned_data if form.is_bound else {})
-    cp = audit.write_checkpoint("export")
     token = request.GET.get("progress", "")
     progress = None
     if token and len(token) <= 64 and token.isalnum():
         progress = Progress("export", token, request.user.pk, progress_store())
-    scope = "search" if form.is_filtered or not selectors.reads_everything(request.user) else "chain"
-    tree_head = (AuditTreeHead.objects.filter(tree_size__lte=cp.head_seq).order_by("-tree_size", "-id").first()
-                 if scope == "chain" else None)
-    response = StreamingHttpResponse(export_stream(events, fmt, cp, progress, tree_head),
-                                     content_type=EXPORT_FORMATS[fmt][2])
-    stamp = cp.created_at.strftime("%Y%m%dT%H%M%SZ")
-    response["Content-Disposition"] = f'attachment; filename="ringfence-audit-{scope}-{stamp}-to-{cp.head_seq}.{fmt}"'
-    response["X-Ringfence-Checkpoint-Seq"] = str(cp.head_seq)
+    signed = newest_signed()
+    if selectors.reads_everything(request.user):
+        stream = export_stream(events, fmt, signed.checkpoint, progress, signed.tree_head, size=signed.size)
+        scope = "search" if form.is_filtered else "chain"
+        name = f"ringfence-audit-{scope}-{_stamp(signed.at or clock.now())}-to-{signed.size}.{fmt}"
+    else:  # the events of their workflows, no checkpoint: it would tell them the size of the whole log
+        stream = export_stream(events, fmt, None, progress, None, size=signed.size)
+        name = f"ringfence-audit-search-{_stamp(clock.now())}.{fmt}"
+    response = StreamingHttpResponse(stream, content_type=EXPORT_FORMATS[fmt].content_type)
+    response["Content-Disposition"] = f'attachment; filename="{name}"'
+    if selectors.reads_everything(request.user) and signed.at is not None:
+        response["X-Ringfence-Checkpoint-Seq"] = str(signed.size)
     response["Cache-Control"] = "no-store"
     return response
 
@@ -349,6 +390,49 @@ def export_progress(request: HttpRequest, token: str) -> HttpResponse:
     return render(request, "audit/audit_log.html#export-progress", {"export": state, "progress_token": token})
 
 
+# --- signing a checkpoint on request ---------------------------------------------------------------
+
+CHECKPOINT_COOLDOWN_SECONDS = 10
+
+
+def cooldown_key(user_pk: int) -> str:
+    return f"ringfence:audit-sign-checkpoint:{user_pk}"
+
+
+def _checkpoint_wait(user) -> int:
+    """0 when `user` may have a checkpoint signed now (and the next CHECKPOINT_COOLDOWN_SECONDS are
+    counted from now), else the seconds to wait. One atomic add in the shared cache (Redis SET NX):
+    two web processes cannot both let the same person through."""
+    key = cooldown_key(user.pk)
+    until = time.time() + CHECKPOINT_COOLDOWN_SECONDS
+    store = caches["default"]
+    if store.add(key, until, CHECKPOINT_COOLDOWN_SECONDS):
+        return 0
+    held = store.get(key)
+    return max(1, math.ceil((held if isinstance(held, float) else until) - time.time()))
+
+
+@require_POST
+@login_required
+def sign_checkpoint(request: HttpRequest) -> HttpResponse:
+    """Auditors only; at most one per person every CHECKPOINT_COOLDOWN_SECONDS (429 with Retry-After)."""
+    if not selectors.reads_everything(request.user):
+        raise denials.forbidden(request, "Only auditors sign checkpoints of the audit log.")
+    form = _search_form(request, QueryDict(request.POST.get("query", "")))
+    if wait := _checkpoint_wait(request.user):
+        context = _log_context(request, form)
+        context["sign_refused"] = (f"You asked for a checkpoint less than {CHECKPOINT_COOLDOWN_SECONDS} s ago: ask "
+                                   f"again in {wait} s. The log also signs one by itself within seconds of every "
+                                   "change.")
+        response = render(request, "audit/audit_log.html", context, status=429)
+        response["Retry-After"] = str(wait)
+        return response
+    signed = audit.sign_checkpoint_now(request.user)
+    messages.success(request, f"Signed a checkpoint of the log's {signed.tree_size} events; exports now end with it.")
+    query = _query_string(form)
+    return redirect(reverse("audit:log") + (f"?{query}" if query else ""))
+
+
 # --- verification --------------------------------------------------------------------------------
 
 def _require_auditor(request: HttpRequest) -> None:
@@ -356,143 +440,103 @@ def _require_auditor(request: HttpRequest) -> None:
         raise denials.forbidden(request, "Only auditors verify the whole audit chain.")
 
 
-def verify_chain(job: Progress) -> Report:
-    """The standalone verifier over the database chain and its signed checkpoints, reporting progress."""
-    total = audit.head()[0]
-    job.save(state="running", done=0, total=total)
-    saved = 0
-
-    def progress(done: int) -> None:
-        nonlocal saved
-        if done - saved >= PROGRESS_EVERY or done < saved:  # done < saved: the exact walk started over
-            saved = done
-            job.save(state="running", done=done, total=total)
-
-    report = audit.verify_database(progress=progress)
-    job.save(state="done", done=report.events, total=total, **_report_state(report))
-    return report
-
-
-def run_chain_verification(job_id: str, owner: int) -> None:
-    """Entry point of the background task: verify the database chain under this job id."""
-    job = Progress("verify", job_id, owner, progress_store())
-    try:
-        verify_chain(job)
-    except Exception as exc:
-        job.save(state="failed", error=str(exc)[:500])
-        raise
-
-
-def _report_state(report: Report) -> dict:
-    return {"ok": report.ok, "summary": report.summary(), "first_broken_seq": report.first_broken_seq,
-            "events": report.events, "checkpoints": report.checkpoints}
-
-
-def verify_excerpt(events: Iterable[tuple[int, str, str, str] | DamagedLine], checkpoints: list[Checkpoint],
-                   key: str) -> Report:
-    """An export of a search holds some events of the chain, not all: each is checked on its own
-    (its hash, its seq), linked to its neighbour where the neighbour is in the file too, and matched
-    against the chain in this database; the signed checkpoint must be on that chain as well."""
-    report = Report()
-    last: tuple[int, str] | None = None
-    for batch in batched(events, 2000):
-        seqs = [e[0] for e in batch if not isinstance(e, DamagedLine)]
-        stored = dict(AuditEvent.objects.filter(seq__in=seqs).values_list("seq", "hash"))
-        for item in batch:
-            if isinstance(item, DamagedLine):
-                report.fail(None, f"line {item.number} of the export is damaged ({item.problem}).")
-                return report
-            seq, prev_hash, event_hash, canonical = item
-            report.events += 1
-            if last and seq <= last[0]:
-                report.fail(seq, f"event #{seq} appears out of order or twice.")
-            elif chain_hash(prev_hash, canonical) != event_hash:
-                report.fail(seq, f"event #{seq}'s contents do not match its hash (the event was altered).")
-            elif json.loads(canonical).get("seq") != seq:
-                report.fail(seq, f"event #{seq} carries another seq inside its hashed contents.")
-            elif last and last[0] == seq - 1 and last[1] != prev_hash:
-                report.fail(seq, f"event #{seq} does not link to the event before it (prev_hash differs).")
-            elif stored.get(seq) != event_hash:
-                report.fail(seq, f"event #{seq} differs from event #{seq} of the chain in this database.")
-            if not report.ok:
-                return report
-            last = (seq, event_hash)
-            report.head_seq, report.head_hash = seq, event_hash
-    for cp in checkpoints:
-        if sign_checkpoint(key, cp.seq, cp.hash, cp.at) != cp.signature:
-            report.fail(None, f"checkpoint for #{cp.seq} signed at {cp.at} has an invalid signature.")
-        elif AuditEvent.objects.filter(seq=cp.seq, hash=cp.hash).exists() or (cp.seq, cp.hash) == (0, audit.GENESIS):
-            report.checkpoints += 1
-        else:
-            report.fail(cp.seq, f"the signed checkpoint for #{cp.seq} ({cp.at}) is not on the chain in this database.")
-    report.notes.append("an excerpt: each event in it is on the chain in this database; an excerpt cannot "
-                        "show that no event was left out (export the whole chain for that).")
-    return report
-
-
-@contextlib.contextmanager
-def _on_disk(upload) -> Iterator[str]:
-    """The uploaded file's path (large uploads already are on disk; small ones are written out)."""
-    if hasattr(upload, "temporary_file_path"):
-        yield upload.temporary_file_path()
-        return
-    with tempfile.NamedTemporaryFile(suffix=".jsonl") as fh:
-        for chunk in upload.chunks():
-            fh.write(chunk)
-        fh.flush()
-        yield fh.name
-
-
-def verify_upload(upload, key: str, *, excerpt: bool = False) -> Report:
-    """A whole-chain export is checked exactly as the standalone script checks it; an excerpt
-    (the export of a search) is checked against the chain in this database."""
-    with _on_disk(upload) as path:
-        if not excerpt:  # the signed tree heads in it are checked with this log's public key too
-            return verify_export(path, key, public_key=sequencing.vkey())
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            checkpoints = export_checkpoints(fh, skip_damaged=True)
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            return verify_excerpt(export_events(fh), checkpoints, key)
-
-
 class VerifyUploadForm(forms.Form):
-    export = forms.FileField(label="Export file (JSON Lines)")
     kind = forms.ChoiceField(
         label="The file is", initial="chain", widget=forms.RadioSelect,
         choices=[("chain", "the whole chain (exported with no search filters): every event must be there"),
                  ("excerpt", "an excerpt (the export of a search): its events are matched against this database")],
     )
+    export = forms.FileField(label="Export file (JSON Lines)")
 
 
+# The multipart framing and the form's other fields, on top of the file itself.
+UPLOAD_OVERHEAD = 64 << 10
+
+
+def max_upload_bytes() -> int:
+    return settings.AUDIT_VERIFY_MAX_UPLOAD_MB << 20
+
+
+class CappedUploadHandler(FileUploadHandler):
+    """First of the upload handlers: counts each file's bytes as they arrive and stops the upload
+    past the cap. Django then reads the rest of the request and drops it; the handlers after this
+    one delete what they had written, so nothing of the file is kept."""
+
+    def __init__(self, request: HttpRequest, limit: int) -> None:
+        super().__init__(request)
+        self.limit, self.exceeded = limit, False
+
+    def receive_data_chunk(self, raw_data: bytes, start: int) -> bytes:
+        if start + len(raw_data) > self.limit:
+            self.exceeded = True
+            for handler in self.request.upload_handlers:
+                if handler is not self:
+                    handler.upload_interrupted()
+            raise StopUpload(connection_reset=False)
+        return raw_data
+
+    def file_complete(self, file_size: int) -> None:
+        return None
+
+
+def _verify_context(form: VerifyUploadForm, upload_error: str = "") -> dict:
+    return {
+        "form": form,
+        "upload_error": upload_error,
+        "max_upload_mb": settings.AUDIT_VERIFY_MAX_UPLOAD_MB,
+        "head": audit.head(),
+        "signed": newest_signed(),
+    }
+
+
+def _too_large(request: HttpRequest) -> HttpResponse:
+    limit = settings.AUDIT_VERIFY_MAX_UPLOAD_MB
+    message = (f"This file is larger than {limit} MB, the most the verify page takes "
+               "(AUDIT_VERIFY_MAX_UPLOAD_MB). Nothing was uploaded or kept. Verify it on your own machine with the "
+               "standalone script, which has no limit (see below), or export a narrower search.")
+    return render(request, "audit/audit_verify.html", _verify_context(VerifyUploadForm(), message), status=413)
+
+
+def _content_length(request: HttpRequest) -> int:
+    try:
+        return int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return 0  # Django's parser refuses it (400)
+
+
+@csrf_exempt  # the size is checked before the body is read; the CSRF check follows in _receive_upload
+@require_http_methods(["GET", "HEAD", "POST"])
 @login_required
 def verify_page(request: HttpRequest) -> HttpResponse:
     _require_auditor(request)
-    form, report = VerifyUploadForm(), None
-    if request.method == "POST":
-        form = VerifyUploadForm(request.POST, request.FILES)
-        if form.is_valid():
-            try:
-                report = verify_upload(form.cleaned_data["export"], settings.AUDIT_CHECKPOINT_KEY,
-                                       excerpt=form.cleaned_data["kind"] == "excerpt")
-            except UnusableInput as exc:
-                form.add_error("export", f"This is not a Ringfence audit export: {exc}")
-    context = {
-        "form": form,
-        "upload": _report_state(report) if report else None,
-        "upload_name": form.cleaned_data["export"].name if report else "",
-        "head": audit.head(),
-        "checkpoint": AuditCheckpoint.objects.order_by("-created_at", "-id").first(),
-    }
-    status = 422 if form.errors else 200
-    template = "audit/audit_verify.html" + ("#upload-result" if request.htmx else "")
-    return render(request, template, context, status=status)
+    if request.method != "POST":
+        return render(request, "audit/audit_verify.html", _verify_context(VerifyUploadForm()))
+    limit = max_upload_bytes()
+    if _content_length(request) > limit + UPLOAD_OVERHEAD:
+        return _too_large(request)  # refused on its declared length: not one byte of the body read
+    capped = CappedUploadHandler(request, limit)
+    request.upload_handlers.insert(0, capped)
+    return _receive_upload(request, capped)
+
+
+@csrf_protect
+def _receive_upload(request: HttpRequest, capped: CappedUploadHandler) -> HttpResponse:
+    """Keep the file for a worker and show its job's page, where the progress and the verdict appear."""
+    form = VerifyUploadForm(request.POST, request.FILES)
+    if capped.exceeded:
+        return _too_large(request)
+    if not form.is_valid():
+        return render(request, "audit/audit_verify.html", _verify_context(form), status=422)
+    upload = jobs.store_upload(request.user, form.cleaned_data["export"], form.cleaned_data["kind"])
+    job = jobs.queue_upload(upload)
+    return redirect("audit:verify_job", job=job.token)
 
 
 @require_POST
 @login_required
 def verify_start(request: HttpRequest) -> HttpResponse:
     _require_auditor(request)
-    job = Progress("verify", uuid.uuid4().hex, request.user.pk, progress_store())
+    job = Progress("verify", uuid.uuid4().hex, request.user.pk, progress_store(), {"what": "chain"})
     job.save(state="queued", done=0, total=audit.head()[0], queued_at=timezone.now().isoformat())
     if not publish("audit.tasks.verify_audit_chain", (job.token, request.user.pk)):
         job.save(state="failed", done=0, total=0,
@@ -508,4 +552,5 @@ def verify_job(request: HttpRequest, job: str) -> HttpResponse:
     if state is None:
         raise denials.out_of_scope(request, "verification", job)
     template = "audit/audit_verify_job.html" + ("#job" if request.htmx else "")
-    return render(request, template, {"job": state, "job_id": job})
+    kind_label = dict(VerifyUpload.Kind.choices).get(state.get("kind"), "")
+    return render(request, template, {"job": state, "job_id": job, "kind_label": kind_label})

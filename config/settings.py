@@ -6,7 +6,9 @@ under `var/`, a secret key generated once into `var/`.
 
 from __future__ import annotations
 
+import re
 import warnings
+from datetime import timedelta
 from pathlib import Path
 
 import plotly
@@ -57,6 +59,7 @@ INSTALLED_APPS = [
     "django_htmx",
     "guardian",
     "ninja",
+    "axes",
     "core",
     "audit",
     "governance",
@@ -69,6 +72,7 @@ MIDDLEWARE = [
     "core.requestlog.RequestLogMiddleware",  # first: its line times and names every answer
     "config.observability.OperabilityMiddleware",  # /metrics, /healthz, /readyz: before host checks
     "django.middleware.security.SecurityMiddleware",
+    "core.middleware.NoStoreMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -79,6 +83,7 @@ MIDDLEWARE = [
     "django.middleware.csp.ContentSecurityPolicyMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "core.middleware.UnavailableMiddleware",
+    "axes.middleware.AxesMiddleware",  # turns a refused sign-in into the lockout page
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -135,6 +140,7 @@ else:
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # first: a locked-out password sign-in goes no further
     "django.contrib.auth.backends.ModelBackend",
     "guardian.backends.ObjectPermissionBackend",
 ]
@@ -150,6 +156,63 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
+
+# Sign-in through the company's identity provider (OpenID Connect, governance.oidc); off while OIDC_ISSUER is
+# empty. LOCAL_LOGIN=false turns password sign-in off; `manage.py breakglass` remains the way in.
+OIDC_ISSUER = env_str("OIDC_ISSUER").strip().rstrip("/")
+OIDC_CLIENT_ID = env_str("OIDC_CLIENT_ID").strip()
+OIDC_CLIENT_SECRET = env_str("OIDC_CLIENT_SECRET")
+OIDC_GROUPS_CLAIM = env_str("OIDC_GROUPS_CLAIM", "groups").strip() or "groups"
+OIDC_PROVIDER_NAME = env_str("OIDC_PROVIDER_NAME", "SSO").strip() or "SSO"
+OIDC_SCOPES = " ".join(env_str("OIDC_SCOPES", "openid email profile").split())
+OIDC_TIMEOUT_SECONDS = env_float("OIDC_TIMEOUT_SECONDS", 5.0, minimum=0.5)
+if OIDC_ISSUER:
+    if not (OIDC_ISSUER.startswith("https://")
+            or OIDC_ISSUER.startswith(("http://127.0.0.1", "http://localhost", "http://[::1]"))):
+        raise ImproperlyConfigured(f"OIDC_ISSUER={OIDC_ISSUER!r} must start with https:// (http:// only on this host).")
+    if not (OIDC_CLIENT_ID and OIDC_CLIENT_SECRET):
+        raise ImproperlyConfigured("OIDC_CLIENT_ID and OIDC_CLIENT_SECRET must be set with OIDC_ISSUER.")
+    if "openid" not in OIDC_SCOPES.split():
+        raise ImproperlyConfigured(f"OIDC_SCOPES={OIDC_SCOPES!r} must include openid.")
+LOCAL_LOGIN = env_bool("LOCAL_LOGIN", True)
+if not LOCAL_LOGIN and not OIDC_ISSUER:
+    raise ImproperlyConfigured("LOCAL_LOGIN=false needs OIDC_ISSUER: otherwise nobody could sign in.")
+AUTHENTICATION_BACKENDS += ["governance.oidc.IdentityProviderBackend"]  # inert while OIDC_ISSUER is empty
+MIDDLEWARE += ["governance.identity_views.local_login_gate"]  # LOCAL_LOGIN=false refuses password sign-in
+
+# Sign-in throttling (django-axes; README "Sign-in throttling", governance.login_throttling): an account or an
+# address with LOGIN_FAILURE_LIMIT failed password sign-ins within LOGIN_COOLOFF_MINUTES of each other is
+# refused until that long after them. LOGIN_LOCKOUT_BY: which counters lock (username, ip_address, or the pair
+# username+ip_address). LOGIN_CLIENT_IP_HEADER: the header the proxy in front of Ringfence sets to the
+# client's address (X-Real-IP, X-Forwarded-For); unset, the peer's address counts and no header is trusted.
+LOGIN_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
+LOGIN_COOLOFF_MINUTES = env_int("LOGIN_COOLOFF_MINUTES", 15, minimum=1)
+LOGIN_LOCKOUT_BY = env_list("LOGIN_LOCKOUT_BY", ["username", "ip_address"])
+LOGIN_CLIENT_IP_HEADER = env_str("LOGIN_CLIENT_IP_HEADER").strip()
+if LOGIN_CLIENT_IP_HEADER and not re.fullmatch(r"[A-Za-z0-9-]+", LOGIN_CLIENT_IP_HEADER):
+    raise ImproperlyConfigured(f"LOGIN_CLIENT_IP_HEADER={LOGIN_CLIENT_IP_HEADER!r} is not a header name.")
+AXES_LOCKOUT_PARAMETERS: list[str | list[str]] = []
+for _counter in LOGIN_LOCKOUT_BY:
+    _parts = _counter.split("+")
+    if len(set(_parts)) != len(_parts) or not set(_parts) <= {"username", "ip_address"}:
+        raise ImproperlyConfigured(f"LOGIN_LOCKOUT_BY={','.join(LOGIN_LOCKOUT_BY)!r}: use username, ip_address "
+                                   "or username+ip_address, comma-separated.")
+    AXES_LOCKOUT_PARAMETERS.append(_parts[0] if len(_parts) == 1 else _parts)
+AXES_FAILURE_LIMIT = LOGIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = timedelta(minutes=LOGIN_COOLOFF_MINUTES)
+# Attempts while locked out are refused unchecked and do not push the end of the lockout further.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_RESET_ON_SUCCESS = False  # the handler forgets the signed-in account's failures only
+AXES_HANDLER = "governance.login_throttling.AuditedDatabaseHandler"
+AXES_LOCKOUT_CALLABLE = "governance.login_throttling.lockout_response"
+AXES_CLIENT_IP_CALLABLE = "governance.login_throttling.client_ip"
+AXES_WHITELIST_CALLABLE = "governance.login_throttling.is_not_a_password_login"
+AXES_HTTP_RESPONSE_CODE = 429
+# Lockouts are lifted by `manage.py unlock_login` (audited), not by deleting rows in the admin; sign-ins
+# that succeed are not kept (the audit trail and the security log say what matters).
+AXES_ENABLE_ADMIN = False
+AXES_DISABLE_ACCESS_LOG = True
+AXES_VERBOSE = False
 
 LANGUAGE_CODE = "en"
 TIME_ZONE = env_str("TIME_ZONE", "UTC")
@@ -230,10 +293,27 @@ if APPROVALS_WEBHOOK_URL:
         raise ImproperlyConfigured(
             "APPROVALS_WEBHOOK_SECRET must be set (at least 32 characters) with APPROVALS_WEBHOOK_URL.")
 APPROVALS_WEBHOOK_TIMEOUT_SECONDS = env_float("APPROVALS_WEBHOOK_TIMEOUT_SECONDS", 5.0, minimum=0.1)
+# Webhooks, the webhook executor and agents' callbacks are never sent to loopback, link-local, private,
+# shared, multicast or reserved addresses (core.outbound), except inside these networks (CIDRs).
+WEBHOOK_ALLOWED_NETWORKS = env_networks("WEBHOOK_ALLOWED_NETWORKS")
+# PagerDuty's Events API v2; routes name the environment variable holding each routing key.
+PAGERDUTY_EVENTS_URL = env_str("PAGERDUTY_EVENTS_URL", "https://events.pagerduty.com/v2/enqueue").strip()
+if not PAGERDUTY_EVENTS_URL.startswith(("http://", "https://")):
+    raise ImproperlyConfigured("PAGERDUTY_EVENTS_URL must start with http:// or https://.")
 APPROVALS_REMINDER_SECONDS = env_int("APPROVALS_REMINDER_SECONDS", 120, minimum=0)
 # An approved agent action is claimed within this long or expires; an execution's outcome is
 # expected within this long of its grant.
 APPROVAL_EXECUTION_WINDOW_SECONDS = env_int("APPROVAL_EXECUTION_WINDOW_SECONDS", 900, minimum=1)
+
+# Slack (approvals.slack): requests posted with buttons to the channels routes name; off without a token.
+SLACK_BOT_TOKEN = env_str("SLACK_BOT_TOKEN").strip()
+SLACK_SIGNING_SECRET = env_str("SLACK_SIGNING_SECRET").strip()
+SLACK_API_URL = env_str("SLACK_API_URL", "https://slack.com/api/").strip()
+if SLACK_BOT_TOKEN:
+    if not SLACK_SIGNING_SECRET:
+        raise ImproperlyConfigured("SLACK_SIGNING_SECRET must be set with SLACK_BOT_TOKEN (the app's Signing Secret).")
+    if not SLACK_API_URL.startswith(("http://", "https://")):
+        raise ImproperlyConfigured("SLACK_API_URL must start with http:// or https://.")
 
 # The cache and every publish (pages, beat, tasks) give Redis this long to connect and answer,
 # then treat it as away: a hung Redis costs a page one timeout per message, not minutes
@@ -339,6 +419,12 @@ AUDIT_CHECKPOINT_INTERVAL_SECONDS = env_float("AUDIT_CHECKPOINT_INTERVAL_SECONDS
 AUDIT_CHECKPOINT_IDLE_SECONDS = env_float("AUDIT_CHECKPOINT_IDLE_SECONDS", 3600.0, minimum=1)
 AUDIT_SIGNING_KEY = _secret("AUDIT_SIGNING_KEY", 44)  # base64 of a 32-byte Ed25519 seed, outside the database
 AUDIT_LOG_ORIGIN = env_str("AUDIT_LOG_ORIGIN", "ringfence.local/audit")
+# The auditors' verify page takes export files up to this size (refused by Content-Length before the
+# body is read, and counted while it streams), then checks them in a worker. A file above
+# FILE_UPLOAD_MAX_MEMORY_SIZE is spooled to disk, never held in memory. (DATA_UPLOAD_MAX_MEMORY_SIZE,
+# Django's 2.5 MB, bounds a form's other fields and any body read whole, never a file.)
+AUDIT_VERIFY_MAX_UPLOAD_MB = env_int("AUDIT_VERIFY_MAX_UPLOAD_MB", 50, minimum=1)
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440  # Django's default: well under the cap
 
 CELERY_BEAT_SCHEDULE = {
     "audit-checkpoint": {

@@ -1,6 +1,8 @@
 """Configuration as code for CI and GitOps: the schema, a plan, and an apply, over the API.
 
-The body is the file: YAML (`application/yaml`) or JSON (`application/json`). A token whose service
+The body is the file: YAML (`application/yaml`) or JSON (`application/json`), UTF-8 (a `charset`, if
+sent, is `utf-8`); JSON is read as strictly as every API body (core.jsonbody: a member named twice
+is refused, as the YAML loader refuses a repeated key). A token whose service
 account holds the `config` permission may plan; applying acts as the account's owner, who must be
 an administrator (the services audit each change as that person, and `config.applied` names the
 account it came through).
@@ -8,13 +10,12 @@ account it came through).
 
 from __future__ import annotations
 
-import json
-
 from django.http import HttpRequest, JsonResponse
 from ninja import Router, Schema
 from pydantic import Field
 
 from configuration import document, loading, planning
+from core import jsonbody
 from core.idempotency import idempotent
 from core.problems import FieldError, Problem
 from governance import services as governance_services
@@ -45,22 +46,14 @@ class ConfigPlanOut(Schema):
 
 
 def _body(request: HttpRequest) -> tuple[document.Document, loading.Source, bytes]:
-    media = (request.content_type or "").lower()
-    if media not in YAML_TYPES and media != "application/json":
-        raise Problem(415, "unsupported_media_type",
-                      "Send the configuration as application/yaml or application/json.")
+    media = jsonbody.check_media_type(request.content_type or "", request.content_params or {},
+                                      accepted=(*YAML_TYPES, jsonbody.JSON_MEDIA_TYPE))
     if len(request.body) > MAX_BODY:
         raise Problem(413, "payload_too_large", "A configuration is at most 2 MiB.")
+    text = jsonbody.decode(request.body, utf8_bom=media in YAML_TYPES)
     try:
-        text = request.body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise Problem(400, "malformed_body", "The configuration is not UTF-8 text.") from None
-    try:
-        if media == "application/json":
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise Problem(400, "malformed_body", f"Not JSON: {exc.msg} at line {exc.lineno}.") from None
+        if media == jsonbody.JSON_MEDIA_TYPE:
+            data = jsonbody.loads(text)
             source = loading.Source(data if isinstance(data, dict) else {}, {(): ("body", 1)})
             if not isinstance(data, dict):
                 raise loading.ConfigError([loading.Problem("body", 1, "", "a configuration is an object")])

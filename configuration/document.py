@@ -21,6 +21,14 @@
         containment: {pause: {primary: olivia, backup: [oscar]}, ...}
         scope: {alice: [view, approve], rhea: [view, manage_rollouts]}
         rollout_plans: [{release_version, name, stable_version, ready, rings, criteria, triggers}]
+        notify:                          # where its notices go; absent: left as they are
+          - events: [requested, escalated]
+            slack: "#payments-approvals"
+            email: [payments-oncall@example.com]
+          - {events: [last_level, rollback_failed], pagerduty: {routing_key_env: PD_PAYMENTS}}
+
+    identity:
+      groups: [{group: payments-approvers, roles: [approver], scope: {refund-agent: [view, approve]}}]
 
 Names of people are usernames; roles are Ringfence's role groups. Tokens are never in the file.
 """
@@ -153,6 +161,27 @@ class Plan(Strict):
     triggers: list[Trigger] = Field(default_factory=list)
 
 
+RouteEvent = Literal["requested", "window_opened", "escalated", "reminder", "decided", "autonomous_action",
+                    "signals_lost", "rollback_executed", "rollback_failed", "last_level"]
+
+
+class PagerDutyRoute(Strict):
+    routing_key_env: str = Field(pattern=r"^[A-Z_][A-Z0-9_]{0,99}$",
+                                 description="The environment variable holding the routing key (never the key).")
+
+
+class Route(Strict):
+    """Where some of a workflow's notices go; at least one of email, slack, webhook, pagerduty."""
+
+    events: list[RouteEvent] = Field(default_factory=list, description="Which events; none listed: every event. "
+                                     "last_level: a request escalated to its last level, or reminded there.")
+    email: list[str] = Field(default_factory=list, description="Addresses.")
+    slack: str = Field("", max_length=100, description="A channel, #name or its id.")
+    webhook: str = Field("", max_length=2000, description="An http(s) address; signed like the global webhook.")
+    pagerduty: PagerDutyRoute | None = Field(None, description="Pages at a request's last level and when a "
+                                                                "rollback fails; resolves when it is over.")
+
+
 class Workflow(Strict):
     slug: Slug
     name: str = Field(min_length=1, max_length=200)
@@ -168,6 +197,8 @@ class Workflow(Strict):
     scope: dict[Username, list[Permission]] = Field(default_factory=dict,
                                                     description="Object permissions per person on this workflow.")
     rollout_plans: list[Plan] = Field(default_factory=list)
+    notify: list[Route] | None = Field(None, description="Notification routes; absent: left as they are, "
+                                                         "[]: none (the installation's settings apply).")
 
 
 class ServiceAccount(Strict):
@@ -187,6 +218,20 @@ class Metric(Strict):
     direction: Literal["higher_is_better", "lower_is_better"] = "lower_is_better"
 
 
+class GroupMapping(Strict):
+    """What one identity-provider group gives its members, at each sign-in (configuration.identity)."""
+
+    group: str = Field(min_length=1, max_length=255, description="The group as the provider's groups claim "
+                                                                 "(OIDC_GROUPS_CLAIM) names it.")
+    roles: list[RoleName] = Field(default_factory=list)
+    scope: dict[Slug, list[Permission]] = Field(default_factory=dict,
+                                                description="Object permissions per workflow slug.")
+
+
+class Identity(Strict):
+    groups: list[GroupMapping] = Field(default_factory=list, description="Group mappings, one per group.")
+
+
 class Document(Strict):
     """A Ringfence configuration: what `manage.py config plan|apply` compares with the live one."""
 
@@ -194,6 +239,8 @@ class Document(Strict):
     metrics: list[Metric] = Field(default_factory=list)
     service_accounts: list[ServiceAccount] = Field(default_factory=list)
     workflows: list[Workflow] = Field(default_factory=list)
+    identity: Identity | None = Field(None, description="Sign-in through the identity provider: what its groups "
+                                                        "give; absent: the live mappings are left as they are.")
 
 
 def json_schema() -> dict:

@@ -6,6 +6,7 @@ from typing import Any
 
 import yaml
 
+from configuration import identity as identity_section
 from configuration.planning import live
 
 
@@ -27,8 +28,18 @@ def _rules(rules: list[dict]) -> list[dict]:
     return out
 
 
+def _route(route: dict) -> dict:
+    """A notification route as `notify:` writes it."""
+    names = {"events": "events", "emails": "email", "slack_channel": "slack", "webhook_url": "webhook"}
+    entry: dict[str, Any] = {names[name]: route[name] for name in names if route[name]}
+    if route["pagerduty_routing_key_env"]:
+        entry["pagerduty"] = {"routing_key_env": route["pagerduty_routing_key_env"]}
+    return entry
+
+
 def document() -> dict:
     state = live()
+    identity_section.complete_live(state, {})  # a mapping's grants are the identity provider's, not the file's
     by_kind: dict[str, dict[str, dict]] = {}
     for (kind, key), fields in sorted(state.items()):
         by_kind.setdefault(kind, {})[key] = fields
@@ -78,6 +89,8 @@ def document() -> dict:
                  for key, plan in by_kind.get("plan", {}).items() if key.split("/")[0] == slug]
         if plans:
             entry["rollout_plans"] = plans
+        if routes := by_kind.get("routes", {}).get(slug):
+            entry["notify"] = [_route(route) for route in routes["routes"]]
         workflows.append(entry)
     return {
         "version": 1,
@@ -85,6 +98,7 @@ def document() -> dict:
         "service_accounts": [{"name": name, **{k: v for k, v in a.items() if k != "permissions" or v}}
                              for name, a in by_kind.get("service_account", {}).items()],
         "workflows": workflows,
+        **identity_section.exported(state),
     }
 
 

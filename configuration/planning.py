@@ -14,12 +14,15 @@ Objects and their keys (what `config plan` prints):
     containment/<workflow>/<duty>       primary, backup
     plan/<workflow>/<release_version>   a draft or ready rollout plan: its fields, rings, criteria,
                                         triggers, and `ready`
+    routes/<workflow>                   the notification routes (`notify:`), as one list
+    group_mapping/<group>               roles, scope: what an identity-provider group gives (configuration.identity)
 
 An object in the file and not live is created; in both and different, updated with the changed
 fields. An object live and not in the file is left alone, unless `prune` is asked: then actions,
 scope grants and containment duties of the file's workflows that the file does not name are
-removed. Workflows, service accounts, metrics and policies are never deleted by a file (they carry
-history): deactivate an account with `active: false`.
+removed, and so are the notification routes of a workflow without `notify:`. Workflows, service
+accounts, metrics and policies are never deleted by a file (they carry history): deactivate an
+account with `active: false`.
 """
 
 from __future__ import annotations
@@ -35,14 +38,18 @@ from django.contrib.auth.models import AbstractBaseUser, Group, User
 from django.db import transaction
 from guardian.shortcuts import get_users_with_perms
 
+from approvals import routing as notification_routing
 from approvals import rules as cel_rules
 from approvals import services as approval_services
 from approvals.models import ActionRule, EscalationPolicy
 from audit import log as audit
+from configuration import identity as identity_section
 from configuration.document import Document, Rule
 from configuration.document import Plan as DocPlan
+from configuration.document import Route as DocRoute
 from configuration.document import Workflow as DocWorkflow
 from configuration.loading import ConfigError, Problem, Source
+from core import outbound
 from core.errors import TransitionRefused
 from governance import services as governance_services
 from governance.models import ContainmentAssignment, GovernedAction, ServiceAccount, Workflow, validate_timezone
@@ -53,7 +60,7 @@ from rollouts.models import Metric, RolloutPlan
 SHORT = {"view_workflow": "view", "approve_workflow": "approve", "contain_workflow": "contain",
          "manage_rollouts": "manage_rollouts"}
 CODENAME = {short: code for code, short in SHORT.items()}
-PRUNABLE = ("action", "scope", "containment")
+PRUNABLE = ("action", "scope", "containment", "routes")
 
 
 @dataclass
@@ -213,6 +220,9 @@ def desired(doc: Document) -> dict[tuple[str, str], tuple[dict, tuple]]:
             out[("implied_scope", f"{wf.slug}/{user}")] = ({"permissions": ["contain", "view"]}, ())
         for j, plan in enumerate(wf.rollout_plans):
             out[("plan", f"{wf.slug}/{plan.release_version}")] = (_plan(plan), (*at, "rollout_plans", j))
+        if wf.notify is not None:
+            out[("routes", wf.slug)] = ({"routes": [_route(r) for r in wf.notify]}, (*at, "notify"))
+    out.update(identity_section.desired(doc))
     return out
 
 
@@ -262,6 +272,8 @@ def live(slugs: set[str] | None = None) -> dict[tuple[str, str], dict]:
             scoped = sorted(SHORT[p] for p in perms if p in SHORT)
             if scoped:
                 out[("scope", f"{wf.slug}/{user.get_username()}")] = {"permissions": scoped}
+        if routes := _live_routes(wf):
+            out[("routes", wf.slug)] = {"routes": routes}
     return out
 
 
@@ -271,6 +283,7 @@ def plan(doc: Document, source: Source | None = None, *, prune: bool = False) ->
     _check(doc, wanted, source)
     slugs = {wf.slug for wf in doc.workflows}
     current = live()
+    identity_section.complete_live(current, wanted)
     changes = []
     for (kind, key), (fields, where) in wanted.items():
         if kind == "implied_scope":
@@ -279,6 +292,8 @@ def plan(doc: Document, source: Source | None = None, *, prune: bool = False) ->
         if now is None:
             if kind in ("rules", "shadow_rules") and not fields["rules"]:
                 continue  # an action without rules: nothing to create
+            if kind == "routes" and not fields["routes"]:
+                continue  # no routes, and none live
             changes.append(Change("create", kind, key, fields, where, fields))
         elif now != fields:
             diff = {name: (now.get(name), value) for name, value in fields.items() if now.get(name) != value}
@@ -288,8 +303,9 @@ def plan(doc: Document, source: Source | None = None, *, prune: bool = False) ->
             implied = kind == "scope" and ("implied_scope", key) in wanted
             if kind in PRUNABLE and key.split("/")[0] in slugs and (kind, key) not in wanted and not implied:
                 changes.append(Change("delete", kind, key, fields))
+        changes.extend(Change("delete", *gone) for gone in identity_section.pruned(doc, current, wanted))
     order = ["workflow", "service_account", "action", "rules", "shadow_rules", "policy", "scope", "metric",
-             "containment", "plan"]
+             "containment", "routes", "plan", identity_section.KIND]
     changes.sort(key=lambda c: (c.op == "delete", order.index(c.kind), c.key))
     return Plan(changes)
 
@@ -376,6 +392,8 @@ def _check(doc: Document, wanted: dict, source: Source | None) -> None:
             if person not in people:
                 problem((*at, "scope", person), f"workflows[{i}].scope.{person}", f"no active user {person!r}")
         _check_plans(i, wf, metrics, problem)
+        _check_routes(i, wf, problem)
+    identity_section.check(doc, workflows, roles, problem)
     if problems:
         raise ConfigError(problems)
 
@@ -397,6 +415,8 @@ def _check_plans(i: int, wf: DocWorkflow, metrics: set[str], problem: Callable[[
                         "no more breaching windows than windows")
         if plan.executor == "webhook" and not plan.webhook_url.startswith(("https://", "http://")):
             problem((*path, "webhook_url"), f"{label}.webhook_url", "a webhook plan needs its http(s) address")
+        elif plan.webhook_url and (why := outbound.target_problem(plan.webhook_url)):
+            problem((*path, "webhook_url"), f"{label}.webhook_url", why)
         if plan.ready:
             missing = [d for d in ContainmentAssignment.Duty.values if d not in duties]
             if missing:
@@ -404,6 +424,31 @@ def _check_plans(i: int, wf: DocWorkflow, metrics: set[str], problem: Callable[[
                         f"{wf.slug} has none for {', '.join(missing)}")
             if not plan.rings:
                 problem((*path, "ready"), f"{label}.ready", "a plan marked ready needs at least one ring")
+
+
+def _route(route: DocRoute) -> dict:
+    """A route of the file in the canonical form of approvals.routing (what `set_routes` stores)."""
+    return {"events": sorted(set(route.events)), "emails": sorted({e.strip() for e in route.email}),
+            "slack_channel": route.slack.strip(), "webhook_url": route.webhook.strip(),
+            "pagerduty_routing_key_env": route.pagerduty.routing_key_env if route.pagerduty else ""}
+
+
+def _live_routes(wf: Workflow) -> list[dict]:
+    return [notification_routing.describe({name: getattr(r, name) for name in notification_routing.FIELDS})
+            for r in notification_routing.routes_of(wf.pk)]
+
+
+def _check_routes(i: int, wf: DocWorkflow, problem: Callable[[tuple, str, str], None]) -> None:
+    routes = wf.notify or []
+    if len(routes) > notification_routing.MAX_ROUTES:
+        problem(("workflows", i, "notify"), f"workflows[{i}].notify",
+                f"at most {notification_routing.MAX_ROUTES} routes per workflow")
+    for j, route in enumerate(routes):
+        try:
+            notification_routing.clean(_route(route), j)
+        except TransitionRefused as refusal:
+            problem(("workflows", i, "notify", j), f"workflows[{i}].notify[{j}]",
+                    refusal.message.split(": ", 1)[-1])
 
 
 # -- carrying a plan out ---------------------------------------------------------------------------
@@ -485,6 +530,11 @@ def _apply_one(change: Change, actor: AbstractBaseUser) -> None:
                                              permissions=[CODENAME[p] for p in sorted(had - wanted)])
     elif kind == "plan":
         _apply_plan(change, actor, change.wanted)
+    elif kind == "routes":
+        notification_routing.set_routes(_workflow(change.key).pk, actor=actor,
+                                         routes=[] if op == "delete" else change.wanted["routes"])
+    elif kind == identity_section.KIND:
+        identity_section.apply(op, change.key, change.wanted, actor)
     elif kind == "containment":
         slug, duty = change.key.split("/")
         workflow = _workflow(slug)

@@ -7,8 +7,10 @@ Use it under the route decorator; the view returns a Schema (or `Status(code, Sc
     def propose(request, payload: ProposalIn): ...
 
 - The key is scoped to the caller (service account, or person for session callers).
-- Missing key where required → 400; malformed (empty, over 255 characters, non-ASCII, or a
-  comma, which is what two `Idempotency-Key` headers become) → 400.
+- Missing key where required → 400; malformed → 400 `idempotency_key_invalid`. A key is 1 to
+  255 visible ASCII characters other than `"` and `,` (KEY_PATTERN, documented in OpenAPI; a
+  comma is what two `Idempotency-Key` headers become), sent bare or as an RFC 8941 string
+  (`"…"`): no spaces, no control or non-ASCII characters.
 - First use: the key is claimed, the view runs and its answer is stored, all in the one
   transaction that makes the change: an answer is never stored without its effect, and a
   request that dies leaves no claim behind. Answers below 500 are stored (refusals too); a 5xx
@@ -27,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -51,6 +54,9 @@ from core.problems import FieldError, Problem, handle_exception, problem_for, pr
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 MAX_KEY_LENGTH = 255
+# Visible ASCII but '"' and ',' (ECMA-262 and Python read it alike; OpenAPI publishes it).
+KEY_PATTERN = r"^[!#-+\--~]+$"
+_KEY = re.compile(KEY_PATTERN)
 PURGE_EVERY_SECONDS = 60
 PURGE_BATCH = 1000
 
@@ -72,10 +78,11 @@ def header_value(request: HttpRequest) -> str | None:
     if "," in raw:
         raise Problem(400, "idempotency_key_invalid", "Send exactly one Idempotency-Key header.",
                       errors=[FieldError(HEADER, "More than one value was sent.", "header")])
-    if not key or len(key) > MAX_KEY_LENGTH or not all(" " <= ch <= "~" for ch in key) or '"' in key:
+    if len(key) > MAX_KEY_LENGTH or not _KEY.fullmatch(key):
         raise Problem(400, "idempotency_key_invalid",
-                      f"The Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable ASCII characters.",
-                      errors=[FieldError(HEADER, "Not a usable key.", "header")])
+                      f"The Idempotency-Key must be 1 to {MAX_KEY_LENGTH} visible ASCII characters other than "
+                      "'\"' and ',' (a UUID is ideal).",
+                      errors=[FieldError(HEADER, "Not a usable key.", "header", "pattern")])
     return key
 
 

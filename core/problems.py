@@ -97,64 +97,6 @@ def is_problem(response: HttpResponse) -> bool:
     return response.get("Content-Type", "").split(";")[0].strip() == CONTENT_TYPE
 
 
-# --- request body parsing --------------------------------------------------------------------
-
-
-class UnsupportedMediaType(Exception):
-    pass
-
-
-class NonFiniteNumbers(Exception):
-    def __init__(self, paths: list[str]) -> None:
-        super().__init__(", ".join(paths))
-        self.paths = paths
-
-
-class _NonFinite:
-    """Stands in for NaN, ±Infinity and overflowing literals until the parsed body is checked."""
-
-    __slots__ = ("literal",)
-
-    def __init__(self, literal: str) -> None:
-        self.literal = literal
-
-
-def _non_finite_paths(data: Any, limit: int = 20) -> list[str]:
-    """Field paths (dotted, list indices as numbers) of every non-finite number, iteratively."""
-    found: list[str] = []
-    stack: list[tuple[str, Any]] = [("", data)]
-    while stack and len(found) < limit:
-        path, value = stack.pop()
-        if isinstance(value, _NonFinite):
-            found.append(path or "(body)")
-        elif isinstance(value, dict):
-            stack.extend((f"{path}.{k}" if path else str(k), v) for k, v in value.items())
-        elif isinstance(value, list):
-            stack.extend((f"{path}.{i}" if path else str(i), v) for i, v in enumerate(value))
-    return sorted(found)
-
-
-def parse_json_body(request: HttpRequest) -> Any:
-    """Strict JSON: a JSON media type, UTF-8, finite numbers only (RFC 8259 has no NaN)."""
-    media_type = request.content_type or ""
-    if request.body and not (media_type == "application/json" or media_type.endswith("+json")):
-        raise UnsupportedMediaType(media_type)
-    seen: list[_NonFinite] = []  # the tree is searched for their paths only when there are any
-
-    def non_finite(literal: str) -> _NonFinite:
-        seen.append(stand_in := _NonFinite(literal))
-        return stand_in
-
-    def parse_float(literal: str) -> float | _NonFinite:
-        value = float(literal)
-        return value if math.isfinite(value) else non_finite(literal)
-
-    data = json.loads(request.body, parse_constant=non_finite, parse_float=parse_float)
-    if seen:
-        raise NonFiniteNumbers(_non_finite_paths(data))
-    return data
-
-
 # --- mapping exceptions to problems ----------------------------------------------------------
 
 STATUS_CODES = {
@@ -224,14 +166,6 @@ def _validation_errors(raw: Iterable[dict[str, Any]]) -> list[FieldError]:
 
 
 def _from_parse_error(cause: BaseException | None) -> Problem:
-    if isinstance(cause, UnsupportedMediaType):
-        return Problem(415, "unsupported_media_type", "Send the body as application/json.",
-                       errors=[FieldError("Content-Type", f"{cause} is not accepted.", "header")])
-    if isinstance(cause, NonFiniteNumbers):
-        return Problem(422, "non_finite_number",
-                       "Numbers must be finite: NaN, Infinity and overflowing values are refused.",
-                       errors=[FieldError(path, "Not a finite number.", "body", "finite_number")
-                               for path in cause.paths])
     if isinstance(cause, RequestDataTooBig):
         return too_large()
     if isinstance(cause, UnicodeDecodeError):

@@ -7,6 +7,12 @@ so several web processes share one exact count and their clocks do not matter. O
 limit the API answers 429 with `Retry-After` (seconds until the oldest counted request
 leaves the window). If Redis cannot be reached the request fails closed with 503.
 
+Every answer to a counted request says where the caller stands, in the fields of the IETF
+draft-ietf-httpapi-ratelimit-headers-06: `RateLimit-Limit` (requests per window),
+`RateLimit-Remaining` (requests left now), `RateLimit-Reset` (seconds until the oldest counted
+request leaves the window, so Remaining grows) and `RateLimit-Policy` (`<limit>;w=<window seconds>`).
+`recording()` collects the count for one request and `add_headers()` writes it on the answer.
+
 Without `REDIS_URL` (zero-setup mode) the window is kept in process memory: exact for one
 process, per process when several run.
 """
@@ -18,8 +24,13 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 
 from django.conf import settings
+from django.http import HttpResponse
 from ninja.errors import Throttled
 
 KEY_PREFIX = "ringfence:ratelimit:v1:"
@@ -31,14 +42,31 @@ local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 local count = redis.call('ZCARD', KEYS[1])
+local allowed = 0
 if count < limit then
   redis.call('ZADD', KEYS[1], now, ARGV[3])
   redis.call('PEXPIRE', KEYS[1], window)
-  return {1, 0}
+  count = count + 1
+  allowed = 1
 end
 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return {0, tonumber(oldest[2]) + window - now}
+return {allowed, limit - count, tonumber(oldest[2]) + window - now}
 """
+
+
+@dataclass(frozen=True)
+class Quota:
+    """Where a caller stands after one counted request."""
+
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_ms: int  # until the oldest counted request leaves the window
+
+
+# The quota of the request being answered: a one-item list that `recording()` puts in place, so a
+# count taken in another context (ninja runs a sync auth of an async view in a thread) reaches it.
+_recorded: ContextVar[list[Quota] | None] = ContextVar("ringfence_ratelimit_quota", default=None)
 
 _lock = threading.Lock()
 _client = None
@@ -58,38 +86,63 @@ def _redis_script():
         return _script
 
 
-def _take_local(key: str, limit: int, window_ms: int) -> tuple[bool, int]:
+def _take_local(key: str, limit: int, window_ms: int) -> Quota:
     now = time.monotonic() * 1000
     with _lock:
         stamps = _local_windows.setdefault(key, deque())
         while stamps and stamps[0] <= now - window_ms:
             stamps.popleft()
-        if len(stamps) < limit:
+        allowed = len(stamps) < limit
+        if allowed:
             stamps.append(now)
-            return True, 0
-        return False, int(stamps[0] + window_ms - now)
+        return Quota(allowed, limit, limit - len(stamps), int(stamps[0] + window_ms - now))
 
 
-def take(caller: str) -> tuple[bool, int]:
-    """Count one request of `caller`; (allowed, milliseconds until a retry can succeed).
+def take(caller: str) -> Quota:
+    """Count one request of `caller` (when it is within the limit) and say where it stands.
 
     Raises the Redis client's connection or timeout error when Redis is unreachable; the API
     maps it to 503, so a broken limiter never lets traffic through unchecked.
     """
     limit = settings.API_RATE_LIMIT_REQUESTS
-    window_ms = int(settings.API_RATE_LIMIT_WINDOW_SECONDS * 1000)
+    window_ms = max(1, int(settings.API_RATE_LIMIT_WINDOW_SECONDS * 1000))
     key = KEY_PREFIX + caller
     if not settings.REDIS_URL:
         return _take_local(key, limit, window_ms)
-    allowed, retry_ms = _redis_script()(keys=[key], args=[limit, window_ms, uuid.uuid4().hex])
-    return bool(allowed), int(retry_ms)
+    allowed, remaining, reset_ms = _redis_script()(keys=[key], args=[limit, window_ms, uuid.uuid4().hex])
+    return Quota(bool(allowed), limit, int(remaining), int(reset_ms))
 
 
 def enforce(caller: str) -> None:
-    """Raise `Throttled` (429 with Retry-After) when `caller` is over its limit."""
-    allowed, retry_ms = take(caller)
-    if not allowed:
-        raise Throttled(wait=max(1, math.ceil(retry_ms / 1000)))
+    """Raise `Throttled` (429 with Retry-After) when `caller` is over its limit; the count is kept
+    for the answer's RateLimit fields when a `recording()` is open."""
+    quota = take(caller)
+    if (recorded := _recorded.get()) is not None:
+        recorded[:] = [quota]
+    if not quota.allowed:
+        raise Throttled(wait=max(1, math.ceil(quota.reset_ms / 1000)))
+
+
+@contextmanager
+def recording() -> Iterator[list[Quota]]:
+    """Collect the quota counted while one request is answered (empty when none was)."""
+    recorded: list[Quota] = []
+    token = _recorded.set(recorded)
+    try:
+        yield recorded
+    finally:
+        _recorded.reset(token)
+
+
+def add_headers(response: HttpResponse, recorded: list[Quota]) -> HttpResponse:
+    """Write the RateLimit fields (draft-ietf-httpapi-ratelimit-headers-06) of a counted request."""
+    if recorded:
+        quota = recorded[-1]
+        response["RateLimit-Limit"] = str(quota.limit)
+        response["RateLimit-Remaining"] = str(max(0, quota.remaining))
+        response["RateLimit-Reset"] = str(max(0, math.ceil(quota.reset_ms / 1000)))
+        response["RateLimit-Policy"] = f"{quota.limit};w={math.ceil(settings.API_RATE_LIMIT_WINDOW_SECONDS)}"
+    return response
 
 
 def reset(caller: str) -> None:

@@ -16,6 +16,7 @@ from guardian.admin import AdminGroupObjectPermissionsForm, AdminUserObjectPermi
 from audit.models import AuditCheckpoint, AuditEvent
 from core.errors import TransitionRefused
 from governance import services
+from governance.forms import WorkflowAdminForm
 from governance.models import (
     ApiToken,
     ContainmentAssignment,
@@ -236,8 +237,10 @@ class GroupScopeForm(AdminGroupObjectPermissionsForm):
 
 @admin.register(Workflow)
 class WorkflowAdmin(ThroughServices, GuardedModelAdmin):
-    """Edits go through the services, so every change is checked and audited."""
+    """Edits go through the services, so every change is checked and audited. Business days are
+    weekday checkboxes (WorkflowAdminForm)."""
 
+    form = WorkflowAdminForm
     list_display = ("slug", "name", "environment", "autonomy_tier", "off_hours_tier", "paused")
     search_fields = ("slug", "name")
     readonly_fields = ("paused", "paused_reason", "paused_by", "paused_at")

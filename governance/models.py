@@ -287,3 +287,101 @@ class ApiToken(models.Model):
         if not self.service_account.active:
             return "service_account_disabled", "This token's service account is disabled."
         return None
+
+
+# --- sign-in through the company's identity provider (governance.oidc, README "Sign in with your identity
+# provider") --------------------------------------------------------------------------------------
+
+
+class IdentityLink(models.Model):
+    """A person who signs in through the identity provider: the provider's subject for them, and what it
+    last said of their email and groups. `email_verified` is the provider's word, kept beside the email."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="identity")
+    issuer = models.CharField(max_length=255)
+    subject = models.CharField(max_length=255)
+    email = models.EmailField(blank=True)
+    email_verified = models.BooleanField(default=False)
+    groups = models.JSONField(default=list, blank=True)  # the groups claim at the last sign-in
+    # The staff flag came with a mapping's administrator role (and goes with it).
+    staff_granted = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_signed_in_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["user__username"]
+        constraints = [models.UniqueConstraint(fields=["issuer", "subject"], name="identity_link_unique_subject")]
+
+    def __str__(self) -> str:
+        return f"{self.subject} at {self.issuer}"
+
+
+class GroupMapping(models.Model):
+    """ringfence.yaml's `identity.groups`: what one identity-provider group gives its members, the roles and
+    the workflow scope (object permission codenames per workflow slug). Changed only by the file."""
+
+    group = models.CharField(max_length=255, unique=True)
+    roles = models.JSONField(default=list, blank=True)
+    scope = models.JSONField(default=dict, blank=True)  # {"refund-agent": ["view_workflow", "approve_workflow"]}
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["group"]
+
+    def __str__(self) -> str:
+        return self.group
+
+
+class IdentityGrant(models.Model):
+    """A role, or one permission on one workflow, that a person holds because a group mapping gave it at
+    sign-in. Only these are taken away when the group goes: what an administrator granted by hand has no
+    such row and stays."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="identity_grants")
+    role = models.CharField(max_length=40, blank=True)
+    workflow = models.ForeignKey(Workflow, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    permission = models.CharField(max_length=40, blank=True)
+    groups = models.JSONField(default=list)  # the groups whose mappings give it, at the last sign-in
+    granted_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["user", "role", "workflow", "permission"]
+        constraints = [
+            models.CheckConstraint(
+                condition=(Q(workflow__isnull=True, permission="") & ~Q(role=""))
+                | (Q(workflow__isnull=False, role="") & ~Q(permission="")),
+                name="identity_grant_role_or_permission",
+            ),
+            models.UniqueConstraint(fields=["user", "role"], condition=Q(workflow__isnull=True),
+                                    name="identity_grant_one_per_role"),
+            models.UniqueConstraint(fields=["user", "workflow", "permission"], condition=Q(workflow__isnull=False),
+                                    name="identity_grant_one_per_permission"),
+        ]
+
+    def __str__(self) -> str:
+        return self.role or f"{self.permission} on {self.workflow_id}"
+
+
+class BreakGlassLink(models.Model):
+    """A one-time sign-in link for the emergency superuser (`manage.py breakglass`): only its SHA-256 digest
+    is stored; it works once, before `expires_at`."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    digest = models.CharField(max_length=64, unique=True)
+    reason = models.TextField()
+    issued_by = models.CharField(max_length=150)  # who ran the command (operating-system account)
+    created_at = models.DateTimeField()
+    expires_at = models.DateTimeField()
+    used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [models.CheckConstraint(condition=Q(expires_at__gt=models.F("created_at")),
+                                              name="break_glass_link_ends_after_it_starts")]
+
+    def __str__(self) -> str:
+        return f"break-glass link for {self.user_id}"
+
+    @staticmethod
+    def digest_of(raw: str) -> str:
+        return hashlib.sha256(raw.encode("utf-8")).hexdigest()

@@ -20,17 +20,29 @@ Audit actions (never renamed or reused):
     token.issued              issue_token
     token.revoked             revoke_token
     token.rotated             rotate_token (a new token; the old one ends after the overlap)
+    login.locked_out          record_login_lockout (failed sign-ins reached the limit: an account or address waits)
+    login.unlocked            unlock_login (an administrator lifted a sign-in lockout early)
+    identity.mapping_defined  define_group_mapping (an identity-provider group's roles and scope)
+    identity.mapping_removed  remove_group_mapping
+    user.created              sign_in_with_identity (first sign-in), issue_breakglass_link (the emergency superuser)
+    user.identity_linked      sign_in_with_identity (an existing account's first sign-in through the provider)
+    user.breakglass_issued    issue_breakglass_link
+    user.breakglass_used      use_breakglass_link
+    (sign_in_with_identity also writes role.*, scope.* and user.flags_changed as the mappings change them)
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from axes.helpers import get_cool_off, get_failure_limit
+from axes.models import AccessAttempt
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, Group
@@ -41,13 +53,19 @@ from guardian.shortcuts import assign_perm, remove_perm
 from audit import log as audit
 from core import clock
 from core.errors import TransitionRefused, require
+from governance import identity
 from governance.models import (
     TOKEN_PREFIX_LENGTH,
     ApiToken,
+    BreakGlassLink,
     ContainmentAssignment,
     GovernedAction,
+    GroupMapping,
+    IdentityGrant,
+    IdentityLink,
     ServiceAccount,
     Workflow,
+    WorkflowUserObjectPermission,
 )
 from governance.permissions import CONTAIN, MANAGE_ROLLOUTS, SCOPED_PERMISSIONS, VIEW, Role, perm
 
@@ -57,6 +75,9 @@ AUDIT_ACTIONS = (
     "workflow.action_removed", "containment.assigned", "containment.removed", "scope.granted", "scope.revoked",
     "role.granted", "role.revoked", "user.flags_changed", "user.roles_changed", "service_account.created",
     "service_account.updated", "token.issued", "token.revoked", "token.rotated",
+    "login.locked_out", "login.unlocked",
+    "identity.mapping_defined", "identity.mapping_removed", "user.created", "user.identity_linked",
+    "user.breakglass_issued", "user.breakglass_used",
 )
 
 # What a kill switch reaches beyond the workflow row: apps register a call made inside
@@ -156,12 +177,27 @@ def _may_pause(actor: Any, workflow: Workflow) -> bool:
     ).exists()
 
 
+def _kill_switch_refusal(actor: Any, workflow: Workflow, doing: str) -> str:
+    """Why `actor` may not pull or release the kill switch, naming what they lack."""
+    if isinstance(actor, ServiceAccount):
+        if doing == "Resuming":
+            return (f"A service account may pause {workflow.slug} but never resume it: resuming needs a person with "
+                    "the permission to take containment actions on it, or its pause duty.")
+        if not actor.active:
+            return f"The service account {actor.name} is deactivated."
+        return f"The service account {actor.name} is not scoped to {workflow.slug}."
+    if not actor.is_active:
+        return "Your account is deactivated."
+    return (f"{doing} {workflow.slug} needs the permission to take containment actions on it, or its pause duty; "
+            "you have neither.")
+
+
 @transaction.atomic
 def pause_workflow(workflow_id: int, *, actor: Any, reason: str) -> Workflow:
     """Engage the kill switch: every dispatch is denied until resumed, and what the registered
     hooks hold (pending approval requests) waits too. Audit: `workflow.paused`."""
     workflow = _lock_workflow(workflow_id)
-    require(_may_pause(actor, workflow), "forbidden", "You may not pause this workflow.")
+    require(_may_pause(actor, workflow), "forbidden", _kill_switch_refusal(actor, workflow, "Pausing"))
     reason = (reason or "").strip()
     require(reason, "invalid", "Say why the workflow is paused.", field="reason")
     require(len(reason) <= 2000, "invalid", "Keep the reason under 2,000 characters.", field="reason")
@@ -181,7 +217,7 @@ def resume_workflow(workflow_id: int, *, actor: AbstractBaseUser, reason: str = 
     """Release the kill switch. People with the containment permission only. Audit: `workflow.resumed`."""
     workflow = _lock_workflow(workflow_id)
     require(isinstance(actor, AbstractBaseUser) and _may_pause(actor, workflow), "forbidden",
-            "You may not resume this workflow.")
+            _kill_switch_refusal(actor, workflow, "Resuming"))
     require(workflow.paused, "not_paused", "This workflow is not paused.")
     workflow.paused, workflow.paused_reason, workflow.paused_at, workflow.paused_by = False, "", None, None
     workflow.save(update_fields=["paused", "paused_reason", "paused_at", "paused_by", "updated_at"])
@@ -559,3 +595,333 @@ def remove_action(action_id: int, *, actor: AbstractBaseUser) -> None:
     subject = (action._meta.label_lower, str(action.pk))
     action.delete()
     audit.record(actor, "workflow.action_removed", subject, workflow=workflow, data=data)
+
+
+# --- sign-in through the identity provider: group mappings, sign-in, break-glass ------------------
+
+def _mapping_fields(mapping: GroupMapping) -> dict[str, Any]:
+    return {"roles": list(mapping.roles), "scope": {slug: list(perms) for slug, perms in mapping.scope.items()}}
+
+
+@transaction.atomic
+def define_group_mapping(*, actor: AbstractBaseUser, group: str, roles: list[str],
+                         scope: dict[str, list[str]]) -> GroupMapping:
+    """Say what an identity-provider group gives its members: roles, and object permissions (codenames) per
+    workflow slug. Members get it, or lose what it gave, at their next sign-in. Administrators only.
+
+    Audit: `identity.mapping_defined` with the mapping (and what it was), only when something changed.
+    """
+    require(is_administrator(actor), "forbidden", "Only administrators map identity-provider groups.")
+    group = (group or "").strip()
+    require(group and len(group) <= 255, "invalid", "Name the group (at most 255 characters).", field="group")
+    unknown = sorted(set(roles) - {str(role) for role in Role})
+    require(not unknown, "invalid", f"Unknown roles: {', '.join(unknown)}.", field="roles")
+    missing = sorted(set(scope) - set(Workflow.objects.filter(slug__in=list(scope)).values_list("slug", flat=True)))
+    require(not missing, "invalid", f"No workflow {', '.join(missing)}.", field="scope")
+    for slug, codenames in scope.items():
+        require(codenames and not set(codenames) - set(SCOPED_PERMISSIONS), "invalid",
+                f"Choose the permissions on {slug} among {', '.join(SCOPED_PERMISSIONS)}.", field="scope")
+    wanted = {"roles": sorted(set(roles)), "scope": {slug: sorted(set(scope[slug])) for slug in sorted(scope)}}
+    mapping = GroupMapping.objects.select_for_update().filter(group=group).first()
+    before = None if mapping is None else _mapping_fields(mapping)
+    if before == wanted:
+        return mapping
+    try:
+        with transaction.atomic():
+            mapping, _ = GroupMapping.objects.update_or_create(group=group, defaults=wanted)
+    except IntegrityError:
+        raise TransitionRefused("conflict", f"The group {group!r} was mapped at the same moment; retry.") from None
+    audit.record(actor, "identity.mapping_defined", mapping, data={"group": group, **wanted, "before": before})
+    return mapping
+
+
+@transaction.atomic
+def remove_group_mapping(*, actor: AbstractBaseUser, group: str) -> None:
+    """Stop mapping a group: what it gave goes at each member's next sign-in. Administrators only.
+
+    Audit: `identity.mapping_removed` with what the mapping gave.
+    """
+    require(is_administrator(actor), "forbidden", "Only administrators map identity-provider groups.")
+    mapping = GroupMapping.objects.select_for_update().filter(group=group).first()
+    require(mapping is not None, "not_found", f"The group {group!r} is not mapped.")
+    subject = (mapping._meta.label_lower, str(mapping.pk))
+    data = {"group": mapping.group, **_mapping_fields(mapping)}
+    mapping.delete()
+    audit.record(actor, "identity.mapping_removed", subject, data=data)
+
+
+@transaction.atomic
+def sign_in_with_identity(*, issuer: str, claims: dict[str, Any], groups_claim: str) -> AbstractBaseUser:
+    """The person the identity provider vouched for (verified ID token and userinfo `claims`): found by the
+    provider's subject, else created (username from `preferred_username` or the email), or an existing account
+    of that name linked when the provider verified the same email the account has. Their roles and workflow
+    scope then follow their groups through the group mappings; only what a mapping gave is ever taken away.
+
+    Refuses: no subject (invalid), an existing account it may not take over or a deactivated one (forbidden).
+    Audit (actor `system:identity-provider`): `user.created`, `user.identity_linked`, `role.granted`,
+    `role.revoked`, `scope.granted`, `scope.revoked`, `user.flags_changed` (staff, with an administrator role).
+    """
+    subject = claims.get("sub")
+    require(isinstance(subject, str) and 0 < len(subject) <= 255, "invalid",
+            "The identity provider's answer names no subject.")
+    email, verified = identity.email_from(claims), identity.email_verified(claims)
+    verified = verified and bool(email)
+    groups = identity.groups_from(claims, groups_claim)
+    link = IdentityLink.objects.select_for_update().filter(issuer=issuer, subject=subject).first()
+    if link is None:
+        link = _first_sign_in(issuer, subject, claims, email, verified)
+    user = _lock_user(link.user_id)
+    require(user.is_active, "forbidden", "This account is deactivated in Ringfence; ask an administrator.")
+    profile = {"email": email or user.email, "first_name": str(claims.get("given_name") or user.first_name)[:150],
+               "last_name": str(claims.get("family_name") or user.last_name)[:150]}
+    changed = [name for name, value in profile.items() if getattr(user, name) != value]
+    for name in changed:
+        setattr(user, name, profile[name])
+    if changed:
+        user.save(update_fields=changed)
+    link.email, link.email_verified, link.groups, link.last_signed_in_at = email, verified, groups, clock.now()
+    link.save(update_fields=["email", "email_verified", "groups", "last_signed_in_at"])
+    _follow_groups(user, link, groups)
+    return user
+
+
+def _first_sign_in(issuer: str, subject: str, claims: dict[str, Any], email: str, verified: bool) -> IdentityLink:
+    username = identity.username_from(claims)
+    user_model = get_user_model()
+    user = user_model.objects.select_for_update().filter(username__iexact=username).first()
+    data = {"user": username, "via": "identity_provider", "issuer": issuer, "subject": subject,
+            "email": email, "email_verified": verified}
+    if user is not None:
+        require(not IdentityLink.objects.filter(user=user).exists(), "forbidden",
+                f"The Ringfence account {user.get_username()} already signs in as another identity; ask an "
+                "administrator.")
+        require(verified and user.email and user.email.lower() == email.lower(), "forbidden",
+                f"A Ringfence account named {user.get_username()} already exists, and the identity provider did not "
+                "verify the email that account has; ask an administrator to link them.")
+        action = "user.identity_linked"
+    else:
+        user = user_model(username=username, email=email)
+        user.set_unusable_password()
+        action = "user.created"
+    try:
+        with transaction.atomic():
+            if action == "user.created":
+                user.save()
+            link = IdentityLink.objects.create(user=user, issuer=issuer, subject=subject, email=email,
+                                               email_verified=verified)
+    except IntegrityError:
+        raise TransitionRefused("conflict", "This account was signed in at the same moment elsewhere; sign in "
+                                            "again.") from None
+    audit.record(identity.IDENTITY_ACTOR, "user.created" if action == "user.created" else "user.identity_linked",
+                 user, data=data)
+    return link
+
+
+def _follow_groups(user: AbstractBaseUser, link: IdentityLink, groups: list[str]) -> None:
+    """Roles and scope the mappings of `groups` give, and no longer what they gave before; grants made by hand
+    (no IdentityGrant row) are neither recorded as the mappings' nor taken away."""
+    wanted = identity.grants_for(GroupMapping.objects.all(), groups)
+    username, actor = user.get_username(), identity.IDENTITY_ACTOR
+    role_names = {str(role) for role in Role}
+    held = set(user.groups.filter(name__in=role_names).values_list("name", flat=True))
+    given = {g.role: g for g in IdentityGrant.objects.filter(user=user, workflow__isnull=True)}
+    for role, giving in sorted(wanted.roles.items()):
+        record = given.get(role)
+        if role not in held:
+            user.groups.add(Group.objects.get(name=role))
+            held.add(role)
+            audit.record(actor, "role.granted", user, data={"role": role, "user": username, "groups": giving})
+        elif record is None:
+            continue  # held by hand: the mapping neither records nor will take it
+        if record is None or record.groups != giving:
+            IdentityGrant.objects.update_or_create(user=user, role=role, workflow=None, defaults={"groups": giving})
+    for role, record in sorted(given.items()):
+        if role in wanted.roles:
+            continue
+        if role in held:
+            user.groups.remove(Group.objects.get(name=role))
+            held.discard(role)
+            audit.record(actor, "role.revoked", user, data={"role": role, "user": username, "groups": record.groups})
+        record.delete()
+    if hasattr(user, "_ringfence_roles"):
+        del user._ringfence_roles
+    _follow_staff(user, link, wanted, held)
+
+    workflows = {w.slug: w for w in Workflow.objects.filter(slug__in={slug for slug, _ in wanted.permissions})}
+    held_perms = set(WorkflowUserObjectPermission.objects.filter(user=user)
+                     .values_list("content_object_id", "permission__codename"))
+    given_perms = {(g.workflow_id, g.permission): g
+                   for g in IdentityGrant.objects.filter(user=user, workflow__isnull=False).select_related("workflow")}
+    granted: dict[Workflow, tuple[set[str], set[str]]] = {}
+    keep = set()
+    for (slug, codename), giving in sorted(wanted.permissions.items()):
+        workflow = workflows.get(slug)
+        if workflow is None or codename not in SCOPED_PERMISSIONS:
+            continue  # a mapping naming a workflow deleted since, or a permission no longer scoped
+        key = (workflow.pk, codename)
+        keep.add(key)
+        if key not in held_perms:
+            assign_perm(perm(codename), user, workflow)
+            codenames, groups_ = granted.setdefault(workflow, (set(), set()))
+            codenames.add(codename)
+            groups_.update(giving)
+        elif key not in given_perms:
+            continue  # held by hand
+        if key not in given_perms or given_perms[key].groups != giving:
+            IdentityGrant.objects.update_or_create(user=user, workflow=workflow, permission=codename,
+                                                   defaults={"groups": giving})
+    revoked: dict[Workflow, tuple[set[str], set[str]]] = {}
+    for key, record in given_perms.items():
+        if key in keep:
+            continue
+        if key in held_perms:
+            remove_perm(perm(record.permission), user, record.workflow)
+            codenames, groups_ = revoked.setdefault(record.workflow, (set(), set()))
+            codenames.add(record.permission)
+            groups_.update(record.groups)
+        record.delete()
+    for workflow, (codenames, groups_) in sorted(granted.items(), key=lambda item: item[0].slug):
+        audit.record(actor, "scope.granted", workflow,
+                     data={"user": username, "permissions": sorted(codenames), "groups": sorted(groups_)})
+    for workflow, (codenames, groups_) in sorted(revoked.items(), key=lambda item: item[0].slug):
+        audit.record(actor, "scope.revoked", workflow,
+                     data={"user": username, "permissions": sorted(codenames), "groups": sorted(groups_)})
+
+
+def _follow_staff(user: AbstractBaseUser, link: IdentityLink, wanted: identity.Grants, held: set[str]) -> None:
+    """Administrators use the Django admin, which asks for the staff flag: a mapping's administrator role brings
+    it, and takes it back with the role unless the person is still an administrator by hand."""
+    giving = wanted.roles.get(str(Role.ADMINISTRATOR))
+    if giving and not user.is_staff:
+        new, link.staff_granted = True, True
+    elif not giving and link.staff_granted:
+        link.staff_granted = False
+        new = False if str(Role.ADMINISTRATOR) not in held else user.is_staff
+    else:
+        return
+    link.save(update_fields=["staff_granted"])
+    if new == user.is_staff:
+        return
+    change = {"is_staff": {"from": user.is_staff, "to": new}}
+    user.is_staff = new
+    user.save(update_fields=["is_staff"])
+    audit.record(identity.IDENTITY_ACTOR, "user.flags_changed", user,
+                 data={"user": user.get_username(), "changes": change, "groups": giving or []})
+
+
+BREAKGLASS_ACTOR = "system:breakglass"
+BREAKGLASS_LINK_LIFETIME = timedelta(minutes=15)
+
+
+@transaction.atomic
+def issue_breakglass_link(*, username: str, reason: str, issued_by: str) -> tuple[BreakGlassLink, str]:
+    """A one-time sign-in link, valid 15 minutes, for the emergency superuser `username`: created (a superuser
+    with no password) when no such account exists. For when the identity provider is down or misconfigured.
+
+    Refuses: no reason (invalid), an existing account that is not an active superuser (forbidden).
+    Audit: `user.created` (when created), `user.breakglass_issued`.
+    """
+    reason = (reason or "").strip()
+    require(reason, "invalid", "Say why the break-glass account is needed.", field="reason")
+    user_model = get_user_model()
+    user = user_model.objects.select_for_update().filter(username=username).first()
+    if user is None:
+        require(identity.USERNAME.fullmatch(username or ""), "invalid", f"{username!r} is not a valid username.",
+                field="username")
+        user = user_model(username=username, is_active=True, is_staff=True, is_superuser=True)
+        user.set_unusable_password()
+        user.save()
+        audit.record(BREAKGLASS_ACTOR, "user.created", user, reason=reason,
+                     data={"user": username, "via": "breakglass", "is_superuser": True, "issued_by": issued_by})
+    require(user.is_active and user.is_superuser, "forbidden",
+            f"{username} is not an active superuser; break-glass links are only for the emergency superuser.")
+    raw = "bg_" + secrets.token_urlsafe(32)
+    now = clock.now()
+    link = BreakGlassLink.objects.create(user=user, digest=BreakGlassLink.digest_of(raw), reason=reason,
+                                         issued_by=issued_by[:150], created_at=now,
+                                         expires_at=now + BREAKGLASS_LINK_LIFETIME)
+    audit.record(BREAKGLASS_ACTOR, "user.breakglass_issued", user, reason=reason,
+                 data={"user": username, "link": link.pk, "issued_by": link.issued_by, "expires_at": link.expires_at})
+    return link, raw
+
+
+@transaction.atomic
+def use_breakglass_link(raw: str) -> AbstractBaseUser:
+    """Spend a break-glass link: its superuser may be signed in, once.
+
+    Refuses: an unknown link (not_found), one used or expired (conflict), an account that is no longer an active
+    superuser (forbidden). Audit: `user.breakglass_used`.
+    """
+    digest = BreakGlassLink.digest_of(raw or "")
+    link = BreakGlassLink.objects.select_for_update().select_related("user").filter(digest=digest).first()
+    require(link is not None, "not_found", "This sign-in link is not valid.")
+    require(link.used_at is None, "conflict", "This sign-in link was already used; run manage.py breakglass again.")
+    now = clock.now()
+    require(link.expires_at > now, "conflict", "This sign-in link has expired; run manage.py breakglass again.")
+    require(link.user.is_active and link.user.is_superuser, "forbidden",
+            "This account is no longer an active superuser.")
+    link.used_at = now
+    link.save(update_fields=["used_at"])
+    audit.record(link.user, "user.breakglass_used", link.user, data={"user": link.user.get_username(), "link": link.pk},
+                 reason=link.reason)
+    return link.user
+
+
+# --- sign-in throttling (django-axes counts and refuses; governance.login_throttling plugs it in) -----
+
+LOGIN_THROTTLE_ACTOR = "system:login-throttle"
+
+
+def _sign_in_subject(username: str) -> Any:
+    """The account a username names, or the username itself when no account has it."""
+    user = get_user_model().objects.filter(username=username).first()
+    return user if user is not None else ("login.username", username[:64])
+
+
+@transaction.atomic
+def record_login_lockout(*, username: str, ip_address: str, failures: int, locked_by: list[str],
+                         until: datetime | None) -> None:
+    """Record a sign-in lockout: the failed password that brought an account's or an address's count
+    (`locked_by`: username, ip_address, username+ip_address) to LOGIN_FAILURE_LIMIT within the cool-off,
+    so that every sign-in with that username or from that address is refused until `until`. django-axes
+    counts and refuses; this runs in the transaction that counted (governance.login_throttling).
+
+    Audit: `login.locked_out` (actor `system:login-throttle`), about the account when the username is
+    locked, else the address.
+    """
+    username = username.replace("\x00", "")[:150]
+    by_username = any("username" in key for key in locked_by)
+    subject = _sign_in_subject(username) if by_username else ("login.address", ip_address or "unknown")
+    audit.record(LOGIN_THROTTLE_ACTOR, "login.locked_out", subject, data={
+        "username": username, "ip_address": ip_address, "locked_by": locked_by, "failures": failures, "until": until})
+
+
+@transaction.atomic
+def unlock_login(*, actor: AbstractBaseUser, username: str = "", ip_address: str = "") -> int:
+    """Lift a sign-in lockout before its cool-off ends: forget the failed sign-ins counted against one
+    account (from any address) or one address (for any account). Administrators only; refused
+    (`not_locked`) when none are counted. Returns how many failures were forgotten.
+
+    Audit: `login.unlocked` with that number and whether they had locked it out.
+    """
+    require(isinstance(actor, AbstractBaseUser) and actor.is_active and is_administrator(actor), "forbidden",
+            "Only administrators lift sign-in lockouts.")
+    require(bool(username) != bool(ip_address), "invalid", "Name one account or one address.")
+    if ip_address:
+        try:
+            ip_address = str(ipaddress.ip_address(ip_address.strip()))
+        except ValueError:
+            raise TransitionRefused("invalid", f"{ip_address!r} is not an IP address.", field="ip_address") from None
+    attempts = AccessAttempt.objects.select_for_update().filter(
+        **({"username": username} if username else {"ip_address": ip_address}))
+    rows = list(attempts.values_list("attempt_time", "failures_since_start"))
+    what = f"the account {username}" if username else f"the address {ip_address}"
+    require(rows, "not_locked", f"No failed sign-ins are counted against {what}.")
+    since = clock.now() - get_cool_off()
+    was_locked = sum(failures for at, failures in rows if at >= since) >= get_failure_limit(None, None)
+    forgotten = sum(failures for _, failures in rows)
+    attempts.delete()
+    subject = _sign_in_subject(username) if username else ("login.address", ip_address)
+    audit.record(actor, "login.unlocked", subject, data={
+        "username": username, "ip_address": ip_address, "failures_forgotten": forgotten, "was_locked": was_locked})
+    return forgotten

@@ -86,18 +86,24 @@ def workflow_detail(request: HttpRequest, slug: str) -> HttpResponse:
 def _kill_switch(request: HtmxHttpRequest, slug: str, *, pausing: bool) -> HttpResponse:
     workflow = workflow_in_scope(request, slug)
     form = (PauseForm if pausing else ResumeForm)(request.POST)
+    refused = ""  # not theirs to pull: 403 saying what they lack, on the site's page or in the panel (htmx)
     if form.is_valid():
         try:
             change = services.pause_workflow if pausing else services.resume_workflow
             workflow = change(workflow.pk, actor=request.user, reason=form.cleaned_data["reason"])
         except TransitionRefused as refusal:
+            if refusal.status == 403 and not request.htmx:
+                raise denials.forbidden(request, refusal.message) from None
             denials.refused(request, refusal, f"workflow={slug}")
-            form.add_error(None, refusal.message)
-    if not form.errors and not request.htmx:
+            if refusal.status == 403:
+                refused = refusal.message
+            else:
+                form.add_error(None, refusal.message)
+    if not form.errors and not refused and not request.htmx:
         return redirect(workflow)
-    context = _detail_context(request, workflow, **{"pause_form" if pausing else "resume_form": form})
+    context = _detail_context(request, workflow, refused=refused, **{"pause_form" if pausing else "resume_form": form})
     template = "governance/workflow_detail.html" + ("#kill-switch" if request.htmx else "")
-    return render(request, template, context, status=422 if form.errors else 200)
+    return render(request, template, context, status=403 if refused else 422 if form.errors else 200)
 
 
 @require_POST

@@ -6,7 +6,7 @@ Mounted by governance/api.py under /api/v1. Errors are problem+json; rules live 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal, NoReturn
 
@@ -15,10 +15,10 @@ from django.http import HttpRequest
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
 from ninja import Path, Query, Router, Schema, Status
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from core import clock
-from core.api_schemas import Command, Finite, JsonObject, Text
+from core.api_schemas import STRICT, Command, Finite, JsonObject, Text, Timestamp
 from core.idempotency import header_value, idempotent
 from core.problems import FieldError, Problem
 from governance.api_auth import TOKEN_OR_SESSION, actor_of, workflows_in_scope
@@ -32,8 +32,10 @@ router = Router(tags=["rollouts"])
 SLUG = slug_validator.regex.pattern
 SEGMENT = r"^([a-z_]{1,20}:[^\x00]{1,100})?$"
 MAX_ID = 2**63 - 1
-# A sample stamped further in the future than this is refused: the clock of its sender is wrong.
+# A sample stamped further in the future than this, or before EARLIEST_OBSERVED_AT, is refused:
+# the clock of its sender is wrong (or a unit is: seconds sent as milliseconds).
 FUTURE_SKEW = timedelta(minutes=5)
+EARLIEST_OBSERVED_AT = datetime(2000, 1, 1, tzinfo=UTC)
 MAX_FIELD_ERRORS = 20
 # No metric needs more; sums and means over a window stay far from float overflow.
 MAX_VALUE = 1e15
@@ -63,12 +65,13 @@ class SampleIn(BaseModel):
     """A plain pydantic model: ninja's Schema wraps every object it validates, which costs ~6x on
     a batch of 10,000 samples."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     metric: str = Field(pattern=SLUG, max_length=63, description="A registered metric slug, e.g. latency_p95_ms.")
     value: Finite = Field(ge=-MAX_VALUE, le=MAX_VALUE,
                           description="A finite number within ±1e15: NaN, Infinity and overflowing values are refused.")
-    observed_at: AwareDatetime = Field(description="When the sample was measured, with its time zone.")
+    observed_at: Timestamp = Field(description="When the sample was measured: an RFC 3339 date-time with its offset, "
+                                               "from 2000 to 5 minutes ahead of the server's clock.")
     segment: str = Field(default="", max_length=120, pattern=SEGMENT,
                          description="`kind:value` of the segment it was measured in, e.g. internal_team:support-ops.")
     ring: int | None = Field(default=None, ge=0, le=100,
@@ -78,7 +81,7 @@ class SampleIn(BaseModel):
 class SignalsIn(BaseModel):
     """Plain pydantic too: ninja's Schema validates a model that forbids extra fields twice."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     workflow: str = Field(pattern=SLUG)
     plan: int | None = Field(default=None, ge=1, le=MAX_ID, description="Defaults to the workflow's live rollout.")
@@ -124,6 +127,8 @@ class _SampleRules:
             return f"Segment kinds are {', '.join(SegmentKind.values)}."
         if field == "observed_at" and value > self.horizon:
             return "More than 5 minutes in the future; check the sender's clock."
+        if field == "observed_at" and value < EARLIEST_OBSERVED_AT:
+            return "Before 2000; check the sender's clock."
         if field == "ring" and value is not None and value not in self.orders:
             return f"Plan {self.plan.pk} has rings {', '.join(map(str, sorted(self.orders)))}."
         return None
@@ -147,7 +152,7 @@ def post_signals(request: HttpRequest, payload: SignalsIn) -> SignalsOut:
     """Stores the batch in one statement and schedules a (debounced) evaluation of the plan.
 
     Refused with 422, naming each field: unknown metric slugs (register custom ones first),
-    segments of an unknown kind, samples stamped more than 5 minutes in the future, rings the
+    segments of an unknown kind, samples stamped before 2000 or more than 5 minutes in the future, rings the
     plan does not have. Non-finite numbers are refused by the parser. Nothing is stored unless
     the whole batch is valid. Duplicates (same metric, time and segment) are skipped, first value kept.
     """
@@ -165,7 +170,8 @@ def post_signals(request: HttpRequest, payload: SignalsIn) -> SignalsOut:
     segments, given_rings = set(segment_col), set(ring_col) - {None}
     # The rules are applied to the distinct values of each field (a batch repeats a few metrics and
     # segments); only a refused batch is walked sample by sample, to name each refused field.
-    distinct = {"metric": slugs, "segment": segments, "observed_at": [max(observed_col)], "ring": given_rings}
+    distinct = {"metric": slugs, "segment": segments, "observed_at": [min(observed_col), max(observed_col)],
+                "ring": given_rings}
     if any(rules.problem(field, value) for field, values in distinct.items() for value in values):
         rules.refuse(samples)
     ring_of_segment = {seg: _ring_of(rings, seg) if seg else None for seg in segments}
@@ -284,8 +290,8 @@ class ContextTagIn(Command):
     kind: Literal[tuple(ContextTag.Kind.values)]  # type: ignore[valid-type]
     metric: str | None = Field(default=None, pattern=SLUG)
     expected_change_percent: Annotated[Finite, Field(gt=0, le=1000)] | None = None
-    starts_at: AwareDatetime | None = None
-    ends_at: AwareDatetime
+    starts_at: Timestamp | None = None
+    ends_at: Timestamp
     reason: Text = Field(min_length=1, max_length=2000)
 
 

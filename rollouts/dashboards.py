@@ -17,7 +17,6 @@ from datetime import UTC, date, datetime, timedelta
 from functools import cached_property
 
 from django.contrib.auth.decorators import login_required
-from django.core.cache import cache
 from django.db import connection
 from django.db.models import (
     Aggregate,
@@ -46,6 +45,7 @@ from core import clock, denials
 from governance.models import Workflow
 from governance.selectors import audit_events_visible_to, workflows_visible_to
 from rollouts import charts, evaluation, selectors
+from rollouts.health import health_of
 from rollouts.models import ActionReview, ContextTag, Metric, RolloutAction, RolloutPlan, Signal
 
 PERIODS = (7, 30, 90)
@@ -56,7 +56,6 @@ TIME_LEFT = [  # (label, upper bound in seconds)
     ("overdue", 0), ("< 1 min", 60), ("1–5 min", 300), ("5–15 min", 900), ("15–60 min", 3600), ("> 1 h", None)]
 BREACHING = {"gt": "value__gt", "gte": "value__gte", "lt": "value__lt", "lte": "value__lte"}
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-HEALTH_SECONDS = 15  # how long dashboard readers share a live plan's evaluated health
 RING_EVENTS = ("rollout.started", "rollout.ring_opened", "rollout.narrowed", "rollout.rolled_back",
                "rollout.fallback_engaged")
 
@@ -111,53 +110,6 @@ class PlanRow:
     health: str
     style: str
     last_signal: datetime | None
-
-
-def health_of(plan: RolloutPlan, now: datetime) -> tuple[str, str]:
-    """A short verdict a manager reads at a glance, and its colour (ok, warn, danger).
-
-    A live plan's comes from evaluating its signals; every dashboard reader shares it for up to
-    HEALTH_SECONDS (the evaluator itself looks every ROLLOUT_EVALUATION_SECONDS), and a change of
-    the plan's state, ring, exposure or rules gives it a fresh one at once."""
-    closed = {RolloutPlan.State.COMPLETED: ("completed", "ok"),
-              RolloutPlan.State.ROLLED_BACK: ("rolled back", "danger"),
-              RolloutPlan.State.DRAFT: ("not started", ""), RolloutPlan.State.READY: ("ready to start", "")}
-    if not plan.is_live:
-        return closed[plan.state]
-    key = (f"rollouts:dashboard-health:{plan.pk}:{plan.state}:{plan.current_ring}:{plan.exposure_override}:"
-           f"{plan.active_fallback_mode}:{plan.updated_at.timestamp()}")
-    try:
-        cached = cache.get(key)
-    except Exception:  # a cache outage costs time, never the answer
-        cached = None
-    if cached is not None:
-        return tuple(cached)
-    health = _evaluated_health(plan, now)
-    try:
-        cache.set(key, list(health), timeout=HEALTH_SECONDS)
-    except Exception:  # noqa: S110  (the answer stands without the cache)
-        pass
-    return health
-
-
-def _evaluated_health(plan: RolloutPlan, now: datetime) -> tuple[str, str]:
-    checks = selectors.evaluate(plan, now, count_late=False)
-    fired = [c for c in checks.triggers if c.status == evaluation.FIRED]
-    if fired:
-        return "breaching: " + "; ".join(c.rule for c in fired), "danger"
-    lost = sorted({c.rule for c in checks.lost} | {loss.rule for loss in checks.losses})
-    if lost:
-        return "signals lost: " + "; ".join(lost), "danger"
-    if plan.state == RolloutPlan.State.FALLBACK:
-        return f"in fallback ({plan.get_active_fallback_mode_display()})", "warn"
-    if plan.state == RolloutPlan.State.PAUSED:
-        return "paused", "warn"
-    not_met = [c.rule for c in checks.criteria if c.status == evaluation.NOT_MET]
-    if not_met:
-        return "criteria not met: " + "; ".join(not_met), "warn"
-    if any(c.status == evaluation.INCONCLUSIVE for c in (*checks.triggers, *checks.criteria)):
-        return "waiting for enough samples", "warn"
-    return "healthy: every trigger holds, every criterion met", "ok"
 
 
 def plan_row(plan: RolloutPlan, now: datetime) -> PlanRow:

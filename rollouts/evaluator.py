@@ -4,7 +4,8 @@ acts on what they find, once.
 Lost signals are recorded and restored ones closed (rollouts.signals); a decision to roll back,
 fall back or expand becomes a proposal (rollouts.proposals) unless the same finding is already
 open or a person turned it down within the cool-down. It writes only through those services and
-has no audit events of its own. Runs are scheduled, debounced, by rollouts.messages.
+has no audit events of its own. The health it finds is left in the cache for the dashboards'
+readers (rollouts.health). Runs are scheduled, debounced, by rollouts.messages.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from django.conf import settings
 
 from core import clock
 from core.errors import TransitionRefused
-from rollouts import evaluation, messages, selectors
+from rollouts import evaluation, health, messages, selectors
 from rollouts.actions import ActionState, Kind, Origin
 from rollouts.models import RolloutPlan
 from rollouts.proposals import propose_action
@@ -63,8 +64,9 @@ def evaluate_plan(plan_id: int) -> evaluation.Decision | None:
     one whose samples are back is closed (`restore_signals`). Then the decision: an open proposal
     of the same kind, or one a person turned down within the cool-down (see `_held_back`), keeps
     the same finding from asking twice. Writes only through those services and `propose_action`.
-    Notes when it started, before reading a sample, for `messages.evaluation_covered`, and arms the check
-    for the moment a trigger's signals would count as lost if nothing more arrived.
+    Notes when it started, before reading a sample, for `messages.evaluation_covered`, arms the check
+    for the moment a trigger's signals would count as lost if nothing more arrived, and leaves the
+    plan's health for the dashboards (`health.remember`).
     """
     messages.note_evaluation_started(plan_id)
     plan = RolloutPlan.objects.select_related("workflow").filter(pk=plan_id).first()
@@ -77,6 +79,7 @@ def evaluate_plan(plan_id: int) -> evaluation.Decision | None:
         result = selectors.evaluate(plan, now, count_late=False)
         if not plan.is_live:
             return result.decision
+    health.remember(plan, result)
     messages.schedule_signal_check(plan.pk, result.next_check_at)
     decision = result.decision
     if not decision.is_action:

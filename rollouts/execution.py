@@ -33,6 +33,7 @@ from rollouts.actions import (
     stale_reason,
 )
 from rollouts.models import ActionAttempt, RolloutAction, RolloutPlan
+from rollouts.notifications import open_rollback_notice
 from rollouts.plans import lock_plan, move_plan
 
 PlanState = RolloutPlan.State
@@ -141,6 +142,8 @@ def begin_attempt(action_id: int, *, worker: str = "") -> Ticket | None:
 def _fail(action: RolloutAction, why: str) -> None:
     move_action(action, ActionState.FAILED, actor=SYSTEM, event="rollout.action_failed", reason=why,
                 data={"attempts": action.attempts}, next_attempt_at=None, result={**action.result, "failed": why})
+    if action.kind == Kind.ROLLBACK:
+        open_rollback_notice(action, failed=True)
 
 
 @dataclass(frozen=True)
@@ -206,6 +209,7 @@ def _take_effect(action: RolloutAction, now: datetime, http_status: int | None) 
                     data={**data, "to_version": plan.stable_version}, **done)
         cancel_open(plan, {Kind.EXPAND, Kind.FALLBACK}, "the release was rolled back", actor=SYSTEM)
         notify_owners(action)
+        open_rollback_notice(action, failed=False)
     else:
         mode = action.parameters.get("mode") or plan.fallback_mode
         move_plan(plan, PlanState.FALLBACK, active_fallback_mode=mode)

@@ -3,7 +3,10 @@
 `flag` has no I/O: the effect is the plan's state, which the route API reads on the agent's next
 call. `webhook` POSTs the action to the plan's URL signed with ROLLOUT_WEBHOOK_SECRET (core.signing,
 the scheme the notification webhook uses) and an Idempotency-Key header (the same key on every
-attempt, so the receiver applies the effect once).
+attempt, so the receiver applies the effect once), through core.outbound: a target Ringfence does not
+send to (loopback, private, link-local, … outside WEBHOOK_ALLOWED_NETWORKS) fails the attempt with the
+reason, a redirect is not followed, and of the answer only its status and timing are recorded, never
+its body (the plan page shows attempts to everyone who may view the plan).
 
 `run(action_id)` is one attempt: execution.begin_attempt (lease, attempt row), the executor,
 execution.record_action_attempt (result, effect, next attempt). The Celery task retries.
@@ -12,14 +15,11 @@ execution.record_action_attempt (result, effect, next attempt). The Celery task 
 from __future__ import annotations
 
 import json
-import socket
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 
 from django.conf import settings
 
-from core import signing
+from core import outbound, signing
 from rollouts import execution
 from rollouts.models import ActionAttempt
 
@@ -39,36 +39,35 @@ def body_of(payload: dict) -> bytes:
     return json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
 
 
-def webhook_request(url: str, idempotency_key: str, payload: dict) -> urllib.request.Request:
-    body = body_of(payload)
-    return urllib.request.Request(url, data=body, method="POST", headers={
+def webhook_headers(idempotency_key: str, body: bytes) -> dict[str, str]:
+    return {
         "Content-Type": "application/json",
         "User-Agent": "Ringfence-rollouts/1",
         IDEMPOTENCY_HEADER: idempotency_key,
         **signing.sign(settings.ROLLOUT_WEBHOOK_SECRET, body),
-    })
+    }
 
 
 def call_webhook(ticket: execution.Ticket) -> Outcome:
-    request = webhook_request(ticket.webhook_url, ticket.idempotency_key, ticket.payload)
+    body = body_of(ticket.payload)
+    timeout = settings.ROLLOUT_WEBHOOK_TIMEOUT_SECONDS
     try:
-        with urllib.request.urlopen(request, timeout=settings.ROLLOUT_WEBHOOK_TIMEOUT_SECONDS) as response:
-            return Outcome(ActionAttempt.Outcome.OK, response.status, _snippet(response.read(2000)))
-    except urllib.error.HTTPError as exc:
-        status = exc.code
-        retryable = status >= 500 or status in RETRYABLE_STATUS
-        detail = f"HTTP {status}: {_snippet(exc.read(2000))}"
-        return Outcome(ActionAttempt.Outcome.RETRYABLE_ERROR if retryable else ActionAttempt.Outcome.FAILED,
-                       status, detail)
-    except (TimeoutError, socket.timeout):
-        return Outcome(ActionAttempt.Outcome.RETRYABLE_ERROR, None,
-                       f"no answer within {settings.ROLLOUT_WEBHOOK_TIMEOUT_SECONDS} s")
-    except (urllib.error.URLError, OSError) as exc:
-        return Outcome(ActionAttempt.Outcome.RETRYABLE_ERROR, None, f"connection failed: {getattr(exc, 'reason', exc)}")
-
-
-def _snippet(raw: bytes) -> str:
-    return raw.decode("utf-8", "replace").strip()[:500]
+        answer = outbound.post(ticket.webhook_url, body, webhook_headers(ticket.idempotency_key, body),
+                               timeout=timeout)
+    except outbound.Refused as refusal:  # sending again would be refused again: the plan's URL must change
+        return Outcome(ActionAttempt.Outcome.FAILED, None, str(refusal))
+    except TimeoutError:
+        return Outcome(ActionAttempt.Outcome.RETRYABLE_ERROR, None, f"no answer within {timeout} s")
+    except OSError as exc:
+        return Outcome(ActionAttempt.Outcome.RETRYABLE_ERROR, None, f"connection failed: {exc.strerror or exc}")
+    status = answer.status
+    if 200 <= status < 300:
+        return Outcome(ActionAttempt.Outcome.OK, status, f"HTTP {status} in {answer.elapsed_ms} ms")
+    if 300 <= status < 400:
+        return Outcome(ActionAttempt.Outcome.FAILED, status, f"HTTP {status}: redirects are not followed")
+    retryable = status >= 500 or status in RETRYABLE_STATUS
+    return Outcome(ActionAttempt.Outcome.RETRYABLE_ERROR if retryable else ActionAttempt.Outcome.FAILED,
+                   status, f"HTTP {status} in {answer.elapsed_ms} ms")
 
 
 EXECUTORS = {

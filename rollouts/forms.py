@@ -12,7 +12,9 @@ from decimal import Decimal
 from django import forms
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
+from django.utils.text import capfirst
 
+from core import outbound
 from governance.models import Workflow
 from rollouts.models import (
     MAX_FLAP_WINDOWS,
@@ -62,6 +64,8 @@ class PlanForm(forms.ModelForm):
         data = super().clean()
         if data.get("executor") == RolloutPlan.Executor.WEBHOOK and not data.get("webhook_url"):
             self.add_error("webhook_url", "The webhook executor needs the URL to call.")
+        elif data.get("webhook_url") and (problem := outbound.target_problem(data["webhook_url"])):
+            self.add_error("webhook_url", f"{capfirst(problem)}.")
         return data
 
     def plan_fields(self) -> dict:

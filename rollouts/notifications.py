@@ -1,13 +1,16 @@
 """Notices to containment owners: an action that ran without a person before it (tier 1, or an
 override window that ran out), with its evidence and the review that is due; and "signals lost",
-the moment a trigger's samples stop arriving, with what was done about it.
+the moment a trigger's samples stop arriving, with what was done about it; and a rollback that
+failed for good, or took effect after one had failed (`open_rollback_notice`).
 
-Both go through the one notification outbox (`approvals.notifications.enqueue`): the notice is
+All go through the one notification outbox (`approvals.notifications.enqueue`): the notice is
 opened in a transaction here and, once committed, delivered by this process (a worker: the
 evaluation that noticed, or the task the change published), not behind the queue, by email to the
-owners and to the notification webhook; a failed or lost delivery is retried, then given up, by the
-outbox's sweep. Each is told once: a notice is unique per (subject, event), and a signal loss is
-claimed in the transaction that opens its notice.
+owners and to the notification webhook, or along the workflow's routes; a rollback's notice is
+opened in the executor's transaction and delivered by the queue, so that worker never waits on it.
+A failed or lost delivery is retried, then given up, by the outbox's sweep. Each is told once: a
+notice is unique per (subject, event), and a signal loss is claimed in the transaction that opens
+its notice.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from django.conf import settings
 from django.db import transaction
 
 from approvals import notifications as outbox
+from approvals import routing
 from approvals.models import Notice
 from governance.models import ContainmentAssignment, Workflow
 from rollouts import signals
@@ -119,3 +123,39 @@ def notify_signals_lost(loss_id: int) -> int:
             return 0
         signals.note_loss_notified(loss_id, len(addresses))
     return len(addresses)
+
+
+def open_rollback_notice(action: RolloutAction, *, failed: bool) -> Notice | None:
+    """Inside the transaction in which a rollback failed for good or took effect: open its notice
+    (`rollback_failed` / `rollback_executed`), delivered after commit. A failure is told to the
+    owners of the rollback duty. A success is told when a rollback of the plan had failed before,
+    or when the workflow routes its notices (the owners otherwise hear of it as they asked for it,
+    or through the autonomous action's notice). Routes send either where the workflow wants it;
+    PagerDuty pages on the failure and resolves on the success."""
+    plan = action.plan
+    event = Notice.Event.ROLLBACK_FAILED if failed else Notice.Event.ROLLBACK_EXECUTED
+    failed_before = Notice.objects.filter(workflow=plan.workflow, event=Notice.Event.ROLLBACK_FAILED,
+                                          data__plan=plan.pk).exists()
+    if not failed and not failed_before and not routing.routes_of(plan.workflow_id):
+        return None
+    owners = sorted({a.user.email for a in ContainmentAssignment.objects.filter(
+        workflow=plan.workflow, duty=ContainmentAssignment.Duty.ROLLBACK).select_related("user")
+        if a.user.email and a.user.is_active}) if failed or failed_before else []
+    why = action.result.get("failed", "")
+    if failed:
+        subject = f"{plan.workflow.slug}: rollback of {plan.release_version} failed"
+        lines = [f"{plan.name} ({plan.workflow.slug}) could not roll back to {plan.stable_version}: "
+                 f"the {action.executor} executor failed after {action.attempts} attempt(s).", "",
+                 f"Why: {why or 'see the attempts'}",
+                 f"{plan.release_version} still serves; roll back by hand or ask for the rollback again."]
+    else:
+        subject = f"{plan.workflow.slug}: {plan.release_version} rolled back to {plan.stable_version}"
+        lines = [f"{plan.name} ({plan.workflow.slug}) rolled back to {plan.stable_version} "
+                 f"({action.executor} executor, {action.attempts} attempt(s))."]
+    link = f"{settings.SITE_URL}{plan.get_absolute_url()}"
+    return outbox.enqueue(
+        source=Notice.Source.ROLLOUT, event=event, subject=action, workflow=plan.workflow, recipients=owners,
+        title=subject, body="\n".join([*lines, "", link]), link=link,
+        data={"plan": plan.pk, "action": action.pk, "kind": action.kind, "release_version": plan.release_version,
+              "stable_version": plan.stable_version, "executor": action.executor, "attempts": action.attempts,
+              **({"error": why} if failed else {})})

@@ -274,7 +274,8 @@ def _plan_answer(request: HtmxHttpRequest, plan: RolloutPlan, context: dict, sta
 @login_required
 def plan_action(request: HtmxHttpRequest, pk: int, action: str) -> HttpResponse:
     """A containment action: 200 (done or scheduled), 422 (what to fix), 409 (the state moved on),
-    403 (not the owner of that duty). Nothing changes unless the service accepts it."""
+    403 (not the owner of that duty: in the panel for htmx, else the site's 403 page). Nothing changes
+    unless the service accepts it."""
     plan = _plan_in_scope(request, pk)
     if action not in containment.CONTAINMENT:
         raise Http404("No such action.")
@@ -293,6 +294,8 @@ def plan_action(request: HtmxHttpRequest, pk: int, action: str) -> HttpResponse:
             form = ContainmentForm()
             form.done = done
         except TransitionRefused as refusal:
+            if refusal.status == 403 and not request.htmx:  # the site's 403 page, saying which duty it takes
+                raise denials.forbidden(request, refusal.message) from None
             denials.refused(request, refusal, f"{action} plan={pk}")
             form.add_error(refusal.field if refusal.field in form.fields else None, refusal.message)
             status = refusal.status

@@ -13,7 +13,9 @@ from django.conf import settings
 from django.urls import reverse
 
 import audit.verify_audit
-from audit.models import AuditCheckpoint, AuditEvent
+from audit import log as audit_log
+from audit import sequencing
+from audit.models import AuditCheckpoint, AuditEvent, AuditTreeHead
 from audit.verify_audit import sign_checkpoint
 
 SCRIPT = Path(audit.verify_audit.__file__)
@@ -43,24 +45,34 @@ def auditor_client(client, auditor):
     return client
 
 
-def test_jsonl_export_round_trip_equals_the_database(auditor_client, decision_log):
+@pytest.fixture
+def signed_log(decision_log):
+    """The decision log with the HMAC checkpoint beat writes hourly and the tree head the sequencer
+    signs within seconds: what an export ends with (it signs nothing itself)."""
+    audit_log.write_checkpoint("interval")
+    sequencing.sign_tree_head()
+    return decision_log
+
+
+def test_jsonl_export_round_trip_equals_the_database(auditor_client, signed_log):
     text, response = download(auditor_client, "jsonl")
     lines = [json.loads(line) for line in text.splitlines()]
-    events, checkpoint = lines[:-1], lines[-1]
+    events, checkpoint, tree_head = lines[:-2], lines[-2], lines[-1]
     stored = list(AuditEvent.objects.order_by("seq").values("seq", "prev_hash", "hash", "canonical"))
     assert [(e["seq"], e["prev_hash"], e["hash"], e["event"]) for e in events] == [
         (s["seq"], s["prev_hash"], s["hash"], json.loads(s["canonical"])) for s in stored]
-    cp = AuditCheckpoint.objects.get(reason="export")
+    cp = AuditCheckpoint.objects.get()
     assert checkpoint == {"type": "checkpoint", "seq": stored[-1]["seq"], "hash": stored[-1]["hash"],
                           "at": checkpoint["at"], "signature": cp.signature}
     assert cp.signature == sign_checkpoint(settings.AUDIT_CHECKPOINT_KEY, cp.head_seq, cp.head_hash, checkpoint["at"])
+    assert tree_head == {"type": "tlog_checkpoint", "note": AuditTreeHead.objects.get().note}
     assert response["X-Ringfence-Checkpoint-Seq"] == str(stored[-1]["seq"])
 
 
-def test_csv_export_round_trip_equals_the_database(auditor_client, decision_log):
+def test_csv_export_round_trip_equals_the_database(auditor_client, signed_log):
     text, _ = download(auditor_client, "csv")
     rows = list(csv.DictReader(io.StringIO(text)))
-    events, checkpoint = rows[:-1], rows[-1]
+    events, checkpoint, tree_head = rows[:-2], rows[-2], rows[-1]
     stored = list(AuditEvent.objects.order_by("seq"))
     assert len(events) == len(stored)
     for row, event in zip(events, stored, strict=True):
@@ -72,9 +84,11 @@ def test_csv_export_round_trip_equals_the_database(auditor_client, decision_log)
         assert (row["subject_type"], row["subject_id"]) == (event.subject_type, event.subject_id)
     assert checkpoint["type"] == "checkpoint" and int(checkpoint["seq"]) == stored[-1].seq
     assert checkpoint["hash"] == stored[-1].hash and len(checkpoint["signature"]) == 64
+    assert tree_head["type"] == "tlog_checkpoint" and int(tree_head["seq"]) == stored[-1].seq
+    assert tree_head["signature"] == AuditTreeHead.objects.get().note
 
 
-def test_whole_chain_export_verifies_offline_and_a_tampered_copy_names_the_event(auditor_client, decision_log,
+def test_whole_chain_export_verifies_offline_and_a_tampered_copy_names_the_event(auditor_client, signed_log,
                                                                                   tmp_path):
     text, _ = download(auditor_client, "jsonl")
     export = tmp_path / "export.jsonl"
@@ -83,7 +97,7 @@ def test_whole_chain_export_verifies_offline_and_a_tampered_copy_names_the_event
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.startswith("OK: ") and "1 checkpoint(s) verified" in result.stdout
 
-    target = decision_log[1]
+    target = signed_log[1]
     tampered = tmp_path / "tampered.jsonl"
     tampered.write_text(text.replace("Amount above the policy limit.", "Amount within the policy limit."))
     result = run_verifier(tampered)
@@ -91,13 +105,13 @@ def test_whole_chain_export_verifies_offline_and_a_tampered_copy_names_the_event
     assert result.stdout.startswith(f"BROKEN at event #{target.seq}:")
 
 
-def test_search_export_holds_only_the_matching_events(auditor_client, decision_log, other_workflow):
+def test_search_export_holds_only_the_matching_events(auditor_client, signed_log, other_workflow):
     text, response = download(auditor_client, "jsonl", workflow=other_workflow.slug)
     lines = [json.loads(line) for line in text.splitlines()]
     expected = list(AuditEvent.objects.filter(workflow_slug=other_workflow.slug).order_by("seq")
                     .values_list("seq", flat=True))
     assert [line["seq"] for line in lines if line["type"] == "event"] == expected
-    assert lines[-1]["type"] == "checkpoint"
+    assert lines[-1]["type"] == "tlog_checkpoint"
     assert "ringfence-audit-search-" in response["Content-Disposition"]
 
 

@@ -295,7 +295,7 @@ def workflow_form(workflow, actions: list[GovernedAction], new: dict | None = No
     form = {"name": workflow.name, "description": workflow.description, "environment": workflow.environment,
             "owning_team": workflow.owning_team, "autonomy_tier": workflow.autonomy_tier,
             "off_hours_tier": workflow.off_hours_tier or "", "timezone": workflow.timezone,
-            "business_days": "[0, 1, 2, 3, 4]", "business_start": "09:00", "business_end": "17:00",
+            "business_days": ["0", "1", "2", "3", "4"], "business_start": "09:00", "business_end": "17:00",
             "actions-TOTAL_FORMS": len(actions) + (1 if new else 0), "actions-INITIAL_FORMS": len(actions),
             "actions-MIN_NUM_FORMS": 0, "actions-MAX_NUM_FORMS": 1000}
     for i, action in enumerate(actions):

@@ -15,6 +15,7 @@ import pkgutil
 from pathlib import Path
 
 import pytest
+from axes.models import AccessAttempt
 
 import governance
 from audit import log as audit
@@ -90,6 +91,30 @@ def test_every_transition_writes_its_audit_events(admin_user, containment_owner,
     assert walk.new(issued.token) == ["token.rotated"]
     services.revoke_token(successor.token.pk, actor=admin_user, reason="the CI job was retired")
     assert walk.new(successor.token) == ["token.revoked"]
+
+    services.record_login_lockout(username="mallory", ip_address="203.0.113.9", failures=5,
+                                  locked_by=["username", "ip_address"], until=None)
+    assert walk.new(outsider) == ["login.locked_out"]
+    AccessAttempt.objects.create(username="mallory", ip_address="203.0.113.9", user_agent="probe", get_data="",
+                                 post_data="", http_accept="", path_info="/accounts/login/", failures_since_start=5)
+    assert services.unlock_login(actor=admin_user, username="mallory") == 5
+    assert walk.new(outsider) == ["login.unlocked"]
+
+    mapping = services.define_group_mapping(actor=admin_user, group="sre", roles=[Role.CONTAINMENT_OWNER],
+                                            scope={workflow.slug: [VIEW]})
+    assert walk.new(mapping) == ["identity.mapping_defined"]
+    services.sign_in_with_identity(issuer="https://login.example.com", groups_claim="groups",
+                                   claims={"sub": "00u-ivy", "preferred_username": "ivy", "groups": ["sre"]})
+    assert walk.new() == ["user.created", "role.granted", "scope.granted"]
+    services.sign_in_with_identity(issuer="https://login.example.com", groups_claim="groups", claims={
+        "sub": "00u-mallory", "preferred_username": "mallory", "email": outsider.email, "email_verified": True})
+    assert walk.new(outsider) == ["user.identity_linked"]
+    services.remove_group_mapping(actor=admin_user, group="sre")
+    assert walk.new() == ["identity.mapping_removed"]
+    _, raw = services.issue_breakglass_link(username="breakglass", reason="the provider is down", issued_by="root@h")
+    assert walk.new() == ["user.created", "user.breakglass_issued"]
+    services.use_breakglass_link(raw)
+    assert walk.new() == ["user.breakglass_used"]
 
     assert walk.seen == set(services.AUDIT_ACTIONS)
     assert audit.verify_database().ok
