@@ -456,6 +456,9 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {
         "ringfence.security": {"level": "INFO"},
+        # django-axes: its warnings (failures, lockouts; names and addresses masked) but not a line per sign-in;
+        # ringfence.security has each failure in full.
+        "axes": {"level": "WARNING"},
         # One line per request (core.requestlog); set LOG_REQUESTS=false when the proxy's access log is enough.
         "ringfence.request": {"level": "INFO" if env_bool("LOG_REQUESTS", True) else "WARNING"},
     },

@@ -56,8 +56,12 @@ class NoStoreMiddleware:
 
 
 def _signed_in(request: HttpRequest) -> bool:
-    user = getattr(request, "user", None)  # none where a middleware answered first (static files)
+    """From what the request already read: loading the user here again could hang where the answer
+    failed (the database is away). A session cookie whose user was never read counts as signed in."""
+    user = getattr(request, "_cached_user", None)  # set once the auth middleware's request.user was read
+    if user is None:
+        return settings.SESSION_COOKIE_NAME in request.COOKIES
     try:
-        return user is not None and user.is_authenticated
-    except Exception:  # the session or the user could not be read (the database is away): store nothing
+        return user.is_authenticated
+    except Exception:  # noqa: BLE001 - store nothing when in doubt
         return True

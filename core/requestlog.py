@@ -43,13 +43,17 @@ class RequestIdFilter(logging.Filter):
 
 
 def _who(request: HttpRequest) -> dict[str, str]:
-    auth = getattr(request, "auth", None)
-    account = getattr(auth, "service_account", None)
-    if account is not None:
-        return {"service_account": str(account.name)}
-    user = getattr(request, "user", None)
-    if user is not None and user.is_authenticated:
-        return {"user": user.get_username()}
+    """Who asked, from what the request already loaded: reading a session or a user here could fail
+    (the database is away) where the answer itself did not."""
+    try:
+        account = getattr(getattr(request, "auth", None), "service_account", None)
+        if account is not None:
+            return {"service_account": str(account.name)}
+        user = getattr(request, "_cached_user", None)  # set by the auth middleware once request.user was read
+        if user is not None and user.is_authenticated:
+            return {"user": user.get_username()}
+    except Exception:  # noqa: BLE001 - the line is written without a name rather than not at all
+        pass
     return {}
 
 

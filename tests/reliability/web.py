@@ -14,7 +14,7 @@ def session_headers(user: AbstractBaseUser) -> dict[str, str]:
     """Headers of a browser signed in as `user` (what the login view would have stored)."""
     session = SessionStore()
     session[SESSION_KEY] = str(user.pk)
-    session[BACKEND_SESSION_KEY] = settings.AUTHENTICATION_BACKENDS[0]
+    session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"  # a password sign-in's
     session[HASH_SESSION_KEY] = user.get_session_auth_hash()
     session.create()
     csrf = secrets.token_hex(16)  # a 32-character CSRF secret, sent as cookie and header
