@@ -20,6 +20,8 @@ venv: $(STAMP)
 run: $(STAMP)
 	@$(PY) scripts/devserver.py
 
+# Two pytest-xdist processes, a test file each at a time, each with its own test database
+# (<name>_gw0, _gw1) and Redis database (tests/testenv.py); PYTEST_ARGS="-n 0" runs one.
 test: $(STAMP)
 	@sh scripts/ensure-services
 	@$(PY) -m pytest -m "not reliability" -n 2 --dist loadfile $(PYTEST_ARGS)
