@@ -81,21 +81,28 @@ class StateCollector(Collector):
             yield queue
 
 
-def _celery_queue_length() -> int | None:
-    """LLEN of the default queue when the broker is Redis (None otherwise or when it does not answer)."""
+def _broker_client():
+    """A Redis client on the broker that gives up after READY_TIMEOUT_SECONDS; None when the broker
+    is not Redis (the zero-setup filesystem broker)."""
     if not settings.CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
         return None
     import redis
 
-    try:
-        client = redis.Redis.from_url(settings.CELERY_BROKER_URL, socket_timeout=settings.READY_TIMEOUT_SECONDS,
-                                      socket_connect_timeout=settings.READY_TIMEOUT_SECONDS)
-        try:
-            return int(client.llen("celery"))
-        finally:
-            client.close()
-    except redis.RedisError:
+    return redis.Redis.from_url(settings.CELERY_BROKER_URL, socket_timeout=settings.READY_TIMEOUT_SECONDS,
+                                socket_connect_timeout=settings.READY_TIMEOUT_SECONDS)
+
+
+def _celery_queue_length() -> int | None:
+    """LLEN of the default queue when the broker is Redis (None otherwise or when it does not answer)."""
+    client = _broker_client()
+    if client is None:
         return None
+    try:
+        return int(client.llen("celery"))
+    except Exception:  # noqa: BLE001 - a scrape shows what it can
+        return None
+    finally:
+        client.close()
 
 
 def _registry() -> CollectorRegistry:
@@ -145,12 +152,9 @@ def _database() -> None:
 
 
 def _broker() -> None:
-    if not settings.CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    client = _broker_client()
+    if client is None:
         return  # the zero-setup filesystem broker: a directory, there when the process started
-    import redis
-
-    client = redis.Redis.from_url(settings.CELERY_BROKER_URL, socket_timeout=settings.READY_TIMEOUT_SECONDS,
-                                  socket_connect_timeout=settings.READY_TIMEOUT_SECONDS)
     try:
         client.ping()
     finally:

@@ -7,6 +7,7 @@ silently reading "false" as true or an empty list as one empty host.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -70,16 +71,22 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return items
 
 
+def parse_networks(name: str, values: Iterable[str]) -> tuple[IPv4Network | IPv6Network, ...]:
+    """Networks in CIDR notation (`10.20.0.0/16`, `fd00::/8`); a malformed one stops start-up naming `name`."""
+    networks = []
+    for value in values:
+        try:
+            networks.append(ip_network(str(value).strip()))
+        except ValueError as exc:
+            raise ImproperlyConfigured(
+                f"{name}: {value!r} is not a network in CIDR notation such as 10.20.0.0/16 or fd00::/8 ({exc})."
+            ) from None
+    return tuple(networks)
+
+
 def env_networks(name: str, default: list[str] | tuple[str, ...] = ()) -> list[IPv4Network | IPv6Network]:
     """A comma-separated list of networks in CIDR notation (`10.20.0.0/16,fd00::/8`)."""
-    networks = []
-    for item in env_list(name, list(default)):
-        try:
-            networks.append(ip_network(item))
-        except ValueError as exc:
-            raise ImproperlyConfigured(f"{name}: {item!r} is not a network in CIDR notation such as 10.20.0.0/16 "
-                                       f"or fd00::/8 ({exc}).") from None
-    return networks
+    return list(parse_networks(name, env_list(name, list(default))))
 
 
 def parse_database_url(name: str, url: str) -> dict:

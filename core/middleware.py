@@ -55,10 +55,16 @@ class NoStoreMiddleware:
         return response
 
 
+def loaded_user(request: HttpRequest):
+    """The user the request has already read (the auth middleware keeps it on first use of
+    request.user), else None. A middleware looking after the answer uses this: reading the session
+    or the user again could hang or fail (the database is away) where the answer did not."""
+    return getattr(request, "_cached_user", None)
+
+
 def _signed_in(request: HttpRequest) -> bool:
-    """From what the request already read: loading the user here again could hang where the answer
-    failed (the database is away). A session cookie whose user was never read counts as signed in."""
-    user = getattr(request, "_cached_user", None)  # set once the auth middleware's request.user was read
+    """A session cookie whose user was never read counts as signed in."""
+    user = loaded_user(request)
     if user is None:
         return settings.SESSION_COOKIE_NAME in request.COOKIES
     try:

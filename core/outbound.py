@@ -32,15 +32,15 @@ import re
 import socket
 import ssl
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import SplitResult, quote, urlsplit
 
 from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
 
-from core.envparse import env_list
+from core import envparse
+from core.envparse import parse_networks
 
 SETTING = "WEBHOOK_ALLOWED_NETWORKS"
 PORTS = {"http": 80, "https": 443}
@@ -70,22 +70,10 @@ class Answer:
 
 # -- the allow-list -------------------------------------------------------------------------------
 
-def parse_networks(name: str, values: Iterable[str]) -> tuple[Network, ...]:
-    networks = []
-    for value in values:
-        try:
-            networks.append(ipaddress.ip_network(str(value).strip()))
-        except ValueError as exc:
-            raise ImproperlyConfigured(
-                f"{name}: {value!r} is not a network in CIDR notation such as 10.20.0.0/16 or fd00::/8 ({exc})."
-            ) from None
-    return tuple(networks)
-
-
 def env_networks(name: str) -> list[str]:
-    """A comma-separated list of CIDRs from the environment, parsed strictly (a malformed item stops
-    start-up naming the variable)."""
-    return [str(net) for net in parse_networks(name, env_list(name, []))]
+    """The allow-list from the environment as text, parsed strictly (a malformed item stops start-up
+    naming the variable)."""
+    return [str(net) for net in envparse.env_networks(name)]
 
 
 @lru_cache(maxsize=8)

@@ -24,6 +24,7 @@ from celery.signals import before_task_publish, task_postrun, task_prerun
 from django.http import HttpRequest, HttpResponse
 
 from core import metrics
+from core.middleware import loaded_user
 
 HEADER = "X-Request-ID"
 MESSAGE_HEADER = "ringfence_request_id"
@@ -43,13 +44,12 @@ class RequestIdFilter(logging.Filter):
 
 
 def _who(request: HttpRequest) -> dict[str, str]:
-    """Who asked, from what the request already loaded: reading a session or a user here could fail
-    (the database is away) where the answer itself did not."""
+    """Who asked, from what the request already loaded."""
     try:
         account = getattr(getattr(request, "auth", None), "service_account", None)
         if account is not None:
             return {"service_account": str(account.name)}
-        user = getattr(request, "_cached_user", None)  # set by the auth middleware once request.user was read
+        user = loaded_user(request)
         if user is not None and user.is_authenticated:
             return {"user": user.get_username()}
     except Exception:  # noqa: BLE001 - the line is written without a name rather than not at all
