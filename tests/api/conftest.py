@@ -107,21 +107,22 @@ def live_plan(workflow, admin_user, containment_owner):
     return rollout_plans.start_rollout(plan.pk, actor=manager)
 
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
-
-
 @pytest.fixture
 def page(monkeypatch):
     """A headless Chromium page (Debian's /usr/bin/chromium; no browser is downloaded)."""
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.e2e.conftest import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS
 
     # The ORM is used from the test thread while Playwright's sync API holds an event loop there.
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    expect.set_options(timeout=TIMEOUT_MS)  # as tests/e2e: the same wait for assertions as for actions
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            yield browser.new_page()
+            page = browser.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            yield page
         finally:
             browser.close()
             # ORM calls made while Playwright's loop runs get their own connection: close it here.
