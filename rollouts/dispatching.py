@@ -11,8 +11,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from datetime import datetime
 
+from django.db import connection
 from django.utils import timezone
 
 from approvals.dispatch import Situation
@@ -24,26 +26,41 @@ from rollouts.models import ActionReview, ContextTag, PlanState, RolloutPlan
 GATED = 3
 
 
+# Read on every dispatch, allow and pending alike: two plain reads, not two ORM queries, whose
+# compilation and model instances cost a dispatch about 7× the reads themselves.
+_TAGS_IN_FORCE = (f"SELECT kind, expected_change_percent, ends_at, reason FROM {ContextTag._meta.db_table} "
+                  "WHERE workflow_id = %s AND withdrawn_at IS NULL AND starts_at <= %s AND ends_at > %s "
+                  "ORDER BY starts_at, id")
+_PLAN_IN_FALLBACK = (f"SELECT name, release_version, active_fallback_mode FROM {RolloutPlan._meta.db_table} "
+                     f"WHERE workflow_id = %s AND state = '{PlanState.FALLBACK}' AND active_fallback_mode <> '' "
+                     "ORDER BY updated_at DESC LIMIT 1")
+
+
 def situation(workflow: Workflow, at: datetime) -> Situation:
     tags: dict[str, object] = {}
     lowered_by = ""
-    in_force = (ContextTag.objects.filter(workflow=workflow, withdrawn_at__isnull=True, starts_at__lte=at,
-                                          ends_at__gt=at).order_by("starts_at", "pk"))
-    for tag in in_force:
-        if tag.kind in ContextTag.WINDOW_KINDS:
-            tags[tag.kind] = True
+    moment = connection.ops.adapt_datetimefield_value(at)
+    with connection.cursor() as cursor:
+        cursor.execute(_TAGS_IN_FORCE, [workflow.pk, moment, moment])
+        in_force = cursor.fetchall()
+        cursor.execute(_PLAN_IN_FALLBACK, [workflow.pk])
+        plan = cursor.fetchone()
+    for kind, expected_change_percent, ends_at, reason in in_force:
+        if kind in ContextTag.WINDOW_KINDS:
+            tags[kind] = True
             if not lowered_by:
-                until = timezone.localtime(tag.ends_at).strftime("%H:%M")
-                lowered_by = f"tier lowered to {GATED} by the {tag.get_kind_display()} tag until {until}: {tag.reason}"
+                if timezone.is_naive(ends_at):  # SQLite answers UTC without its offset
+                    ends_at = timezone.make_aware(ends_at, dt.UTC)
+                until = timezone.localtime(ends_at).strftime("%H:%M")
+                label = ContextTag.Kind(kind).label
+                lowered_by = f"tier lowered to {GATED} by the {label} tag until {until}: {reason}"
         else:
-            percent = float(tag.expected_change_percent)
-            tags[tag.kind] = max(percent, float(tags.get(tag.kind, 0.0)))  # type: ignore[arg-type]
-    plan = (RolloutPlan.objects.filter(workflow=workflow, state=PlanState.FALLBACK).exclude(active_fallback_mode="")
-            .order_by("-updated_at").first())
+            percent = float(expected_change_percent)
+            tags[kind] = max(percent, float(tags.get(kind, 0.0)))  # type: ignore[arg-type]
+    name, release_version, fallback_mode = plan or ("", "", "")
     return Situation(
         tags=tags, lowered_tier=GATED if lowered_by else None, lowered_by=lowered_by,
-        fallback_mode=plan.active_fallback_mode if plan else "",
-        fallback_of=f"plan {plan.name}, {plan.release_version}" if plan else "",
+        fallback_mode=fallback_mode, fallback_of=f"plan {name}, {release_version}" if plan else "",
     )
 
 

@@ -152,7 +152,7 @@ def test_a_window_tag_lowers_dispatch_to_gated_and_rules_read_tags(api, actions,
                                     ends_at=TUESDAY_10 + dt.timedelta(hours=2), reason="database migration")
     body = dispatch(api, "send_receipt").json()
     assert (body["decision"], body["tier"]) == ("pending", 3)
-    assert "migration window tag" in body["reason"] and "database migration" in body["reason"]
+    assert "by the migration window tag until 12:00: database migration" in body["reason"]
     action = GovernedAction.objects.get(workflow=workflow, name="issue_credit")
     approval_services.set_action_rules(action.pk, actor=admin_user, rules=[
         {"condition": "'migration_window' in tags", "outcome": "deny", "reason": "No credits during migrations."}])
