@@ -14,6 +14,7 @@ import hmac
 import json
 import math
 import re
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -148,6 +149,16 @@ def workflow_of(subject: Any) -> str:
     return getattr(getattr(subject, "workflow", None), "audit_workflow", "") or ""
 
 
+def current_trace_id() -> str:
+    """The trace id (32 hex) of the span this code runs under, or "" (no tracing, or no valid span).
+    Costs nothing when tracing is off: OpenTelemetry is only read if the process already loaded it."""
+    trace = sys.modules.get("opentelemetry.trace")
+    if trace is None:
+        return ""
+    context = trace.get_current_span().get_span_context()
+    return trace.format_trace_id(context.trace_id) if context.is_valid else ""
+
+
 def record(actor: Any, action: str, subject: Any, data: dict | None = None, reason: str = "",
            *, workflow: Any = None) -> AuditEvent | AuditEntry:
     """Accept one entry inside the caller's transaction: it commits with the change. Returns the
@@ -176,6 +187,8 @@ def record(actor: Any, action: str, subject: Any, data: dict | None = None, reas
     }
     # The entry is accepted with the change and needs nothing from the log: no lock, no read of
     # the head. The sequencer gives it its seq (audit.sequencing).
+    if trace := current_trace_id():  # only under a span: entries without one keep their old bytes
+        columns["trace"] = trace
     unsequenced = unsequenced_canonical(columns)
     mac = sequencing.entry_mac(unsequenced)
     entry_id = _insert_entry(occurred_at, action, unsequenced, mac)
@@ -203,6 +216,7 @@ def unsequenced_canonical(columns: dict) -> str:
     """An entry's canonical JSON with `"seq":0`, as accepted; the sequencer writes its seq in
     (sequencing.with_seq)."""
     return canonical_json({
+        **({"trace": columns["trace"]} if columns.get("trace") else {}),
         "v": FORMAT_VERSION,
         "seq": 0,
         "at": format_time(columns["occurred_at"]),

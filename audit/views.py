@@ -70,6 +70,9 @@ class AuditSearchForm(forms.Form):
     until = forms.DateTimeField(required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"}))
     words = forms.CharField(required=False, max_length=200, label="Words in reasons",
                             help_text="every word must appear in the justification, reason or data")
+    trace = forms.RegexField(required=False, regex=r"^\s*[0-9a-fA-F]{32}\s*$", label="Trace id",
+                             help_text="the 32 hex digits of an OpenTelemetry trace",
+                             error_messages={"invalid": "A trace id is 32 hexadecimal digits."})
 
     def __init__(self, *args, user, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -111,6 +114,8 @@ def search_events(user, criteria: dict) -> QuerySet[AuditEvent]:
         events = events.filter(occurred_at__gte=since)
     if until := criteria.get("until"):
         events = events.filter(occurred_at__lt=until)
+    if trace := criteria.get("trace", "").strip().lower():  # a scan of the contents, like the words below
+        events = events.filter(canonical__contains=f'"trace":"{trace}"')
     if words := criteria.get("words", "").split():
         events = events.annotate(data_text=Cast("data", TextField()))
         for word in words:
@@ -173,8 +178,17 @@ def event_detail(request: HttpRequest, seq: int) -> HttpResponse:
         "about_subject": visible.filter(subject_type=event.subject_type, subject_id=event.subject_id)
         .exclude(seq=seq).order_by("seq")[:50],
         "evidence_url": evidence_url(event.subject_type, event.subject_id),
+        "trace_id": payload.get("trace", ""),
+        "trace_url": trace_url(payload.get("trace", "")),
     }
     return render(request, "audit/event_detail.html", context)
+
+
+def trace_url(trace_id: str) -> str | None:
+    """The trace in the tracing UI (OTEL_TRACE_URL_TEMPLATE), for an event recorded under a span."""
+    if not trace_id or not settings.OTEL_TRACE_URL_TEMPLATE:
+        return None
+    return settings.OTEL_TRACE_URL_TEMPLATE.replace("{trace_id}", trace_id)
 
 
 def evidence_url(subject_type: str, subject_id: str) -> str | None:

@@ -5,7 +5,7 @@ import os
 
 from celery import Celery, bootsteps
 from celery.app.amqp import AMQP
-from celery.signals import setup_logging
+from celery.signals import setup_logging, worker_process_init, worker_process_shutdown
 from kombu import Connection
 
 from core.worker_watchdog import StallWatchdog
@@ -88,6 +88,24 @@ def _log_through_django(**_) -> None:
 
 if os.environ.get("LOG_FORMAT", "").strip().lower() == "json":
     setup_logging.connect(_log_through_django, weak=False)
+
+
+def _trace_this_process(**_) -> None:
+    """Each pool process of a worker traces its tasks when OTEL_EXPORTER_OTLP_ENDPOINT is set (config.tracing)."""
+    from config import tracing
+
+    tracing.setup(tracing.WORKER_SERVICE, web=False)
+
+
+def _send_last_spans(**_) -> None:
+    from config import tracing
+
+    tracing.shutdown()
+
+
+if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip():
+    worker_process_init.connect(_trace_this_process, weak=False)
+    worker_process_shutdown.connect(_send_last_spans, weak=False)
 
 app = RingfenceCelery("ringfence", amqp=BrokerAMQP)
 app.config_from_object("django.conf:settings", namespace="CELERY")

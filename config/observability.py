@@ -4,7 +4,8 @@
 `/metrics` adds to the processes' own counts (core.metrics; summed over every web process in
 multiprocess mode) what is read from the database at each scrape: approval requests pending by
 workflow and level, those past their SLA deadline, the timer lag, executor attempts by outcome,
-audit entries waiting for the sequencer and the oldest one's age, and the Celery queue's length.
+audit entries waiting for the sequencer and the oldest one's age, the newest pull of each live plan's
+metric from its provider (failures in a row, duration), and the Celery queue's length.
 It answers only a caller with METRICS_TOKEN as bearer token, or, without a token configured, a
 caller inside METRICS_ALLOWED_NETWORKS (loopback by default). Health answers need no login and say
 nothing but which dependency failed.
@@ -27,7 +28,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from django.conf import settings
 from django.core.cache import cache
 from django.db import connection
-from django.db.models import Count, Min
+from django.db.models import Count, Max, Min, Q
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
@@ -38,7 +39,7 @@ from prometheus_client.registry import REGISTRY, Collector
 from approvals.models import ApprovalRequest
 from audit import sequencing
 from core import clock
-from rollouts.models import ActionAttempt
+from rollouts.models import ActionAttempt, FetchStatus, MetricFetch, RolloutPlan
 
 
 class StateCollector(Collector):
@@ -67,6 +68,7 @@ class StateCollector(Collector):
         for row in ActionAttempt.objects.values("outcome").annotate(n=Count("id")).order_by():
             attempts.add_metric([row["outcome"]], row["n"])
         yield attempts
+        yield from _metric_fetches()
         count, age = sequencing.backlog()
         yield GaugeMetricFamily("ringfence_audit_unsequenced_entries",
                                 "Audit entries accepted and not yet placed in the log by the sequencer.", value=count)
@@ -79,6 +81,31 @@ class StateCollector(Collector):
                                       labels=["queue"])
             queue.add_metric(["celery"], length)
             yield queue
+
+
+def _metric_fetches() -> Iterator[GaugeMetricFamily]:
+    """The newest pull of each metric of each live plan, per segment: failed ones in a row (0 after a success)
+    and the pull's duration; old fetch rows are pruned, so these are gauges, not counters."""
+    latest = (MetricFetch.objects.filter(plan__state__in=RolloutPlan.LIVE_STATES).exclude(status=FetchStatus.RUNNING)
+              .values("plan_id", "metric_id", "segment").annotate(at=Max("started_at")).order_by())
+    pairs = Q()
+    for row in latest:
+        pairs |= Q(plan_id=row["plan_id"], metric_id=row["metric_id"], segment=row["segment"], started_at=row["at"])
+    failing = GaugeMetricFamily("ringfence_metric_fetch_failures",
+                                "Failed pulls in a row of a live plan's metric from its provider (0 after a success).",
+                                labels=["workflow", "plan", "metric", "segment", "status"])
+    duration = GaugeMetricFamily("ringfence_metric_fetch_duration_seconds",
+                                 "How long the newest pull of a live plan's metric took.",
+                                 labels=["workflow", "plan", "metric", "segment"])
+    if pairs:
+        rows = (MetricFetch.objects.filter(pairs).exclude(status=FetchStatus.RUNNING)
+                .values_list("plan__workflow__slug", "plan_id", "metric__slug", "segment", "status", "failures",
+                             "duration_ms"))
+        for workflow, plan, metric, segment, status, failures, duration_ms in rows:
+            failing.add_metric([workflow, str(plan), metric, segment, status], failures)
+            duration.add_metric([workflow, str(plan), metric, segment], duration_ms / 1000)
+    yield failing
+    yield duration
 
 
 def _broker_client():

@@ -436,6 +436,10 @@ CELERY_BEAT_SCHEDULE = {
     # Fires overdue approval timers, opens due reminders, republishes lost messages.
     "sweep-due-timers": {"task": "approvals.tasks.sweep_due", "schedule": TIMER_SWEEP_SECONDS},
 }
+# Signals older than this many days are rolled up into per-minute aggregates and the samples deleted, once a
+# day (rollouts.retention); 0 keeps every sample.
+SIGNAL_RETENTION_DAYS = env_int("SIGNAL_RETENTION_DAYS", 30, minimum=0)
+CELERY_BEAT_SCHEDULE["retain-signals"] = {"task": "rollouts.tasks.retain_signals", "schedule": 24 * 3600.0}
 
 # LOG_FORMAT=json: one JSON object per line (python-json-logger), with the request id of the request
 # or task on every line (core.requestlog); `plain` is for a terminal.
@@ -468,6 +472,13 @@ LOGGING = {
 METRICS_TOKEN = env_str("METRICS_TOKEN").strip()
 METRICS_ALLOWED_NETWORKS = env_networks("METRICS_ALLOWED_NETWORKS", ["127.0.0.0/8", "::1/128"])
 READY_TIMEOUT_SECONDS = env_float("READY_TIMEOUT_SECONDS", 2.0, minimum=0.1)
+# Tracing (config.tracing) follows the standard OTEL_* variables; this links an audit event's trace id to the
+# tracing UI on the auditors' desk, e.g. https://jaeger.example/trace/{trace_id}.
+OTEL_TRACE_URL_TEMPLATE = env_str("OTEL_TRACE_URL_TEMPLATE").strip()
+if OTEL_TRACE_URL_TEMPLATE and (not OTEL_TRACE_URL_TEMPLATE.startswith(("https://", "http://"))
+                                or "{trace_id}" not in OTEL_TRACE_URL_TEMPLATE):
+    raise ImproperlyConfigured(f"OTEL_TRACE_URL_TEMPLATE={OTEL_TRACE_URL_TEMPLATE!r}: use an http(s) URL with "
+                               "{trace_id} where the trace id goes.")
 
 # Agent API (README "Agent and CI API"): per-caller rate limit, idempotency keys, long-poll.
 API_RATE_LIMIT_REQUESTS = env_int("API_RATE_LIMIT_REQUESTS", 600, minimum=1)
@@ -506,6 +517,20 @@ CELERY_BEAT_SCHEDULE["rollouts-evaluate-live-plans"] = {
     "task": "rollouts.tasks.evaluate_live_plans", "schedule": ROLLOUT_EVALUATION_SECONDS}
 CELERY_BEAT_SCHEDULE["rollouts-sweep-actions"] = {
     "task": "rollouts.tasks.sweep_actions", "schedule": ROLLOUT_SWEEP_SECONDS}
+# Ringfence's own human-review signals (README "Rollouts"): one sample per metric and live plan
+# reading it every ROLLOUT_REVIEW_SIGNALS_SECONDS; fewer decisions than the minimum in a window is no sample.
+ROLLOUT_REVIEW_SIGNALS_SECONDS = env_float("ROLLOUT_REVIEW_SIGNALS_SECONDS", 60.0, minimum=1.0)
+ROLLOUT_REVIEW_MIN_DECISIONS = env_int("ROLLOUT_REVIEW_MIN_DECISIONS", 5, minimum=1)
+CELERY_BEAT_SCHEDULE["rollouts-review-signals"] = {
+    "task": "rollouts.tasks.sample_review_signals", "schedule": ROLLOUT_REVIEW_SIGNALS_SECONDS}
+# Metric providers (README "Metric providers"): how often beat looks for metrics due to be pulled (each
+# metric's own `interval` says when it is due), the answer size read at most, and the fetches kept per
+# plan and metric for the plan page.
+METRIC_PULL_SWEEP_SECONDS = env_float("METRIC_PULL_SWEEP_SECONDS", 5.0, minimum=0.1)
+METRIC_FETCH_MAX_BYTES = env_int("METRIC_FETCH_MAX_BYTES", 1_048_576, minimum=1024)
+METRIC_FETCH_KEEP = env_int("METRIC_FETCH_KEEP", 200, minimum=1)
+CELERY_BEAT_SCHEDULE["rollouts-pull-metrics"] = {
+    "task": "rollouts.tasks.pull_metrics", "schedule": METRIC_PULL_SWEEP_SECONDS}
 # The zero-setup demo keeps its live rollouts' signals flowing (never on unless asked, outside zero-setup).
 ROLLOUT_DEMO_SIGNALS = env_bool("ROLLOUT_DEMO_SIGNALS", ZERO_SETUP)
 if ROLLOUT_DEMO_SIGNALS:

@@ -2,6 +2,7 @@
 
     version: 1
     metrics: [{slug, label, unit, direction}]
+    metric_providers: [{metric, kind, url, query, interval, timeout, max_failures, …}]
     service_accounts: [{name, owner, workflows, description, active}]
     workflows:
       - slug: refund-agent
@@ -218,6 +219,31 @@ class Metric(Strict):
     direction: Literal["higher_is_better", "lower_is_better"] = "lower_is_better"
 
 
+EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Z_][A-Z0-9_]{0,99}$")]
+
+
+class MetricProvider(Strict):
+    """Pull a metric from Prometheus, Datadog or a JSON endpoint (rollouts.providers) instead of waiting
+    for pushes. The query (and a web URL) is a template over {{ segment }}, {{ segment_kind }},
+    {{ ring }}, {{ workflow }} and {{ window }}; credentials are names of environment variables."""
+
+    metric: Slug
+    kind: Literal["prometheus", "datadog", "web"]
+    url: str = Field("", max_length=500, description="Prometheus: its base URL; Datadog: the site's API URL "
+                                                     "(default https://api.datadoghq.com); web: the endpoint.")
+    query: str = Field(min_length=1, max_length=4000, description="PromQL, a Datadog metrics query, or (web) the "
+                                                                  "JSONPath to the value.")
+    segment_label: str = Field("", max_length=100, description="Prometheus: the label that names the segment "
+                                                               "when the query gives one series per segment.")
+    api_key_env: EnvName | Literal[""] = Field("", description="Datadog: the variable holding the API key.")
+    app_key_env: EnvName | Literal[""] = Field("", description="Datadog: the variable holding the application key.")
+    headers: dict[str, EnvName] = Field(default_factory=dict, description="Header name → the variable holding "
+                                                                          "its value.")
+    interval: int = Field(60, ge=1, le=24 * 3600, description="Seconds between pulls.")
+    timeout: float = Field(10.0, ge=0.1, le=120, description="Seconds a pull may take.")
+    max_failures: int = Field(3, ge=1, le=1000, description="Failed pulls in a row before the owners are told.")
+
+
 class GroupMapping(Strict):
     """What one identity-provider group gives its members, at each sign-in (configuration.identity)."""
 
@@ -237,6 +263,8 @@ class Document(Strict):
 
     version: Literal[1] = 1
     metrics: list[Metric] = Field(default_factory=list)
+    metric_providers: list[MetricProvider] | None = Field(None, description="Metrics pulled from a provider; "
+                                                                           "absent: left as they are.")
     service_accounts: list[ServiceAccount] = Field(default_factory=list)
     workflows: list[Workflow] = Field(default_factory=list)
     identity: Identity | None = Field(None, description="Sign-in through the identity provider: what its groups "

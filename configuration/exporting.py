@@ -7,6 +7,7 @@ from typing import Any
 import yaml
 
 from configuration import identity as identity_section
+from configuration import metric_providers as provider_section
 from configuration.planning import live
 
 
@@ -95,6 +96,7 @@ def document() -> dict:
     return {
         "version": 1,
         "metrics": [{"slug": slug, **m} for slug, m in by_kind.get("metric", {}).items()],
+        **provider_section.exported(state),
         "service_accounts": [{"name": name, **{k: v for k, v in a.items() if k != "permissions" or v}}
                              for name, a in by_kind.get("service_account", {}).items()],
         "workflows": workflows,

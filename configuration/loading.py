@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from configuration.document import Document
 
-SECTIONS = ("metrics", "service_accounts", "workflows")
+SECTIONS = ("metrics", "metric_providers", "service_accounts", "workflows")
 Location = tuple[str, int]  # file, 1-based line
 
 

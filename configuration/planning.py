@@ -4,6 +4,7 @@ the difference through the same audited services as the pages, in one transactio
 Objects and their keys (what `config plan` prints):
 
     metric/<slug>                       label, unit, direction
+    metric_provider/<slug>              where a metric is pulled from (configuration.metric_providers)
     service_account/<name>              owner, workflows, description, active
     workflow/<slug>                     name, description, environment, owning_team, tier, off_hours_tier,
                                         timezone, days, start, end
@@ -44,6 +45,7 @@ from approvals import services as approval_services
 from approvals.models import ActionRule, EscalationPolicy
 from audit import log as audit
 from configuration import identity as identity_section
+from configuration import metric_providers as provider_section
 from configuration.document import Document, Rule
 from configuration.document import Plan as DocPlan
 from configuration.document import Route as DocRoute
@@ -223,6 +225,7 @@ def desired(doc: Document) -> dict[tuple[str, str], tuple[dict, tuple]]:
         if wf.notify is not None:
             out[("routes", wf.slug)] = ({"routes": [_route(r) for r in wf.notify]}, (*at, "notify"))
     out.update(identity_section.desired(doc))
+    out.update(provider_section.desired(doc))
     return out
 
 
@@ -274,6 +277,7 @@ def live(slugs: set[str] | None = None) -> dict[tuple[str, str], dict]:
                 out[("scope", f"{wf.slug}/{user.get_username()}")] = {"permissions": scoped}
         if routes := _live_routes(wf):
             out[("routes", wf.slug)] = {"routes": routes}
+    out.update(provider_section.live())
     return out
 
 
@@ -304,8 +308,9 @@ def plan(doc: Document, source: Source | None = None, *, prune: bool = False) ->
             if kind in PRUNABLE and key.split("/")[0] in slugs and (kind, key) not in wanted and not implied:
                 changes.append(Change("delete", kind, key, fields))
         changes.extend(Change("delete", *gone) for gone in identity_section.pruned(doc, current, wanted))
+        changes.extend(Change("delete", *gone) for gone in provider_section.pruned(doc, current, wanted))
     order = ["workflow", "service_account", "action", "rules", "shadow_rules", "policy", "scope", "metric",
-             "containment", "routes", "plan", identity_section.KIND]
+             "containment", "routes", "plan", identity_section.KIND, provider_section.KIND]
     changes.sort(key=lambda c: (c.op == "delete", order.index(c.kind), c.key))
     return Plan(changes)
 
@@ -394,6 +399,7 @@ def _check(doc: Document, wanted: dict, source: Source | None) -> None:
         _check_plans(i, wf, metrics, problem)
         _check_routes(i, wf, problem)
     identity_section.check(doc, workflows, roles, problem)
+    provider_section.check(doc, metrics, problem)
     if problems:
         raise ConfigError(problems)
 
@@ -535,6 +541,8 @@ def _apply_one(change: Change, actor: AbstractBaseUser) -> None:
                                          routes=[] if op == "delete" else change.wanted["routes"])
     elif kind == identity_section.KIND:
         identity_section.apply(op, change.key, change.wanted, actor)
+    elif kind == provider_section.KIND:
+        provider_section.apply(op, change.key, change.wanted, actor)
     elif kind == "containment":
         slug, duty = change.key.split("/")
         workflow = _workflow(slug)

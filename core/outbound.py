@@ -17,6 +17,10 @@ network, the machine itself. So `post`:
 
 It connects directly, never through an HTTP proxy (a proxy would resolve the name itself).
 
+`get` is the same guard for reading: the metric providers (rollouts/providers.py) GET a Prometheus,
+Datadog or any JSON endpoint named in ringfence.yaml. It reads the body, at most `max_bytes` of it,
+within `timeout` for the whole exchange, and follows no redirect either.
+
 A refusal raises `Refused`, whose message names the address and what it is ("webhook target
 127.0.0.1 is a loopback address; allow it with WEBHOOK_ALLOWED_NETWORKS") and never the URL's path,
 query or credentials. `target_problem` is the same check before a URL is saved (the plan editor,
@@ -65,6 +69,13 @@ class Refused(Exception):
 @dataclass(frozen=True)
 class Answer:
     status: int
+    elapsed_ms: int
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: bytes
     elapsed_ms: int
 
 
@@ -263,17 +274,22 @@ class _PinnedHTTPS(http.client.HTTPSConnection):
             raise
 
 
+def _connection(url: str, label: str, timeout: float) -> tuple[http.client.HTTPConnection, str]:
+    """A connection pinned to the checked addresses of the URL's host, and the request target."""
+    parts, host, port = _split(url, label)
+    targets = _resolve(host, port, label)
+    pinned = _PinnedHTTPS if parts.scheme.lower() == "https" else _PinnedHTTP
+    path = quote((parts.path or "/") + (f"?{parts.query}" if parts.query else ""), safe=_PATH_SAFE)
+    return pinned(host, port, targets, timeout), path
+
+
 def post(url: str, body: bytes, headers: Mapping[str, str], *, timeout: float,
          label: str = "webhook target") -> Answer:
     """POST `body` to `url` once, guarded as the module says. Returns the status (any, 3xx included)
     and how long it took; raises Refused (nothing was sent), TimeoutError, or OSError for every other
     failure to get an HTTP answer. `label` names the target in a refusal ("callback target")."""
     started = time.monotonic()
-    parts, host, port = _split(url, label)
-    targets = _resolve(host, port, label)
-    pinned = _PinnedHTTPS if parts.scheme.lower() == "https" else _PinnedHTTP
-    connection = pinned(host, port, targets, timeout)
-    path = quote((parts.path or "/") + (f"?{parts.query}" if parts.query else ""), safe=_PATH_SAFE)
+    connection, path = _connection(url, label, timeout)
     try:
         connection.request("POST", path, body=body, headers={**headers, "Connection": "close"})
         status = connection.getresponse().status  # the body is never read
@@ -282,3 +298,36 @@ def post(url: str, body: bytes, headers: Mapping[str, str], *, timeout: float,
     finally:
         connection.close()
     return Answer(status, round((time.monotonic() - started) * 1000))
+
+
+def get(url: str, headers: Mapping[str, str], *, timeout: float, label: str = "metric provider",
+        max_bytes: int = 1_048_576) -> Reply:
+    """GET `url` once, guarded as `post` is, and read its body. Raises Refused (nothing was sent),
+    TimeoutError when the whole exchange took longer than `timeout`, ValueError when the body is
+    longer than `max_bytes`, or OSError for every other failure to get an HTTP answer."""
+    started = time.monotonic()
+    deadline = started + timeout
+    connection, path = _connection(url, label, timeout)
+    try:
+        connection.request("GET", path, headers={**headers, "Connection": "close"})
+        sock = connection.sock  # the response reads from it after the connection hands it over
+        response = connection.getresponse()
+        chunks, size = [], 0
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no whole answer within {timeout:g} s")
+            if sock is not None:
+                sock.settimeout(left)
+            chunk = response.read1(65536)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > max_bytes:
+                raise ValueError(f"the answer is longer than {max_bytes} bytes")
+            chunks.append(chunk)
+    except http.client.HTTPException as exc:
+        raise ConnectionError(f"no valid HTTP answer ({type(exc).__name__})") from None
+    finally:
+        connection.close()
+    return Reply(response.status, b"".join(chunks), round((time.monotonic() - started) * 1000))

@@ -44,7 +44,7 @@ from audit.models import AuditEvent
 from core import clock, denials
 from governance.models import Workflow
 from governance.selectors import audit_events_visible_to, workflows_visible_to
-from rollouts import charts, evaluation, selectors
+from rollouts import charts, evaluation, retention, review_signals, selectors
 from rollouts.health import health_of
 from rollouts.models import ActionReview, ContextTag, Metric, RolloutAction, RolloutPlan, Signal
 
@@ -404,17 +404,21 @@ OVERVIEW_CHARTS: dict[str, Callable[[Scope], charts.Chart]] = {
 # --- one plan ------------------------------------------------------------------------------------
 
 def signal_points(plan: RolloutPlan, metric: Metric) -> list[tuple[datetime, float, float, float, int]]:
+    """The samples, or their means per time bucket; before SIGNAL_RETENTION_DAYS, their per-minute rollups."""
     samples = Signal.objects.filter(plan=plan, metric=metric)
     bounds = samples.aggregate(n=Count("pk"), first=Min("observed_at"), last=Max("observed_at"))
-    if not bounds["n"]:
+    rolled = retention.rolled_up_span(plan.pk, metric.pk)
+    if not bounds["n"] and rolled is None:
         return []
-    if bounds["n"] <= RAW_POINTS:
+    if bounds["n"] <= RAW_POINTS and rolled is None:
         return [(at, v, v, v, 1) for at, v in samples.order_by("observed_at").values_list("observed_at", "value")]
-    span = bounds["last"] - bounds["first"]
+    ends = [at for at in (bounds["first"], bounds["last"], *(rolled or ())) if at is not None]
+    span = max(ends) - min(ends)
     bucket = TruncMinute if span <= timedelta(days=2) else TruncHour if span <= timedelta(days=60) else TruncDay
     rows = (samples.annotate(bucket=bucket("observed_at")).values("bucket")
             .annotate(mean=Avg("value"), low=Min("value"), high=Max("value"), n=Count("pk")).order_by("bucket"))
-    return [(r["bucket"], r["mean"], r["low"], r["high"], r["n"]) for r in rows]
+    points = [(r["bucket"], r["mean"], r["low"], r["high"], r["n"]) for r in rows]
+    return retention.merge_points(points, retention.rolled_up_points(plan.pk, metric.pk, bucket)) if rolled else points
 
 
 def ring_marks(plan: RolloutPlan) -> list[charts.Mark]:
@@ -465,7 +469,9 @@ def signal_chart(plan: RolloutPlan, metric: Metric, rings: list[charts.Mark] | N
     chart = charts.signal_chart(
         f"signal-{metric.slug}", f"{metric.label or metric.slug} against its thresholds", metric.unit or metric.slug,
         points, plan_rules(plan, metric), ring_marks(plan) if rings is None else rings, tag_windows(plan, metric),
-        note="" if len(points) < RAW_POINTS else "Averaged per time bucket; the band shows each bucket's range.")
+        note=" ".join(n for n in (
+            "" if len(points) < RAW_POINTS else "Averaged per time bucket; the band shows each bucket's range.",
+            review_signals.chart_note() if metric.slug in review_signals.METRICS else "") if n))
     chart.params = {"plan": plan.pk}
     return chart
 

@@ -3,7 +3,9 @@ everything is audited like real data. Idempotent: each plan is looked up before 
 
 - billing-summary-staging, tier 1: the seeds' 2 AM database migration, twice. The first run had
   no context tag: its 15 % latency rise breached the trigger and was rolled back at once. The
-  second run is tagged `expected_latency_increase: 15%` and rides out the same rise.
+  second run is tagged `expected_latency_increase: 15%` and rides out the same rise; it opens its
+  next ring only while the owners' reviews judge at most 20 % of the workflow's autonomous actions
+  wrong (`review_rejection_rate`, computed by Ringfence: inconclusive while too few are judged).
 - support-reply-prompt: a prompt release at ring 1 of 3 with healthy, live-looking signals.
 - refund-agent: a release running in its fallback mode (human review) after its error rate rose.
 - account-disable-agent: a draft plan whose launch readiness is not complete yet.
@@ -52,6 +54,13 @@ def _criteria() -> list[dict]:
         {"metric": Metric.objects.get(slug="cost_per_task"), "operator": "lte", "threshold": Decimal("0.05"),
          "window": timedelta(minutes=30), "min_samples": 6},
     ]
+
+
+def _reviewers_agree() -> dict:
+    """Ringfence's own signal (rollouts.review_signals): the next ring opens only while the owners'
+    post-facto reviews judge at most 20 % of the workflow's autonomous actions wrong."""
+    return {"metric": Metric.objects.get(slug="review_rejection_rate"), "operator": "lte",
+            "threshold": Decimal("0.2"), "window": timedelta(minutes=30), "min_samples": 5}
 
 
 def _triggers(latency: int = 800) -> list[dict]:
@@ -121,7 +130,7 @@ def _ensure_owners(workflow: Workflow, admin: User, primary: User, backup: User)
 
 def _create(result: DemoResult, workflow: Workflow, rhea: User, *, name: str, release: str, stable: str,
             rings: list[dict], fallback: str = "human_review", triggers: list[dict] | None = None,
-            notes: str = "") -> tuple[RolloutPlan, bool]:
+            notes: str = "", criteria: list[dict] | None = None) -> tuple[RolloutPlan, bool]:
     plan = _plan(workflow, release)
     if plan is not None:
         return plan, False
@@ -129,7 +138,8 @@ def _create(result: DemoResult, workflow: Workflow, rhea: User, *, name: str, re
         actor=rhea, workflow=workflow,
         fields={"name": name, "release_version": release, "stable_version": stable, "fallback_mode": fallback,
                 "executor": "flag", "notes": notes},
-        rings=rings, criteria=_criteria(), triggers=_triggers() if triggers is None else triggers)
+        rings=rings, criteria=_criteria() if criteria is None else criteria,
+        triggers=_triggers() if triggers is None else triggers)
     result.created.append(f"rollout plan {workflow.slug} {release}")
     return plan, True
 
@@ -151,6 +161,7 @@ def _migration_night(result: DemoResult, workflow: Workflow, rhea: User) -> None
             executors.run(action.pk, worker="demo")
     second, created = _create(result, workflow, rhea, name="Billing summary v5: database migration (tagged)",
                               release="billing-v5-migration", stable="billing-v4", rings=rings,
+                              criteria=[*_criteria(), _reviewers_agree()],
                               notes="The same migration again, with the expected latency rise tagged.")
     if created:
         second = plans.start_rollout(second.pk, actor=rhea)

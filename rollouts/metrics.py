@@ -30,7 +30,11 @@ BUILTIN = [
     ("error_rate", "Error rate", "", "lower_is_better"),
     ("fallback_rate", "Fallback rate", "", "lower_is_better"),
     ("review_rejection_rate", "Review rejection rate", "", "lower_is_better"),
-    ("review_load", "Human review load", "items/h", "lower_is_better"),
+    ("review_load", "Human review load", "per approver", "lower_is_better"),
+    # Computed by Ringfence itself from the queue and the reviews (rollouts.review_signals).
+    ("override_rate", "Override rate", "", "lower_is_better"),
+    ("approval_latency_p90", "Approval latency p90", "s", "lower_is_better"),
+    ("false_positive_rate", "False-positive rollback rate", "", "lower_is_better"),
     ("trust_score", "User trust score", "", "higher_is_better"),
     ("critical_regressions", "Critical regressions", "count", "lower_is_better"),
 ]

@@ -14,7 +14,8 @@ from decimal import Decimal
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
-from django.db.models import Q
+from django.db.models import Q, Value
+from django.db.models.functions import Coalesce
 from django.urls import reverse
 
 from governance.models import ContainmentAssignment, ServiceAccount, Workflow, slug_validator
@@ -755,3 +756,126 @@ DUTY_FOR_ACTION = {
     RolloutAction.Kind.EXPAND: ContainmentAssignment.Duty.APPROVE_EXPANSION,
     RolloutAction.Kind.COMPLETE: ContainmentAssignment.Duty.APPROVE_EXPANSION,
 }
+
+
+# -- metric providers (rollouts.providers) ---------------------------------------------------------
+
+class ProviderKind(models.TextChoices):
+    PROMETHEUS = "prometheus", "Prometheus (PromQL instant query)"
+    DATADOG = "datadog", "Datadog (metrics query API)"
+    WEB = "web", "web (JSON endpoint and a JSONPath)"
+
+
+env_name_validator = RegexValidator(r"^[A-Z_][A-Z0-9_]{0,99}$", "The name of an environment variable (A-Z, 0-9, _).")
+
+
+class MetricProvider(models.Model):
+    """Where a metric's samples are pulled from instead of waiting for pushes.
+
+    Credentials are never stored: `api_key_env`, `app_key_env` and the values of `headers` name the
+    environment variables of the worker that hold them. The query (and the web URL) is a template
+    over {{ segment }}, {{ segment_kind }}, {{ ring }}, {{ workflow }} and {{ window }}."""
+
+    Kind = ProviderKind
+
+    metric = models.OneToOneField(Metric, on_delete=models.CASCADE, related_name="provider")
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    # Prometheus: its base URL; Datadog: the site's API URL; web: the endpoint (a template).
+    url = models.CharField(max_length=500)
+    # Prometheus: PromQL; Datadog: a metrics query; web: the JSONPath to the value.
+    query = models.TextField(max_length=4000)
+    # Prometheus: the label naming the segment when the query answers one series per segment.
+    segment_label = models.CharField(max_length=100, blank=True)
+    api_key_env = models.CharField(max_length=100, blank=True, validators=[env_name_validator])
+    app_key_env = models.CharField(max_length=100, blank=True, validators=[env_name_validator])
+    headers = models.JSONField(default=dict, blank=True)  # header name → environment variable holding its value
+    interval_seconds = models.PositiveIntegerField(default=60, validators=[MinValueValidator(1)])
+    timeout_seconds = models.FloatField(default=10.0, validators=[MinValueValidator(0.1), MaxValueValidator(120)])
+    # Consecutive failed fetches (of one plan) after which the plan's owners are told.
+    max_failures = models.PositiveSmallIntegerField(default=3, validators=[MinValueValidator(1)])
+
+    class Meta:
+        ordering = ["metric"]
+        constraints = [
+            _choices_check("kind", ProviderKind, "provider_kind_valid"),
+            models.CheckConstraint(condition=Q(interval_seconds__gte=1), name="provider_interval_positive"),
+            models.CheckConstraint(condition=Q(timeout_seconds__gte=0.1) & Q(timeout_seconds__lte=120),
+                                   name="provider_timeout_range"),
+            models.CheckConstraint(condition=Q(max_failures__gte=1), name="provider_max_failures_positive"),
+            models.CheckConstraint(condition=~Q(kind="datadog") | (~Q(api_key_env="") & ~Q(app_key_env="")),
+                                   name="provider_datadog_has_keys"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.metric_id} from {self.kind}"
+
+
+class FetchStatus(models.TextChoices):
+    RUNNING = "running"
+    OK = "ok"
+    ERROR = "error"
+    EMPTY = "empty"
+    TIMEOUT = "timeout"
+
+
+class MetricFetch(models.Model):
+    """One pull of a metric for a live plan: what was asked, how long it took, what came back.
+    Written only by rollouts.providers; old rows are pruned (METRIC_FETCH_KEEP per plan and metric)."""
+
+    Status = FetchStatus
+
+    plan = models.ForeignKey(RolloutPlan, on_delete=models.CASCADE, related_name="metric_fetches")
+    metric = models.ForeignKey(Metric, on_delete=models.CASCADE, related_name="+")
+    ring = models.PositiveSmallIntegerField(null=True, blank=True)
+    segment = models.CharField(max_length=120, blank=True)
+    started_at = models.DateTimeField()
+    duration_ms = models.PositiveIntegerField(default=0)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.RUNNING)
+    value = models.FloatField(null=True, blank=True)
+    error = models.CharField(max_length=500, blank=True)
+    # Failed fetches in a row, this one included (0 after a success).
+    failures = models.PositiveSmallIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        constraints = [
+            _choices_check("status", FetchStatus, "fetch_status_valid"),
+            models.CheckConstraint(condition=~Q(status="ok") | Q(value__isnull=False), name="fetch_ok_has_value"),
+        ]
+        indexes = [models.Index(fields=["plan", "metric", "-started_at"], name="fetch_plan_metric_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.metric_id} for plan {self.plan_id} at {self.started_at:%H:%M:%S}: {self.status}"
+
+    @property
+    def failed(self) -> bool:
+        return self.status in (FetchStatus.ERROR, FetchStatus.EMPTY, FetchStatus.TIMEOUT)
+
+
+class SignalRollup(models.Model):
+    """The samples of one minute of a plan's metric (per ring and segment) once they are older than
+    SIGNAL_RETENTION_DAYS: their count, sum, minimum and maximum, kept when the samples themselves
+    are deleted (rollouts.retention). Late samples, never counted, are not in them."""
+
+    plan = models.ForeignKey(RolloutPlan, on_delete=models.CASCADE, related_name="signal_rollups", db_index=False)
+    metric = models.ForeignKey(Metric, on_delete=models.PROTECT, related_name="+", db_index=False)
+    ring = models.PositiveSmallIntegerField(null=True, blank=True)
+    segment = models.CharField(max_length=120, blank=True)
+    minute = models.DateTimeField()
+    count = models.PositiveIntegerField()
+    sum = models.FloatField()
+    min = models.FloatField()
+    max = models.FloatField()
+
+    class Meta:
+        constraints = [
+            # One row per (plan, metric, minute, ring, segment), no ring counting as one ring. Minute before ring
+            # and segment: the index also serves a plan's metric over time.
+            models.UniqueConstraint("plan", "metric", "minute", Coalesce("ring", Value(-1)), "segment",
+                                    name="signal_rollup_unique_minute"),
+            models.CheckConstraint(condition=Q(count__gte=1) & Q(min__lte=models.F("max")),
+                                   name="signal_rollup_consistent"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.metric_id} {self.minute:%Y-%m-%d %H:%M}: {self.count} samples"

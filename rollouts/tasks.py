@@ -19,7 +19,7 @@ from django.conf import settings
 
 from core import clock
 from core.publishing import publish
-from rollouts import evaluator, execution, executors, messages, notifications, proposals, signals
+from rollouts import evaluator, execution, executors, messages, notifications, proposals, providers, signals
 from rollouts.models import RolloutAction, RolloutPlan
 
 log = logging.getLogger(__name__)
@@ -138,6 +138,12 @@ def evaluate_live_plans() -> int:
 
 
 @shared_task
+def pull_metrics() -> int:
+    """Beat: pull the metrics that are due from their providers for every live plan (rollouts.providers)."""
+    return len(providers.pull_due())
+
+
+@shared_task
 def sweep_actions() -> int:
     return execution.sweep_actions(limit=100)
 
@@ -150,3 +156,27 @@ def notify_autonomous_action(action_id: int) -> int:
 @shared_task(acks_late=True)
 def notify_signals_lost(loss_id: int) -> int:
     return notifications.notify_signals_lost(loss_id)
+
+
+@shared_task
+def sample_review_signals() -> int:
+    """Beat: Ringfence's own human-review signals for the live plans whose rules read them
+    (rollouts.review_signals); each batch schedules its plan's evaluation like pushed samples."""
+    from rollouts import review_signals
+
+    return sum(sample.ingested.stored for sample in review_signals.sample_live_plans() if sample.ingested)
+
+
+RETENTION_BUDGET_SECONDS = 60  # well inside the task time limit; a backlog continues in the next message
+
+
+@shared_task
+def retain_signals() -> dict:
+    """Beat, daily: samples older than SIGNAL_RETENTION_DAYS become per-minute rollups (rollouts.retention).
+    A backlog longer than one budget goes on at once in a message of its own."""
+    from rollouts import retention
+
+    done = retention.retain_signals(budget_seconds=RETENTION_BUDGET_SECONDS)
+    if not done.finished:
+        publish("rollouts.tasks.retain_signals")
+    return {"deleted": done.deleted, "rolled_up": done.rolled_up, "batches": done.batches}

@@ -30,9 +30,21 @@ from audit import log as audit
 from audit.models import AuditEvent
 from core import clock
 from core.errors import TransitionRefused
-from rollouts import actions, containment, execution, executors, metrics, plans, proposals, reviews, selectors, signals
+from rollouts import (
+    actions,
+    containment,
+    execution,
+    executors,
+    metrics,
+    plans,
+    proposals,
+    retention,
+    reviews,
+    selectors,
+    signals,
+)
 from rollouts import tags as rollout_tags
-from rollouts.models import ActionReview, RolloutAction, RolloutPlan
+from rollouts.models import ActionReview, RolloutAction, RolloutPlan, Signal
 from tests.rollouts.conftest import plan_spec
 
 pytestmark = pytest.mark.django_db
@@ -255,6 +267,11 @@ def test_every_transition_writes_its_audit_events(walk, make_plan, owner, releas
     assert walk.new(tag) == ["rollout.context_tag_withdrawn"]
     metric = metrics.define_metric(actor=admin_user, slug="refund_accuracy", label="Refund accuracy")
     assert walk.new(metric) == ["metric.defined"]
+    # -- retention: samples older than SIGNAL_RETENTION_DAYS become rollups; the run is recorded -------
+    long_ago = T0 - dt.timedelta(days=400)
+    Signal.objects.create(plan=plan, metric=metric, observed_at=long_ago, value=1.0, received_at=long_ago)
+    retention.retain_signals()
+    assert walk.new() == ["rollout.signals_retained"]
 
     assert walk.seen == all_audit_actions()
     assert walk.plan_moves >= pairs(RolloutPlan.TRANSITIONS)
