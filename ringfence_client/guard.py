@@ -28,19 +28,29 @@ request was opened). To resume an intent after a restart, keep that id and use
 resumed run never acts twice.
 
 `parameters` and `evidence` are values or functions of the call's arguments.
+
+An `async def` function is guarded as well: with `AsyncRingfenceClient.guard` the calls to
+Ringfence are awaited (and `on_pending` may be `async def` too); with `RingfenceClient.guard` they
+run in a worker thread (`asyncio.to_thread`). The async client's guard always gives an `async def`
+wrapper: a plain function guarded by it is awaited too. The steps above are written once
+(`_steps`) and driven by either client.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import inspect
 import logging
 import time
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 from ringfence_client.types import (
     Approval,
     Denied,
+    DispatchResult,
     Execution,
     PendingApproval,
     RingfenceError,
@@ -48,6 +58,7 @@ from ringfence_client.types import (
 )
 
 if TYPE_CHECKING:
+    from ringfence_client.async_client import AsyncRingfenceClient
     from ringfence_client.client import RingfenceClient
 
 R = TypeVar("R")
@@ -57,7 +68,7 @@ MAX_DETAIL = 5000
 logger = logging.getLogger("ringfence_client")
 
 
-def _derive(value: Any, args: tuple, kwargs: dict) -> Any:
+def derive(value: Any, args: tuple, kwargs: dict) -> Any:
     return value(*args, **kwargs) if callable(value) else value
 
 
@@ -66,48 +77,143 @@ def _described(error: BaseException) -> str:
     return (f"{type(error).__name__}: {text}" if text else type(error).__name__)[:MAX_DETAIL]
 
 
-def guarded(client: RingfenceClient, workflow: str, action: str, *, parameters: Derived = None,
-            evidence: Derived = None, confidence: float | None = None, on_pending: OnPending = "wait",
-            timeout: float = 600.0) -> Callable[[Callable[..., R]], Callable[..., R]]:
+@dataclass(frozen=True)
+class _Step:
+    """One thing the guard needs done: a client method (by name) or the caller's `on_pending`."""
+
+    target: str | Callable[..., Any]
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def perform(self, client: Any) -> Any:
+        target = getattr(client, self.target) if isinstance(self.target, str) else self.target
+        return target(*self.args, **self.kwargs)
+
+
+Steps = Generator[_Step, Any, Execution]
+
+
+def granted_at_once(answer: DispatchResult, action: str) -> Execution | None:
+    """The execution an `allow` grants; raises Denied on `deny`; None while pending."""
+    if answer.decision == "deny":
+        raise Denied(answer.reason, dispatch=answer)
+    if answer.decision == "allow":
+        if answer.execution is None:
+            raise RingfenceError(f"dispatch allowed {action} but granted no execution; nothing was run")
+        return answer.execution
+    return None
+
+
+def _steps(workflow: str, action: str, *, parameters: Derived, evidence: Derived, confidence: float | None,
+           on_pending: OnPending, timeout: float, args: tuple, kwargs: dict) -> Steps:
+    """Dispatch, wait while pending, claim: yields what to do, returns the execution to run under."""
+    answer: DispatchResult = yield _Step("dispatch", (workflow, action, derive(parameters, args, kwargs)), {
+        "evidence": derive(evidence, args, kwargs), "confidence": confidence, "idempotency_key": _new_key()})
+    if (execution := granted_at_once(answer, action)) is not None:
+        return execution
+    if on_pending == "raise":
+        raise PendingApproval(answer)
+    approval_id = int(answer.approval_id)  # type: ignore[arg-type]
+    deadline = time.monotonic() + timeout
+    if callable(on_pending):
+        approval: Approval = yield _Step("approval", (approval_id,))
+        yield _Step(on_pending, (approval,))
+        if approval.is_pending:
+            approval = yield _Step("wait_for_decision", (approval_id,),
+                                   {"timeout": max(0.0, deadline - time.monotonic())})
+    else:
+        approval = yield _Step("wait_for_decision", (approval_id,), {"timeout": timeout})
+    if approval.outcome != "allow":
+        raise Denied(f"approval {approval.id} is {approval.state}", dispatch=answer, approval=approval)
+    return (yield _Step("execute", (approval_id,)))
+
+
+def _drive(client: RingfenceClient, steps: Steps) -> Execution:
+    step = next(steps)
+    while True:
+        outcome = step.perform(client)
+        if inspect.isawaitable(outcome):
+            getattr(outcome, "close", lambda: None)()
+            raise TypeError("an async on_pending needs AsyncRingfenceClient.guard")
+        try:
+            step = steps.send(outcome)
+        except StopIteration as done:
+            return done.value
+
+
+async def _drive_async(client: AsyncRingfenceClient, steps: Steps) -> Execution:
+    step = next(steps)
+    while True:
+        outcome = step.perform(client)
+        if inspect.isawaitable(outcome):
+            outcome = await outcome
+        try:
+            step = steps.send(outcome)
+        except StopIteration as done:
+            return done.value
+
+
+def _undelivered(execution: Execution, action: str, status: str, error: RingfenceError) -> None:
+    logger.warning("could not report execution %s of %s as %s: %s", execution.id, action, status, error)
+
+
+def guarded(client: RingfenceClient | AsyncRingfenceClient, workflow: str, action: str, *,
+            parameters: Derived = None, evidence: Derived = None, confidence: float | None = None,
+            on_pending: OnPending = "wait", timeout: float = 600.0) -> Callable[[Callable[..., R]], Callable[..., R]]:
     if not callable(on_pending) and on_pending not in ("wait", "raise"):
         raise ValueError("on_pending is 'wait', 'raise' or a function of the pending approval")
+    native_async = inspect.iscoroutinefunction(client.dispatch)
 
-    def granted(args: tuple, kwargs: dict) -> Execution:
-        answer = client.dispatch(
-            workflow, action, _derive(parameters, args, kwargs), evidence=_derive(evidence, args, kwargs),
-            confidence=confidence, idempotency_key=_new_key(),
-        )
-        if answer.decision == "deny":
-            raise Denied(answer.reason, dispatch=answer)
-        if answer.decision == "allow":
-            if answer.execution is None:
-                raise RingfenceError(f"dispatch allowed {action} but granted no execution; nothing was run")
-            return answer.execution
-        if on_pending == "raise":
-            raise PendingApproval(answer)
-        approval_id = int(answer.approval_id)  # type: ignore[arg-type]
-        deadline = time.monotonic() + timeout
-        if callable(on_pending):
-            approval = client.approval(approval_id)
-            on_pending(approval)
-            if approval.is_pending:
-                approval = client.wait_for_decision(approval_id, timeout=max(0.0, deadline - time.monotonic()))
-        else:
-            approval = client.wait_for_decision(approval_id, timeout=timeout)
-        if approval.outcome != "allow":
-            raise Denied(f"approval {approval.id} is {approval.state}", dispatch=answer, approval=approval)
-        return client.execute(approval_id)
+    def steps(args: tuple, kwargs: dict) -> Steps:
+        return _steps(workflow, action, parameters=parameters, evidence=evidence, confidence=confidence,
+                      on_pending=on_pending, timeout=timeout, args=args, kwargs=kwargs)
 
     def report(execution: Execution, status: Literal["succeeded", "failed"], detail: str) -> None:
         try:
-            client.report_outcome(execution.id, status, detail)
+            cast("RingfenceClient", client).report_outcome(execution.id, status, detail)
         except RingfenceError as error:
-            logger.warning("could not report execution %s of %s as %s: %s", execution.id, action, status, error)
+            _undelivered(execution, action, status, error)
+
+    async def report_async(execution: Execution, status: Literal["succeeded", "failed"], detail: str) -> None:
+        try:
+            await cast("AsyncRingfenceClient", client).report_outcome(execution.id, status, detail)
+        except RingfenceError as error:
+            _undelivered(execution, action, status, error)
 
     def decorator(function: Callable[..., R]) -> Callable[..., R]:
+        if native_async:
+            @functools.wraps(function)
+            async def awaited(*args: Any, **kwargs: Any) -> Any:
+                execution = await _drive_async(cast("AsyncRingfenceClient", client), steps(args, kwargs))
+                try:
+                    result = function(*args, **kwargs)
+                    if inspect.isawaitable(result):
+                        result = await result
+                except Exception as error:
+                    await report_async(execution, "failed", _described(error))
+                    raise
+                await report_async(execution, "succeeded", "")
+                return result
+
+            return cast("Callable[..., R]", awaited)
+
+        if inspect.iscoroutinefunction(function):
+            @functools.wraps(function)
+            async def threaded(*args: Any, **kwargs: Any) -> Any:
+                execution = await asyncio.to_thread(_drive, cast("RingfenceClient", client), steps(args, kwargs))
+                try:
+                    result = await function(*args, **kwargs)
+                except Exception as error:
+                    await asyncio.to_thread(report, execution, "failed", _described(error))
+                    raise
+                await asyncio.to_thread(report, execution, "succeeded", "")
+                return result
+
+            return cast("Callable[..., R]", threaded)
+
         @functools.wraps(function)
         def wrapper(*args: Any, **kwargs: Any) -> R:
-            execution = granted(args, kwargs)
+            execution = _drive(cast("RingfenceClient", client), steps(args, kwargs))
             try:
                 result = function(*args, **kwargs)
             except Exception as error:

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import pytest
 from django.conf import settings
-from django.db import connections
+from django.db import connection, connections
 from django.test import Client
 
 from core.problems import CONTENT_TYPE
@@ -127,3 +127,30 @@ def page(monkeypatch):
             browser.close()
             # ORM calls made while Playwright's loop runs get their own connection: close it here.
             connections.close_all()
+
+
+@pytest.fixture
+def url(live_server, agent, actions, settings) -> str:
+    """The live server's URL for the clients' tests, with `agent` and its actions, and long-polls that
+    look every 50 ms."""
+    settings.API_LONG_POLL_INTERVAL_SECONDS = 0.05
+    return live_server.url
+
+
+@pytest.fixture
+def rf(url, agent):
+    """The sync client, as an agent holds it, against the live server (`url`)."""
+    from ringfence_client import RingfenceClient
+
+    return RingfenceClient(url, agent.token, timeout=10, backoff=0.05)
+
+
+def decide(approval_id: int, actor, verdict: str, justification: str = "not this one") -> None:
+    """A person decides; callable from any thread (its database connection is closed afterwards)."""
+    from approvals import services as approval_services
+
+    try:
+        approval_services.record_decision(approval_id, actor=actor, verdict=verdict,
+                                          justification="" if verdict == "approve" else justification)
+    finally:
+        connection.close()

@@ -16,13 +16,6 @@ from tests.api.lossy_proxy import LossyProxy
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture
-def rf(live_server, agent, actions, settings) -> RingfenceClient:
-    settings.API_LONG_POLL_INTERVAL_SECONDS = 0.05
-    client = RingfenceClient(live_server.url, agent.token, timeout=10, backoff=0.05)
-    return client
-
-
 def decide_later(request_id: int, actor, verdict: str, delay: float = 0.3) -> threading.Thread:
     def run() -> None:
         try:

@@ -13,12 +13,6 @@ from tests.api.lossy_proxy import LossyProxy
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture
-def rf(live_server, agent, actions, settings) -> RingfenceClient:
-    settings.API_LONG_POLL_INTERVAL_SECONDS = 0.05
-    return RingfenceClient(live_server.url, agent.token, timeout=10, backoff=0.05)
-
-
 def approved(rf: RingfenceClient, approver, order: str = "A-1") -> int:
     approval_id = rf.dispatch("refund-agent", "refund_customer", {"order": order}).approval_id
     approval_services.record_decision(approval_id, actor=approver, verdict="approve")

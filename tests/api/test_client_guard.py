@@ -9,7 +9,6 @@ import time
 import pytest
 from django.db import connection
 
-from approvals import services as approval_services
 from approvals.models import ApprovalRequest, Execution
 from governance import services as governance_services
 from ringfence_client import (
@@ -21,19 +20,9 @@ from ringfence_client import (
     PendingApproval,
     RingfenceClient,
 )
+from tests.api.conftest import decide
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def rf(live_server, agent, actions, settings) -> RingfenceClient:
-    settings.API_LONG_POLL_INTERVAL_SECONDS = 0.05
-    return RingfenceClient(live_server.url, agent.token, timeout=10, backoff=0.05)
-
-
-def decide(approval_id: int, actor, verdict: str) -> None:
-    approval_services.record_decision(approval_id, actor=actor, verdict=verdict,
-                                      justification="" if verdict == "approve" else "not this one")
 
 
 def refund_guard(rf: RingfenceClient, calls: list, **options):
