@@ -529,8 +529,10 @@ CELERY_BEAT_SCHEDULE["rollouts-review-signals"] = {
 METRIC_PULL_SWEEP_SECONDS = env_float("METRIC_PULL_SWEEP_SECONDS", 5.0, minimum=0.1)
 METRIC_FETCH_MAX_BYTES = env_int("METRIC_FETCH_MAX_BYTES", 1_048_576, minimum=1024)
 METRIC_FETCH_KEEP = env_int("METRIC_FETCH_KEEP", 200, minimum=1)
+# A sweep still queued when the next is due is dropped (`expires`): busy workers never pile sweeps up.
 CELERY_BEAT_SCHEDULE["rollouts-pull-metrics"] = {
-    "task": "rollouts.tasks.pull_metrics", "schedule": METRIC_PULL_SWEEP_SECONDS}
+    "task": "rollouts.tasks.pull_metrics", "schedule": METRIC_PULL_SWEEP_SECONDS,
+    "options": {"expires": METRIC_PULL_SWEEP_SECONDS}}
 # The zero-setup demo keeps its live rollouts' signals flowing (never on unless asked, outside zero-setup).
 ROLLOUT_DEMO_SIGNALS = env_bool("ROLLOUT_DEMO_SIGNALS", ZERO_SETUP)
 if ROLLOUT_DEMO_SIGNALS:

@@ -24,7 +24,9 @@ def signals_at_decisions(req, decisions: list) -> list[dict]:
         for metric_id, slug in sorted(metrics.items(), key=lambda m: m[1]):
             sample = (Signal.objects.filter(plan=plan, metric_id=metric_id, observed_at__lte=at)
                       .order_by("-observed_at").values_list("observed_at", "value").first())
-            sample = sample or retention.value_at(plan.pk, metric_id, at)  # older than SIGNAL_RETENTION_DAYS
             if sample:
                 rows.append({"decision": label, "metric": slug, "value": sample[1], "at": sample[0]})
+            elif rolled := retention.value_at(plan.pk, metric_id, at):  # older than SIGNAL_RETENTION_DAYS
+                rows.append({"decision": label, "metric": slug, "value": rolled[1], "at": rolled[0],
+                             "rolled_up": True})
     return rows

@@ -211,7 +211,6 @@ def value_at(plan_id: int, metric_id: int, at: datetime) -> tuple[datetime, floa
     return minute, row["total"] / row["n"]
 
 
-
 def rolled_up_span(plan_id: int, metric_id: int) -> tuple[datetime, datetime] | None:
     """The first and last rolled-up minute of a plan's metric, or None when nothing was rolled up."""
     row = SignalRollup.objects.filter(plan_id=plan_id, metric_id=metric_id).aggregate(

@@ -153,5 +153,5 @@ def test_charts_and_evidence_read_the_rollups_where_the_samples_are_gone(history
                                       evidence={}).action
     closed = SimpleNamespace(subject_id=str(action.pk), closed_at=OLD + dt.timedelta(minutes=5), state="approved")
     rows = evidence.signals_at_decisions(closed, [])
-    assert [(r["metric"], r["value"], r["at"]) for r in rows] == [
-        ("latency_p95_ms", 770.0, OLD), ("quality_score", 0.375, OLD + dt.timedelta(minutes=1))]
+    assert [(r["metric"], r["value"], r["at"], r.get("rolled_up")) for r in rows] == [
+        ("latency_p95_ms", 770.0, OLD, True), ("quality_score", 0.375, OLD + dt.timedelta(minutes=1), True)]
