@@ -150,13 +150,14 @@ def workflow_of(subject: Any) -> str:
 
 
 def current_trace_id() -> str:
-    """The trace id (32 hex) of the span this code runs under, or "" (no tracing, or no valid span).
-    Costs nothing when tracing is off: OpenTelemetry is only read if the process already loaded it."""
+    """The trace id (32 hex) of the span this code runs under, or "" (no tracing, no valid span, or a
+    trace that is not sampled: its id would lead to nothing in the tracing UI). Costs nothing when
+    tracing is off: OpenTelemetry is only read if the process already loaded it."""
     trace = sys.modules.get("opentelemetry.trace")
     if trace is None:
         return ""
     context = trace.get_current_span().get_span_context()
-    return trace.format_trace_id(context.trace_id) if context.is_valid else ""
+    return trace.format_trace_id(context.trace_id) if context.is_valid and context.trace_flags.sampled else ""
 
 
 def record(actor: Any, action: str, subject: Any, data: dict | None = None, reason: str = "",

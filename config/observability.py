@@ -28,7 +28,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from django.conf import settings
 from django.core.cache import cache
 from django.db import connection
-from django.db.models import Count, Max, Min, Q
+from django.db.models import Count, Max, Min, Subquery
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
@@ -84,26 +84,24 @@ class StateCollector(Collector):
 
 
 def _metric_fetches() -> Iterator[GaugeMetricFamily]:
-    """The newest pull of each metric of each live plan, per segment: failed ones in a row (0 after a success)
-    and the pull's duration; old fetch rows are pruned, so these are gauges, not counters."""
-    latest = (MetricFetch.objects.filter(plan__state__in=RolloutPlan.LIVE_STATES).exclude(status=FetchStatus.RUNNING)
-              .values("plan_id", "metric_id", "segment").annotate(at=Max("started_at")).order_by())
-    pairs = Q()
-    for row in latest:
-        pairs |= Q(plan_id=row["plan_id"], metric_id=row["metric_id"], segment=row["segment"], started_at=row["at"])
+    """The newest finished pull of each metric of each live plan (labelled with that pull's segment, so a
+    segment of an earlier ring stops reporting): failed ones in a row (0 after a success) and the pull's
+    duration; old fetch rows are pruned, so these are gauges, not counters. One statement."""
+    finished = (MetricFetch.objects.filter(plan__state__in=RolloutPlan.LIVE_STATES)
+                .exclude(status=FetchStatus.RUNNING))
+    newest = finished.values("plan_id", "metric_id").annotate(newest=Max("pk")).values("newest").order_by()
     failing = GaugeMetricFamily("ringfence_metric_fetch_failures",
                                 "Failed pulls in a row of a live plan's metric from its provider (0 after a success).",
                                 labels=["workflow", "plan", "metric", "segment", "status"])
     duration = GaugeMetricFamily("ringfence_metric_fetch_duration_seconds",
                                  "How long the newest pull of a live plan's metric took.",
                                  labels=["workflow", "plan", "metric", "segment"])
-    if pairs:
-        rows = (MetricFetch.objects.filter(pairs).exclude(status=FetchStatus.RUNNING)
-                .values_list("plan__workflow__slug", "plan_id", "metric__slug", "segment", "status", "failures",
-                             "duration_ms"))
-        for workflow, plan, metric, segment, status, failures, duration_ms in rows:
-            failing.add_metric([workflow, str(plan), metric, segment, status], failures)
-            duration.add_metric([workflow, str(plan), metric, segment], duration_ms / 1000)
+    rows = (MetricFetch.objects.filter(pk__in=Subquery(newest))
+            .values_list("plan__workflow__slug", "plan_id", "metric__slug", "segment", "status", "failures",
+                         "duration_ms").order_by("plan_id", "metric__slug"))
+    for workflow, plan, metric, segment, status, failures, duration_ms in rows:
+        failing.add_metric([workflow, str(plan), metric, segment, status], failures)
+        duration.add_metric([workflow, str(plan), metric, segment], duration_ms / 1000)
     yield failing
     yield duration
 

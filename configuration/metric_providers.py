@@ -9,14 +9,14 @@
         timeout: 5                       # seconds
         max_failures: 3                  # failed pulls in a row before the owners are told
       - {metric: error_rate, kind: datadog, query: 'avg:agent.errors{segment:{{ segment }}}',
-         api_key_env: DD_API_KEY, app_key_env: DD_APP_KEY}
+         api_key_env: RINGFENCE_PROVIDER_DD_API_KEY, app_key_env: RINGFENCE_PROVIDER_DD_APP_KEY}
       - {metric: quality_score, kind: web, url: 'https://evals.internal/api/score?segment={{ segment }}',
-         query: '$.score', headers: {Authorization: EVALS_TOKEN}}
+         query: '$.score', headers: {Authorization: RINGFENCE_PROVIDER_EVALS_TOKEN}}
 
 One object per metric, `metric_provider/<slug>`, planned and applied like the rest of the file through
 rollouts.providers.set_metric_provider (built-in metrics too). Credentials are the names of environment
-variables, never values. Without the key the live providers are left alone; `--prune` stops pulling the
-metrics a present section does not name.
+variables (starting with RINGFENCE_PROVIDER_), never values. Without the key the live providers are
+left alone; `--prune` stops pulling the metrics a present section does not name.
 """
 
 from __future__ import annotations

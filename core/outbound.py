@@ -23,9 +23,11 @@ within `timeout` for the whole exchange, and follows no redirect either.
 
 A refusal raises `Refused`, whose message names the address and what it is ("webhook target
 127.0.0.1 is a loopback address; allow it with WEBHOOK_ALLOWED_NETWORKS") and never the URL's path,
-query or credentials. `target_problem` is the same check before a URL is saved (the plan editor,
-ringfence.yaml, a dispatch's callback_url): the scheme, the host, and an address written literally;
-a name is checked when it is sent to, since what it resolves to can change.
+query or credentials. A header http.client will not send (a value with CR or LF) is refused in fixed
+words too: http.client's own message quotes the value, which may be a secret. `target_problem` is
+the same check before a URL is saved (the plan editor, ringfence.yaml, a dispatch's callback_url):
+the scheme, the host, and an address written literally; a name is checked when it is sent to, since
+what it resolves to can change.
 """
 
 from __future__ import annotations
@@ -64,6 +66,20 @@ _PATH_SAFE = "/:@!$&'()*+,;=-._~%?"
 
 class Refused(Exception):
     """Nothing was sent; the message says why, for the attempt record and the page."""
+
+
+BAD_HEADER = "a request header is not valid (a name or value holds a control character); nothing was sent"
+
+
+def _request(connection: http.client.HTTPConnection, method: str, path: str, **kwargs: object) -> None:
+    """`connection.request`, with http.client's ValueError (whose text quotes the header) in fixed words.
+    A TLS certificate that does not verify is a ValueError too, and an OSError: it stays what it is."""
+    try:
+        connection.request(method, path, **kwargs)  # type: ignore[arg-type]
+    except OSError:
+        raise
+    except ValueError:
+        raise Refused(BAD_HEADER) from None
 
 
 @dataclass(frozen=True)
@@ -286,12 +302,13 @@ def _connection(url: str, label: str, timeout: float) -> tuple[http.client.HTTPC
 def post(url: str, body: bytes, headers: Mapping[str, str], *, timeout: float,
          label: str = "webhook target") -> Answer:
     """POST `body` to `url` once, guarded as the module says. Returns the status (any, 3xx included)
-    and how long it took; raises Refused (nothing was sent), TimeoutError, or OSError for every other
-    failure to get an HTTP answer. `label` names the target in a refusal ("callback target")."""
+    and how long it took; raises Refused (nothing was sent, a header that cannot be sent too),
+    TimeoutError, or OSError for every other failure to get an HTTP answer. `label` names the target
+    in a refusal ("callback target")."""
     started = time.monotonic()
     connection, path = _connection(url, label, timeout)
     try:
-        connection.request("POST", path, body=body, headers={**headers, "Connection": "close"})
+        _request(connection, "POST", path, body=body, headers={**headers, "Connection": "close"})
         status = connection.getresponse().status  # the body is never read
     except http.client.HTTPException as exc:  # a malformed answer: as good as none
         raise ConnectionError(f"no valid HTTP answer ({type(exc).__name__})") from None
@@ -309,7 +326,7 @@ def get(url: str, headers: Mapping[str, str], *, timeout: float, label: str = "m
     deadline = started + timeout
     connection, path = _connection(url, label, timeout)
     try:
-        connection.request("GET", path, headers={**headers, "Connection": "close"})
+        _request(connection, "GET", path, headers={**headers, "Connection": "close"})
         sock = connection.sock  # the response reads from it after the connection hands it over
         response = connection.getresponse()
         chunks, size = [], 0

@@ -23,9 +23,9 @@ from core.idempotency import header_value, idempotent
 from core.problems import FieldError, Problem
 from governance.api_auth import TOKEN_OR_SESSION, actor_of, workflows_in_scope
 from governance.models import Workflow, slug_validator
-from rollouts import containment, proposals, selectors, signals
+from rollouts import containment, proposals, review_signals, selectors, signals
 from rollouts import tags as rollout_tags
-from rollouts.models import ContextTag, FallbackMode, RolloutAction, RolloutPlan, SegmentKind
+from rollouts.models import ContextTag, FallbackMode, MetricProvider, RolloutAction, RolloutPlan, SegmentKind
 
 router = Router(tags=["rollouts"])
 
@@ -147,14 +147,30 @@ class _SampleRules:
                       errors=errors)
 
 
+def _refuse_pulled(slugs: set[str], metric_col: list[str]) -> None:
+    """409 when the batch holds samples of a metric Ringfence measures itself: one pulled from a
+    provider, or a human-review metric (rollouts.review_signals). An agent never writes those."""
+    own = (slugs & set(review_signals.METRICS)) | set(
+        MetricProvider.objects.filter(metric__slug__in=slugs).values_list("metric__slug", flat=True))
+    if not own:
+        return
+    names = ", ".join(sorted(own))
+    errors = [FieldError(f"samples.{index}.metric", f"{slug} is measured by Ringfence; it is not pushed.")
+              for index, slug in enumerate(metric_col) if slug in own][:MAX_FIELD_ERRORS]
+    raise Problem(409, "metric_not_pushed", f"Ringfence measures {names} itself (a provider or the reviews); "
+                                            "samples of it are not accepted here. Nothing was stored.", errors=errors)
+
+
 @router.post("/signals", response=SignalsOut, summary="Post a batch of metric samples of a rollout")
 def post_signals(request: HttpRequest, payload: SignalsIn) -> SignalsOut:
     """Stores the batch in one statement and schedules a (debounced) evaluation of the plan.
 
     Refused with 422, naming each field: unknown metric slugs (register custom ones first),
     segments of an unknown kind, samples stamped before 2000 or more than 5 minutes in the future, rings the
-    plan does not have. Non-finite numbers are refused by the parser. Nothing is stored unless
-    the whole batch is valid. Duplicates (same metric, time and segment) are skipped, first value kept.
+    plan does not have. Non-finite numbers are refused by the parser. Refused with 409
+    `metric_not_pushed` for a metric Ringfence measures itself (pulled from a provider, or one of the
+    human-review metrics). Nothing is stored unless the whole batch is valid. Duplicates (same metric,
+    time and segment) are skipped, first value kept.
     """
     if len(payload.samples) > settings.ROLLOUT_SIGNALS_MAX_BATCH:
         raise Problem(413, "payload_too_large", f"Send at most {settings.ROLLOUT_SIGNALS_MAX_BATCH} samples per batch.",
@@ -174,6 +190,7 @@ def post_signals(request: HttpRequest, payload: SignalsIn) -> SignalsOut:
                 "ring": given_rings}
     if any(rules.problem(field, value) for field, values in distinct.items() for value in values):
         rules.refuse(samples)
+    _refuse_pulled(slugs, metric_col)
     ring_of_segment = {seg: _ring_of(rings, seg) if seg else None for seg in segments}
     derived = map(ring_of_segment.__getitem__, segment_col)
     ring_values = derived if not given_rings else (  # a sample's own ring comes first

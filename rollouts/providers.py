@@ -17,10 +17,15 @@ escaped for that string; in a URL it is percent-encoded; anywhere else it must b
 (letters, digits, `_ . : -`) or the fetch fails, so a segment name can never change a query's shape.
 
 Credentials are never stored: the provider names the environment variables holding them, read by the
-worker at each fetch. Requests go through `core.outbound.get` (private addresses refused unless
-WEBHOOK_ALLOWED_NETWORKS allows them: a Prometheus on the same host or network must be listed).
+worker at each fetch. Only variables whose names start with RINGFENCE_PROVIDER_ may be named (a release
+manager sets providers and chooses where they send: SECRET_KEY or DATABASE_URL must never be one of them),
+and a value holding a control character (CR, LF, …) is refused naming only the variable. A URL never
+carries credentials (no `user:pass@`), and a web URL's placeholders stand only after its host: the
+scheme, host and port are the template's own, checked again once it is rendered. Requests go through
+`core.outbound.get` (private addresses refused unless WEBHOOK_ALLOWED_NETWORKS allows them: a
+Prometheus on the same host or network must be listed).
 
-Audit actions: `metric.defined` (a metric's provider set or removed; its data names the provider).
+Audit actions: `metric.provider_set` and `metric.provider_removed` (their data name the provider).
 Fetches are not audited one by one (the decisions they lead to are), as samples are not.
 """
 
@@ -35,7 +40,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
@@ -56,7 +61,7 @@ from rollouts.signals import ingest_signals
 
 log = logging.getLogger(__name__)
 
-AUDIT_ACTIONS = ("metric.defined",)
+AUDIT_ACTIONS = ("metric.provider_set", "metric.provider_removed")
 
 Status = MetricFetch.Status
 Kind = MetricProvider.Kind
@@ -69,6 +74,12 @@ DATADOG_SITE = "https://api.datadoghq.com"
 DATADOG_LOOKBACK = timedelta(minutes=5)
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9-]{1,100}$")
 _ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]{0,99}$")
+# The only environment variables a provider may name: never Ringfence's own secrets.
+ENV_PREFIX = "RINGFENCE_PROVIDER_"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# A web URL's template up to its first placeholder must hold the whole scheme://host:port and the
+# character that ends it, so no placeholder stands in the scheme, the host or the port.
+_URL_ORIGIN = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#{}]*[/?#]")
 
 
 class FetchFailed(Exception):
@@ -251,10 +262,27 @@ def read_web(body: bytes, *, json_path: str) -> float:
 # -- asking a provider (I/O) -----------------------------------------------------------------------
 
 def _secret(env: str, what: str) -> str:
+    if not env.startswith(ENV_PREFIX) or not _ENV_NAME.match(env):
+        raise FetchFailed(Status.ERROR, f"the environment variable {env} ({what}) does not start with {ENV_PREFIX}")
     value = os.environ.get(env, "")
     if not value:
         raise FetchFailed(Status.ERROR, f"the environment variable {env} ({what}) is not set")
+    if _CONTROL.search(value):
+        raise FetchFailed(Status.ERROR, f"the environment variable {env} ({what}) holds a control character")
     return value
+
+
+def _same_origin(rendered: str, template: str) -> None:
+    """FetchFailed when the rendered URL's scheme, host or port is not the template's own, or it
+    carries credentials."""
+    try:
+        got, want = urlsplit(rendered), urlsplit(template)
+    except ValueError:
+        raise FetchFailed(Status.ERROR, "the URL is not valid once rendered") from None
+    if "@" in got.netloc:
+        raise FetchFailed(Status.ERROR, "the URL carries credentials (user:pass@); name a variable in headers")
+    if (got.scheme.lower(), got.netloc.lower()) != (want.scheme.lower(), want.netloc.lower()):
+        raise FetchFailed(Status.ERROR, "the rendered URL's scheme, host or port is not the template's")
 
 
 def _headers(provider: MetricProvider) -> dict[str, str]:
@@ -282,6 +310,7 @@ def request_for(provider: MetricProvider, context: Context) -> tuple[str, dict[s
                                                    "query": query})
     else:
         url = render(provider.url, values, "url")
+    _same_origin(url, provider.url if provider.kind == Kind.WEB else base)
     return url, _headers(provider)
 
 
@@ -386,9 +415,14 @@ def _open_failure_notice(fetch: MetricFetch, provider: MetricProvider) -> None:
                                     "failures": fetch.failures, "status": fetch.status, "fetch": fetch.pk})
 
 
+UNEXPECTED = "unexpected answer shape"
+
+
 def fetch_now(plan: RolloutPlan, provider: MetricProvider, *, at: datetime | None = None,
               asker: Callable[[MetricProvider, Context], tuple[float, datetime]] = ask) -> MetricFetch | None:
-    """Pull one metric for one plan if it is due: claim, ask (outside any transaction), record."""
+    """Pull one metric for one plan if it is due: claim, ask (outside any transaction), record. Once
+    claimed, a fetch always ends recorded: an exception other than FetchFailed (an answer of a shape the
+    readers did not expect) is an `error` in Ringfence's own words, never the exception's text."""
     context = context_for(plan, provider, at or clock.now())
     fetch = claim_fetch(plan, provider, context)
     if fetch is None:
@@ -399,6 +433,11 @@ def fetch_now(plan: RolloutPlan, provider: MetricProvider, *, at: datetime | Non
     except FetchFailed as failed:
         log.warning("pulling %s for plan %s: %s", provider.metric.slug, plan.pk, failed.message)
         return record_fetch(fetch, provider, status=failed.status, error=failed.message,
+                            duration_ms=round((time.monotonic() - started) * 1000))
+    except Exception as exc:  # noqa: BLE001 - an answer the readers did not expect; its text may quote it
+        log.warning("pulling %s for plan %s: unexpected answer (%s)", provider.metric.slug, plan.pk,
+                    type(exc).__name__)
+        return record_fetch(fetch, provider, status=Status.ERROR, error=UNEXPECTED,
                             duration_ms=round((time.monotonic() - started) * 1000))
     return record_fetch(fetch, provider, status=Status.OK, value=value, observed_at=observed_at,
                         duration_ms=round((time.monotonic() - started) * 1000))
@@ -466,6 +505,15 @@ def problems(settings_: dict) -> list[tuple[str, str]]:
                 found.append((fieldname, f"unknown placeholder {{{{ {name} }}}}; use {', '.join(PLACEHOLDERS)}"))
     if kind != Kind.WEB and placeholders_in(url):
         found.append(("url", "only a web provider's URL is a template; put the placeholders in the query"))
+    elif kind == Kind.WEB and placeholders_in(url) and not _URL_ORIGIN.match(url[:url.index("{{")]):
+        found.append(("url", "placeholders may stand only after the host (in the path or the query), never in "
+                             "the scheme, host or port"))
+    try:
+        userinfo = "@" in urlsplit(url).netloc
+    except ValueError:
+        userinfo = False  # not a URL: target_problem names it
+    if userinfo:
+        found.append(("url", "a URL never carries credentials (user:pass@); name a variable in headers"))
     if not query.strip():
         found.append(("query", "a JSONPath to the value" if kind == Kind.WEB else "a query"))
     try:  # a web URL percent-encodes every value, so a sample segment shows its host
@@ -486,11 +534,17 @@ def problems(settings_: dict) -> list[tuple[str, str]]:
     for fieldname in ("api_key_env", "app_key_env"):
         if settings_.get(fieldname) and not _ENV_NAME.match(settings_[fieldname]):
             found.append((fieldname, "the name of an environment variable (A-Z, 0-9, _)"))
+        elif settings_.get(fieldname) and not settings_[fieldname].startswith(ENV_PREFIX):
+            found.append((fieldname, f"{settings_[fieldname]} does not start with {ENV_PREFIX}; a provider names "
+                                     f"only variables kept for providers"))
     for name, env in (settings_.get("headers") or {}).items():
         if not _HEADER_NAME.match(str(name)):
             found.append(("headers", f"{name!r} is not a header name"))
         if not _ENV_NAME.match(str(env)):
             found.append(("headers", f"{name}: {env!r} is not the name of an environment variable"))
+        elif not str(env).startswith(ENV_PREFIX):
+            found.append(("headers", f"{name}: {env} does not start with {ENV_PREFIX}; a provider names only "
+                                     f"variables kept for providers"))
     if settings_.get("segment_label") and kind != Kind.PROMETHEUS:
         found.append(("segment_label", "only a Prometheus provider picks a series by label"))
     return found
@@ -499,8 +553,9 @@ def problems(settings_: dict) -> list[tuple[str, str]]:
 @transaction.atomic
 def set_metric_provider(*, actor: AbstractBaseUser, slug: str, provider: dict | None) -> MetricProvider | None:
     """Pull a metric from a provider (its settings: FIELDS), change them, or stop pulling it (None).
-    Administrators and release managers; built-in metrics too. Audit: `metric.defined` with the
-    provider as it was and as it is (variable names, never their values)."""
+    Administrators and release managers; built-in metrics too. Audit: `metric.provider_set` with the
+    provider as it was and as it is, or `metric.provider_removed` with what it was (variable names, never
+    their values)."""
     require(is_administrator(actor) or actor.groups.filter(name=Role.RELEASE_MANAGER).exists(), "forbidden",
             "Only administrators and release managers say where metrics are pulled from.")
     metric = Metric.objects.select_for_update().filter(slug=slug).first()
@@ -510,7 +565,8 @@ def set_metric_provider(*, actor: AbstractBaseUser, slug: str, provider: dict | 
     if provider is None:
         require(current is not None, "conflict", f"{slug} is not pulled from a provider.")
         current.delete()
-        audit.record(actor, "metric.defined", metric, data={"slug": slug, "provider": None, "before": before})
+        audit.record(actor, "metric.provider_removed", metric, data={"slug": slug, "provider": None,
+                                                                     "before": before})
         return None
     if found := problems(provider):
         fieldname, message = found[0]
@@ -521,6 +577,6 @@ def set_metric_provider(*, actor: AbstractBaseUser, slug: str, provider: dict | 
             setattr(row, name, provider[name])
     validated(row, "")
     row.save()
-    audit.record(actor, "metric.defined", metric, data={"slug": slug, "provider": describe(row),
-                                                       **({"before": before} if before else {})})
+    audit.record(actor, "metric.provider_set", metric, data={"slug": slug, "provider": describe(row),
+                                                            **({"before": before} if before else {})})
     return row

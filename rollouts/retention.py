@@ -11,8 +11,9 @@ counted by evaluation) are deleted without a rollup.
 The cutoff never cuts into what evaluation reads: it lies at least the longest window any plan's
 rules look back (criterion windows, ring soaks, trigger windows with their flapping history, no-data
 limits) before now. Evidence and charts read the rollups where the samples are gone (`points`,
-`value_at`). The audit trail is never touched; each run that removed something records one
-`rollout.signals_retained` event with its counts. SIGNAL_RETENTION_DAYS=0 keeps every sample.
+`value_at`). The audit trail is never touched; each batch that removed something records one
+`rollout.signals_retained` event with that batch's counts, in the batch's transaction (a run killed
+midway has recorded every batch it committed). SIGNAL_RETENTION_DAYS=0 keeps every sample.
 """
 
 from __future__ import annotations
@@ -59,11 +60,6 @@ class Retained:
     plans: set[int] = field(default_factory=set)
     finished: bool = True  # False: the time budget ran out with old samples left
 
-    def as_data(self) -> dict:
-        return {"retention_days": settings.SIGNAL_RETENTION_DAYS, "cutoff": self.cutoff,
-                "samples_deleted": self.deleted, "samples_rolled_up": self.rolled_up,
-                "late_samples_deleted": self.deleted - self.rolled_up, "rollups_created": self.rollups_created,
-                "rollups_added_to": self.rollups_added_to, "plans": sorted(self.plans)}
 
 
 def longest_lookback() -> timedelta:
@@ -103,9 +99,10 @@ def _one_run() -> Iterator[bool]:
 
 def retain_signals(*, now: datetime | None = None, batch: int = BATCH, budget_seconds: float | None = None) -> Retained:
     """Roll up and delete the samples older than the cutoff, stopping between batches once
-    `budget_seconds` are spent (`finished` False: call again); record the run when it removed any.
+    `budget_seconds` are spent (`finished` False: call again).
 
-    Audit: `rollout.signals_retained` (counts, cutoff, plans), once per run that deleted samples.
+    Audit: `rollout.signals_retained` (the batch's counts, cutoff, plan, metric), once per batch that
+    deleted samples, inside that batch's transaction.
     """
     at = cutoff(now or clock.now())
     done = Retained(at)
@@ -122,10 +119,6 @@ def retain_signals(*, now: datetime | None = None, batch: int = BATCH, budget_se
                     break
             if not done.finished:
                 break
-    if done.deleted:
-        with transaction.atomic():
-            audit.record(ACTOR, "rollout.signals_retained", ("rollouts.signalrollup", audit.format_time(at)),
-                         data=done.as_data())
     return done
 
 
@@ -141,7 +134,7 @@ def _old_series(at: datetime) -> list[tuple[int, int]]:
 @transaction.atomic
 def _retain_batch(plan_id: int, metric_id: int, at: datetime, batch: int, done: Retained) -> int:
     """Fold the oldest `batch` samples of one plan and metric before `at` into their minutes and
-    delete them, in one transaction. Returns how many samples it took."""
+    delete them, and record the batch, in one transaction. Returns how many samples it took."""
     oldest = Signal.objects.filter(plan_id=plan_id, metric_id=metric_id, observed_at__lt=at).order_by(
         "observed_at", "segment")  # the order of the (plan, metric, time, segment) index
     rows = list(oldest.values_list("pk", "ring", "segment", "observed_at", "value", "late")[:batch])
@@ -179,8 +172,14 @@ def _retain_batch(plan_id: int, metric_id: int, at: datetime, batch: int, done: 
     if deleted != len(rows):  # another writer took some of them: leave the batch to the next run
         transaction.set_rollback(True)
         return 0
+    rolled_up = sum(agg[0] for agg in minutes.values())
+    audit.record(ACTOR, "rollout.signals_retained", ("rollouts.signalrollup", audit.format_time(at)), data={
+        "retention_days": settings.SIGNAL_RETENTION_DAYS, "cutoff": at, "plan": plan_id,
+        "metric": Metric.objects.values_list("slug", flat=True).get(pk=metric_id), "samples_deleted": deleted,
+        "samples_rolled_up": rolled_up, "late_samples_deleted": deleted - rolled_up,
+        "rollups_created": len(created), "rollups_added_to": len(added)})
     done.deleted += deleted
-    done.rolled_up += sum(agg[0] for agg in minutes.values())
+    done.rolled_up += rolled_up
     done.rollups_created += len(created)
     done.rollups_added_to += len(added)
     done.batches += 1

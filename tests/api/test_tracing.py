@@ -124,6 +124,18 @@ def test_an_agents_trace_continues_into_the_request_its_queries_its_tasks_and_th
 
 
 @pytest.mark.django_db(transaction=True)
+def test_an_unsampled_trace_leaves_no_trace_id_in_the_audit_event(spans, agent, actions):
+    """An agent's traceparent whose flags say "not sampled" (-00): no span is exported, so the event
+    keeps no id that would lead nowhere."""
+    spans.clear()
+    response = dispatch_over_asgi(agent, "send_receipt", traceparent=f"00-{AGENT_TRACE}-{AGENT_SPAN}-00")
+    assert response.status_code == 200
+    assert not [s for s in spans.get_finished_spans() if s.kind == SpanKind.SERVER]
+    event = AuditEvent.objects.filter(action__startswith="dispatch.").get()
+    assert "trace" not in json.loads(event.canonical) and AGENT_TRACE not in event.canonical
+
+
+@pytest.mark.django_db(transaction=True)
 def test_without_a_trace_nothing_changes_in_the_audit_event(spans, agent, actions, auditor):
     """A request with no traceparent gets a trace of its own (the events keep its id); with no
     span at all the event's bytes are exactly today's, with no "trace" key."""

@@ -38,6 +38,7 @@ from rollouts import (
     metrics,
     plans,
     proposals,
+    providers,
     retention,
     reviews,
     selectors,
@@ -267,6 +268,13 @@ def test_every_transition_writes_its_audit_events(walk, make_plan, owner, releas
     assert walk.new(tag) == ["rollout.context_tag_withdrawn"]
     metric = metrics.define_metric(actor=admin_user, slug="refund_accuracy", label="Refund accuracy")
     assert walk.new(metric) == ["metric.defined"]
+    # -- a metric's provider: set (each change too) and removed, each its own action -------------------
+    prometheus = {"kind": "prometheus", "url": "https://prometheus.example", "query": "up"}
+    providers.set_metric_provider(actor=admin_user, slug="refund_accuracy", provider=prometheus)
+    providers.set_metric_provider(actor=admin_user, slug="refund_accuracy", provider={**prometheus, "query": "up2"})
+    assert walk.new(metric) == ["metric.provider_set", "metric.provider_set"]
+    providers.set_metric_provider(actor=admin_user, slug="refund_accuracy", provider=None)
+    assert walk.new(metric) == ["metric.provider_removed"]
     # -- retention: samples older than SIGNAL_RETENTION_DAYS become rollups; the run is recorded -------
     long_ago = T0 - dt.timedelta(days=400)
     Signal.objects.create(plan=plan, metric=metric, observed_at=long_ago, value=1.0, received_at=long_ago)

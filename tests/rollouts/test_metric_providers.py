@@ -59,22 +59,23 @@ def samples(plan: RolloutPlan, slug: str) -> list[tuple[datetime, float, str]]:
 def datadog(admin_user, url: str, **overrides) -> MetricProvider:
     return providers.set_metric_provider(actor=admin_user, slug="error_rate", provider={
         "kind": "datadog", "url": url, "query": "avg:agent.errors{workflow:{{ workflow }},segment:{{ segment }}}",
-        "api_key_env": "RF_TEST_DD_API_KEY", "app_key_env": "RF_TEST_DD_APP_KEY", "interval_seconds": 30,
-        "timeout_seconds": 1, "max_failures": 3, **overrides})
+        "api_key_env": "RINGFENCE_PROVIDER_DD_API_KEY", "app_key_env": "RINGFENCE_PROVIDER_DD_APP_KEY",
+        "interval_seconds": 30, "timeout_seconds": 1, "max_failures": 3, **overrides})
 
 
 def web(admin_user, url: str, **overrides) -> MetricProvider:
     return providers.set_metric_provider(actor=admin_user, slug="quality_score", provider={
         "kind": "web", "url": url + "/evals/{{ workflow }}/score?segment={{ segment }}&ring={{ ring }}",
-        "query": '$.segments[?(@.name == "{{ segment }}")].score', "headers": {"Authorization": "RF_TEST_EVALS"},
+        "query": '$.segments[?(@.name == "{{ segment }}")].score',
+        "headers": {"Authorization": "RINGFENCE_PROVIDER_EVALS"},
         "interval_seconds": 30, "timeout_seconds": 1, "max_failures": 3, **overrides})
 
 
 # -- the documented requests ------------------------------------------------------------------------
 
 def test_datadog_is_asked_with_its_keys_and_its_last_point_becomes_a_sample(plan, endpoint, admin_user, monkeypatch):
-    monkeypatch.setenv("RF_TEST_DD_API_KEY", "dd-api-secret")
-    monkeypatch.setenv("RF_TEST_DD_APP_KEY", "dd-app-secret")
+    monkeypatch.setenv("RINGFENCE_PROVIDER_DD_API_KEY", "dd-api-secret")
+    monkeypatch.setenv("RINGFENCE_PROVIDER_DD_APP_KEY", "dd-app-secret")
     datadog(admin_user, endpoint.url)
     at_ms = (T0 - timedelta(seconds=20)).timestamp() * 1000
     endpoint.answer({"status": "ok", "series": [{"pointlist": [[at_ms - 10_000, 0.01], [at_ms, 0.02],
@@ -95,7 +96,7 @@ def test_datadog_is_asked_with_its_keys_and_its_last_point_becomes_a_sample(plan
 
 def test_a_web_endpoint_is_read_at_its_json_path_with_headers_from_the_environment(plan, endpoint, admin_user,
                                                                                    monkeypatch):
-    monkeypatch.setenv("RF_TEST_EVALS", "Bearer evals-secret")
+    monkeypatch.setenv("RINGFENCE_PROVIDER_EVALS", "Bearer evals-secret")
     web(admin_user, endpoint.url)
     endpoint.answer({"segments": [{"name": "partners", "score": 0.5}, {"name": "support-ops", "score": 0.93}]})
 
@@ -109,10 +110,10 @@ def test_a_web_endpoint_is_read_at_its_json_path_with_headers_from_the_environme
     assert samples(plan, "quality_score") == [(T0, 0.93, "internal_team:support-ops")]
     # Nothing secret is stored: the provider names the variable, the audit trail too.
     provider = MetricProvider.objects.get(metric__slug="quality_score")
-    assert provider.headers == {"Authorization": "RF_TEST_EVALS"}
-    event = AuditEvent.objects.filter(action="metric.defined").latest("seq")
+    assert provider.headers == {"Authorization": "RINGFENCE_PROVIDER_EVALS"}
+    event = AuditEvent.objects.filter(action="metric.provider_set").latest("seq")
     assert "evals-secret" not in json.dumps(event.data)
-    assert event.data["provider"]["headers"] == {"Authorization": "RF_TEST_EVALS"}
+    assert event.data["provider"]["headers"] == {"Authorization": "RINGFENCE_PROVIDER_EVALS"}
 
 
 # -- failures are inconclusive --------------------------------------------------------------------
@@ -132,7 +133,7 @@ FAILURES = {
 
 @pytest.mark.parametrize("case", FAILURES, ids=list(FAILURES))
 def test_a_failed_pull_is_recorded_and_gives_no_sample(case, plan, endpoint, admin_user, monkeypatch):
-    monkeypatch.setenv("RF_TEST_EVALS", "token")
+    monkeypatch.setenv("RINGFENCE_PROVIDER_EVALS", "token")
     web(admin_user, endpoint.url)
     answer, status, words = FAILURES[case]
     endpoint.answers.append(answer)
@@ -146,13 +147,13 @@ def test_a_failed_pull_is_recorded_and_gives_no_sample(case, plan, endpoint, adm
 
 def test_a_missing_secret_or_a_refused_address_is_a_failed_pull_that_sends_nothing(plan, endpoint, admin_user,
                                                                                    monkeypatch, settings):
-    monkeypatch.delenv("RF_TEST_EVALS", raising=False)
+    monkeypatch.delenv("RINGFENCE_PROVIDER_EVALS", raising=False)
     web(admin_user, endpoint.url)
     fetch = pull("quality_score", plan)
-    assert fetch.status == "error" and fetch.error == "the environment variable RF_TEST_EVALS (header Authorization) " \
-                                                      "is not set"
+    assert fetch.status == "error" and fetch.error == ("the environment variable RINGFENCE_PROVIDER_EVALS "
+                                                       "(header Authorization) is not set")
 
-    monkeypatch.setenv("RF_TEST_EVALS", "token")
+    monkeypatch.setenv("RINGFENCE_PROVIDER_EVALS", "token")
     settings.WEBHOOK_ALLOWED_NETWORKS = []
     with time_machine.travel(T0 + timedelta(seconds=30), tick=False):
         fetch = pull("quality_score", plan)
@@ -166,7 +167,7 @@ def test_pulled_values_feed_the_criteria_and_failed_pulls_leave_them_inconclusiv
                                                                                   monkeypatch, frozen):
     from rollouts import selectors
 
-    monkeypatch.setenv("RF_TEST_EVALS", "token")
+    monkeypatch.setenv("RINGFENCE_PROVIDER_EVALS", "token")
     web(admin_user, endpoint.url, interval_seconds=60)
     for _ in range(6):
         endpoint.answer({"segments": [{"name": "support-ops", "score": 0.95}]})
@@ -187,7 +188,7 @@ def test_pulled_values_feed_the_criteria_and_failed_pulls_leave_them_inconclusiv
 # -- owners told, once per run of failures --------------------------------------------------------
 
 def test_max_failures_in_a_row_tell_the_owners_once_per_run(plan, endpoint, admin_user, owner, monkeypatch, frozen):
-    monkeypatch.setenv("RF_TEST_EVALS", "token")
+    monkeypatch.setenv("RINGFENCE_PROVIDER_EVALS", "token")
     web(admin_user, endpoint.url, max_failures=3)
 
     def step(status: int) -> MetricFetch:
@@ -220,7 +221,7 @@ def test_metrics_show_each_live_plans_failed_pulls_in_a_row(plan, endpoint, admi
     from django.test import Client
     from prometheus_client.parser import text_string_to_metric_families
 
-    monkeypatch.setenv("RF_TEST_EVALS", "token")
+    monkeypatch.setenv("RINGFENCE_PROVIDER_EVALS", "token")
     web(admin_user, endpoint.url, max_failures=3)
 
     def scraped() -> dict[tuple, float]:
@@ -235,16 +236,29 @@ def test_metrics_show_each_live_plans_failed_pulls_in_a_row(plan, endpoint, admi
         pull("quality_score", plan)
         frozen.shift(30)
     assert scraped() == {("quality_score", "internal_team:support-ops", "error"): 2.0}
+    # The first pull was for an earlier ring's segment: only the newest pull of the metric reports.
+    newest = MetricFetch.objects.filter(plan=plan).latest("pk")
+    MetricFetch.objects.filter(plan=plan).exclude(pk=newest.pk).update(segment="internal_team:earlier-ring")
+    assert scraped() == {("quality_score", "internal_team:support-ops", "error"): 2.0}
     endpoint.answer({"segments": [{"name": "support-ops", "score": 0.9}]})
     pull("quality_score", plan)
     assert scraped() == {("quality_score", "internal_team:support-ops", "ok"): 0.0}
+
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from config import observability
+
+    with CaptureQueriesContext(connection) as queries:
+        list(observability._metric_fetches())
+    assert len(queries) == 1  # one statement, however many plans and metrics
 
 
 # -- intervals, pruning, the beat sweep --------------------------------------------------------------
 
 def test_the_sweep_pulls_each_metric_of_each_live_plan_once_per_interval(plan, endpoint, admin_user, monkeypatch,
                                                                          frozen, settings):
-    monkeypatch.setenv("RF_TEST_EVALS", "token")
+    monkeypatch.setenv("RINGFENCE_PROVIDER_EVALS", "token")
     web(admin_user, endpoint.url, interval_seconds=60)
     providers.set_metric_provider(actor=admin_user, slug="review_load", provider={
         "kind": "web", "url": endpoint.url + "/unused", "query": "$.x"})  # no rule of the plan reads it
@@ -274,7 +288,7 @@ def test_plans_that_are_not_live_are_not_pulled(make_plan, endpoint, admin_user,
 
 
 def test_the_plan_page_shows_the_latest_pulls(plan, endpoint, admin_user, owner, client, monkeypatch, frozen):
-    monkeypatch.setenv("RF_TEST_EVALS", "token")
+    monkeypatch.setenv("RINGFENCE_PROVIDER_EVALS", "token")
     web(admin_user, endpoint.url)
     endpoint.answer({"segments": [{"name": "support-ops", "score": 0.87}]})
     pull("quality_score", plan)
@@ -368,13 +382,14 @@ def test_only_administrators_and_release_managers_set_a_provider_and_bad_setting
             providers.set_metric_provider(actor=release_manager, slug="error_rate", provider=provider)
         assert words in refused.value.message, provider
     assert not MetricProvider.objects.exists()
-    assert not AuditEvent.objects.filter(action="metric.defined").exists()
+    assert not AuditEvent.objects.filter(action__startswith="metric.provider_").exists()
 
     providers.set_metric_provider(actor=release_manager, slug="error_rate", provider=good)
     providers.set_metric_provider(actor=release_manager, slug="error_rate", provider=None)
     assert not MetricProvider.objects.exists()
-    events = list(AuditEvent.objects.filter(action="metric.defined").order_by("seq"))
-    assert [e.data["provider"] and e.data["provider"]["kind"] for e in events] == ["prometheus", None]
+    events = list(AuditEvent.objects.filter(action__startswith="metric.").order_by("seq"))
+    assert [(e.action, e.data["provider"] and e.data["provider"]["kind"]) for e in events] == [
+        ("metric.provider_set", "prometheus"), ("metric.provider_removed", None)]
 
 
 # -- ringfence.yaml -------------------------------------------------------------------------------
@@ -391,9 +406,9 @@ metric_providers:
     interval: 30
     timeout: 5
   - {metric: error_rate, kind: datadog, query: 'avg:agent.errors{segment:{{ segment }}}',
-     api_key_env: DD_API_KEY, app_key_env: DD_APP_KEY}
+     api_key_env: RINGFENCE_PROVIDER_DD_API_KEY, app_key_env: RINGFENCE_PROVIDER_DD_APP_KEY}
   - {metric: refund_accuracy, kind: web, url: 'https://evals.example/score?segment={{ segment }}',
-     query: '$.score', headers: {Authorization: EVALS_TOKEN}, max_failures: 5}
+     query: '$.score', headers: {Authorization: RINGFENCE_PROVIDER_EVALS_TOKEN}, max_failures: 5}
 """
 
 
@@ -409,8 +424,10 @@ def test_providers_are_planned_applied_and_exported_from_the_file(admin_user):
     assert (latency.kind, latency.interval_seconds, latency.timeout_seconds, latency.max_failures) == (
         "prometheus", 30, 5.0, 3)
     assert MetricProvider.objects.get(metric__slug="error_rate").url == "https://api.datadoghq.com"
-    assert MetricProvider.objects.get(metric__slug="refund_accuracy").headers == {"Authorization": "EVALS_TOKEN"}
-    assert AuditEvent.objects.filter(action="metric.defined").count() == 4
+    assert MetricProvider.objects.get(metric__slug="refund_accuracy").headers == {
+        "Authorization": "RINGFENCE_PROVIDER_EVALS_TOKEN"}
+    assert AuditEvent.objects.filter(action="metric.provider_set").count() == 3
+    assert AuditEvent.objects.filter(action="metric.defined").count() == 1  # the metric refund_accuracy
     assert planning.plan(doc).empty
 
     exported = yaml.safe_load(exporting.export_yaml())
@@ -445,3 +462,162 @@ def test_the_file_is_checked_before_anything_is_applied(admin_user, settings):
     assert "metric error_rate has two providers" in text
     assert "Datadog needs api_key_env and app_key_env" in text
     assert not MetricProvider.objects.exists()
+
+
+# -- credentials stay Ringfence's own ----------------------------------------------------------------
+
+def test_a_provider_may_name_only_variables_kept_for_providers(admin_user, release_manager, settings):
+    good = {"kind": "prometheus", "url": "https://prometheus.example", "query": "up"}
+    for provider, fieldname in [
+        ({**good, "headers": {"X-Key": "SECRET_KEY"}}, "headers"),
+        ({**good, "kind": "datadog", "api_key_env": "AUDIT_SIGNING_KEY",
+          "app_key_env": "RINGFENCE_PROVIDER_DD_APP_KEY"}, "api_key_env"),
+        ({**good, "kind": "datadog", "api_key_env": "RINGFENCE_PROVIDER_DD_API_KEY", "app_key_env": "DATABASE_URL"},
+         "app_key_env"),
+    ]:
+        with pytest.raises(TransitionRefused) as refused:
+            providers.set_metric_provider(actor=release_manager, slug="error_rate", provider=provider)
+        assert refused.value.field == fieldname
+        assert "does not start with RINGFENCE_PROVIDER_" in refused.value.message, provider
+    assert not MetricProvider.objects.exists()
+    assert not AuditEvent.objects.filter(action__startswith="metric.provider_").exists()
+
+    doc = Document.model_validate({"version": 1, "metric_providers": [
+        {"metric": "quality_score", "kind": "web", "url": "https://e.example/x", "query": "$.x",
+         "headers": {"Authorization": "SECRET_KEY"}}]})
+    with pytest.raises(ConfigError) as error:
+        planning.plan(doc)
+    assert "SECRET_KEY does not start with RINGFENCE_PROVIDER_" in str(error.value.problems)
+    assert not MetricProvider.objects.exists()
+
+
+def test_a_provider_saved_before_the_rule_sends_no_other_variable(plan, endpoint, admin_user, monkeypatch):
+    monkeypatch.setenv("SECRET_KEY", "django-secret")
+    web(admin_user, endpoint.url)
+    MetricProvider.objects.filter(metric__slug="quality_score").update(headers={"Authorization": "SECRET_KEY"})
+    fetch = pull("quality_score", plan)
+    assert fetch.status == "error" and "SECRET_KEY" in fetch.error and "RINGFENCE_PROVIDER_" in fetch.error
+    assert endpoint.requests == []
+
+
+def test_a_secret_with_a_line_break_fails_the_pull_naming_only_the_variable(plan, endpoint, admin_user, owner,
+                                                                            client, monkeypatch):
+    secret = "Bearer s3cr3t-value"
+    monkeypatch.setenv("RINGFENCE_PROVIDER_EVALS", secret + "\n")
+    web(admin_user, endpoint.url, max_failures=1)
+
+    fetch = pull("quality_score", plan)
+
+    assert fetch.status == "error" and fetch.failures == 1
+    assert "RINGFENCE_PROVIDER_EVALS" in fetch.error and "s3cr3t" not in fetch.error
+    assert endpoint.requests == []
+    [notice] = Notice.objects.filter(event="signals_lost", subject_type="rollouts.metricfetch")
+    assert "RINGFENCE_PROVIDER_EVALS" in notice.body and "s3cr3t" not in notice.body + notice.title
+    client.force_login(owner)
+    page = client.get(plan.get_absolute_url()).content.decode()
+    assert "RINGFENCE_PROVIDER_EVALS" in page and "s3cr3t" not in page
+
+
+def test_a_header_http_client_refuses_is_told_in_fixed_words(endpoint):
+    from core import outbound
+
+    for send in (lambda h: outbound.get(endpoint.url + "/x", h, timeout=1),
+                 lambda h: outbound.post(endpoint.url + "/x", b"{}", h, timeout=1)):
+        with pytest.raises(outbound.Refused) as refused:
+            send({"Authorization": "Bearer s3cr3t\r\nX-Injected: 1"})
+        assert str(refused.value) == outbound.BAD_HEADER and "s3cr3t" not in str(refused.value)
+    assert endpoint.requests == []
+
+
+# -- the host is the template's own ------------------------------------------------------------------
+
+def test_a_web_url_has_no_placeholder_before_its_path_and_no_url_carries_credentials(release_manager):
+    web_ = {"kind": "web", "query": "$.x"}
+    bad = [
+        ({**web_, "url": "https://{{ segment }}/score"}, "never in the scheme, host or port"),
+        ({**web_, "url": "https://evals.{{ segment }}.example/score"}, "never in the scheme, host or port"),
+        ({**web_, "url": "https://evals.example:{{ ring }}/score"}, "never in the scheme, host or port"),
+        ({**web_, "url": "https://evals.example{{ segment }}"}, "never in the scheme, host or port"),
+        ({**web_, "url": "https://user:pass@evals.example/score?s={{ segment }}"}, "never carries credentials"),
+        ({"kind": "prometheus", "url": "https://u:p@prometheus.example", "query": "up"}, "never carries credentials"),
+    ]
+    for provider, words in bad:
+        with pytest.raises(TransitionRefused) as refused:
+            providers.set_metric_provider(actor=release_manager, slug="quality_score", provider=provider)
+        assert words in refused.value.message, provider
+        assert refused.value.field == "url"
+    assert not MetricProvider.objects.exists()
+    assert providers.problems({**web_, "url": "https://evals.example/s/{{ segment }}?r={{ ring }}"}) == []
+
+
+def test_a_rendered_url_on_another_host_fails_the_pull(plan, endpoint, admin_user, monkeypatch):
+    monkeypatch.setenv("RINGFENCE_PROVIDER_EVALS", "token")
+    web(admin_user, endpoint.url)
+    MetricProvider.objects.filter(metric__slug="quality_score").update(url="http://{{ segment }}/score")
+    fetch = pull("quality_score", plan)
+    assert fetch.status == "error" and "scheme, host or port is not the template's" in fetch.error
+    assert endpoint.requests == []
+
+
+# -- answers of an unexpected shape end the fetch --------------------------------------------------
+
+def prometheus_body(result: object) -> dict:
+    return {"status": "success", "data": {"resultType": "vector", "result": result}}
+
+
+MALFORMED = {
+    "prometheus series not an object": ("prometheus", prometheus_body([["x"]])),
+    "prometheus value too short": ("prometheus", prometheus_body([{"metric": {}, "value": [1]}])),
+    "datadog stamp not a number": ("datadog", {"status": "ok", "series": [{"pointlist": [["abc", 0.5]]}]}),
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED, ids=list(MALFORMED))
+def test_an_answer_of_an_unexpected_shape_is_a_failed_fetch(case, plan, endpoint, admin_user, monkeypatch, frozen):
+    monkeypatch.setenv("RINGFENCE_PROVIDER_DD_API_KEY", "k")
+    monkeypatch.setenv("RINGFENCE_PROVIDER_DD_APP_KEY", "k")
+    kind, body = MALFORMED[case]
+    if kind == "datadog":
+        datadog(admin_user, endpoint.url)
+    else:
+        providers.set_metric_provider(actor=admin_user, slug="error_rate", provider={
+            "kind": "prometheus", "url": endpoint.url, "query": "up", "interval_seconds": 30})
+    for failures in (1, 2):
+        endpoint.answer(body)
+        fetch = pull("error_rate", plan)
+        assert (fetch.status, fetch.error, fetch.failures) == ("error", providers.UNEXPECTED, failures)
+        frozen.shift(30)
+    assert not MetricFetch.objects.filter(status="running").exists()
+    assert samples(plan, "error_rate") == []
+
+
+# -- what Ringfence measures itself is never pushed --------------------------------------------------
+
+def test_an_agent_cannot_push_a_pulled_or_a_review_metric(plan, endpoint, admin_user, agent_token, monkeypatch):
+    from django.test import Client
+
+    from rollouts import review_signals
+
+    monkeypatch.setenv("RINGFENCE_PROVIDER_EVALS", "token")
+    web(admin_user, endpoint.url)
+    api = Client(headers={"Authorization": f"Bearer {agent_token}"})
+
+    def push(*metrics: str):
+        samples = [{"metric": metric, "value": 0, "observed_at": (T0 - timedelta(seconds=10)).isoformat(),
+                    "segment": "internal_team:support-ops"} for metric in metrics]
+        return api.post("/api/v1/signals", json.dumps({"workflow": "refund-agent", "samples": samples}),
+                        content_type="application/json")
+
+    for metric in ("quality_score", *review_signals.METRICS):
+        response = push("latency_p95_ms", metric)
+        assert response.status_code == 409 and response["Content-Type"] == "application/problem+json", metric
+        problem = response.json()
+        assert problem["code"] == "metric_not_pushed" and metric in problem["detail"]
+        assert [e["field"] for e in problem["errors"]] == ["samples.1.metric"]
+    assert not Signal.objects.filter(plan=plan).exists()
+    assert push("latency_p95_ms").status_code == 200
+
+    # The pull still stores its own samples.
+    endpoint.answer({"segments": [{"name": "support-ops", "score": 0.9}]})
+    assert pull("quality_score", plan).status == "ok"
+    assert samples(plan, "quality_score") == [(T0, 0.9, "internal_team:support-ops")]

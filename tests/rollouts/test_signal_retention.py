@@ -85,14 +85,21 @@ def test_old_samples_become_exact_minute_rollups_and_newer_ones_stay(history):
     assert sorted(Signal.objects.values_list("metric__slug", "observed_at")) == sorted([
         ("quality_score", CUTOFF), ("quality_score", NOW - dt.timedelta(hours=1)),
         ("latency_p95_ms", NOW - dt.timedelta(minutes=1))])
-    # The audit trail: every event before the run untouched, one event for the run, the log verifies.
+    # The audit trail: every event before the run untouched, one event per batch, the log verifies.
     after = chain()
-    assert after[:len(before)] == before and len(after) == len(before) + 1
-    event = AuditEvent.objects.get(seq=after[-1][0])
-    assert event.action == "rollout.signals_retained" and event.actor_label == "signal retention"
-    assert event.data == {"retention_days": 30, "cutoff": audit.format_time(CUTOFF), "samples_deleted": 9,
-                          "samples_rolled_up": 8, "late_samples_deleted": 1, "rollups_created": 5,
-                          "rollups_added_to": 1, "plans": [history.pk]}
+    assert after[:len(before)] == before and len(after) == len(before) + 5
+    events = list(AuditEvent.objects.filter(seq__gt=before[-1][0]).order_by("seq"))
+    assert {(e.action, e.actor_label) for e in events} == {("rollout.signals_retained", "signal retention")}
+    assert {(e.data["retention_days"], e.data["cutoff"], e.data["plan"]) for e in events} == {
+        (30, audit.format_time(CUTOFF), history.pk)}
+    counts = ("samples_deleted", "samples_rolled_up", "late_samples_deleted", "rollups_created", "rollups_added_to")
+    per_batch = [(e.data["metric"], *(e.data[name] for name in counts)) for e in events]
+    assert [b for b in per_batch if b[0] == "quality_score"] == [
+        ("quality_score", 2, 2, 0, 1, 0),  # 10:00:05, 10:00:20 → the ring 0 minute
+        ("quality_score", 2, 2, 0, 1, 1),  # 10:00:30 (partners), 10:00:40 → added to that minute
+        ("quality_score", 2, 1, 1, 1, 0),  # the late 10:00:45 (dropped), 10:01:00
+        ("quality_score", 1, 1, 0, 1, 0)]  # 10:01:01 without a ring
+    assert [b for b in per_batch if b[0] == "latency_p95_ms"] == [("latency_p95_ms", 2, 2, 0, 1, 0)]
     assert audit.verify_database().ok
 
 
@@ -111,10 +118,31 @@ def test_a_run_stopped_between_batches_is_finished_by_the_next_with_the_same_rol
     first = retention.retain_signals(batch=2, budget_seconds=0)  # stops after its first full batch
 
     assert not first.finished and first.deleted == 2 and Signal.objects.count() == 10
-    assert AuditEvent.objects.filter(action="rollout.signals_retained").count() == 1  # it says what it removed
+    [event] = AuditEvent.objects.filter(action="rollout.signals_retained")  # it says what it removed
+    assert event.data["samples_deleted"] == 2
     rest = retention.retain_signals(batch=2)
     assert rest.finished and first.deleted + rest.deleted == 9
+    assert AuditEvent.objects.filter(action="rollout.signals_retained").count() == 5
     assert rollups() == EXPECTED and audit.verify_database().ok
+
+
+def test_a_run_killed_midway_has_recorded_every_batch_it_deleted(history, monkeypatch):
+    real, calls = retention._retain_batch, []
+
+    def dies_at_the_second_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise SystemExit("the worker was killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(retention, "_retain_batch", dies_at_the_second_batch)
+    with pytest.raises(SystemExit):
+        retention.retain_signals(batch=2)
+
+    assert Signal.objects.count() == 10  # the first batch is gone...
+    [event] = AuditEvent.objects.filter(action="rollout.signals_retained")  # ...and recorded
+    assert (event.data["samples_deleted"], event.data["samples_rolled_up"]) == (2, 2)
+    assert audit.verify_database().ok
 
 
 def test_zero_days_keeps_every_sample(history, settings):
