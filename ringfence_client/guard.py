@@ -27,7 +27,10 @@ request was opened). To resume an intent after a restart, keep that id and use
 `wait_for_decision(approval_id)` then `execute(approval_id)`: a claim is granted once, so the
 resumed run never acts twice.
 
-`parameters` and `evidence` are values or functions of the call's arguments.
+`parameters` and `evidence` are values or functions of the call's arguments. By default the
+parameters are all of the call's arguments by name, positional or keyword, defaults applied
+(`call_arguments`), so a rule on `amount` sees `refund("A-9", "400")`'s amount; they must be JSON
+values, or pass `parameters` to say what Ringfence sees.
 
 An `async def` function is guarded as well: with `AsyncRingfenceClient.guard` the calls to
 Ringfence are awaited (and `on_pending` may be `async def` too); with `RingfenceClient.guard` they
@@ -41,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import json
 import logging
 import time
 from collections.abc import Callable, Generator, Mapping
@@ -48,10 +52,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 from ringfence_client.types import (
+    ApiError,
     Approval,
     Denied,
     DispatchResult,
     Execution,
+    NotExecuted,
     PendingApproval,
     RingfenceError,
     _new_key,
@@ -70,6 +76,26 @@ logger = logging.getLogger("ringfence_client")
 
 def derive(value: Any, args: tuple, kwargs: dict) -> Any:
     return value(*args, **kwargs) if callable(value) else value
+
+
+def call_arguments(function: Callable[..., Any], args: tuple, kwargs: dict) -> dict[str, Any]:
+    """The default parameters: the call's arguments by parameter name, positional or keyword, with
+    the defaults applied (a `**kwargs` parameter's entries are merged in). Raises TypeError for
+    arguments that do not fit the signature or are not JSON values: nothing is dispatched."""
+    bound = inspect.signature(function).bind(*args, **kwargs)
+    bound.apply_defaults()
+    arguments: dict[str, Any] = {}
+    for name, value in bound.arguments.items():
+        if bound.signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+            arguments.update(value)
+        else:
+            arguments[name] = list(value) if isinstance(value, tuple) else value
+    try:
+        json.dumps(arguments, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"the arguments of {getattr(function, '__name__', function)!r} are not all JSON values "
+                        f"({error}); pass parameters= to say what Ringfence sees") from None
+    return arguments
 
 
 def _described(error: BaseException) -> str:
@@ -104,10 +130,25 @@ def granted_at_once(answer: DispatchResult, action: str) -> Execution | None:
     return None
 
 
+def granted_once(answer: DispatchResult, action: str) -> Execution | None:
+    """`granted_at_once` for adapters that derive the Idempotency-Key from the call (a graph node re-run
+    on resume, an agent's tool call id), so that another invocation of the same call gets the same
+    answer. A replayed allow is the grant of an earlier invocation, which may already have run under
+    it: raises NotExecuted rather than run again. A replayed pending is the resume path and is kept."""
+    execution = granted_at_once(answer, action)
+    if execution is not None and answer.replayed:
+        detail = (f"{action} was already allowed once for this call (execution {execution.id}) and may have run; "
+                  "it is not run again")
+        raise NotExecuted(ApiError(409, "already_executed", "Already allowed", detail),
+                          answer.approval_id)  # type: ignore[arg-type]
+    return execution
+
+
 def _steps(workflow: str, action: str, *, parameters: Derived, evidence: Derived, confidence: float | None,
-           on_pending: OnPending, timeout: float, args: tuple, kwargs: dict) -> Steps:
+           on_pending: OnPending, timeout: float, function: Callable[..., Any], args: tuple, kwargs: dict) -> Steps:
     """Dispatch, wait while pending, claim: yields what to do, returns the execution to run under."""
-    answer: DispatchResult = yield _Step("dispatch", (workflow, action, derive(parameters, args, kwargs)), {
+    params = derive(parameters, args, kwargs) if parameters is not None else call_arguments(function, args, kwargs)
+    answer: DispatchResult = yield _Step("dispatch", (workflow, action, params), {
         "evidence": derive(evidence, args, kwargs), "confidence": confidence, "idempotency_key": _new_key()})
     if (execution := granted_at_once(answer, action)) is not None:
         return execution
@@ -164,9 +205,9 @@ def guarded(client: RingfenceClient | AsyncRingfenceClient, workflow: str, actio
         raise ValueError("on_pending is 'wait', 'raise' or a function of the pending approval")
     native_async = inspect.iscoroutinefunction(client.dispatch)
 
-    def steps(args: tuple, kwargs: dict) -> Steps:
+    def steps(function: Callable[..., Any], args: tuple, kwargs: dict) -> Steps:
         return _steps(workflow, action, parameters=parameters, evidence=evidence, confidence=confidence,
-                      on_pending=on_pending, timeout=timeout, args=args, kwargs=kwargs)
+                      on_pending=on_pending, timeout=timeout, function=function, args=args, kwargs=kwargs)
 
     def report(execution: Execution, status: Literal["succeeded", "failed"], detail: str) -> None:
         try:
@@ -184,7 +225,7 @@ def guarded(client: RingfenceClient | AsyncRingfenceClient, workflow: str, actio
         if native_async:
             @functools.wraps(function)
             async def awaited(*args: Any, **kwargs: Any) -> Any:
-                execution = await _drive_async(cast("AsyncRingfenceClient", client), steps(args, kwargs))
+                execution = await _drive_async(cast("AsyncRingfenceClient", client), steps(function, args, kwargs))
                 try:
                     result = function(*args, **kwargs)
                     if inspect.isawaitable(result):
@@ -200,7 +241,8 @@ def guarded(client: RingfenceClient | AsyncRingfenceClient, workflow: str, actio
         if inspect.iscoroutinefunction(function):
             @functools.wraps(function)
             async def threaded(*args: Any, **kwargs: Any) -> Any:
-                execution = await asyncio.to_thread(_drive, cast("RingfenceClient", client), steps(args, kwargs))
+                execution = await asyncio.to_thread(_drive, cast("RingfenceClient", client),
+                                                    steps(function, args, kwargs))
                 try:
                     result = await function(*args, **kwargs)
                 except Exception as error:
@@ -213,7 +255,7 @@ def guarded(client: RingfenceClient | AsyncRingfenceClient, workflow: str, actio
 
         @functools.wraps(function)
         def wrapper(*args: Any, **kwargs: Any) -> R:
-            execution = _drive(cast("RingfenceClient", client), steps(args, kwargs))
+            execution = _drive(cast("RingfenceClient", client), steps(function, args, kwargs))
             try:
                 result = function(*args, **kwargs)
             except Exception as error:

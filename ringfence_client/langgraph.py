@@ -22,6 +22,9 @@ Idempotency-Key (derived from the thread, the task and the call, so it gets the 
 rather than a new one), claims the execution (once: a second resume finds it claimed and raises
 `NotExecuted`), runs the function and reports its outcome. A graph re-runs a node from its start on
 resume, so keep one guarded call per node or per tool call, as LangGraph advises for side effects.
+An allowed call that re-runs (e.g. beside a pending one in the same `ToolNode` step, whose interrupt
+discards its result) gets the first allow replayed: it may have run, so it raises `NotExecuted`
+rather than run again.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from langgraph.types import Command, Interrupt, interrupt
 
 from ringfence_client.callbacks import verify_callback
 from ringfence_client.client import RingfenceClient
-from ringfence_client.guard import Derived, derive, granted_at_once
+from ringfence_client.guard import Derived, call_arguments, derive, granted_once
 from ringfence_client.types import Approval, Denied, Execution, RingfenceError
 
 R = TypeVar("R")
@@ -59,15 +62,17 @@ def guarded(client: RingfenceClient, workflow: str, action: str, *, parameters: 
             callback_url: str | None = None) -> Callable[[Callable[..., R]], Callable[..., R]]:
     """Decorator for a function called inside a graph node (directly or as a tool of a ToolNode).
     `parameters` and `evidence` are values or functions of the call's arguments; by default the
-    parameters are the call's keyword arguments. With `callback_url`, Ringfence POSTs the decision
+    parameters are all of the call's arguments by name, positional or keyword, defaults applied
+    (as for the client's guard). With `callback_url`, Ringfence POSTs the decision
     there: hand it to `resume_from_callback`."""
 
-    def granted(args: tuple, kwargs: dict) -> Execution:
-        params = dict(derive(parameters, args, kwargs) if parameters is not None else kwargs)
+    def granted(function: Callable[..., Any], args: tuple, kwargs: dict) -> Execution:
+        params = dict(derive(parameters, args, kwargs) if parameters is not None
+                      else call_arguments(function, args, kwargs))
         key = _call_key(workflow, action, params)
         answer = client.dispatch(workflow, action, params, evidence=derive(evidence, args, kwargs),
                                  confidence=confidence, idempotency_key=key, callback_url=callback_url)
-        if (execution := granted_at_once(answer, action)) is not None:
+        if (execution := granted_once(answer, action)) is not None:
             return execution
         approval_id = int(answer.approval_id)  # type: ignore[arg-type]
         decision = interrupt({"ringfence": INTERRUPT_KIND, "approval_id": approval_id, "poll_url": answer.poll_url,
@@ -81,7 +86,7 @@ def guarded(client: RingfenceClient, workflow: str, action: str, *, parameters: 
     def decorator(function: Callable[..., R]) -> Callable[..., R]:
         @functools.wraps(function)
         def wrapper(*args: Any, **kwargs: Any) -> R:
-            execution = granted(args, kwargs)
+            execution = granted(function, args, kwargs)
             try:
                 result = function(*args, **kwargs)
             except Exception as error:

@@ -11,7 +11,7 @@
         "Refund an order."
 
     agent = Agent(name="support", tools=[refund])
-    result = await run(agent, "Refund order A-1", client=rf)   # waits on Ringfence for each approval
+    result = await run(agent, "Refund order A-1")   # waits on Ringfence (the tool's client) for each approval
 
 `ringfence_tool` makes a `function_tool` whose `needs_approval` is a Ringfence dispatch: allow runs
 the tool under the execution it grants, deny answers the model that it did not run, pending makes
@@ -19,7 +19,11 @@ the run stop with an interruption. `run` is `Runner.run` that resolves those int
 waiting on Ringfence: `state.approve(item)` once a person approved, `state.reject(item)` otherwise,
 then resumes. A resolved approval is claimed right before the tool runs (once: a second claim is
 refused), and the tool's outcome is reported. Each tool call is one intent, keyed by its call id, so
-a run resumed from a saved `RunState` in another process finds the same approval.
+a run resumed from a saved `RunState` in another process finds the same approval. A call without an
+id is refused. An answer is used once: when the tool has run (or its approval was rejected), a later
+call with the same id (call ids repeat across runs) is a new intent and dispatches anew, and an allow
+replayed from an earlier call (e.g. by another process) is refused rather than run again. The SDK
+gives the approval check no per-run object that survives a saved `RunState`, so the key holds none.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from agents import Agent, FunctionTool, RunContextWrapper, Runner, RunResult, Ru
 from agents.items import ToolApprovalItem
 from agents.tool_context import ToolContext
 
+from ringfence_client.guard import granted_once
 from ringfence_client.types import Approval, DispatchResult, Execution, RingfenceError
 
 logger = logging.getLogger("ringfence_client")
@@ -49,8 +54,8 @@ async def _ask(method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     return await asyncio.to_thread(method, *args, **kwargs)
 
 
-def _call_id(raw: Any) -> str:
-    return str(raw.get("call_id") if isinstance(raw, Mapping) else getattr(raw, "call_id", ""))
+def _call_id(raw: Any) -> Any:
+    return raw.get("call_id") if isinstance(raw, Mapping) else getattr(raw, "call_id", None)
 
 
 @dataclass
@@ -63,18 +68,29 @@ class Governed:
     parameters: Parameters = None
     evidence: Mapping[str, Any] | None = None
     answers: dict[str, DispatchResult] = field(default_factory=dict)
+    # How many answers each call id has used up in this process: part of the key, so that a later
+    # call with a repeated id asks anew instead of getting the used answer replayed.
+    used: dict[str, int] = field(default_factory=dict)
 
     def key(self, call_id: str) -> str:
-        return "openai-agents:" + hashlib.sha256(f"{self.workflow}\x1f{self.action}\x1f{call_id}".encode()).hexdigest()
+        identity = f"{self.workflow}\x1f{self.action}\x1f{call_id}\x1f{self.used.get(call_id, 0)}"
+        return "openai-agents:" + hashlib.sha256(identity.encode()).hexdigest()
 
-    async def dispatch(self, arguments: Mapping[str, Any], call_id: str) -> DispatchResult:
+    def consume(self, call_id: str) -> None:
+        """The call's answer is used (the tool ran or was refused): the next call with this id asks anew."""
+        self.answers.pop(call_id, None)
+        self.used[call_id] = self.used.get(call_id, 0) + 1
+
+    async def dispatch(self, arguments: Mapping[str, Any], call_id: Any) -> DispatchResult:
+        if not isinstance(call_id, str) or not call_id.strip():
+            raise RingfenceError(f"a call of {self.action} without a tool call id is refused: it cannot be keyed")
         if call_id not in self.answers:
             params = dict(self.parameters(arguments) if self.parameters else arguments)
             self.answers[call_id] = await _ask(self.client.dispatch, self.workflow, self.action, params,
                                                evidence=self.evidence, idempotency_key=self.key(call_id))
         return self.answers[call_id]
 
-    async def decision(self, call_id: str, arguments: Mapping[str, Any], *, timeout: float,
+    async def decision(self, call_id: Any, arguments: Mapping[str, Any], *, timeout: float,
                        poll: float) -> Approval:
         answer = await self.dispatch(arguments, call_id)
         return await _ask(self.client.wait_for_decision, int(answer.approval_id),  # type: ignore[arg-type]
@@ -83,11 +99,11 @@ class Governed:
     async def granted(self, call_id: str, arguments: Mapping[str, Any]) -> Execution | str:
         """The execution to run under, or what to tell the model instead."""
         answer = await self.dispatch(arguments, call_id)
-        self.answers.pop(call_id, None)
+        self.consume(call_id)
         if answer.decision == "deny":
             return f"Ringfence denied {self.action}: {answer.reason}. It did not run."
-        if answer.decision == "allow":
-            return answer.execution or f"Ringfence granted no execution of {self.action}. It did not run."
+        if (execution := granted_once(answer, self.action)) is not None:  # a replayed allow raises
+            return execution
         approval = await _ask(self.client.approval, int(answer.approval_id))  # type: ignore[arg-type]
         if approval.outcome != "allow":
             return f"approval {approval.id} of {self.action} is {approval.state}. It did not run."
@@ -168,10 +184,12 @@ async def resolve(agent: Agent[Any], state: RunState[Any], interruptions: list[T
             continue
         raw = item.raw_item
         arguments = json.loads((raw.get("arguments") if isinstance(raw, Mapping) else raw.arguments) or "{}")
-        approval = await gate.decision(_call_id(raw), arguments, timeout=timeout, poll=poll)
+        call_id = _call_id(raw)
+        approval = await gate.decision(call_id, arguments, timeout=timeout, poll=poll)
         if approval.outcome == "allow":
             state.approve(item)
         else:
+            gate.consume(call_id)  # the tool will not be invoked: its answer is used up here
             state.reject(item, rejection_message=f"Ringfence: approval {approval.id} of {gate.action} is "
                                                  f"{approval.state}. It did not run.")
 

@@ -39,6 +39,8 @@ from ringfence_client.types import (
 )
 
 T = TypeVar("T")
+# The longest `wait` the API accepts on GET /approvals/{id} (a longer one is a 422): each poll is capped here.
+MAX_WAIT_SECONDS = 60.0
 
 
 @dataclass
@@ -117,8 +119,9 @@ def retry_delay(call: Call[Any], error: RingfenceError, attempt: int, *, max_ret
 
 
 def next_wait(remaining: float, poll: float) -> float:
-    """How long the next long-poll of `wait_for_decision` asks the server to hold the answer."""
-    return max(0.0, min(poll, remaining))
+    """How long the next long-poll of `wait_for_decision` asks the server to hold the answer (at most
+    MAX_WAIT_SECONDS: a longer `poll` just polls more than once)."""
+    return max(0.0, min(poll, remaining, MAX_WAIT_SECONDS))
 
 
 def decode(raw: bytes) -> Any:
@@ -165,6 +168,7 @@ def _dispatch_result(response: Response) -> DispatchResult:
 
 
 def approval(approval_id: int, *, wait: float = 0) -> Call[Approval]:
+    wait = min(wait, MAX_WAIT_SECONDS)
     query = {"wait": f"{wait:g}"} if wait else None
     return Call("GET", f"/approvals/{int(approval_id)}", lambda r: Approval.from_json(r.body), query=query,
                 wait=wait)

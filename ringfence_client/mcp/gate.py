@@ -13,15 +13,18 @@
     tools:
       refund:                        # the wrapped server's tool name
         action: refund_customer      # the governed action it is
-        parameters: [order, amount]  # which arguments Ringfence sees (default: all of them)
+        parameters: [order, amount]  # which arguments Ringfence sees (default: all of them); the
+                                     # others still reach the tool, unseen by Ringfence
 
 A call is dispatched first: deny answers a tool error with the reason, allow runs the tool under
 the execution it grants; pending waits up to `wait_seconds` and, if still pending, answers the
 tool error "pending, approval N …": the host calls again with the same arguments, and the gate
 checks that approval instead of asking anew (the gate keeps these links in memory: after a restart
-the retry asks anew). Approved, the gate claims the execution (a claim is
-granted once), calls the wrapped tool, and reports its outcome (failed when the tool answered an
-error). RINGFENCE_URL and RINGFENCE_TOKEN come from the environment, or `ringfence: {url, token}`.
+the retry asks anew). The link is keyed by every argument, listed or not: a retry that changes any
+of them is another call and asks anew, so the tool never runs with values other than the approved
+call's. Approved, the gate claims the execution (a claim is granted once), calls the wrapped tool,
+and reports its outcome (failed when the tool answered an error). RINGFENCE_URL and RINGFENCE_TOKEN
+come from the environment, or `ringfence: {url, token}`.
 """
 
 from __future__ import annotations
@@ -139,7 +142,7 @@ class Gate:
     rf: Any  # RingfenceClient or AsyncRingfenceClient
     upstream: ClientSession
     tools: list[types.Tool] = field(default_factory=list)
-    # Pending approvals by (tool, parameters): the host's retry of the same call checks this one.
+    # Pending approvals by (tool, all arguments): only the host's retry of the very same call checks this one.
     pending: dict[str, int] = field(default_factory=dict)
 
     async def load_tools(self) -> None:
@@ -186,7 +189,7 @@ class Gate:
 
     async def granted(self, tool: str, governed: GovernedTool, arguments: Mapping[str, Any]) -> Execution:
         parameters = governed.parameters_of(arguments)
-        key = _digest(tool, parameters)
+        key = _digest(tool, arguments)  # every argument: unlisted ones reach the tool too
         approval_id = self.pending.get(key)
         if approval_id is None:
             answer = await ask_quietly(self.rf.dispatch, governed.workflow, governed.action, parameters)

@@ -181,3 +181,39 @@ def test_an_agent_posts_signals_reads_the_route_and_proposes_a_rollback(rf, live
                        evidence={"latency_p95_ms": 1200}, idempotency_key="rollback-1")
     assert proposal.kind == "rollback" and proposal.tier == 2 and proposal.handling == "override_window"
     assert again.id == proposal.id and proposal.approval_id
+
+
+def test_the_guard_shows_ringfence_every_argument_by_name_by_default(rf):
+    calls: list = []
+
+    @rf.guard("refund-agent", "refund_customer", on_pending="raise")
+    def refund(order: str, amount: str, currency: str = "EUR") -> None:
+        calls.append(order)
+
+    with pytest.raises(PendingApproval):
+        refund("A-9", "400")
+    assert ApprovalRequest.objects.get().parameters == {"order": "A-9", "amount": "400", "currency": "EUR"}
+    assert calls == []
+
+
+def test_the_guard_refuses_arguments_that_are_not_json_by_default(rf):
+    from decimal import Decimal
+
+    @rf.guard("refund-agent", "refund_customer", on_pending="raise")
+    def refund(order: str, amount: Decimal) -> None: ...
+
+    with pytest.raises(TypeError, match="parameters="):
+        refund("A-9", Decimal("400"))
+    assert not ApprovalRequest.objects.exists()
+
+
+def test_a_poll_longer_than_the_servers_limit_is_capped_at_it(rf, approver):
+    from ringfence_client import protocol
+
+    assert protocol.next_wait(600, 300) == protocol.MAX_WAIT_SECONDS == 60
+    assert protocol.approval(1, wait=300).query == {"wait": "60"}
+    pending = rf.dispatch("refund-agent", "refund_customer", {"order": "A-1"})
+    thread = decide_later(pending.approval_id, approver, "approve")
+    approval = rf.wait_for_decision(pending.approval_id, timeout=120, poll=120)  # was a 422 at once
+    thread.join()
+    assert approval.state == "approved"

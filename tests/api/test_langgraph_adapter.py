@@ -153,3 +153,76 @@ def test_a_tool_node_driven_by_a_chat_model_resumes_from_a_signed_callback(rf, a
     assert done["messages"][-1].content == "Refunded."
     assert done["messages"][-2].content == "refunded 12.00 on E-1" and calls == ["E-1"]
     assert ApprovalRequest.objects.get().execution.state == "succeeded"
+
+
+def test_an_allowed_call_beside_a_pending_one_in_a_tool_node_step_runs_once(rf, approver):
+    """The interrupt of the pending call discards the allowed call's result; the node re-runs on resume
+    and its dispatch is answered by the first (replayed) allow: the allowed function must not run again."""
+    receipts: list = []
+    refunds: list = []
+
+    @tool
+    @guarded(rf, "refund-agent", "send_receipt")
+    def receipt(order: str) -> str:
+        """Send a receipt."""
+        receipts.append(order)
+        return f"receipt sent for {order}"
+
+    @tool
+    @guarded(rf, "refund-agent", "refund_customer")
+    def refund(order: str, amount: str) -> str:
+        """Refund an order."""
+        refunds.append(order)
+        return f"refunded {amount} on {order}"
+
+    model = GenericFakeChatModel(messages=iter([
+        AIMessage("", tool_calls=[{"name": "receipt", "args": {"order": "F-1"}, "id": "call-1"},
+                                  {"name": "refund", "args": {"order": "F-1", "amount": "12.00"}, "id": "call-2"}]),
+        AIMessage("Done."),
+    ]))
+
+    def assistant(state: MessagesState) -> dict[str, Any]:
+        return {"messages": [model.invoke(state["messages"])]}
+
+    builder = StateGraph(MessagesState)
+    builder.add_node("assistant", assistant)
+    builder.add_node("tools", ToolNode([receipt, refund], handle_tool_errors=True))
+    builder.add_edge(START, "assistant")
+    builder.add_conditional_edges("assistant", tools_condition)
+    builder.add_edge("tools", "assistant")
+    graph = builder.compile(checkpointer=InMemorySaver())
+    config = {"configurable": {"thread_id": "chat-2"}}
+
+    first = graph.invoke({"messages": [HumanMessage("receipt and refund for F-1")]}, config)
+    (waiting,) = first["__interrupt__"]
+    assert receipts == ["F-1"] and refunds == []
+    decide(waiting.value["approval_id"], approver, "approve")
+    done = resume(graph, config, rf, timeout=10)
+
+    assert receipts == ["F-1"] and refunds == ["F-1"]
+    told = {m.tool_call_id: m.content for m in done["messages"] if m.type == "tool"}
+    assert "already allowed" in told["call-1"] and told["call-2"] == "refunded 12.00 on F-1"
+    assert sorted(Execution.objects.values_list("state", flat=True)) == ["succeeded", "succeeded"]
+
+
+def test_positional_arguments_and_defaults_are_the_parameters_ringfence_sees(rf):
+    calls: list = []
+
+    @guarded(rf, "refund-agent", "refund_customer")
+    def refund(order: str, amount: str, currency: str = "EUR") -> str:
+        calls.append(order)
+        return f"refunded {amount} {currency} on {order}"
+
+    def node(state: Refund) -> dict[str, Any]:
+        return {"result": refund(state["order"], state["amount"])}
+
+    builder = StateGraph(Refund)
+    builder.add_node("refund", node)
+    builder.add_edge(START, "refund")
+    builder.add_edge("refund", END)
+    graph = builder.compile(checkpointer=InMemorySaver())
+
+    first = graph.invoke({"order": "A-9", "amount": "400"}, {"configurable": {"thread_id": "ticket-10"}})
+    assert first["__interrupt__"][0].value["parameters"] == {"order": "A-9", "amount": "400", "currency": "EUR"}
+    assert ApprovalRequest.objects.get().parameters == {"order": "A-9", "amount": "400", "currency": "EUR"}
+    assert calls == []

@@ -138,3 +138,20 @@ def test_a_gate_config_names_what_is_wrong():
         GateConfig.from_dict({"server": {"command": "x"}, "tools": {"refund": {"action": "refund_customer"}}})
     with pytest.raises(GateConfigError, match="unmapped"):
         GateConfig.from_dict({"server": {"command": "x"}, "unmapped": "maybe"})
+
+
+def test_a_retry_with_a_changed_unlisted_argument_asks_anew_and_does_not_run_on_the_approval(gate, counters,
+                                                                                              approver):
+    async def scenario() -> tuple[int, str]:
+        async with session(gate) as mcp:
+            first = error_text(await mcp.call_tool("refund", {"order": "D-4", "amount": "40.00", "note": "damaged"}))
+            approval_id = int(first.split()[2].rstrip(":"))
+            await asyncio.to_thread(decide, approval_id, approver, "approve")
+            # "note" is not shown to Ringfence; a retry that changes it is another call, never run on this approval.
+            changed = error_text(await mcp.call_tool("refund", {"order": "D-4", "amount": "40.00", "note": "other"}))
+            return approval_id, changed
+
+    approval_id, changed = asyncio.run(scenario())
+    assert changed.startswith("pending, approval ") and int(changed.split()[2].rstrip(":")) != approval_id
+    assert counters() == {}
+    assert ApprovalRequest.objects.count() == 2 and not Execution.objects.exists()

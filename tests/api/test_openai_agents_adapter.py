@@ -132,3 +132,37 @@ def test_the_async_client_answers_the_same(live_server, agent, actions, settings
 
     assert asyncio.run(scenario()).final_output == "Done." and calls == ["A-1"]
     assert ApprovalRequest.objects.get().execution.state == "succeeded"
+
+
+def test_two_runs_with_the_same_call_id_each_ask_and_run_under_their_own_execution(rf):
+    calls: list = []
+    receipt, _ = support_agent(rf, calls, "send_receipt")
+    assert asyncio.run(run(receipt, "Receipt please")).final_output == "Done."
+    # The scripted model names its call "call-0" again, as ids repeat across runs.
+    receipt.model = ScriptedModel([[function_call("refund", {"order": "A-1", "amount": "40.00"}, call_id="call-0")],
+                                   [assistant_message("Done.")]])
+    assert asyncio.run(run(receipt, "Receipt please")).final_output == "Done."
+    assert calls == ["A-1", "A-1"]
+    assert list(Execution.objects.values_list("state", flat=True)) == ["succeeded", "succeeded"]
+
+
+def test_an_allow_replayed_to_another_process_for_the_same_call_id_does_not_run(rf):
+    calls: list = []
+    first, _ = support_agent(rf, calls, "send_receipt")
+    assert asyncio.run(run(first, "Receipt please")).final_output == "Done."
+    again, _ = support_agent(rf, calls, "send_receipt")  # a new process: the same key, the first answer replayed
+    result = asyncio.run(run(again, "Receipt please"))
+    told = [item.output for item in result.new_items if getattr(item, "type", "") == "tool_call_output_item"]
+    assert "did not run" in told[0] and "already allowed" in told[0]
+    assert calls == ["A-1"] and Execution.objects.get().state == "succeeded"
+
+
+@pytest.mark.parametrize("call_id", [None, ""])
+def test_a_tool_call_without_an_id_is_refused_before_dispatch(rf, call_id):
+    from ringfence_client import RingfenceError
+
+    calls: list = []
+    receipt, _ = support_agent(rf, calls, "send_receipt")
+    with pytest.raises(RingfenceError, match="without a tool call id"):
+        asyncio.run(receipt.tools[0].ringfence.dispatch({"order": "A-1", "amount": "1"}, call_id))
+    assert calls == [] and not Execution.objects.exists()

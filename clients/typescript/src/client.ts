@@ -22,6 +22,8 @@ import type {
 export const USER_AGENT = "ringfence-client-ts/1";
 const RETRYABLE_STATUSES = new Set([429, 502, 503, 504]);
 const CLAIM_REFUSALS = new Set(["already_executed", "approval_expired", "paused", "not_approved"]);
+/** The longest `wait` the API accepts on GET /approvals/{id} (a longer one is a 422): each poll is capped here. */
+export const MAX_WAIT_SECONDS = 60;
 
 export interface ClientOptions {
   /** Seconds one attempt may take (a long-poll adds its wait). Default 30. */
@@ -126,9 +128,10 @@ export class RingfenceClient {
              replayed: answer.headers.get("Idempotent-Replayed") === "true" };
   }
 
-  /** The request's state now, or within `wait` seconds if it closes (server-capped long-poll). */
+  /** The request's state now, or within `wait` seconds if it closes (server-capped long-poll; a `wait`
+   * above the API's limit, MAX_WAIT_SECONDS, is capped to it). */
   async approval(approvalId: number, options: { wait?: number } = {}): Promise<Approval> {
-    const wait = options.wait ?? 0;
+    const wait = Math.min(options.wait ?? 0, MAX_WAIT_SECONDS);
     return (await this.call({ method: "GET", path: `/approvals/${Math.trunc(approvalId)}`, wait,
                               query: wait ? { wait: String(wait) } : undefined })).body as Approval;
   }
@@ -139,7 +142,8 @@ export class RingfenceClient {
     const poll = options.poll ?? 25;
     for (;;) {
       const remaining = (deadline - Date.now()) / 1000;
-      const approval = await this.approval(approvalId, { wait: Math.max(0, Math.min(poll, remaining)) });
+      const approval = await this.approval(approvalId,
+                                           { wait: Math.max(0, Math.min(poll, remaining, MAX_WAIT_SECONDS)) });
       if (!isPending(approval)) return approval;
       if (Date.now() >= deadline) throw new DecisionTimeout(approval);
     }
