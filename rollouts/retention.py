@@ -61,7 +61,6 @@ class Retained:
     finished: bool = True  # False: the time budget ran out with old samples left
 
 
-
 def longest_lookback() -> timedelta:
     """The furthest back any plan's rules read samples from now (generously)."""
     criteria = ExpansionCriterion.objects.aggregate(window=Max("window"))["window"]
