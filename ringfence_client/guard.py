@@ -230,8 +230,8 @@ def guarded(client: RingfenceClient | AsyncRingfenceClient, workflow: str, actio
                     result = function(*args, **kwargs)
                     if inspect.isawaitable(result):
                         result = await result
-                except Exception as error:
-                    await report_async(execution, "failed", _described(error))
+                except BaseException as error:  # cancelled too: reported, never left granted until it expires
+                    await asyncio.shield(report_async(execution, "failed", _described(error)))
                     raise
                 await report_async(execution, "succeeded", "")
                 return result
@@ -245,8 +245,8 @@ def guarded(client: RingfenceClient | AsyncRingfenceClient, workflow: str, actio
                                                     steps(function, args, kwargs))
                 try:
                     result = await function(*args, **kwargs)
-                except Exception as error:
-                    await asyncio.to_thread(report, execution, "failed", _described(error))
+                except BaseException as error:  # cancelled too: reported, never left granted until it expires
+                    await asyncio.shield(asyncio.to_thread(report, execution, "failed", _described(error)))
                     raise
                 await asyncio.to_thread(report, execution, "succeeded", "")
                 return result
@@ -258,7 +258,7 @@ def guarded(client: RingfenceClient | AsyncRingfenceClient, workflow: str, actio
             execution = _drive(cast("RingfenceClient", client), steps(function, args, kwargs))
             try:
                 result = function(*args, **kwargs)
-            except Exception as error:
+            except BaseException as error:  # KeyboardInterrupt too: reported, never left granted
                 report(execution, "failed", _described(error))
                 raise
             report(execution, "succeeded", "")

@@ -89,7 +89,7 @@ def guarded(client: RingfenceClient, workflow: str, action: str, *, parameters: 
             execution = granted(function, args, kwargs)
             try:
                 result = function(*args, **kwargs)
-            except Exception as error:
+            except BaseException as error:  # KeyboardInterrupt too: reported, never left granted
                 _report(client, execution, "failed", f"{type(error).__name__}: {error}"[:5000])
                 raise
             _report(client, execution, "succeeded", "")

@@ -143,6 +143,9 @@ def ringfence_tool(client: Any, workflow: str, action: str, *, parameters: Param
                 return granted
             try:
                 result = await base.on_invoke_tool(ctx, raw_arguments)
+            except asyncio.CancelledError as error:  # the run was cancelled: reported, never left granted
+                await asyncio.shield(governed.report(granted, "failed", type(error).__name__))
+                raise
             except Exception as error:
                 await governed.report(granted, "failed", f"{type(error).__name__}: {error}")
                 if formatter is None:

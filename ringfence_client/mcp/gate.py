@@ -29,6 +29,7 @@ come from the environment, or `ringfence: {url, token}`.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -174,8 +175,8 @@ class Gate:
             return _error(problem(error))
         try:
             result = await self.upstream.call_tool(params.name, arguments)
-        except Exception as error:  # the wrapped server failed mid-call: the run may have happened
-            await self.report(execution, "failed", f"{type(error).__name__}: {error}")
+        except BaseException as error:  # failed or cancelled mid-call: the run may have happened
+            await asyncio.shield(self.report(execution, "failed", f"{type(error).__name__}: {error}"))
             raise
         await self.report(execution, "failed" if result.is_error else "succeeded",
                           _text_of(result) if result.is_error else "")

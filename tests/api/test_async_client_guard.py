@@ -104,6 +104,26 @@ def test_a_function_that_raises_is_reported_failed_with_the_exception_text(url, 
     assert execution.detail == "RuntimeError: card processor declined: limit reached"
 
 
+def test_a_cancelled_call_is_reported_failed_not_left_granted(url, agent):
+    async def body(rf: AsyncRingfenceClient):
+        started = asyncio.Event()
+
+        @rf.guard("refund-agent", "send_receipt", parameters=lambda order: {"order": order})
+        async def send_receipt(order: str) -> None:
+            started.set()
+            await asyncio.sleep(60)
+
+        call = asyncio.create_task(send_receipt("A-1"))
+        await started.wait()
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+
+    run(url, agent, body)
+    execution = Execution.objects.get()
+    assert (execution.state, execution.detail) == ("failed", "CancelledError")
+
+
 def test_the_guard_does_not_run_when_the_approval_was_already_claimed(url, agent, approver):
     calls: list = []
 

@@ -110,6 +110,17 @@ def test_a_function_that_raises_is_reported_failed_with_the_exception_text(rf, a
     assert execution.detail == "RuntimeError: card processor declined: limit reached"
 
 
+def test_an_interrupted_call_is_reported_failed_not_left_granted(rf):
+    @rf.guard("refund-agent", "send_receipt", parameters=lambda order: {"order": order})
+    def send_receipt(order: str) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        send_receipt("A-1")
+    execution = Execution.objects.get()
+    assert (execution.state, execution.detail) == ("failed", "KeyboardInterrupt")
+
+
 def test_the_guard_does_not_run_when_the_approval_was_already_claimed(rf, approver):
     def approved_and_claimed_elsewhere(approval: Approval) -> None:
         decide(approval.id, approver, "approve")
