@@ -100,8 +100,10 @@ def retry_delay(call: Call[Any], error: RingfenceError, attempt: int, *, max_ret
     """Seconds to wait before attempt `attempt + 1` of `call` after `error`, or None: raise it.
 
     Retried with the same Idempotency-Key: connection failures, 429, 502, 503, 504, and a 409
-    `request_in_flight` (the first attempt is still running). `Retry-After` is honoured (capped at
-    four times `max_backoff`); otherwise waits grow exponentially from `backoff`, with jitter.
+    `request_in_flight` (the first attempt is still running). `Retry-After` is honoured in full: when it
+    asks for more than four times `max_backoff`, the error is raised at once (its `retry_after` says
+    when to come back) rather than retried early into the same refusal. Otherwise waits grow
+    exponentially from `backoff`, with jitter.
     """
     if not call.retryable or attempt >= max_retries:
         return None
@@ -114,7 +116,7 @@ def retry_delay(call: Call[Any], error: RingfenceError, attempt: int, *, max_ret
     elif not isinstance(error, TransportError):
         return None
     if retry_after is not None:
-        return min(retry_after, max_backoff * 4)
+        return retry_after if retry_after <= max_backoff * 4 else None
     return min(max_backoff, backoff * 2**attempt) * random.uniform(0.5, 1.0)
 
 

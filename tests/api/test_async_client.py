@@ -221,6 +221,25 @@ def test_discovery_cancel_signals_route_proposal_and_pause(url, agent, live_plan
     assert paused["paused"] is True and (after.decision, after.code) == ("deny", "paused")
 
 
+def test_a_retry_after_longer_than_the_client_waits_is_raised_at_once_not_retried_early():
+    asked: list[str] = []
+
+    def network(request: httpx.Request) -> httpx.Response:
+        asked.append(request.headers["Idempotency-Key"])
+        return httpx.Response(429, headers={"Retry-After": "45"}, json={"code": "rate_limited"})
+
+    async def call():
+        rf = AsyncRingfenceClient("http://ringfence.test", "rf_x", max_backoff=8.0,
+                                  transport=httpx.MockTransport(network))
+        async with rf:
+            with pytest.raises(ApiError) as refused:
+                await rf.dispatch("w", "a")
+        return refused.value
+
+    refused = asyncio.run(call())
+    assert (refused.status, refused.retry_after, len(asked)) == (429, 45, 1)
+
+
 def test_retries_honour_retry_after_and_reuse_one_key_per_call():
     """The retry rules the async client shares with the sync one, on a transport that misbehaves."""
     keys: list[str] = []

@@ -70,7 +70,7 @@ def test_the_typescript_client_runs_guarded_actions_end_to_end(npm, live_server,
         proxy.stop()
     output = tested.stdout + tested.stderr
     assert tested.returncode == 0, output
-    assert "# fail 0" in output and "# skipped 0" in output and "# pass 12" in output, output
+    assert "# fail 0" in output and "# skipped 0" in output and "# pass 13" in output, output
 
     # What the server saw.
     allowed = Execution.objects.get(request__isnull=True)

@@ -72,7 +72,8 @@ export function retryDelay(call: Call, error: unknown, attempt: number, policy: 
   } else if (!(error instanceof TransportError)) {
     return null;
   }
-  if (retryAfter !== null) return Math.min(retryAfter, policy.maxBackoff * 4);
+  // Honoured in full: a longer wait than 4 × maxBackoff is the caller's to schedule (error.retryAfter).
+  if (retryAfter !== null) return retryAfter <= policy.maxBackoff * 4 ? retryAfter : null;
   return Math.min(policy.maxBackoff, policy.backoff * 2 ** attempt) * (0.5 + Math.random() * 0.5);
 }
 

@@ -70,6 +70,16 @@ test("a 503 and a 429 are retried with the same key after the server's Retry-Aft
   assert.deepEqual(JSON.parse(seen[0].body), { workflow: "w", action: "a", parameters: { order: "A-1" }, evidence: {} });
 });
 
+test("a Retry-After longer than the client waits is raised at once, not retried early", async () => {
+  seen.length = 0;
+  const slept = [];
+  script = [problem(429, "rate_limited", { "Retry-After": "45" }), ok(PENDING)];
+  await assert.rejects(client(slept, { maxBackoff: 8 }).dispatch("w", "a"),
+                       (error) => error.status === 429 && error.retryAfter === 45);
+  assert.deepEqual(slept, []);
+  assert.equal(seen.length, 1);
+});
+
 test("a lost connection is retried with the same key; two calls use two keys", async () => {
   seen.length = 0;
   const slept = [];
