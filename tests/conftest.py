@@ -100,3 +100,13 @@ def celery_worker_and_beat(transactional_db):
 
     with celery_processes(sweep_seconds=0.5) as processes:
         yield processes
+
+
+@pytest.fixture
+def allow(settings):
+    """Set the operator's allow-list of guarded addresses for the test: `allow("127.0.0.0/8")`; none
+    until called (the suite's default allows loopback)."""
+    def set_networks(*networks: str) -> None:
+        settings.WEBHOOK_ALLOWED_NETWORKS = list(networks)
+    set_networks()
+    return set_networks

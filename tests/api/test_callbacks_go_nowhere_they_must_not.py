@@ -16,18 +16,9 @@ from approvals.models import ApprovalCallback, ApprovalRequest
 from audit.models import AuditEvent
 from ringfence_client.callbacks import verify_callback
 from tests.api.conftest import assert_problem, dispatch
-from tests.support.receivers import SECRET_ANSWER, Resolver, receiving
+from tests.support.receivers import ALLOW_IT, SECRET_ANSWER, Resolver, receiving
 
 pytestmark = pytest.mark.django_db
-ALLOW_IT = "; allow it with WEBHOOK_ALLOWED_NETWORKS"
-
-
-@pytest.fixture
-def allow(settings):
-    def set_networks(*networks: str) -> None:
-        settings.WEBHOOK_ALLOWED_NETWORKS = list(networks)
-    set_networks()
-    return set_networks
 
 
 @pytest.fixture

@@ -5,12 +5,9 @@ applied through an audited service, shown on the workflow's page and exported ba
 from __future__ import annotations
 
 import datetime as dt
-import io
-import textwrap
 
 import pytest
 import time_machine
-from django.core.management import call_command
 from django.test import Client
 
 from approvals import notifications, routing, services
@@ -20,6 +17,7 @@ from audit.models import AuditEvent
 from configuration import exporting, loading, planning
 from core.errors import TransitionRefused
 from tests.approvals.pagerduty_server import Webhook
+from tests.support.config_files import run, write
 
 T0 = dt.datetime(2026, 3, 2, 10, 0, tzinfo=dt.UTC)
 SECRET = "route-webhook-secret-for-tests-" + "r" * 20
@@ -192,22 +190,6 @@ workflows:
         pagerduty: {routing_key_env: PD_PAYMENTS}
       - webhook: https://hooks.example.com/ringfence
 """
-
-
-def run(*args: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    try:
-        call_command("config", *args, stdout=out, stderr=err)
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    return code, out.getvalue(), err.getvalue()
-
-
-def write(tmp_path, text: str, name: str = "ringfence.yaml") -> str:
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(text))
-    return str(path)
 
 
 def test_routes_in_the_file_are_planned_applied_audited_and_exported(tmp_path, workflow, admin_user):

@@ -13,11 +13,10 @@ import pytest
 from approvals import notifications
 from approvals.models import Delivery, Notice
 from audit.models import AuditEvent
-from tests.support.receivers import SECRET_ANSWER, Resolver, receiving
+from tests.support.receivers import ALLOW_IT, SECRET_ANSWER, Resolver, receiving
 
 pytestmark = pytest.mark.django_db
 SECRET = "notification-webhook-secret-" + "n" * 20
-ALLOW_IT = "; allow it with WEBHOOK_ALLOWED_NETWORKS"
 
 
 @pytest.fixture

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import io
 import json
-import textwrap
 
 import pytest
-from django.core.management import call_command
 
 from approvals.models import ActionRule, EscalationPolicy
 from audit import log as audit
@@ -17,6 +14,7 @@ from governance.models import ContainmentAssignment, GovernedAction, ServiceAcco
 from governance.permissions import Role
 from rollouts.models import Metric
 from tests import factories
+from tests.support.config_files import run, write
 
 pytestmark = pytest.mark.django_db
 
@@ -62,22 +60,6 @@ def people(admin_user):
                            ("olivia", Role.CONTAINMENT_OWNER), ("oscar", Role.CONTAINMENT_OWNER)):
         users[username] = factories.make_user(username, role=role)
     return users
-
-
-def run(*args: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    try:
-        call_command("config", *args, stdout=out, stderr=err)
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    return code, out.getvalue(), err.getvalue()
-
-
-def write(tmp_path, text: str, name: str = "ringfence.yaml") -> str:
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(text))
-    return str(path)
 
 
 def test_a_new_agent_in_30_lines_is_planned_applied_and_audited_through_the_services(tmp_path, people):

@@ -4,12 +4,8 @@ when asked; refused with file, line and field when wrong; shown read-only on the
 
 from __future__ import annotations
 
-import io
-import textwrap
-
 import pytest
 import yaml
-from django.core.management import call_command
 
 from audit.models import AuditEvent
 from configuration import loading
@@ -17,6 +13,7 @@ from governance import services
 from governance.models import GroupMapping
 from governance.permissions import APPROVE, VIEW, Role, perm
 from tests import factories
+from tests.support.config_files import run, write
 
 pytestmark = pytest.mark.django_db
 
@@ -32,22 +29,6 @@ identity:
       scope: {voucher-agent: [view, approve], refund-agent: [view]}
     - {group: ringfence-auditors, roles: [auditor]}
 """
-
-
-def run(*args: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    try:
-        call_command("config", *args, stdout=out, stderr=err)
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    return code, out.getvalue(), err.getvalue()
-
-
-def write(tmp_path, text: str, name: str = "ringfence.yaml") -> str:
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(text))
-    return str(path)
 
 
 def test_mappings_are_planned_applied_audited_and_exported_back_unchanged(tmp_path, admin_user, workflow):

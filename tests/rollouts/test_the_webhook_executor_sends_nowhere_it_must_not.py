@@ -16,19 +16,9 @@ from django.test import Client
 from audit.models import AuditEvent
 from rollouts import containment, executors, plans
 from rollouts.models import ActionAttempt, RolloutAction, RolloutPlan
-from tests.support.receivers import SECRET_ANSWER, Resolver, receiving, receiving_on_the_same_port, tls_for
+from tests.support.receivers import ALLOW_IT, SECRET_ANSWER, Resolver, receiving, receiving_on_the_same_port, tls_for
 
 pytestmark = pytest.mark.django_db
-ALLOW_IT = "; allow it with WEBHOOK_ALLOWED_NETWORKS"
-
-
-@pytest.fixture
-def allow(settings):
-    """Set the operator's allow-list for the test (the suite's default allows loopback)."""
-    def set_networks(*networks: str) -> None:
-        settings.WEBHOOK_ALLOWED_NETWORKS = list(networks)
-    set_networks()
-    return set_networks
 
 
 @pytest.fixture

@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 
 # What a receiver answers in its body: a test asserts it never shows up anywhere in Ringfence.
+# How every refusal of a guarded address ends: what the operator may do about it.
+ALLOW_IT = "; allow it with WEBHOOK_ALLOWED_NETWORKS"
 SECRET_ANSWER = b"aws_secret_access_key=wJalrXUtnFEMI-K7MDENG-receiver-said-this"
 
 
